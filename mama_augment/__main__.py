@@ -1,0 +1,4 @@
+from mama_augment.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Command-line interface: ``mama-augment`` (also ``python -m mama_augment``)."""
+
+from __future__ import annotations
+
+from mama_augment.cli._app import app
+
+# Each module registers its commands on ``app``.
+from mama_augment.cli import keyframes as _keyframes  # noqa: F401,E402
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

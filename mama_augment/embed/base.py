@@ -1,0 +1,27 @@
+"""The interface of frame embedders (``--embedder``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EmbedderOptions:
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 32
+    model: str | None = None  # --embed-model for embedders that take one
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+
+class Embedder(Protocol):
+    """Turn RGB uint8 frames (H, W, 3) into L2-normalised float32 vectors."""
+
+    name: str
+    dim: int
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Return an array of shape (len(images), dim), float32, rows of unit norm."""
+        ...
