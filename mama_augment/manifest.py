@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mama_augment.errors import MamaError
+from mama_augment.errors import MamaError, UsageError
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -346,13 +346,13 @@ def ensure_workdir(workdir: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MamaError(f"cannot create the work folder {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot create the work folder {path}: {exc.strerror or exc}") from exc
     if not path.is_dir():
-        raise MamaError(f"the work folder {path} is not a folder")
+        raise UsageError(f"the work folder {path} is not a folder")
     probe = path / f".write-test-{uuid.uuid4().hex}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise MamaError(f"cannot write to the work folder {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot write to the work folder {path}: {exc.strerror or exc}") from exc
     return path

@@ -1,0 +1,91 @@
+"""``mama-augment keyframes``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
+from mama_augment.keyframes.config import KeyframesConfig
+
+_D = KeyframesConfig()
+
+
+def _parse_num_keyframes(value: str) -> Optional[int]:
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise typer.BadParameter("expected a number or 'auto'") from None
+    if number < 1:
+        raise typer.BadParameter("must be at least 1")
+    return number
+
+
+@app.command("keyframes")
+def keyframes_command(
+    inputs: List[Path] = typer.Argument(
+        ...,
+        help="Video/image files, folders (searched recursively) or list files (.txt, .csv, .parquet with a 'path' column).",
+        show_default=False,
+    ),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    embedder: str = typer.Option(_D.embedder, help="Frame embedder: cnn (EfficientNet-Lite0), pixels (fastest, no torch) or clip."),
+    embed_model: Optional[str] = typer.Option(None, help="Model id or folder for embedders that take one (clip)."),
+    num_keyframes: str = typer.Option(str(_D.num_keyframes), help="Keyframes per video, or 'auto' (from the gap in DPC scores)."),
+    min_keyframes: int = typer.Option(_D.min_keyframes, help="Lower bound for --num-keyframes auto."),
+    max_keyframes: int = typer.Option(_D.max_keyframes, help="Upper bound for --num-keyframes auto."),
+    knn: int = typer.Option(_D.knn, help="Neighbours used for the DPC-KNN density."),
+    fps: float = typer.Option(_D.fps, help="Frames sampled per second of video."),
+    max_frames: int = typer.Option(_D.max_frames, help="At most this many sampled frames, spread evenly over longer videos."),
+    grid: str = typer.Option(_D.grid, help="Grid layout ROWSxCOLS, filled row-major in temporal order."),
+    tile_size: str = typer.Option(_D.tile_size, help="Size WxH of one grid tile in pixels (frames are letterboxed)."),
+    thumb_size: int = typer.Option(_D.thumb_size, help="Longer side in pixels of the kept frames and keyframe JPEGs."),
+    jpeg_quality: int = typer.Option(_D.jpeg_quality, help="JPEG quality of keyframes and grids."),
+    decoder: str = typer.Option(_D.decoder, help="Decoding backend: auto, pyav or opencv."),
+    device: str = typer.Option(_D.device, help="Device for torch embedders: auto, cpu or cuda."),
+    batch_size: int = typer.Option(_D.batch_size, help="Frames per embedder batch."),
+    workers: int = typer.Option(_D.workers, help="Worker processes (0 = one per CPU core)."),
+    timeout: float = typer.Option(_D.timeout_s, help="Seconds allowed per video before it is stopped and marked failed."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Process again inputs that failed in an earlier run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete this stage's earlier output and start over."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Pick keyframes of every video by DPC-KNN and tile them into grid images.
+
+    Writes WORKDIR/keyframes.parquet (one row per input), WORKDIR/frames/ (one JPEG
+    per keyframe) and WORKDIR/grids/ (one grid per video). Rerunning resumes: done
+    inputs are skipped, changed inputs or options are redone.
+
+    Example: mama-augment keyframes videos/ --workdir mama-work --embedder cnn
+    """
+    from mama_augment.keyframes.stage import run_keyframes
+
+    if decoder not in ("auto", "pyav", "opencv"):
+        raise fail("--decoder must be auto, pyav or opencv")
+    config = KeyframesConfig(
+        fps=fps,
+        max_frames=max_frames,
+        num_keyframes=_parse_num_keyframes(num_keyframes),
+        min_keyframes=min_keyframes,
+        max_keyframes=max_keyframes,
+        knn=knn,
+        embedder=embedder,
+        embed_model=embed_model,
+        device=device,
+        batch_size=batch_size,
+        grid=grid,
+        tile_size=tile_size,
+        thumb_size=thumb_size,
+        jpeg_quality=jpeg_quality,
+        decoder=decoder,
+        workers=workers,
+        timeout_s=timeout,
+        retry_failed=retry_failed,
+        overwrite=overwrite,
+    )
+    report = call_library(run_keyframes, inputs, workdir, config, progress=not quiet)
+    finish(report)

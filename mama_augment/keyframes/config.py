@@ -1,0 +1,107 @@
+"""Options of the ``keyframes`` stage; every default lives here once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+from mama_augment.errors import UsageError
+
+# Fields that change what the stage writes. A row made with other values is redone.
+OUTPUT_FIELDS = (
+    "fps",
+    "max_frames",
+    "num_keyframes",
+    "min_keyframes",
+    "max_keyframes",
+    "knn",
+    "embedder",
+    "embed_model",
+    "grid",
+    "tile_size",
+    "thumb_size",
+    "jpeg_quality",
+    "decoder",
+)
+
+
+@dataclass(frozen=True)
+class KeyframesConfig:
+    fps: float = 2.0
+    max_frames: int = 256
+    num_keyframes: int | None = 12  # None means "auto"
+    min_keyframes: int = 4
+    max_keyframes: int = 12
+    knn: int = 5
+    embedder: str = "cnn"
+    embed_model: str | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    grid: str = "3x4"
+    tile_size: str = "320x240"
+    thumb_size: int = 320
+    jpeg_quality: int = 90
+    decoder: str = "auto"  # auto | pyav | opencv
+    workers: int = 0  # 0 = one per CPU core; the pool always runs in worker processes
+    timeout_s: float = 600.0
+    retry_failed: bool = False
+    overwrite: bool = False
+
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+    def config_hash(self) -> str:
+        values = {name: getattr(self, name) for name in OUTPUT_FIELDS}
+        text = json.dumps(values, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        from mama_augment.keyframes.grid import parse_grid, parse_size
+
+        try:
+            rows, cols = parse_grid(self.grid)
+        except ValueError as exc:
+            raise UsageError(f"--grid: {exc}") from None
+        try:
+            parse_size(self.tile_size)
+        except ValueError as exc:
+            raise UsageError(f"--tile-size: {exc}") from None
+        cells = rows * cols
+        if self.fps <= 0:
+            raise UsageError("--fps must be positive")
+        if self.max_frames < 1:
+            raise UsageError("--max-frames must be at least 1")
+        if self.knn < 1:
+            raise UsageError("--knn must be at least 1")
+        if self.num_keyframes is not None:
+            if self.num_keyframes < 1:
+                raise UsageError("--num-keyframes must be at least 1 (or 'auto')")
+            if self.num_keyframes > cells:
+                raise UsageError(
+                    f"--num-keyframes {self.num_keyframes} does not fit a {self.grid} grid "
+                    f"({cells} cells); raise --grid or lower --num-keyframes"
+                )
+        else:
+            if not 1 <= self.min_keyframes <= self.max_keyframes:
+                raise UsageError("need 1 <= --min-keyframes <= --max-keyframes")
+            if self.max_keyframes > cells:
+                raise UsageError(
+                    f"--max-keyframes {self.max_keyframes} does not fit a {self.grid} grid ({cells} cells)"
+                )
+        if self.thumb_size < 16:
+            raise UsageError("--thumb-size must be at least 16 pixels")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError("--jpeg-quality must be within 1..100")
+        if self.timeout_s <= 0:
+            raise UsageError("--timeout must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError("--device must be auto, cpu or cuda")
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in fields(KeyframesConfig)]
