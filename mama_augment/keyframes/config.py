@@ -65,11 +65,11 @@ class KeyframesConfig:
 
         try:
             rows, cols = parse_grid(self.grid)
-        except ValueError as exc:
+        except (ValueError, UsageError) as exc:
             raise UsageError(f"--grid: {exc}") from None
         try:
             parse_size(self.tile_size)
-        except ValueError as exc:
+        except (ValueError, UsageError) as exc:
             raise UsageError(f"--tile-size: {exc}") from None
         cells = rows * cols
         if self.fps <= 0:

@@ -121,6 +121,7 @@ def process_video(job: Job, cfg: KeyframesConfig, workdir: str, config_hash: str
 
 def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: str) -> dict:
     import numpy as np
+    from PIL import Image
 
     from mama_augment.inputs import safe_relpath
     from mama_augment.keyframes.dpc import select_keyframes
@@ -158,7 +159,7 @@ def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: s
     keyframe_paths = []
     for rank, index in enumerate(chosen):
         name = f"{rank:02d}_f{int(sampled.indices[index]):06d}.jpg"
-        save_jpeg(sampled.images[index], frames_dir / name, quality=cfg.jpeg_quality)
+        save_jpeg(Image.fromarray(sampled.images[index]), frames_dir / name, quality=cfg.jpeg_quality)
         keyframe_paths.append(f"{FRAMES_DIR}/{rel}/{name}")
     grid = make_grid([sampled.images[i] for i in chosen], rows, cols, tile_size=(tile_w, tile_h))
     grid_rel = f"{GRIDS_DIR}/{rel}.jpg"
@@ -264,7 +265,7 @@ def run_keyframes(
 
         raise UsageError(f"unknown embedder {cfg.embedder!r}; choose one of: {', '.join(EMBEDDERS)}")
     workdir = ensure_workdir(workdir)
-    items = discover_inputs([Path(s) for s in sources])
+    items = discover_inputs([Path(s) for s in sources], exclude=[workdir])
 
     started = time.perf_counter()
     report = StageReport(stage="keyframes", output=workdir / KEYFRAMES.filename, total=len(items))

@@ -1,0 +1,232 @@
+"""Find the videos and images to process, and give each a stable ``video_id``.
+
+A source is a folder (walked recursively), a single media file, or a list file:
+
+* ``.txt``: one path per line; blank lines and ``#`` comments are ignored;
+* ``.csv`` / ``.parquet``: a ``path`` column and an optional ``video_id`` column.
+
+Relative paths in a list are resolved against the list file's folder.
+
+``video_id`` is, for a folder, the path relative to the folder without its suffix
+(``cats/tabby``); for a single file, its stem; for a list entry, the list's
+``video_id`` when given, else the path relative to the list's folder without its
+suffix (the stem for paths outside it). Derived ids that collide get their suffix
+back (``a.avi``, ``a.mp4``) and, if they still collide, a short hash of the path.
+Ids given explicitly are never changed; duplicates among them are a usage error.
+
+A listed file that does not exist is kept with ``error`` set, so it becomes a failed
+row instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+from mama_augment.errors import UsageError
+
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4", ".m4v", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".ogv", ".ogg",
+        ".wmv", ".flv", ".ts", ".mts", ".m2ts", ".3gp", ".gif",
+    }
+)  # fmt: skip
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+LIST_EXTENSIONS = frozenset({".txt", ".csv", ".parquet"})
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input: its id, absolute path and fingerprint (None when the file is missing)."""
+
+    video_id: str
+    path: Path
+    size_bytes: int | None
+    mtime: float | None
+    error: str | None = None  # why it cannot be read, for a listed path that is missing
+
+    @property
+    def media_type(self) -> str:
+        """ "image" for an image suffix, else "video" (the decoder has the last word)."""
+        return "image" if self.path.suffix.lower() in IMAGE_EXTENSIONS else "video"
+
+
+def fingerprint(path: str | os.PathLike) -> tuple[int | None, float | None]:
+    """(size in bytes, modification time) of ``path``; (None, None) when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None, None
+    return stat.st_size, stat.st_mtime
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+_UNSAFE = re.compile(r"[^\w.-]", re.UNICODE)
+
+
+def safe_relpath(video_id: str) -> str:
+    """A relative path for files derived from ``video_id`` (frames, grids).
+
+    Keeps letters, digits, ``_``, ``-`` and ``.`` in each ``/``-separated part;
+    anything else (including ``..``, leading dots, absolute or backslash paths)
+    is replaced by ``_``. If that changed the id, a hash of the original id is
+    appended, so two different ids never share a path.
+    """
+    parts = []
+    for part in video_id.replace("\\", "/").split("/"):
+        safe = _UNSAFE.sub("_", part)
+        safe = re.sub(r"^\.+", lambda m: "_" * len(m.group()), safe)  # no hidden files, no "..".
+        parts.append(safe[:120] or "_")
+    safe_id = "/".join(parts)
+    if safe_id != video_id:
+        safe_id = f"{safe_id}-{_short_hash(video_id)}"
+    return safe_id
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path  # absolute
+    base_id: str  # derived id before collisions are resolved
+    explicit_id: str | None = None
+    error: str | None = None
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk_folder(root: Path, exclude: Sequence[Path]) -> list[_Candidate]:
+    found = []
+    seen_dirs: set[tuple[int, int]] = set()
+    excluded = {os.path.realpath(p) for p in exclude}
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen_dirs or os.path.realpath(folder) in excluded:
+            dirnames[:] = []  # a symlink loop, or the work folder inside the input folder
+            continue
+        seen_dirs.add((stat.st_dev, stat.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            path = Path(folder) / name
+            if _is_hidden(name) or path.suffix.lower() not in MEDIA_EXTENSIONS or not path.is_file():
+                continue
+            relative = PurePosixPath(path.relative_to(root).as_posix())
+            found.append(_Candidate(path.absolute(), str(relative.with_suffix(""))))
+    return sorted(found, key=lambda c: c.path.relative_to(root.absolute()).as_posix())
+
+
+def _list_entry(list_file: Path, raw_path: str, explicit_id: str | None) -> _Candidate:
+    path = Path(raw_path).expanduser()
+    if not path.is_absolute():
+        path = list_file.parent / path
+    path = Path(os.path.abspath(path))
+    try:
+        base_id = PurePosixPath(path.relative_to(list_file.parent.absolute()).as_posix()).with_suffix("").as_posix()
+    except ValueError:
+        base_id = path.stem
+    error = None
+    if not path.exists():
+        error = f"file not found: {path} (listed in {list_file.name})"
+    elif path.is_dir():
+        error = f"{path} is a folder, not a file (listed in {list_file.name})"
+    return _Candidate(path, base_id, explicit_id or None, error)
+
+
+def _read_list(list_file: Path) -> list[_Candidate]:
+    suffix = list_file.suffix.lower()
+    if suffix == ".txt":
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+        entries = [line.strip() for line in lines]
+        return [_list_entry(list_file, entry, None) for entry in entries if entry and not entry.startswith("#")]
+    if suffix == ".csv":
+        with open(list_file, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(list_file)
+        columns = table.column_names
+        wanted = [c for c in ("path", "video_id") if c in columns]
+        rows = table.select(wanted).to_pylist()
+    if "path" not in columns:
+        raise UsageError(f"list file {list_file} has no 'path' column (columns: {', '.join(columns) or 'none'})")
+    candidates = []
+    for row in rows:
+        raw_path = row.get("path")
+        if raw_path is None or not str(raw_path).strip():
+            continue
+        explicit_id = row.get("video_id")
+        explicit_id = str(explicit_id).strip() if explicit_id is not None else None
+        candidates.append(_list_entry(list_file, str(raw_path).strip(), explicit_id))
+    return candidates
+
+
+def _assign_ids(candidates: list[_Candidate]) -> list[str]:
+    explicit = Counter(c.explicit_id for c in candidates if c.explicit_id)
+    duplicates = sorted(i for i, n in explicit.items() if n > 1)
+    if duplicates:
+        shown = ", ".join(repr(d) for d in duplicates[:10])
+        raise UsageError(f"duplicate video_id in the input list: {shown}; each video_id must be unique")
+    taken = set(explicit)
+
+    def clashing(ids: list[str]) -> set[str]:
+        return {i for i, n in Counter(ids).items() if n > 1} | taken
+
+    ids = [c.explicit_id or c.base_id for c in candidates]
+    # Derived ids that clash get their suffix back: a.avi, a.mp4 ...
+    clash = clashing(ids)
+    ids = [i if c.explicit_id or i not in clash else c.base_id + c.path.suffix for c, i in zip(candidates, ids)]
+    # ... and a hash of their path if that is not enough (the same name in two folders).
+    clash = clashing(ids)
+    return [i if c.explicit_id or i not in clash else f"{i}~{_short_hash(str(c.path))}" for c, i in zip(candidates, ids)]
+
+
+def discover_inputs(sources: Iterable[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> list[InputItem]:
+    """All inputs named by ``sources``, in order, each once, with unique ids.
+
+    ``exclude`` lists folders never to walk into (pass the work folder, so frames a
+    previous run wrote are not picked up as images). Raises ``UsageError`` for a
+    source that does not exist, a list without a ``path`` column, duplicate explicit
+    ids, or when nothing is found.
+    """
+    sources = [Path(s).expanduser() for s in sources]
+    exclude = [Path(p) for p in exclude]
+    candidates: list[_Candidate] = []
+    for source in sources:
+        if not source.exists():
+            raise UsageError(f"input not found: {source}")
+        if source.is_dir():
+            candidates.extend(_walk_folder(source, exclude))
+        elif source.suffix.lower() in LIST_EXTENSIONS:
+            candidates.extend(_read_list(source))
+        else:
+            candidates.append(_Candidate(source.absolute(), source.stem))
+
+    unique: list[_Candidate] = []
+    seen: set[str] = set()
+    for candidate in candidates:
+        key = os.path.realpath(candidate.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(candidate)
+    if not unique:
+        where = ", ".join(str(s) for s in sources) or "(no sources given)"
+        raise UsageError(f"no videos or images found in {where}")
+
+    items = []
+    for candidate, video_id in zip(unique, _assign_ids(unique)):
+        size, mtime = fingerprint(candidate.path) if candidate.error is None else (None, None)
+        items.append(InputItem(video_id, candidate.path, size, mtime, candidate.error))
+    return items
