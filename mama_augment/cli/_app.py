@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import typer
 
@@ -27,6 +27,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        envvar="MAMA_CONFIG",
+        help=(
+            "TOML file of option values: one table per command (keyframes, caption, train, ...), "
+            "keys named like the options; options given on the command line override it."
+        ),
+        show_default=False,
+    ),
+) -> None:
+    if config is not None and not ctx.resilient_parsing:
+        from mama_augment.cli.config import apply_config_file
+
+        apply_config_file(ctx, config)
+
 
 WORKDIR_HELP = "Work folder that holds every stage's output."
 DEFAULT_WORKDIR = Path("mama-work")
