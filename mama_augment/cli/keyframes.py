@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
-from mama_augment.keyframes.config import KeyframesConfig
+from mama_augment.keyframes.config import ENGINES, KeyframesConfig
 
 _D = KeyframesConfig()
 
@@ -48,8 +48,12 @@ def keyframes_command(
     decoder: str = typer.Option(_D.decoder, help="Decoding backend: auto, pyav or opencv."),
     device: str = typer.Option(_D.device, help="Device for torch embedders: auto, cpu or cuda."),
     batch_size: int = typer.Option(_D.batch_size, help="Frames per embedder batch."),
-    workers: int = typer.Option(_D.workers, help="Worker processes (0 = one per CPU core)."),
+    workers: int = typer.Option(_D.workers, help="Worker processes, or Ray actors with --engine ray (0 = one per CPU core; with Ray, as many as the cluster fits)."),
     timeout: float = typer.Option(_D.timeout_s, help="Seconds allowed per video before it is stopped and marked failed."),
+    engine: str = typer.Option(_D.engine, help="Where videos are processed: local (worker processes here) or ray (Ray Data actors; needs the ray install extra)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join with --engine ray: 'auto' (the cluster of `ray start` on this node) or an address; default: start a local Ray."),
+    num_cpus: float = typer.Option(_D.num_cpus, help="CPUs reserved per Ray actor (--engine ray); also its torch threads."),
+    num_gpus: float = typer.Option(_D.num_gpus, help="GPUs reserved per Ray actor for the embedder (--engine ray); fractions share a GPU."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Process again inputs that failed in an earlier run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete this stage's earlier output and start over."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -61,11 +65,15 @@ def keyframes_command(
     inputs are skipped, changed inputs or options are redone.
 
     Example: mama-augment keyframes videos/ --workdir mama-work --embedder cnn
+
+    On a Ray cluster: mama-augment keyframes videos/ --engine ray --ray-address auto
     """
     from mama_augment.keyframes.stage import run_keyframes
 
     if decoder not in ("auto", "pyav", "opencv"):
         raise fail("--decoder must be auto, pyav or opencv")
+    if engine not in ENGINES:
+        raise fail(f"--engine must be one of: {', '.join(ENGINES)}")
     config = KeyframesConfig(
         fps=fps,
         max_frames=max_frames,
@@ -86,6 +94,10 @@ def keyframes_command(
         timeout_s=timeout,
         retry_failed=retry_failed,
         overwrite=overwrite,
+        engine=engine,
+        ray_address=ray_address,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
     )
     report = call_library(run_keyframes, inputs, workdir, config, progress=not quiet)
     finish(report)

@@ -26,6 +26,8 @@ OUTPUT_FIELDS = (
     "decoder",
 )
 
+ENGINES = ("local", "ray")
+
 
 @dataclass(frozen=True)
 class KeyframesConfig:
@@ -48,6 +50,12 @@ class KeyframesConfig:
     timeout_s: float = 600.0
     retry_failed: bool = False
     overwrite: bool = False
+    # Where the work runs. None of these change what is written, so they are not in
+    # OUTPUT_FIELDS: a run can switch engines and resume without redoing anything.
+    engine: str = "local"  # local (a process pool here) | ray (Ray Data actors)
+    ray_address: str | None = None  # None: start a local Ray; "auto" or an address: join it
+    num_cpus: float = 1.0  # CPUs reserved per Ray actor
+    num_gpus: float = 0.0  # GPUs reserved per Ray actor (the embedder's device)
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -101,6 +109,12 @@ class KeyframesConfig:
             raise UsageError("--timeout must be positive")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError("--device must be auto, cpu or cuda")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of: {', '.join(ENGINES)}")
+        if self.num_cpus <= 0:
+            raise UsageError("--num-cpus must be positive")
+        if self.num_gpus < 0:
+            raise UsageError("--num-gpus must be 0 or more")
 
 
 def config_field_names() -> list[str]:

@@ -3,7 +3,9 @@
 ``run_keyframes`` is the one-call library API. Each video is processed in a worker
 process (so a hung decoder can be stopped by ``timeout_s``) and its result row is
 written to ``keyframes.parquet`` as soon as it arrives; a killed run loses only the
-videos in flight and the next run resumes.
+videos in flight and the next run resumes. ``engine="ray"`` runs the same per-video
+work on Ray Data actors (``mama_augment.engines.ray_engine``); planning, writing and
+the report stay here, so both engines share one manifest and one resume logic.
 """
 
 from __future__ import annotations
@@ -191,6 +193,28 @@ def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: s
     return row
 
 
+def row_from_future(future, job: Job, cfg: KeyframesConfig, config_hash: str) -> dict:
+    """The row of a ``process_video`` call run in a pebble pool (local or inside a Ray actor)."""
+    from pebble import ProcessExpired
+
+    try:
+        return future.result()
+    except concurrent.futures.TimeoutError:
+        return failed_row(job, cfg, config_hash, "timeout", f"gave up after {cfg.timeout_s:g} s (--timeout)")
+    except ProcessExpired as exc:
+        return failed_row(job, cfg, config_hash, "crashed", f"the decoder process died (exit code {exc.exitcode})")
+    except Exception as exc:  # pickling or pool errors
+        return failed_row(job, cfg, config_hash, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def record_row(report: StageReport, row: dict) -> None:
+    """Count one written row in the stage report."""
+    if row["status"] == STATUS_OK:
+        report.done += 1
+    else:
+        report.add_failure(row["error_kind"], row["error"] or "", row["video_id"])
+
+
 # --------------------------------------------------------------------------- planning
 
 
@@ -284,7 +308,11 @@ def run_keyframes(
             report.extra["previously_failed"] = (
                 f"{len(plan.skipped_failed)} inputs failed in an earlier run; use --retry-failed to try again"
             )
-        if plan.pending:
+        if plan.pending and cfg.engine == "ray":
+            from mama_augment.engines.ray_engine import run_keyframes_on_ray
+
+            run_keyframes_on_ray(plan.pending, workdir, cfg, report, progress)
+        elif plan.pending:
             _run_pool(plan.pending, workdir, cfg, report, progress)
         rows = compact(workdir, KEYFRAMES)
     report.seconds = time.perf_counter() - started
@@ -294,7 +322,7 @@ def run_keyframes(
 
 
 def _run_pool(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: StageReport, progress: bool) -> None:
-    from pebble import ProcessExpired, ProcessPool
+    from pebble import ProcessPool
     from tqdm import tqdm
 
     config_hash = cfg.config_hash()
@@ -319,23 +347,9 @@ def _run_pool(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: Stag
         }
         for future in concurrent.futures.as_completed(futures):
             job = futures[future]
-            try:
-                row = future.result()
-            except concurrent.futures.TimeoutError:
-                row = failed_row(
-                    job, cfg, config_hash, "timeout", f"gave up after {cfg.timeout_s:g} s (--timeout)"
-                )
-            except ProcessExpired as exc:
-                row = failed_row(
-                    job, cfg, config_hash, "crashed", f"the decoder process died (exit code {exc.exitcode})"
-                )
-            except Exception as exc:  # pickling or pool errors
-                row = failed_row(job, cfg, config_hash, "internal_error", f"{type(exc).__name__}: {exc}")
+            row = row_from_future(future, job, cfg, config_hash)
             writer.write([row])
-            if row["status"] == STATUS_OK:
-                report.done += 1
-            else:
-                report.add_failure(row["error_kind"], row["error"] or "", job.video_id)
+            record_row(report, row)
             bar.update(1)
             bar.set_postfix(failed=report.failed, refresh=False)
     except BaseException:
