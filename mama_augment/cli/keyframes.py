@@ -39,6 +39,10 @@ def keyframes_command(
     min_keyframes: int = typer.Option(_D.min_keyframes, help="Lower bound for --num-keyframes auto."),
     max_keyframes: int = typer.Option(_D.max_keyframes, help="Upper bound for --num-keyframes auto."),
     knn: int = typer.Option(_D.knn, help="Neighbours used for the DPC-KNN density."),
+    selection: str = typer.Option(
+        _D.selection,
+        help="How centres are chosen among DPC scores: cover (greedy coverage among the top 2K scores) or gamma (the K highest rho*delta).",
+    ),
     fps: float = typer.Option(_D.fps, help="Frames sampled per second of video."),
     max_frames: int = typer.Option(_D.max_frames, help="At most this many sampled frames, spread evenly over longer videos."),
     grid: str = typer.Option(_D.grid, help="Grid layout ROWSxCOLS, filled row-major in temporal order."),
@@ -81,6 +85,7 @@ def keyframes_command(
         min_keyframes=min_keyframes,
         max_keyframes=max_keyframes,
         knn=knn,
+        selection=selection,
         embedder=embedder,
         embed_model=embed_model,
         device=device,

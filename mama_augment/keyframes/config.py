@@ -17,6 +17,7 @@ OUTPUT_FIELDS = (
     "min_keyframes",
     "max_keyframes",
     "knn",
+    "selection",
     "embedder",
     "embed_model",
     "grid",
@@ -29,6 +30,9 @@ OUTPUT_FIELDS = (
 ENGINES = ("local", "ray")
 
 
+SELECTIONS = ("cover", "gamma")
+
+
 @dataclass(frozen=True)
 class KeyframesConfig:
     fps: float = 2.0
@@ -37,6 +41,7 @@ class KeyframesConfig:
     min_keyframes: int = 4
     max_keyframes: int = 12
     knn: int = 5
+    selection: str = "cover"  # cover | gamma (plain top-K of DPC scores)
     embedder: str = "cnn"
     embed_model: str | None = None
     device: str = "auto"
@@ -84,6 +89,8 @@ class KeyframesConfig:
             raise UsageError("--fps must be positive")
         if self.max_frames < 1:
             raise UsageError("--max-frames must be at least 1")
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"--selection must be one of: {', '.join(SELECTIONS)}")
         if self.knn < 1:
             raise UsageError("--knn must be at least 1")
         if self.num_keyframes is not None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+from mama_augment.configfile import record_run_config
 from mama_augment.errors import ItemError, MamaError
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.manifest import (
@@ -149,6 +150,7 @@ def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: s
         knn=cfg.knn,
         min_keyframes=cfg.min_keyframes,
         max_keyframes=cfg.max_keyframes,
+        selection=cfg.selection,
     )
     chosen = [int(i) for i in chosen]
 
@@ -299,6 +301,7 @@ def run_keyframes(
             for sub in (FRAMES_DIR, GRIDS_DIR):
                 shutil.rmtree(workdir / sub, ignore_errors=True)
             cfg = replace(cfg, overwrite=False)
+        record_run_config(workdir, "keyframes", {"inputs": [str(s) for s in sources], **cfg.as_dict()})
         compact(workdir, KEYFRAMES)  # fold parts left by a killed run
         plan = plan_jobs(items, workdir, cfg)
         report.skipped = plan.skipped_ok
