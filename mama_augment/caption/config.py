@@ -1,0 +1,93 @@
+"""Every option of the caption stage, with its default, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+BACKEND_CHOICES = ("auto", "offline", "server", "transformers")
+
+
+@dataclass
+class CaptionConfig:
+    """Options of ``run_caption``; the CLI builds one of these and nothing else.
+
+    Only the fields that change what a caption *is* (model, prompt, sampling, length
+    rules) enter the ``config_hash`` of a row; engine and client tuning do not, so a
+    run resumed with another backend or concurrency keeps what is done.
+    """
+
+    # What to caption with.
+    model: str = "llava"
+    backend: str = "auto"
+    prompt: str = "default"
+
+    # Sampling (recorded in every row as JSON).
+    num_captions: int = 1
+    temperature: float = 0.2
+    top_p: float = 1.0
+    max_tokens: int = 96
+    seed: int = 0
+    # The random test model stops whenever; benchmarks need a fixed length.
+    ignore_eos: bool = False
+
+    # Post-processing.
+    max_words: int = 40
+    regenerate: int = 1  # extra samples asked for a caption longer than max_words
+
+    # Server backend.
+    endpoint: str | None = None
+    served_model_name: str | None = None  # name sent in requests; default: the model id
+    api_key_env: str | None = None  # default: OPENAI_API_KEY, then VLLM_API_KEY
+    concurrency: int = 64
+    request_timeout_s: float = 120.0
+    max_retries: int = 4
+    retry_backoff_s: float = 0.5
+    jpeg_quality: int = 90
+
+    # Offline (in-process vLLM) engine.
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int | None = None
+    tensor_parallel_size: int = 1
+    kv_cache_memory_bytes: int | None = None  # default on a CPU: 256 MiB
+    dtype: str = "auto"
+    enforce_eager: bool | None = None  # default: True on a CPU (fast start)
+    engine_args: dict = field(default_factory=dict)  # anything else vllm.LLM accepts
+    batch_size: int = 512  # requests handed to LLM.chat at once
+
+    # Transformers backend.
+    device: str = "auto"
+
+    # Which rows.
+    retry_failed: bool = False
+    overwrite: bool = False
+    limit: int | None = None  # caption at most this many grids (smoke runs)
+
+    # Writing: pending rows go to disk at least this often (a killed run loses only
+    # the requests in flight plus at most this much work).
+    flush_interval_s: float = 1.0
+    flush_rows: int = 256
+
+    def sampling_dict(self) -> dict:
+        """What is recorded in the ``sampling`` column (the per-row seed is separate)."""
+        sampling = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "max_words": self.max_words,
+            "regenerate": self.regenerate,
+            "base_seed": self.seed,
+        }
+        if self.ignore_eos:
+            sampling["ignore_eos"] = True
+        return sampling
+
+    def config_hash(self, model_id: str, prompt_sha256: str) -> str:
+        identity = {"model": model_id, "prompt_sha256": prompt_sha256, **self.sampling_dict()}
+        blob = json.dumps(identity, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def as_dict(self) -> dict:
+        return asdict(self)

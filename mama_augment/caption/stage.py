@@ -1,0 +1,368 @@
+"""The caption stage: keyframes.parquet grids -> VLM -> captions.parquet.
+
+``run_caption`` works out which (video, caption_index) pairs are pending, hands them
+to a backend, cleans each answer and writes rows as they come back, through the same
+atomic part files as every manifest. Rows already done with the same ``config_hash``
+(model + prompt + sampling) are skipped; a changed prompt, model or sampling makes
+them pending again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mama_augment.caption.backends import (
+    BACKENDS,
+    CaptionBackend,
+    CaptionRequest,
+    Generation,
+    choose_backend,
+    make_backend,
+)
+from mama_augment.caption.config import CaptionConfig
+from mama_augment.caption.postprocess import CleanCaption, clean_caption
+from mama_augment.caption.presets import ModelSpec, resolve_model
+from mama_augment.caption.prompts import Prompt, load_prompt
+from mama_augment.errors import ItemError, UsageError
+from mama_augment.manifest import (
+    CAPTIONS,
+    KEYFRAMES,
+    STATUS_FAILED,
+    STATUS_OK,
+    PartWriter,
+    compact,
+    ensure_workdir,
+    manifest_path,
+    parts_dir,
+    read_manifest,
+    remove_manifest,
+    utc_now,
+    workdir_lock,
+)
+from mama_augment.stage import StageReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Grid:
+    video_id: str
+    grid_path: str  # as in keyframes.parquet (relative to the work folder)
+    rows: int
+    cols: int
+    num_frames: int
+
+
+def caption_seed(base_seed: int, video_id: str, caption_index: int, attempt: int = 0) -> int:
+    """Distinct per caption of a video, stable across runs and batch orders."""
+    digest = hashlib.sha256(f"{base_seed}:{video_id}".encode()).digest()
+    per_video = int.from_bytes(digest[:4], "little") & 0x3FFFFFFF
+    return (per_video + caption_index * 1_000_003 + attempt * 7_919) % (2**31 - 1)
+
+
+def validate(config: CaptionConfig) -> None:
+    if config.backend != "auto" and config.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {config.backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    checks = [
+        (config.num_captions >= 1, "--num-captions must be at least 1"),
+        (config.temperature >= 0, "--temperature must be >= 0"),
+        (0 < config.top_p <= 1, "--top-p must be in (0, 1]"),
+        (config.max_tokens >= 1, "--max-tokens must be at least 1"),
+        (config.max_words >= 1, "--max-words must be at least 1"),
+        (config.regenerate >= 0, "--regenerate must be >= 0"),
+        (config.concurrency >= 1, "--concurrency must be at least 1"),
+        (config.max_retries >= 0, "--retries must be >= 0"),
+        (config.request_timeout_s > 0, "--timeout must be > 0"),
+        (config.batch_size >= 1, "--batch-size must be at least 1"),
+        (config.limit is None or config.limit >= 0, "--limit must be >= 0"),
+        (not (config.backend == "server" and not config.endpoint), "--backend server needs --endpoint"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def load_grids(workdir: Path) -> list[Grid]:
+    if not manifest_path(workdir, KEYFRAMES).exists() and not parts_dir(workdir, KEYFRAMES).is_dir():
+        raise UsageError(f"no keyframes manifest in {workdir}: run `mama-augment keyframes` first")
+    table = read_manifest(
+        workdir, KEYFRAMES, columns=["status", "grid_path", "grid_rows", "grid_cols", "keyframe_paths"]
+    ).to_pylist()
+    grids = []
+    for row in sorted(table, key=lambda r: r["video_id"]):
+        if row["status"] != STATUS_OK or not row["grid_path"]:
+            continue
+        rows, cols = row["grid_rows"] or 1, row["grid_cols"] or 1
+        frames = len(row["keyframe_paths"]) if row["keyframe_paths"] else rows * cols
+        grids.append(Grid(row["video_id"], row["grid_path"], rows, cols, frames))
+    return grids
+
+
+class _Run:
+    """The bookkeeping of one run: rows, buffer, counters, progress."""
+
+    def __init__(self, config, workdir, spec, prompt, backend_name, config_hash, report, total, progress):
+        self.config = config
+        self.workdir = workdir
+        self.spec = spec
+        self.prompt = prompt
+        self.backend_name = backend_name
+        self.config_hash = config_hash
+        self.report = report
+        self.sampling_json = json.dumps(config.sampling_dict(), sort_keys=True)
+        self.model_label = spec.model
+        self.buffer: list[dict] = []
+        self.last_flush = time.monotonic()
+        self.writer = PartWriter(workdir, CAPTIONS)
+        # Answers that arrive slowly still reach the disk within flush_interval_s.
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_periodically, name="caption-flush", daemon=True)
+        self._flusher.start()
+        self.started = time.monotonic()
+        self.completion_tokens = 0
+        self.prompt_tokens = 0
+        self.truncated = 0
+        self.regenerated = 0
+        self.grids_done: set[str] = set()
+        self.bar = None
+        if progress and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="caption", desc="caption", dynamic_ncols=True, smoothing=0.1)
+        self._last_postfix = 0.0
+
+    def row(self, request: CaptionRequest, grid: Grid, generation: Generation, caption: str | None,
+            status: str, error_kind: str | None = None, error: str | None = None) -> dict:
+        return {
+            "video_id": request.video_id,
+            "caption_index": request.caption_index,
+            "caption": caption,
+            "raw_output": generation.text,
+            "status": status,
+            "error_kind": error_kind,
+            "error": error,
+            "grid_path": grid.grid_path,
+            "model": self.model_label,
+            "preset": self.spec.preset,
+            "backend": self.backend_name,
+            "prompt_name": self.prompt.name,
+            "prompt_sha256": self.prompt.sha256,
+            "sampling": self.sampling_json,
+            "seed": request.seed,
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "latency_s": generation.latency_s,
+            "config_hash": self.config_hash,
+            "created_at": utc_now(),
+        }
+
+    def _flush_periodically(self) -> None:
+        while not self._stopped.wait(self.config.flush_interval_s):
+            if time.monotonic() - self.last_flush >= self.config.flush_interval_s:
+                self.flush()
+
+    def add(self, row: dict) -> None:
+        with self._lock:
+            self.buffer.append(row)
+        if row["status"] == STATUS_OK:
+            self.report.done += 1
+        else:
+            self.report.add_failure(row["error_kind"] or "unknown", row["error"] or "", row["video_id"])
+        self.prompt_tokens += row["prompt_tokens"] or 0
+        self.completion_tokens += row["completion_tokens"] or 0
+        self.grids_done.add(row["video_id"])
+        now = time.monotonic()
+        if len(self.buffer) >= self.config.flush_rows or now - self.last_flush >= self.config.flush_interval_s:
+            self.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            if now - self._last_postfix > 0.5:
+                elapsed = max(now - self.started, 1e-9)
+                self.bar.set_postfix(
+                    {"grids/s": f"{len(self.grids_done) / elapsed:.2f}",
+                     "tok/s": f"{self.completion_tokens / elapsed:.0f}",
+                     "failed": self.report.failed},
+                    refresh=False,
+                )
+                self._last_postfix = now
+
+    def flush(self) -> None:
+        with self._lock:
+            if self.buffer:
+                self.writer.write(self.buffer)
+                self.buffer = []
+            self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._flusher.join()
+        self.flush()
+        self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _pending(config: CaptionConfig, workdir: Path, grids: list[Grid], config_hash: str, report: StageReport):
+    existing = {
+        (row["video_id"], row["caption_index"]): row
+        for row in read_manifest(workdir, CAPTIONS, columns=["status", "config_hash"]).to_pylist()
+    }
+    pending: list[tuple[Grid, int]] = []
+    previously_failed = 0
+    for grid in grids:
+        for index in range(config.num_captions):
+            row = existing.get((grid.video_id, index))
+            if row is not None and row["config_hash"] == config_hash:
+                if row["status"] == STATUS_OK:
+                    report.skipped += 1
+                    continue
+                if not config.retry_failed:
+                    report.skipped += 1
+                    previously_failed += 1
+                    continue
+            pending.append((grid, index))
+    return pending, previously_failed
+
+
+def run_caption(config: CaptionConfig, workdir: str | os.PathLike, progress: bool = True) -> StageReport:
+    """Caption every ``ok`` grid of ``<workdir>/keyframes.parquet`` into ``captions.parquet``."""
+    started = time.monotonic()
+    validate(config)
+    workdir = ensure_workdir(workdir)
+    report = StageReport(stage="caption", output=manifest_path(workdir, CAPTIONS))
+    prompt = load_prompt(config.prompt)
+    spec = resolve_model(config.model)
+    backend_name = choose_backend(config)
+    # A server may serve the model under another name; that name is what is recorded
+    # and hashed. Creating a server client is cheap; an in-process engine starts only
+    # when something is pending.
+    backend = make_backend(backend_name, spec, config) if backend_name == "server" else None
+    model_label = getattr(backend, "model_name", None) or spec.model
+    config_hash = config.config_hash(model_label, prompt.sha256)
+
+    try:
+        _run_locked(config, workdir, report, prompt, spec, backend_name, backend, model_label, config_hash, progress)
+    finally:
+        if backend is not None:  # a server client made above and never used
+            backend.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _run_locked(config, workdir, report, prompt, spec, backend_name, backend, model_label, config_hash, progress):
+    with workdir_lock(workdir, "caption"):
+        grids = load_grids(workdir)
+        if config.limit is not None:
+            grids = grids[: config.limit]
+        if config.overwrite:
+            remove_manifest(workdir, CAPTIONS)
+        pending, previously_failed = _pending(config, workdir, grids, config_hash, report)
+        report.total = len(grids) * config.num_captions
+        report.extra.update(model=model_label, backend=backend_name, prompt=prompt.name, pending=len(pending))
+        if previously_failed:
+            report.extra["previously_failed"] = f"{previously_failed} (rerun with --retry-failed)"
+        if pending:
+            engine_started = time.monotonic()
+            backend = backend or make_backend(backend_name, spec, config)
+            report.extra["backend_start_s"] = round(time.monotonic() - engine_started, 2)
+            try:
+                # Rates and the progress bar start once the engine is up.
+                run = _Run(config, workdir, spec, prompt, backend_name, config_hash, report, len(pending), progress)
+                run.model_label = model_label
+                try:
+                    _caption(run, backend, pending, workdir)
+                finally:
+                    run.close()
+            finally:
+                backend.close()
+            seconds = max(time.monotonic() - run.started, 1e-9)
+            processed = report.done + report.failed
+            report.extra.update(
+                captions_per_s=round(processed / seconds, 3),
+                completion_tokens_per_s=round(run.completion_tokens / seconds, 1),
+                prompt_tokens=run.prompt_tokens,
+                completion_tokens=run.completion_tokens,
+                regenerated=run.regenerated,
+                truncated=run.truncated,
+            )
+        compact(workdir, CAPTIONS)
+
+
+def _caption(run: _Run, backend: CaptionBackend, pending: list[tuple[Grid, int]], workdir: Path) -> None:
+    config = run.config
+    grid_of: dict[tuple[str, int], Grid] = {}
+    requests: list[CaptionRequest] = []
+    for grid, index in pending:
+        request = CaptionRequest(
+            video_id=grid.video_id,
+            caption_index=index,
+            grid_path=(workdir / grid.grid_path) if not Path(grid.grid_path).is_absolute() else Path(grid.grid_path),
+            prompt=run.prompt.render(grid.rows, grid.cols, grid.num_frames),
+            seed=caption_seed(config.seed, grid.video_id, index),
+        )
+        grid_of[(grid.video_id, index)] = grid
+        if not request.grid_path.is_file():
+            run.add(run.row(request, grid, Generation(), None, STATUS_FAILED, "missing_grid",
+                            f"grid image {request.grid_path} does not exist"))
+            continue
+        requests.append(request)
+
+    # Too-long answers wait here for a regeneration; their first, truncated, version
+    # is the fallback.
+    too_long: dict[tuple[str, int], tuple[CaptionRequest, Generation, CleanCaption]] = {}
+
+    def finish(request: CaptionRequest, generation: Generation, last_round: bool) -> None:
+        key = (request.video_id, request.caption_index)
+        grid = grid_of[key]
+        if not generation.ok:
+            if key in too_long:  # a failed regeneration keeps the truncated first answer
+                request, generation, cleaned = too_long.pop(key)
+                run.truncated += 1
+                run.add(run.row(request, grid, generation, cleaned.text, STATUS_OK))
+                return
+            run.add(run.row(request, grid, generation, None, STATUS_FAILED, generation.error_kind, generation.error))
+            return
+        try:
+            cleaned = clean_caption(generation.text, config.max_words)
+        except ItemError as exc:
+            if key in too_long:
+                request, generation, cleaned = too_long.pop(key)
+                run.truncated += 1
+                run.add(run.row(request, grid, generation, cleaned.text, STATUS_OK))
+                return
+            run.add(run.row(request, grid, generation, None, STATUS_FAILED, exc.kind, exc.message))
+            return
+        if cleaned.too_long and not last_round:
+            too_long.setdefault(key, (request, generation, cleaned))
+            return
+        if cleaned.too_long:
+            first = too_long.pop(key, None)
+            if first is not None:
+                request, generation, cleaned = first
+            run.truncated += 1
+        else:
+            too_long.pop(key, None)
+        if request.attempt:
+            run.regenerated += 1
+        run.add(run.row(request, grid, generation, cleaned.text, STATUS_OK))
+
+    for request, generation in backend.generate(requests):
+        finish(request, generation, last_round=config.regenerate == 0)
+    for attempt in range(1, config.regenerate + 1):
+        if not too_long:
+            break
+        retry = [
+            CaptionRequest(r.video_id, r.caption_index, r.grid_path, r.prompt,
+                           caption_seed(config.seed, r.video_id, r.caption_index, attempt), attempt)
+            for r, _, _ in too_long.values()
+        ]
+        for request, generation in backend.generate(retry):
+            finish(request, generation, last_round=attempt == config.regenerate)
