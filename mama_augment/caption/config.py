@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 BACKEND_CHOICES = ("auto", "offline", "server", "transformers")
+ENGINE_CHOICES = ("local", "ray")
 
 
 @dataclass
@@ -56,6 +57,14 @@ class CaptionConfig:
     enforce_eager: bool | None = None  # default: True on a CPU (fast start)
     engine_args: dict = field(default_factory=dict)  # anything else vllm.LLM accepts
     batch_size: int = 512  # requests handed to LLM.chat at once
+
+    # Where the engines run (not part of config_hash: a run can switch and resume).
+    engine: str = "local"  # local (this process) | ray (one engine per Ray actor)
+    ray_address: str | None = None  # None: start a local Ray; "auto" or an address: join it
+    replicas: int = 1  # engines (Ray actors), each with tensor_parallel_size GPUs on a GPU cluster
+    num_cpus: float = 1.0  # CPUs reserved per replica
+    # GPUs reserved per replica; None: tensor_parallel_size on a cluster with GPUs, else 0.
+    num_gpus: float | None = None
 
     # Transformers backend.
     device: str = "auto"

@@ -5,6 +5,10 @@ to a backend, cleans each answer and writes rows as they come back, through the 
 atomic part files as every manifest. Rows already done with the same ``config_hash``
 (model + prompt + sampling) are skipped; a changed prompt, model or sampling makes
 them pending again.
+
+``engine="ray"`` runs the same backend (one engine per Ray actor) through
+``mama_augment.engines.ray_caption``; planning, row building, writing and the report
+stay here, so both engines write the same rows and a run can switch engines and resume.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 from mama_augment.caption.backends import (
     BACKENDS,
@@ -26,10 +31,11 @@ from mama_augment.caption.backends import (
     choose_backend,
     make_backend,
 )
-from mama_augment.caption.config import CaptionConfig
+from mama_augment.caption.config import ENGINE_CHOICES, CaptionConfig
 from mama_augment.caption.postprocess import CleanCaption, clean_caption
 from mama_augment.caption.presets import ModelSpec, resolve_model
 from mama_augment.caption.prompts import Prompt, load_prompt
+from mama_augment.configfile import record_run_config
 from mama_augment.errors import ItemError, UsageError
 from mama_augment.manifest import (
     CAPTIONS,
@@ -60,6 +66,21 @@ class Grid:
     num_frames: int
 
 
+@dataclass
+class Outcome:
+    """What became of one request: the generation kept (first sample or a
+    regeneration), the cleaned caption or why it failed. Rows are built from this."""
+
+    request: CaptionRequest  # the request whose generation is kept (its seed is recorded)
+    generation: Generation
+    caption: str | None
+    status: str
+    error_kind: str | None = None
+    error: str | None = None
+    truncated: bool = False  # still too long after the regenerations: cut at a sentence end
+    regenerated: bool = False  # the kept generation is a regeneration
+
+
 def caption_seed(base_seed: int, video_id: str, caption_index: int, attempt: int = 0) -> int:
     """Distinct per caption of a video, stable across runs and batch orders."""
     digest = hashlib.sha256(f"{base_seed}:{video_id}".encode()).digest()
@@ -83,6 +104,13 @@ def validate(config: CaptionConfig) -> None:
         (config.batch_size >= 1, "--batch-size must be at least 1"),
         (config.limit is None or config.limit >= 0, "--limit must be >= 0"),
         (not (config.backend == "server" and not config.endpoint), "--backend server needs --endpoint"),
+        (config.engine in ENGINE_CHOICES, f"--engine must be one of: {', '.join(ENGINE_CHOICES)}"),
+        (config.replicas >= 1, "--replicas must be at least 1"),
+        (config.num_cpus > 0, "--num-cpus must be > 0"),
+        (config.num_gpus is None or config.num_gpus >= 0, "--num-gpus must be >= 0"),
+        (not (config.engine == "ray" and (config.backend == "server" or config.endpoint)),
+         "--engine ray runs the engines on the Ray cluster; with --endpoint a server does the work "
+         "(use --engine local)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -136,7 +164,8 @@ class _Run:
         if progress and total:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="caption", desc="caption", dynamic_ncols=True, smoothing=0.1)
+            desc = "caption" if config.engine == "local" else f"caption ({config.engine})"
+            self.bar = tqdm(total=total, unit="caption", desc=desc, dynamic_ncols=True, smoothing=0.1)
         self._last_postfix = 0.0
 
     def row(self, request: CaptionRequest, grid: Grid, generation: Generation, caption: str | None,
@@ -163,6 +192,12 @@ class _Run:
             "config_hash": self.config_hash,
             "created_at": utc_now(),
         }
+
+    def add_outcome(self, outcome: Outcome, grid: Grid) -> None:
+        self.truncated += outcome.truncated
+        self.regenerated += outcome.regenerated
+        self.add(self.row(outcome.request, grid, outcome.generation, outcome.caption, outcome.status,
+                          outcome.error_kind, outcome.error))
 
     def _flush_periodically(self) -> None:
         while not self._stopped.wait(self.config.flush_interval_s):
@@ -240,7 +275,9 @@ def run_caption(config: CaptionConfig, workdir: str | os.PathLike, progress: boo
     report = StageReport(stage="caption", output=manifest_path(workdir, CAPTIONS))
     prompt = load_prompt(config.prompt)
     spec = resolve_model(config.model)
-    backend_name = choose_backend(config)
+    # With Ray the engines run on the cluster: the driver needs no vLLM of its own.
+    ray_auto = config.engine == "ray" and config.backend == "auto" and not config.endpoint
+    backend_name = "offline" if ray_auto else choose_backend(config)
     # A server may serve the model under another name; that name is what is recorded
     # and hashed. Creating a server client is cheap; an in-process engine starts only
     # when something is pending.
@@ -259,6 +296,7 @@ def run_caption(config: CaptionConfig, workdir: str | os.PathLike, progress: boo
 
 def _run_locked(config, workdir, report, prompt, spec, backend_name, backend, model_label, config_hash, progress):
     with workdir_lock(workdir, "caption"):
+        record_run_config(workdir, "caption", config.as_dict())
         grids = load_grids(workdir)
         if config.limit is not None:
             grids = grids[: config.limit]
@@ -267,9 +305,24 @@ def _run_locked(config, workdir, report, prompt, spec, backend_name, backend, mo
         pending, previously_failed = _pending(config, workdir, grids, config_hash, report)
         report.total = len(grids) * config.num_captions
         report.extra.update(model=model_label, backend=backend_name, prompt=prompt.name, pending=len(pending))
+        if config.engine != "local":
+            report.extra["engine"] = config.engine
         if previously_failed:
             report.extra["previously_failed"] = f"{previously_failed} (rerun with --retry-failed)"
-        if pending:
+        if pending and config.engine == "ray":
+            from mama_augment.engines.ray_caption import RayCaptioner
+
+            # Checks that Ray is installed before anything starts; the engines start
+            # in the actors, so rates include their start.
+            with RayCaptioner(spec, config, backend_name, report) as captioner:
+                run = _Run(config, workdir, spec, prompt, backend_name, config_hash, report, len(pending), progress)
+                run.model_label = model_label
+                try:
+                    _caption(run, captioner.outcomes, pending, workdir)
+                finally:
+                    run.close()
+            _report_rates(report, run)
+        elif pending:
             engine_started = time.monotonic()
             backend = backend or make_backend(backend_name, spec, config)
             report.extra["backend_start_s"] = round(time.monotonic() - engine_started, 2)
@@ -278,91 +331,121 @@ def _run_locked(config, workdir, report, prompt, spec, backend_name, backend, mo
                 run = _Run(config, workdir, spec, prompt, backend_name, config_hash, report, len(pending), progress)
                 run.model_label = model_label
                 try:
-                    _caption(run, backend, pending, workdir)
+                    _caption(run, lambda requests: caption_requests(backend, requests, config), pending, workdir)
                 finally:
                     run.close()
             finally:
                 backend.close()
-            seconds = max(time.monotonic() - run.started, 1e-9)
-            processed = report.done + report.failed
-            report.extra.update(
-                captions_per_s=round(processed / seconds, 3),
-                completion_tokens_per_s=round(run.completion_tokens / seconds, 1),
-                prompt_tokens=run.prompt_tokens,
-                completion_tokens=run.completion_tokens,
-                regenerated=run.regenerated,
-                truncated=run.truncated,
-            )
+            _report_rates(report, run)
         compact(workdir, CAPTIONS)
 
 
-def _caption(run: _Run, backend: CaptionBackend, pending: list[tuple[Grid, int]], workdir: Path) -> None:
-    config = run.config
-    grid_of: dict[tuple[str, int], Grid] = {}
-    requests: list[CaptionRequest] = []
+def _report_rates(report: StageReport, run: _Run) -> None:
+    seconds = max(time.monotonic() - run.started, 1e-9)
+    processed = report.done + report.failed
+    report.extra.update(
+        captions_per_s=round(processed / seconds, 3),
+        completion_tokens_per_s=round(run.completion_tokens / seconds, 1),
+        prompt_tokens=run.prompt_tokens,
+        completion_tokens=run.completion_tokens,
+        regenerated=run.regenerated,
+        truncated=run.truncated,
+    )
+
+
+def build_requests(prompt: Prompt, config: CaptionConfig, pending: Sequence[tuple[Grid, int]],
+                   workdir: Path) -> list[CaptionRequest]:
+    """One request (attempt 0) per pending (grid, caption index), in ``pending`` order."""
+    requests = []
     for grid, index in pending:
-        request = CaptionRequest(
+        grid_path = Path(grid.grid_path)
+        requests.append(CaptionRequest(
             video_id=grid.video_id,
             caption_index=index,
-            grid_path=(workdir / grid.grid_path) if not Path(grid.grid_path).is_absolute() else Path(grid.grid_path),
-            prompt=run.prompt.render(grid.rows, grid.cols, grid.num_frames),
+            grid_path=grid_path if grid_path.is_absolute() else workdir / grid_path,
+            prompt=prompt.render(grid.rows, grid.cols, grid.num_frames),
             seed=caption_seed(config.seed, grid.video_id, index),
-        )
-        grid_of[(grid.video_id, index)] = grid
+        ))
+    return requests
+
+
+def _caption(run: _Run, outcomes: Callable[[list[CaptionRequest]], Iterator[Outcome]],
+             pending: list[tuple[Grid, int]], workdir: Path) -> None:
+    """Write a row for every pending caption: missing grids fail here, the rest go
+    through ``outcomes`` (a local backend or the Ray engine)."""
+    grid_of = {(grid.video_id, index): grid for grid, index in pending}
+    requests = []
+    for request in build_requests(run.prompt, run.config, pending, workdir):
         if not request.grid_path.is_file():
-            run.add(run.row(request, grid, Generation(), None, STATUS_FAILED, "missing_grid",
-                            f"grid image {request.grid_path} does not exist"))
+            run.add_outcome(Outcome(request, Generation(), None, STATUS_FAILED, "missing_grid",
+                                    f"grid image {request.grid_path} does not exist"),
+                            grid_of[(request.video_id, request.caption_index)])
             continue
         requests.append(request)
+    if not requests:
+        return
+    stream = outcomes(requests)
+    try:
+        for outcome in stream:
+            run.add_outcome(outcome, grid_of[(outcome.request.video_id, outcome.request.caption_index)])
+    finally:
+        stream.close()  # now, not when the traceback goes: a Ray execution stops here
 
+
+def caption_requests(backend: CaptionBackend, requests: Sequence[CaptionRequest],
+                     config: CaptionConfig) -> Iterator[Outcome]:
+    """Generate, clean and (for a too-long caption) regenerate: one ``Outcome`` per
+    request, yielded as soon as it is final.
+
+    Too-long answers wait for up to ``config.regenerate`` more samples (distinct
+    seeds); if none fits, the first answer is cut at a sentence end. This is the whole
+    per-request logic of the stage; the Ray engine runs it inside each actor.
+    """
     # Too-long answers wait here for a regeneration; their first, truncated, version
     # is the fallback.
     too_long: dict[tuple[str, int], tuple[CaptionRequest, Generation, CleanCaption]] = {}
 
-    def finish(request: CaptionRequest, generation: Generation, last_round: bool) -> None:
+    def fallback(key) -> Outcome:
+        request, generation, cleaned = too_long.pop(key)
+        return Outcome(request, generation, cleaned.text, STATUS_OK, truncated=True)
+
+    def finish(request: CaptionRequest, generation: Generation, last_round: bool) -> Outcome | None:
         key = (request.video_id, request.caption_index)
-        grid = grid_of[key]
         if not generation.ok:
             if key in too_long:  # a failed regeneration keeps the truncated first answer
-                request, generation, cleaned = too_long.pop(key)
-                run.truncated += 1
-                run.add(run.row(request, grid, generation, cleaned.text, STATUS_OK))
-                return
-            run.add(run.row(request, grid, generation, None, STATUS_FAILED, generation.error_kind, generation.error))
-            return
+                return fallback(key)
+            return Outcome(request, generation, None, STATUS_FAILED, generation.error_kind, generation.error)
         try:
             cleaned = clean_caption(generation.text, config.max_words)
         except ItemError as exc:
             if key in too_long:
-                request, generation, cleaned = too_long.pop(key)
-                run.truncated += 1
-                run.add(run.row(request, grid, generation, cleaned.text, STATUS_OK))
-                return
-            run.add(run.row(request, grid, generation, None, STATUS_FAILED, exc.kind, exc.message))
-            return
+                return fallback(key)
+            return Outcome(request, generation, None, STATUS_FAILED, exc.kind, exc.message)
         if cleaned.too_long and not last_round:
             too_long.setdefault(key, (request, generation, cleaned))
-            return
-        if cleaned.too_long:
+            return None
+        truncated = cleaned.too_long
+        if truncated:
             first = too_long.pop(key, None)
             if first is not None:
                 request, generation, cleaned = first
-            run.truncated += 1
         else:
             too_long.pop(key, None)
-        if request.attempt:
-            run.regenerated += 1
-        run.add(run.row(request, grid, generation, cleaned.text, STATUS_OK))
+        return Outcome(request, generation, cleaned.text, STATUS_OK, truncated=truncated,
+                       regenerated=bool(request.attempt))
 
     for request, generation in backend.generate(requests):
-        finish(request, generation, last_round=config.regenerate == 0)
+        outcome = finish(request, generation, last_round=config.regenerate == 0)
+        if outcome is not None:
+            yield outcome
     for attempt in range(1, config.regenerate + 1):
         if not too_long:
             break
         retry = [
-            CaptionRequest(r.video_id, r.caption_index, r.grid_path, r.prompt,
-                           caption_seed(config.seed, r.video_id, r.caption_index, attempt), attempt)
+            replace(r, seed=caption_seed(config.seed, r.video_id, r.caption_index, attempt), attempt=attempt)
             for r, _, _ in too_long.values()
         ]
         for request, generation in backend.generate(retry):
-            finish(request, generation, last_round=attempt == config.regenerate)
+            outcome = finish(request, generation, last_round=attempt == config.regenerate)
+            if outcome is not None:
+                yield outcome

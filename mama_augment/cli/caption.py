@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from mama_augment.caption.config import BACKEND_CHOICES, CaptionConfig
+from mama_augment.caption.config import BACKEND_CHOICES, ENGINE_CHOICES, CaptionConfig
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish
 
 _D = CaptionConfig()  # defaults live in CaptionConfig; the CLI only shows them
 _ENGINE = "Offline engine (vLLM)"
 _SERVER = "Server backend"
 _SAMPLING = "Sampling and post-processing"
+_RAY = "Ray (--engine ray)"
 
 
 def _print_models() -> None:
@@ -58,6 +59,11 @@ def caption(
     kv_cache_gib: Annotated[Optional[float], typer.Option(help="KV cache size in GiB (default on a CPU: 0.25).", rich_help_panel=_ENGINE)] = None,
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32.", rich_help_panel=_ENGINE)] = _D.dtype,
     batch_size: Annotated[int, typer.Option(help="Requests handed to the engine at once (also for how often rows are saved).", rich_help_panel=_ENGINE)] = _D.batch_size,
+    engine: Annotated[str, typer.Option(help=f"One of: {', '.join(ENGINE_CHOICES)}. ray: the engines run on Ray actors (needs the ray install extra).", rich_help_panel=_RAY)] = _D.engine,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: 'auto' (the cluster of `ray start` on this node) or an address; default: start a local Ray.", rich_help_panel=_RAY)] = _D.ray_address,
+    replicas: Annotated[int, typer.Option(help="Engines (Ray actors), each with --tensor-parallel-size GPUs.", rich_help_panel=_RAY)] = _D.replicas,
+    num_cpus: Annotated[float, typer.Option(help="CPUs reserved per replica.", rich_help_panel=_RAY)] = _D.num_cpus,
+    num_gpus: Annotated[Optional[float], typer.Option(help="GPUs reserved per replica (default: --tensor-parallel-size on a cluster with GPUs, else 0).", rich_help_panel=_RAY)] = _D.num_gpus,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Caption again the grids whose caption failed.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete captions.parquet and caption everything again.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Caption at most this many grids (a smoke run).")] = None,
@@ -74,6 +80,8 @@ def caption(
 
         vllm serve llava-hf/llava-1.5-7b-hf &
         mama-augment caption -w mama-work --endpoint http://127.0.0.1:8000/v1
+
+        mama-augment caption -w mama-work --engine ray --ray-address auto --replicas 8
     """
     if list_models:
         _print_models()
@@ -103,6 +111,11 @@ def caption(
         kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None,
         dtype=dtype,
         batch_size=batch_size,
+        engine=engine,
+        ray_address=ray_address,
+        replicas=replicas,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
         retry_failed=retry_failed,
         overwrite=overwrite,
         limit=limit,

@@ -148,10 +148,12 @@ def map_on_ray(
     actors: int,
     num_cpus: float,
     num_gpus: float,
+    batch_size: int = 1,
 ) -> Iterator[pa.Table]:
     """Run ``worker_class`` (a callable class: Arrow table of items -> Arrow table of
     rows) over ``items`` on a fixed pool of ``actors`` Ray actors; yield the result
-    tables on the driver as they finish (not in input order).
+    tables on the driver as they finish (not in input order). Each call of a worker
+    gets up to ``batch_size`` items (one result table each).
 
     Closing the generator early (an exception or Ctrl-C in the caller) stops the
     execution and releases the actors.
@@ -162,7 +164,7 @@ def map_on_ray(
         dataset = ray.data.from_items(list(items), override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
         dataset = dataset.map_batches(
             worker_class,
-            batch_size=1,
+            batch_size=batch_size,
             batch_format="pyarrow",
             fn_constructor_kwargs=constructor_kwargs,
             compute=ray.data.ActorPoolStrategy(size=actors),
