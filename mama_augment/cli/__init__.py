@@ -7,6 +7,7 @@ from mama_augment.cli._app import app
 # Each module registers its commands on ``app``.
 from mama_augment.cli import keyframes as _keyframes  # noqa: F401,E402
 from mama_augment.cli import caption as _caption  # noqa: F401,E402
+from mama_augment.cli import train as _train  # noqa: F401,E402
 from mama_augment.cli import status as _status  # noqa: F401,E402
 from mama_augment.cli import report as _report  # noqa: F401,E402
 from mama_augment.cli import config as _config  # noqa: F401,E402

@@ -1,0 +1,132 @@
+"""``mama-augment train`` and ``mama-augment evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
+from mama_augment.train.config import AUGMENT_MODES, DEVICES, LOSSES, META_PARAMS, TrainConfig
+
+_D = TrainConfig()
+# Registry keys for --help without importing torch at startup.
+_BACKBONES = "features, clip"
+
+
+def _choice(name: str, value: str, choices) -> str:
+    if value not in choices:
+        raise fail(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+@app.command("train")
+def train_command(
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Original captions: .csv, .jsonl or .parquet with video_id, caption [, split, concept]."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    augment: str = typer.Option(_D.augment, help="add: also train on WORKDIR/captions.parquet (generated); none: originals only."),
+    backbone: str = typer.Option(_D.backbone, help=f"Model: {_BACKBONES}. features = frozen keyframe + sentence embeddings, trained heads (CPU-friendly); clip = Hugging Face CLIP fine-tuned on keyframe JPEGs."),
+    backbone_model: Optional[str] = typer.Option(None, help="clip: Hugging Face CLIP id or folder (loaded offline)."),
+    text_model: str = typer.Option(_D.text_model, help="features: sentence encoder (all-MiniLM-L6-v2, hashing, or a sentence-transformers folder)."),
+    loss: str = typer.Option(_D.loss, help=f"Objective: {', '.join(LOSSES)}."),
+    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama)."),
+    meta_weighting: Optional[bool] = typer.Option(None, "--meta-weighting/--no-meta-weighting", help="Meta-learned per-sample weights (default: on with mama, off with infonce).", show_default=False),
+    meta_every: int = typer.Option(_D.meta_every, help="A meta step every K training steps."),
+    meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam)."),
+    meta_hidden: int = typer.Option(_D.meta_hidden, help="Hidden width of the weighting MLP."),
+    meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (same format as --captions); default: drawn from the training pairs."),
+    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts."),
+    virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step."),
+    meta_params: str = typer.Option(_D.meta_params, help="Parameters that take the virtual step: last (last projections + logit scale, cheapest), heads, all."),
+    epochs: int = typer.Option(_D.epochs, help="Passes over the training videos."),
+    batch_size: int = typer.Option(_D.batch_size, help="Pairs per step (also the meta batch size, capped by the meta set)."),
+    lr: float = typer.Option(_D.lr, help="Peak learning rate (AdamW)."),
+    weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (not on biases, norms, logit scale)."),
+    warmup: float = typer.Option(_D.warmup, help="Warmup: a fraction of all steps if < 1, else a number of steps; then cosine decay."),
+    test_fraction: float = typer.Option(_D.test_fraction, help="Videos held out for test when the captions have no split column."),
+    val_fraction: float = typer.Option(_D.val_fraction, help="Videos held out for validation R@1 when there is no split column."),
+    seed: int = typer.Option(_D.seed, help="Seed of initialisation, batches and meta set."),
+    device: str = typer.Option(_D.device, help=f"Device: {', '.join(DEVICES)} (CUDA runs in bf16 autocast)."),
+    name: Optional[str] = typer.Option(None, help="Run name (folder WORKDIR/runs/NAME); default LOSS-BACKBONE-seedSEED."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its last checkpoint."),
+    checkpoint_every: int = typer.Option(_D.checkpoint_every, help="Steps between checkpoints (also at each epoch end)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a video-text retrieval model with the MAMA objective.
+
+    Pairs every keyframed video in WORKDIR with its original captions (--captions) and,
+    with --augment add, its generated captions (WORKDIR/captions.parquet). Writes
+    WORKDIR/runs/NAME/: config.json, model.safetensors, weighting_net.safetensors,
+    checkpoint.safetensors, metrics.jsonl, pair_weights.parquet, training.png and
+    loss_weight.png.
+
+    Example: mama-augment train --captions captions.csv --workdir mama-work --epochs 20
+    """
+    from mama_augment.train.loop import run_train
+
+    _choice("augment", augment, AUGMENT_MODES)
+    _choice("loss", loss, LOSSES)
+    _choice("device", device, DEVICES)
+    _choice("meta-params", meta_params, META_PARAMS)
+    _choice("backbone", backbone, tuple(b.strip() for b in _BACKBONES.split(",")))
+    config = TrainConfig(
+        captions=str(captions) if captions else None,
+        augment=augment,
+        backbone=backbone,
+        backbone_model=backbone_model,
+        text_model=text_model,
+        loss=loss,
+        margin=margin,
+        meta_weighting=meta_weighting,
+        meta_every=meta_every,
+        meta_lr=meta_lr,
+        meta_hidden=meta_hidden,
+        meta_set=str(meta_set) if meta_set else None,
+        meta_fraction=meta_fraction,
+        virtual_lr=virtual_lr,
+        meta_params=meta_params,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        name=name,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        progress=not quiet,
+    )
+    if not resume and captions is None:
+        raise fail("--captions is required (the original captions of the videos)")
+    report = call_library(run_train, config, workdir)
+    finish(report)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run: Path = typer.Option(..., "--run", help="A run folder (WORKDIR/runs/NAME)."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Captions to evaluate on (default: the run's own)."),
+    split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Work folder of the videos (default: the run's own, two levels up)."),
+    device: str = typer.Option("auto", help=f"Device: {', '.join(DEVICES)}."),
+) -> None:
+    """Text->video and video->text retrieval: R@1, R@5, R@10, median and mean rank.
+
+    Prints a table (per concept too, when the captions have a concept column) and
+    writes eval.json into the run folder.
+
+    Example: mama-augment evaluate --run mama-work/runs/mama-features-seed0 --split test
+    """
+    from mama_augment.train.evaluate import evaluate_run, format_table
+
+    _choice("split", split, ("train", "val", "test"))
+    _choice("device", device, DEVICES)
+    result = call_library(
+        evaluate_run, run, captions=str(captions) if captions else None, split=split, device=device, workdir=workdir
+    )
+    typer.echo(format_table(result))
+    typer.echo(f"\nwritten: {Path(run) / 'eval.json'}")

@@ -1,0 +1,147 @@
+"""Every option of ``train`` and ``evaluate`` with its default, in one place.
+
+The CLI and (later) a config file map onto :class:`TrainConfig`; nothing else holds a
+default. ``validate`` turns bad combinations into :class:`UsageError` before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from mama_augment.errors import UsageError
+
+LOSSES = ("mama", "infonce")
+AUGMENT_MODES = ("add", "none")
+DEVICES = ("auto", "cpu", "cuda")
+META_PARAMS = ("last", "heads", "all")
+TEMPORAL_ENCODERS = ("mean", "attention")
+
+# CLIP's temperature 0.07, as open_clip initialises its log logit scale.
+CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
+# The paper release clamps exp(log scale) to at most 200 ...
+LOGIT_SCALE_MAX = math.log(200.0)
+# ... and at least 1.
+LOGIT_SCALE_MIN = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (``mama-augment train``)."""
+
+    # data
+    captions: str | None = None  # original captions: .csv / .jsonl / .parquet
+    augment: str = "add"  # add the generated captions of <workdir>/captions.parquet, or none
+    test_fraction: float = 0.1  # used only without a split column
+    val_fraction: float = 0.1  # used only without a split column; 0 turns off val R@1
+    # model
+    backbone: str = "features"  # registry key, see models.BACKBONES
+    backbone_model: str | None = None  # clip: HF id or folder; features: unused
+    text_model: str = "all-MiniLM-L6-v2"  # features: text encoder registry key or a folder
+    embed_dim: int = 256
+    # features: hidden width of the projection MLPs; 0 = linear. Linear heads matched or
+    # beat a 512-wide MLP on the emoji benchmark and memorise noisy pairs more slowly.
+    head_hidden: int = 0
+    temporal: str = "attention"  # features: how keyframe embeddings are pooled
+    max_frames: int = 12  # clip: frames per video fed to the image tower
+    logit_scale_init: float | None = None  # None: ln(1/0.07) (features) or the CLIP's own
+    # objective
+    loss: str = "mama"
+    # radians, on positive pairs only (mama). Chosen by benchmarks/train_quality.py: no
+    # margin in {0.05, 0.1, 0.2, 0.3} beat InfoNCE (R@1 fell as mu grew), and with the
+    # meta-weighting mu = 0.05 did worse than mu = 0 under caption noise. So the margin
+    # is off by default and --margin turns it on (it is tested and correct either way).
+    margin: float = 0.0
+    eps: float = 1e-6  # clamp of cosines before the angle is taken
+    meta_weighting: bool | None = None  # None: on with mama, off with infonce
+    meta_every: int = 1  # a meta step every K training steps
+    meta_lr: float = 1e-3  # Adam on the weighting net (Meta-Weight-Net's value)
+    meta_hidden: int = 100  # width of the weighting MLP (Meta-Weight-Net's value)
+    meta_set: str | None = None  # a file of clean pairs; else drawn from the training pairs
+    meta_fraction: float = 0.05
+    meta_batch_size: int | None = None  # None: the training batch size (capped by the set)
+    meta_params: str = "last"  # which parameters take the virtual step: last | heads | all
+    # alpha of the virtual step. 1.0 separated shuffled from correct pairs (weights
+    # 0.45 vs 1.24) where 0.1 barely did (0.92 vs 1.04) on the emoji benchmark.
+    virtual_lr: float = 1.0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.2  # as the paper release (CLIP-ViP fine-tuning)
+    warmup: float = 0.05  # < 1: fraction of all steps; >= 1: a number of steps
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    seed: int = 0
+    device: str = "auto"
+    # run
+    name: str | None = None  # None: <loss>-<backbone>-seed<seed>
+    resume: bool = False
+    checkpoint_every: int = 200  # steps; a checkpoint is also written at each epoch end
+    log_every: int = 10  # steps between metrics.jsonl rows
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # free-form notes kept in config.json
+
+    @property
+    def use_meta_weighting(self) -> bool:
+        if self.meta_weighting is None:
+            return self.loss == "mama"
+        return self.meta_weighting
+
+    @property
+    def effective_margin(self) -> float:
+        return self.margin if self.loss == "mama" else 0.0
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.loss}-{self.backbone}-seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> "TrainConfig":
+        from mama_augment.train.models import BACKBONES
+
+        def bad(message: str) -> UsageError:
+            return UsageError(message)
+
+        if self.loss not in LOSSES:
+            raise bad(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.augment not in AUGMENT_MODES:
+            raise bad(f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}")
+        if self.device not in DEVICES:
+            raise bad(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.backbone not in BACKBONES:
+            raise bad(f"--backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
+        if self.meta_params not in META_PARAMS:
+            raise bad(f"meta_params must be one of {', '.join(META_PARAMS)}")
+        if self.temporal not in TEMPORAL_ENCODERS:
+            raise bad(f"temporal must be one of {', '.join(TEMPORAL_ENCODERS)}")
+        if not 0 <= self.margin < math.pi / 2:
+            raise bad(f"--margin must be in [0, pi/2) radians, not {self.margin}")
+        for name in ("test_fraction", "val_fraction", "meta_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise bad(f"--{name.replace('_', '-')} must be in [0, 1), not {value}")
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise bad("--test-fraction plus the val fraction leave too little to train on")
+        for name in ("epochs", "batch_size", "meta_every", "meta_hidden", "checkpoint_every", "log_every", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise bad(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batch_size < 2:
+            raise bad("--batch-size must be at least 2 for a contrastive loss")
+        for name in ("lr", "meta_lr", "virtual_lr"):
+            if getattr(self, name) <= 0:
+                raise bad(f"--{name.replace('_', '-')} must be positive")
+        if self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise bad("--weight-decay, --warmup and the gradient clip must not be negative")
+        if self.backbone == "clip" and not self.backbone_model:
+            raise bad("--backbone clip needs --backbone-model (a Hugging Face CLIP id or folder)")
+        if self.use_meta_weighting and self.meta_set is None and self.meta_fraction <= 0:
+            raise bad("meta-weighting needs a meta set: --meta-set FILE or --meta-fraction > 0")
+        return self

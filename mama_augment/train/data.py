@@ -1,0 +1,423 @@
+"""Video-caption pairs for training and evaluation.
+
+Sources:
+
+* videos: ``<workdir>/keyframes.parquet`` rows with status ``ok``;
+* original captions: ``--captions FILE`` (``.csv``, ``.jsonl`` or ``.parquet``) with
+  ``video_id`` and ``caption``, optionally ``split`` (train/val/test) and ``concept``;
+* generated captions: ``<workdir>/captions.parquet`` rows with status ``ok``
+  (``--augment add``), used for training videos only.
+
+Without a ``split`` column a video's split comes from a hash of its id, so it never
+changes between runs or machines. Each epoch every training video is paired with one
+of its captions (original or generated), chosen by an RNG seeded with (seed, epoch):
+no state to save for an exact resume. The meta set is a few clean original pairs,
+sampled evenly across concepts and held out of the training stream (its videos are
+not trained on). Problems with the inputs are counted in ``issues`` and reported; they
+do not stop the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mama_augment.errors import UsageError
+from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
+from mama_augment.train.models import VideoTable
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SOURCE_ORIGINAL = "original"
+SOURCE_GENERATED = "generated"
+
+
+def read_pairs_file(path: str | Path) -> pd.DataFrame:
+    """A captions file as a DataFrame with ``video_id``, ``caption`` (+ ``split``, ``concept``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"captions file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise UsageError(f"captions file must be .csv, .jsonl or .parquet, not {path.name}")
+    except UsageError:
+        raise
+    except Exception as exc:  # pandas raises many kinds for malformed files
+        raise UsageError(f"cannot read captions file {path}: {exc}") from exc
+    missing = [c for c in ("video_id", "caption") if c not in frame.columns]
+    if missing:
+        raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))})")
+    frame = frame.copy()
+    frame["video_id"] = frame["video_id"].astype(str)
+    frame["caption"] = frame["caption"].fillna("").astype(str).str.strip()
+    for column in ("split", "concept"):
+        if column in frame.columns:
+            frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == "" else str(v))
+    return frame
+
+
+def hash_split(video_id: str, test_fraction: float, val_fraction: float) -> str:
+    """train/val/test from a hash of the id: stable across runs, machines and data order."""
+    u = int(hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:16], 16) / float(1 << 64)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+@dataclass
+class SplitPairs:
+    """Evaluation pairs of one split: the gallery videos and the caption queries."""
+
+    videos: np.ndarray  # indices into TrainData.videos
+    captions: np.ndarray  # caption ids (into TrainData.texts)
+    caption_video: np.ndarray  # for each caption, its position in ``videos``
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
+@dataclass
+class TrainData:
+    videos: VideoTable
+    texts: list[str]
+    caption_source: list[str]
+    caption_concept: list[str | None]
+    caption_video: np.ndarray  # caption id -> video index
+    video_split: list[str]
+    train_videos: np.ndarray  # video indices in the training stream
+    train_captions: list[np.ndarray]  # per train video: its caption ids
+    meta_videos: np.ndarray
+    meta_captions: np.ndarray  # one caption id per meta pair (aligned with meta_videos)
+    issues: Counter = field(default_factory=Counter)
+    issue_examples: dict[str, str] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitPairs:
+        """Videos of ``name`` with at least one original caption, and those captions."""
+        caption_ids = [
+            c
+            for c, v in enumerate(self.caption_video)
+            if self.caption_source[c] == SOURCE_ORIGINAL and self.video_split[v] == name
+        ]
+        videos = sorted({int(self.caption_video[c]) for c in caption_ids})
+        position = {v: i for i, v in enumerate(videos)}
+        return SplitPairs(
+            np.asarray(videos, dtype=np.int64),
+            np.asarray(caption_ids, dtype=np.int64),
+            np.asarray([position[int(self.caption_video[c])] for c in caption_ids], dtype=np.int64),
+        )
+
+    @property
+    def num_train_pairs(self) -> int:
+        return int(sum(len(c) for c in self.train_captions))
+
+    def summary(self) -> dict:
+        counts = Counter(self.video_split[v] for v in range(len(self.videos)))
+        sources = Counter(self.caption_source)
+        return {
+            "videos": len(self.videos),
+            "train_videos": int(len(self.train_videos)),
+            "val_videos": counts.get("val", 0),
+            "test_videos": counts.get("test", 0),
+            "meta_pairs": int(len(self.meta_videos)),
+            "original_captions": sources.get(SOURCE_ORIGINAL, 0),
+            "generated_captions": sources.get(SOURCE_GENERATED, 0),
+            "train_pairs": self.num_train_pairs,
+            **{f"issue_{k}": v for k, v in sorted(self.issues.items())},
+        }
+
+
+def _note(issues: Counter, examples: dict, kind: str, count: int, example: str) -> None:
+    if count <= 0:
+        return
+    issues[kind] += count
+    examples.setdefault(kind, example)
+
+
+def load_videos(workdir: Path, need: str) -> tuple[VideoTable, Counter, dict]:
+    """Usable videos of ``keyframes.parquet`` sorted by id (``need``: the column the
+    backbone reads, ``keyframe_embeddings`` or ``keyframe_paths``)."""
+    issues: Counter = Counter()
+    examples: dict[str, str] = {}
+    table = read_manifest(workdir, KEYFRAMES, columns=["status", "keyframe_embeddings", "keyframe_paths"])
+    if table.num_rows == 0:
+        raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
+    rows = table.to_pydict()
+    ids, embeddings, paths = [], [], []
+    for i, video_id in enumerate(rows["video_id"]):
+        if rows["status"][i] != STATUS_OK:
+            _note(issues, examples, "video_failed_in_keyframes", 1, video_id)
+            continue
+        emb = rows["keyframe_embeddings"][i] or []
+        frame_paths = [p for p in (rows["keyframe_paths"][i] or []) if p]
+        if need == "keyframe_embeddings" and not emb:
+            _note(issues, examples, "video_without_embeddings", 1, video_id)
+            continue
+        if need == "keyframe_paths":
+            present = [p for p in frame_paths if (workdir / p).exists()]
+            if not present:
+                _note(issues, examples, "video_without_frames", 1, video_id)
+                continue
+            frame_paths = present
+        ids.append(video_id)
+        embeddings.append(np.asarray(emb, dtype=np.float32).reshape(len(emb), -1) if emb else np.zeros((0, 0), np.float32))
+        paths.append(frame_paths)
+    order = sorted(range(len(ids)), key=lambda k: ids[k])
+    videos = VideoTable([ids[k] for k in order], [embeddings[k] for k in order], [paths[k] for k in order], [None] * len(ids))
+    return videos, issues, examples
+
+
+def _even_sample(groups: dict[str, list[int]], count: int, rng: np.random.Generator) -> list[int]:
+    """Round-robin over groups (sorted by name) of shuffled members, at most half of
+    each group, until ``count`` items are taken."""
+    queues = {}
+    for name in sorted(groups):
+        members = list(groups[name])
+        rng.shuffle(members)
+        queues[name] = members[: len(members) // 2]
+    taken: list[int] = []
+    while len(taken) < count and any(queues.values()):
+        for name in sorted(queues):
+            if queues[name] and len(taken) < count:
+                taken.append(queues[name].pop())
+    return taken
+
+
+def build_data(
+    config,
+    workdir: str | Path,
+    need: str = "keyframe_embeddings",
+    caption_embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
+    captions_override: str | None = None,
+) -> TrainData:
+    """Join videos and captions, split them and hold out the meta set."""
+    workdir = Path(workdir)
+    videos, issues, examples = load_videos(workdir, need)
+    index_of = {v: i for i, v in enumerate(videos.video_ids)}
+    captions_path = captions_override or config.captions
+
+    texts: list[str] = []
+    sources: list[str] = []
+    concepts: list[str | None] = []
+    caption_video: list[int] = []
+    split_votes: dict[int, Counter] = {}
+    has_split = False
+    if captions_path:
+        frame = read_pairs_file(captions_path)
+        has_split = "split" in frame.columns and frame["split"].notna().any()
+        has_concept = "concept" in frame.columns
+        for row in frame.itertuples(index=False):
+            video_id, caption = row.video_id, row.caption
+            if not caption:
+                _note(issues, examples, "empty_caption", 1, video_id)
+                continue
+            if video_id not in index_of:
+                _note(issues, examples, "caption_without_video", 1, video_id)
+                continue
+            v = index_of[video_id]
+            if has_split:
+                raw = getattr(row, "split")
+                split = _SPLIT_ALIASES.get(str(raw).strip().lower()) if raw is not None else None
+                if split is None:
+                    _note(issues, examples, "unknown_split", 1, f"{video_id}: {raw!r}")
+                    continue
+                split_votes.setdefault(v, Counter())[split] += 1
+            texts.append(caption)
+            sources.append(SOURCE_ORIGINAL)
+            concepts.append(getattr(row, "concept") if has_concept else None)
+            caption_video.append(v)
+
+    if config.augment == "add":
+        generated = read_manifest(workdir, CAPTIONS, columns=["caption", "status"])
+        if generated.num_rows:
+            gen = generated.to_pandas().sort_values(["video_id", "caption_index"])
+            for row in gen.itertuples(index=False):
+                if row.status != STATUS_OK:
+                    continue
+                caption = (row.caption or "").strip()
+                if not caption:
+                    _note(issues, examples, "empty_generated_caption", 1, row.video_id)
+                    continue
+                if row.video_id not in index_of:
+                    _note(issues, examples, "generated_caption_without_video", 1, row.video_id)
+                    continue
+                texts.append(caption)
+                sources.append(SOURCE_GENERATED)
+                concepts.append(None)
+                caption_video.append(index_of[row.video_id])
+
+    caption_video_arr = np.asarray(caption_video, dtype=np.int64)
+    captioned = set(caption_video)
+    _note(issues, examples, "video_without_captions", len(videos) - len(captioned),
+          next((v for i, v in enumerate(videos.video_ids) if i not in captioned), ""))
+
+    # A video's concept: the most common concept of its original captions.
+    concept_votes: dict[int, Counter] = {}
+    for c, v in enumerate(caption_video):
+        if concepts[c] is not None:
+            concept_votes.setdefault(v, Counter())[concepts[c]] += 1
+    videos.concepts = [concept_votes[i].most_common(1)[0][0] if i in concept_votes else None for i in range(len(videos))]
+
+    video_split: list[str] = []
+    for i, video_id in enumerate(videos.video_ids):
+        if has_split:
+            votes = split_votes.get(i)
+            if votes and len(votes) > 1:
+                _note(issues, examples, "video_in_several_splits", 1, video_id)
+            video_split.append(votes.most_common(1)[0][0] if votes else "train")
+        else:
+            video_split.append(hash_split(video_id, config.test_fraction, config.val_fraction))
+
+    # Generated captions of val/test videos would leak them into training: drop them.
+    train_caps: dict[int, list[int]] = {}
+    for c, v in enumerate(caption_video):
+        if video_split[v] == "train":
+            train_caps.setdefault(v, []).append(c)
+
+    meta_videos, meta_captions = _select_meta(
+        config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
+        caption_embedder, issues, examples,
+    )
+    held_out = set(int(v) for v in meta_videos)
+    train_videos = np.asarray(sorted(v for v in train_caps if v not in held_out), dtype=np.int64)
+    data = TrainData(
+        videos=videos,
+        texts=texts,
+        caption_source=sources,
+        caption_concept=concepts,
+        caption_video=caption_video_arr,
+        video_split=video_split,
+        train_videos=train_videos,
+        train_captions=[np.asarray(train_caps[int(v)], dtype=np.int64) for v in train_videos],
+        meta_videos=np.asarray(meta_videos, dtype=np.int64),
+        meta_captions=np.asarray(meta_captions, dtype=np.int64),
+        issues=issues,
+        issue_examples=examples,
+    )
+    if len(data.train_videos) < 2:
+        raise UsageError(
+            f"only {len(data.train_videos)} training video(s) have captions: check --captions and that "
+            "its video_id values match keyframes.parquet"
+        )
+    return data
+
+
+def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
+                 caption_embedder, issues, examples) -> tuple[list[int], list[int]]:
+    if not config.use_meta_weighting:
+        return [], []
+    if config.meta_set:
+        frame = read_pairs_file(config.meta_set)
+        meta_v, meta_c = [], []
+        for row in frame.itertuples(index=False):
+            if not row.caption or row.video_id not in index_of:
+                _note(issues, examples, "meta_pair_without_video", 1, row.video_id)
+                continue
+            meta_v.append(index_of[row.video_id])
+            texts.append(row.caption)
+            sources.append("meta")
+            concepts.append(getattr(row, "concept", None) if "concept" in frame.columns else None)
+            caption_video.append(index_of[row.video_id])
+            meta_c.append(len(texts) - 1)
+        if len(meta_v) < 2:
+            raise UsageError(f"the meta set {config.meta_set} has fewer than 2 usable pairs")
+        return meta_v, meta_c
+
+    # Candidates: original captions of training videos (human captions are the clean ones).
+    candidates = [c for v, caps in sorted(train_caps.items()) for c in caps if sources[c] == SOURCE_ORIGINAL]
+    if not candidates:
+        candidates = [c for v, caps in sorted(train_caps.items()) for c in caps]
+    n_videos = len(train_caps)
+    count = max(2, int(round(config.meta_fraction * len(candidates))))
+    if n_videos - count < 2:
+        raise UsageError(f"too few training videos ({n_videos}) to hold out a meta set of {count}")
+    rng = np.random.default_rng([config.seed, 7])
+    # One candidate caption per video, so held-out videos equal meta pairs.
+    first_of_video: dict[int, int] = {}
+    for c in candidates:
+        first_of_video.setdefault(caption_video[c], c)
+    per_video = list(first_of_video.values())
+    if any(concepts[c] is not None for c in per_video):
+        groups: dict[str, list[int]] = {}
+        for c in per_video:
+            groups.setdefault(str(concepts[c]), []).append(c)
+        method = "concept"
+    else:
+        groups = _kmeans_groups(per_video, texts, count, config.seed, caption_embedder)
+        method = "kmeans"
+    chosen = _even_sample(groups, count, rng)
+    log.info("meta set: %d pairs from %d %s groups", len(chosen), len(groups), method)
+    return [caption_video[c] for c in chosen], chosen
+
+
+def _kmeans_groups(caption_ids, texts, count, seed, caption_embedder) -> dict[str, list[int]]:
+    from sklearn.cluster import KMeans
+
+    k = max(2, min(32, count // 2, len(caption_ids)))
+    sample = [texts[c] for c in caption_ids]
+    if caption_embedder is not None:
+        features = np.asarray(caption_embedder(sample), dtype=np.float32)
+    else:  # no sentence encoder in this backbone: TF-IDF vectors of the captions
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        features = TfidfVectorizer().fit_transform(sample)
+    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(features)
+    groups: dict[str, list[int]] = {}
+    for c, label in zip(caption_ids, labels):
+        groups.setdefault(f"cluster{int(label):02d}", []).append(c)
+    return groups
+
+
+def steps_per_epoch(data: TrainData, batch_size: int) -> int:
+    return max(1, len(data.train_videos) // batch_size)
+
+
+def epoch_batches(data: TrainData, epoch: int, seed: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(video indices, caption ids) of every batch of ``epoch``, a pure function of
+    (seed, epoch): a resumed run sees the same batches."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = rng.permutation(len(data.train_videos))
+    pick = rng.random(len(order))
+    videos = data.train_videos[order]
+    captions = np.asarray(
+        [data.train_captions[k][int(p * len(data.train_captions[k]))] for k, p in zip(order, pick)], dtype=np.int64
+    )
+    size = min(batch_size, len(order))
+    n = steps_per_epoch(data, batch_size)
+    return [(videos[i * size : (i + 1) * size], captions[i * size : (i + 1) * size]) for i in range(n)]
+
+
+def meta_batch(data: TrainData, step: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, step, 2])
+    size = min(size, len(data.meta_videos))
+    pick = np.sort(rng.choice(len(data.meta_videos), size=size, replace=False))
+    return data.meta_videos[pick], data.meta_captions[pick]
+
+
+def describe_issues(data: TrainData) -> list[str]:
+    lines = []
+    for kind, count in data.issues.most_common():
+        lines.append(f"{kind}: {count} (e.g. {data.issue_examples.get(kind, '')})")
+    return lines
+
+
+def issues_json(data: TrainData) -> str:
+    return json.dumps({"counts": dict(data.issues), "examples": data.issue_examples})

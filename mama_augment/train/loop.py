@@ -1,0 +1,465 @@
+"""The training recipe: ``setup() -> train() -> save()``, flat, top to bottom.
+
+A run lives in ``<workdir>/runs/<name>/``::
+
+    config.json              every option (TrainConfig) of the run
+    checkpoint.safetensors   model + weighting net + both optimisers + RNG states +
+                             step, as tensors; scalars as JSON in the header
+    model.safetensors        final model weights
+    weighting_net.safetensors
+    metrics.jsonl            one JSON row per logged step / validation / weight curve
+    pair_weights.parquet     loss and learned weight of every training pair at the end
+    summary.json             data counts, input problems, final numbers
+    training.png, loss_weight.png
+
+``resume=True`` reloads the checkpoint and continues: batches, meta batches and the
+learning rate are pure functions of (seed, epoch, step), RNG and optimiser states are
+restored, so the resumed run computes what the uninterrupted one would have.
+Rank and world size are passed in (rank 0 writes); the loop does not start processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mama_augment.errors import MamaError, UsageError
+from mama_augment.manifest import ensure_workdir
+from mama_augment.stage import StageReport
+from mama_augment.train import checkpoint as ckpt
+from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig
+from mama_augment.train.data import (
+    TrainData,
+    build_data,
+    describe_issues,
+    epoch_batches,
+    meta_batch,
+    steps_per_epoch,
+)
+from mama_augment.train.evaluate import evaluate_split
+from mama_augment.train.losses import build_loss
+from mama_augment.train.meta import MetaStepResult, MetaWeighting
+from mama_augment.train.models import NEEDS, build_model, cached_text_embeddings, get_text_encoder
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int], None]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but CUDA is not available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup: float) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    warmup_steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+    warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on gains, biases and the logit scale (as open_clip)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or "norm" in name.lower():
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # the weighted loss that was backpropagated (detached)
+    per_sample: torch.Tensor  # (detached)
+    weights: torch.Tensor  # normalised weights used (ones without meta-weighting)
+    raw_weights: torch.Tensor | None
+    meta: MetaStepResult | None
+    grad_norm: float | None
+    terms: dict
+
+
+def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
+                  meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0) -> StepResult:
+    """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
+
+    The training forward is done once; the meta step reuses its graph and the real
+    step backpropagates through it with the updated weights.
+    """
+    with autocast():
+        video, text, scale = model(video_inputs, text_inputs)
+        out = criterion(video, text, scale)
+    per_sample = out.per_sample
+    meta_result, raw = None, None
+    if meta is not None and meta_inputs is not None:
+        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast)
+        weights, raw = meta_result.weights, meta_result.raw_weights
+    elif meta is not None:
+        weights, raw = meta.weights(per_sample)
+    else:
+        weights = torch.ones_like(per_sample)
+    loss = (weights.detach() * per_sample).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = None
+    if grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    return StepResult(loss.detach(), per_sample.detach(), weights, raw, meta_result, grad_norm, out.terms)
+
+
+class TrainRecipe:
+    """One training run. ``step_callback(step)`` is called after every step (tests use
+    it to simulate a kill; a scheduler could use it to stop early)."""
+
+    def __init__(self, config: TrainConfig, workdir: str | Path, rank: int = 0, world_size: int = 1,
+                 step_callback: StepCallback | None = None):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.rank = rank
+        self.world_size = world_size
+        self.is_writer = rank == 0
+        self.step_callback = step_callback
+        self.step = 0
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        config = self.config
+        ensure_workdir(self.workdir)
+        self.run_dir = self.workdir / "runs" / config.run_name
+        saved = self.run_dir / "config.json"
+        checkpoint_path = self.run_dir / "checkpoint.safetensors"
+        if config.resume:
+            if not checkpoint_path.exists():
+                raise UsageError(f"nothing to resume: {checkpoint_path} does not exist")
+            stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+            # The saved options define the run; only how it is watched may change.
+            stored.resume, stored.progress, stored.device = True, config.progress, config.device
+            self.config = config = stored
+        elif saved.exists():
+            raise UsageError(
+                f"run {self.run_dir} already exists: pass --resume to continue it or --name for a new run"
+            )
+        config.validate()
+        self.device = select_device(config.device)
+        self.autocast_enabled = self.device.type == "cuda"
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % (2**32))
+
+        need = NEEDS[config.backbone]
+        embedder = None
+        if config.backbone == "features" and config.use_meta_weighting and not config.meta_set:
+            encoder = get_text_encoder(config.text_model, "cuda" if self.device.type == "cuda" else "cpu")
+            cache = self.workdir / "cache" / "text"
+            embedder = lambda texts: cached_text_embeddings(encoder, list(texts), cache)  # noqa: E731
+        self.data: TrainData = build_data(config, self.workdir, need=need, caption_embedder=embedder)
+        for line in describe_issues(self.data):
+            log.warning("input problem: %s", line)
+
+        self.model = build_model(config, self.data.videos, self.workdir, self.device)
+        self.model.set_videos(self.data.videos)
+        self.model.set_texts(self.data.texts)
+        self.model.train()
+        self.criterion = build_loss(config.loss, config.effective_margin, config.eps, self.rank, self.world_size)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.meta = None
+        if config.use_meta_weighting:
+            if len(self.data.meta_videos) < 2:
+                raise UsageError("the meta set has fewer than 2 pairs; raise --meta-fraction or pass --meta-set")
+            self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params, self.device)
+        self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.meta_batch_size = min(config.meta_batch_size or config.batch_size, max(2, len(self.data.meta_videos)))
+
+        if config.resume:
+            self._load_checkpoint(checkpoint_path)
+        elif self.is_writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(config.to_dict(), indent=2))
+            (self.run_dir / "metrics.jsonl").write_text("")
+
+    def autocast(self):
+        if self.autocast_enabled:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        config, model, data = self.config, self.model, self.data
+        params = [p for p in model.parameters() if p.requires_grad]
+        scale_param = model.head.logit_scale
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_writer),
+                   desc=config.run_name, unit="step", dynamic_ncols=True, leave=False)
+        window_start, window_samples = time.time(), 0
+        self.samples_per_s = float("nan")
+        start_epoch = self.step // self.steps_per_epoch
+        for epoch in range(start_epoch, config.epochs):
+            batches = epoch_batches(data, epoch, config.seed, config.batch_size)
+            first = self.step - epoch * self.steps_per_epoch if epoch == start_epoch else 0
+            for b in range(first, len(batches)):
+                step = epoch * self.steps_per_epoch + b
+                lr = lr_at(step, self.total_steps, config.lr, config.warmup)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                videos, captions = batches[b]
+                meta_inputs = None
+                if self.meta is not None and step % config.meta_every == 0:
+                    meta_inputs = self._meta_inputs(step)
+                result = training_step(
+                    model, self.criterion, self.optimizer, params,
+                    model.video_inputs(videos), model.text_inputs(captions),
+                    self.meta, meta_inputs, self.autocast, config.grad_clip,
+                )
+                with torch.no_grad():
+                    scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
+                loss, per_sample, weights, raw = result.loss, result.per_sample, result.weights, result.raw_weights
+                meta_result, grad_norm, out = result.meta, result.grad_norm, result
+                self.step = step + 1
+                window_samples += len(videos)
+
+                if self.step % config.log_every == 0 or self.step == self.total_steps:
+                    now = time.time()
+                    self.samples_per_s = window_samples / max(now - window_start, 1e-9)
+                    window_start, window_samples = now, 0
+                    row = {
+                        "kind": "step", "step": self.step, "epoch": epoch, "lr": lr,
+                        "loss": float(loss.detach()), "loss_unweighted": float(per_sample.detach().mean()),
+                        "logit_scale": float(scale_param.detach().exp()), "grad_norm": grad_norm,
+                        "meta_loss": meta_result.meta_loss if meta_result else None,
+                        "meta_grad_norm": meta_result.meta_grad_norm if meta_result else None,
+                        "samples_per_s": self.samples_per_s,
+                        **{k: float(v) for k, v in out.terms.items()},
+                    }
+                    if raw is not None:
+                        row.update(
+                            weight_mean=float(raw.mean()), weight_min=float(raw.min()), weight_max=float(raw.max()),
+                            weight_norm_std=float(weights.std()) if len(weights) > 1 else 0.0,
+                        )
+                    self._log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{self.samples_per_s:.0f}")
+                bar.update(1)
+                if self.step % config.checkpoint_every == 0 and self.step % self.steps_per_epoch != 0:
+                    self._save_checkpoint()
+                if self.step_callback is not None:
+                    self.step_callback(self.step)
+            self._end_of_epoch(epoch, per_sample)
+        bar.close()
+
+    def _meta_inputs(self, step: int):
+        """The meta batch's inputs. When the whole meta set fits in one meta batch the
+        batch is the same every step, so its inputs are built once and kept."""
+        whole = self.meta_batch_size >= len(self.data.meta_videos)
+        if whole and getattr(self, "_cached_meta_inputs", None) is not None:
+            return self._cached_meta_inputs
+        mv, mc = meta_batch(self.data, step, self.config.seed, self.meta_batch_size)
+        inputs = (self.model.video_inputs(mv), self.model.text_inputs(mc))
+        if whole:
+            self._cached_meta_inputs = inputs
+        return inputs
+
+    def _end_of_epoch(self, epoch: int, last_losses: torch.Tensor) -> None:
+        if self.data.split("val").videos.size:
+            metrics = evaluate_split(self.model, self.data, "val")
+            self.last_val = metrics
+            self._log({
+                "kind": "eval", "step": self.step, "epoch": epoch, "split": "val",
+                **{f"t2v_{k}": v for k, v in metrics["text_to_video"].items()},
+                **{f"v2t_{k}": v for k, v in metrics["video_to_text"].items()},
+            })
+        if self.meta is not None:
+            self._log_curve(epoch, last_losses)
+        self._save_checkpoint()
+
+    def _log_curve(self, epoch: int, losses: torch.Tensor) -> None:
+        top = 4 * math.log(max(2, self.config.batch_size))
+        grid = torch.linspace(0, top, 65, device=self.device)
+        values = self.meta.curve(grid)
+        recent = losses.detach().float().cpu().numpy()
+        self._log({
+            "kind": "curve", "step": self.step, "epoch": epoch,
+            "loss_grid": [round(float(x), 4) for x in grid], "weight": [float(x) for x in values],
+            "loss_p5": float(np.percentile(recent, 5)), "loss_p95": float(np.percentile(recent, 95)),
+        })
+
+    def _log(self, row: dict) -> None:
+        if not self.is_writer:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+    # ------------------------------------------------------------------ state
+    def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_desc = ckpt.flatten_optimizer(self.optimizer.state_dict(), "optim")
+        tensors.update(opt_tensors)
+        state = {"step": self.step, "optimizer": opt_desc, "total_steps": self.total_steps}
+        if self.meta is not None:
+            tensors.update({f"wnet.{k}": v for k, v in self.meta.net.state_dict().items()})
+            meta_tensors, meta_desc = ckpt.flatten_optimizer(self.meta.optimizer.state_dict(), "meta_optim")
+            tensors.update(meta_tensors)
+            state["meta_optimizer"] = meta_desc
+        tensors.update(ckpt.rng_state())
+        return tensors, state
+
+    def _save_checkpoint(self) -> None:
+        if not self.is_writer:
+            return
+        tensors, state = self._state_tensors()
+        ckpt.atomic_save(tensors, self.run_dir / "checkpoint.safetensors", state)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            tensors, state = ckpt.load(path)
+        except Exception as exc:  # damaged file: say so, do not guess
+            raise MamaError(f"cannot read the checkpoint {path}: {exc}") from exc
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, state["optimizer"], "optim"))
+        if self.meta is not None:
+            self.meta.net.load_state_dict({k[len("wnet."):]: v for k, v in tensors.items() if k.startswith("wnet.")})
+            self.meta.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, state["meta_optimizer"], "meta_optim"))
+        ckpt.set_rng_state(tensors)
+        self.step = int(state["step"])
+        # Rows logged after the checkpoint are redone by the resumed run.
+        metrics = self.run_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        kept = [r for r in rows if r.get("step", 0) <= self.step]
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        log.info("resumed %s at step %d of %d", self.run_dir, self.step, self.total_steps)
+
+    # ------------------------------------------------------------------ save
+    def save(self) -> StageReport:
+        from mama_augment.train.plots import draw
+
+        report = StageReport(stage="train")  # the run folder is in extra["run"]
+        if self.is_writer:
+            ckpt.atomic_save(dict(self.model.state_dict()), self.run_dir / "model.safetensors",
+                             {"backbone": self.config.backbone, "step": self.step})
+            if self.meta is not None:
+                ckpt.atomic_save(dict(self.meta.net.state_dict()), self.run_dir / "weighting_net.safetensors",
+                                 {"hidden": self.config.meta_hidden})
+            self._write_pair_weights()
+            with contextlib.suppress(Exception):  # a picture must never fail a finished run
+                draw(self.run_dir)
+        last = getattr(self, "last_val", None)
+        report.total = self.total_steps
+        report.done = self.step
+        report.seconds = time.time() - self.started
+        report.extra = {
+            "run": str(self.run_dir),
+            "train_pairs": self.data.num_train_pairs,
+            "meta_pairs": int(len(self.data.meta_videos)),
+            "samples_per_s": round(self.samples_per_s, 1) if math.isfinite(getattr(self, "samples_per_s", float("nan"))) else None,
+            "val_t2v_R@1": round(last["text_to_video"]["R@1"], 2) if last else None,
+            "val_v2t_R@1": round(last["video_to_text"]["R@1"], 2) if last else None,
+            "input_problems": int(sum(self.data.issues.values())),
+        }
+        report.extra = {k: v for k, v in report.extra.items() if v is not None}
+        if self.is_writer:
+            summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data)}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return report
+
+    @torch.no_grad()
+    def _write_pair_weights(self) -> None:
+        """Loss and weight of every training pair under the final model and weighting
+        net, in seeded batches of the training batch size (losses are batch-relative)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data, model = self.data, self.model
+        video_idx = np.concatenate([np.full(len(c), v) for v, c in zip(data.train_videos, data.train_captions)])
+        caption_ids = np.concatenate(data.train_captions)
+        order = np.random.default_rng([self.config.seed, 3]).permutation(len(video_idx))
+        size = max(2, self.config.batch_size)
+        rows = {"video_id": [], "caption": [], "source": [], "loss": [], "weight": [], "weight_normalised": []}
+        model.eval()
+        for start in range(0, len(order), size):
+            pick = order[start : start + size]
+            if len(pick) < 2:
+                continue
+            with self.autocast():
+                video, text, scale = model(model.video_inputs(video_idx[pick]), model.text_inputs(caption_ids[pick]))
+                losses = self.criterion(video, text, scale).per_sample.float()
+            if self.meta is not None:
+                norm, raw = self.meta.weights(losses)
+            else:
+                norm = raw = torch.ones_like(losses)
+            rows["video_id"] += [data.videos.video_ids[v] for v in video_idx[pick]]
+            rows["caption"] += [data.texts[c] for c in caption_ids[pick]]
+            rows["source"] += [data.caption_source[c] for c in caption_ids[pick]]
+            rows["loss"] += losses.cpu().tolist()
+            rows["weight"] += raw.cpu().tolist()
+            rows["weight_normalised"] += norm.cpu().tolist()
+        model.train()
+        path = self.run_dir / "pair_weights.parquet"
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        pq.write_table(pa.table(rows), tmp)
+        os.replace(tmp, path)
+
+
+def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_size: int = 1,
+              step_callback: StepCallback | None = None) -> StageReport:
+    """Train (or resume) one run and return its report."""
+    recipe = TrainRecipe(config, workdir, rank, world_size, step_callback)
+    recipe.setup()
+    recipe.train()
+    return recipe.save()
+
+
+def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",
+             workdir: str | Path | None = None):
+    """(config, model with the run's final or latest weights, data) of a run folder."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise UsageError(f"{run_dir} is not a run folder (no config.json)")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    workdir = Path(workdir) if workdir else run_dir.parent.parent
+    dev = select_device(device)
+    data = build_data(_eval_config(config), workdir, need=NEEDS[config.backbone], captions_override=captions)
+    model = build_model(config, data.videos, workdir, dev)
+    weights = run_dir / "model.safetensors"
+    if weights.exists():
+        tensors, _ = ckpt.load(weights)
+    elif (run_dir / "checkpoint.safetensors").exists():
+        all_tensors, _ = ckpt.load(run_dir / "checkpoint.safetensors")
+        tensors = {k[len("model."):]: v for k, v in all_tensors.items() if k.startswith("model.")}
+    else:
+        raise UsageError(f"{run_dir} has no weights yet (model.safetensors or checkpoint.safetensors)")
+    model.load_state_dict(tensors)
+    model.set_videos(data.videos)
+    model.set_texts(data.texts)
+    model.eval()
+    return config, model, data
+
+
+def _eval_config(config: TrainConfig) -> TrainConfig:
+    """Evaluation needs the same splits but no meta set."""
+    clone = TrainConfig.from_dict(config.to_dict())
+    clone.meta_weighting = False
+    clone.augment = "none"
+    return clone

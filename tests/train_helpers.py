@@ -1,0 +1,74 @@
+"""Generated fixtures for the train tests: a work folder with planted concepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mama_augment.manifest import KEYFRAMES, CAPTIONS, PartWriter, compact
+
+CONCEPT_WORDS = ["dog", "car", "tree", "boat", "cake", "bird", "lamp", "shoe"]
+ATTRIBUTE_WORDS = [
+    "red", "blue", "green", "small", "large", "old", "new", "fast", "slow", "bright",
+    "dark", "wet", "dry", "round", "square", "soft", "loud", "quiet", "tall", "short",
+]
+
+
+def make_workdir(
+    root: Path,
+    n_videos: int = 160,
+    n_concepts: int = 6,
+    dim: int = 32,
+    seed: int = 0,
+    noise: float = 0.3,
+    with_split: bool = False,
+    generated: bool = False,
+    shuffled_fraction: float = 0.0,
+) -> tuple[Path, Path]:
+    """Keyframes with embeddings built from (concept, attribute) directions and a
+    captions CSV naming them; returns (workdir, captions file)."""
+    rng = np.random.default_rng(seed)
+    workdir = root / "work"
+    concept_dirs = rng.normal(size=(n_concepts, dim))
+    attribute_dirs = rng.normal(size=(len(ATTRIBUTE_WORDS), dim))
+    rows, captions = [], []
+    # Long-tailed concepts: concept k has weight 1/(k+1).
+    probs = 1 / np.arange(1, n_concepts + 1)
+    probs /= probs.sum()
+    for i in range(n_videos):
+        c = int(rng.choice(n_concepts, p=probs))
+        a = int(rng.integers(len(ATTRIBUTE_WORDS)))
+        frames = int(rng.integers(1, 4))
+        base = concept_dirs[c] + attribute_dirs[a]
+        emb = base[None, :] + noise * rng.normal(size=(frames, dim))
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        video_id = f"v{i:04d}"
+        rows.append({
+            "video_id": video_id, "status": "ok", "media_type": "video",
+            "keyframe_embeddings": emb.astype(np.float32).tolist(), "embedding_dim": dim,
+            "keyframe_paths": [], "embedder": "synthetic",
+        })
+        captions.append({"video_id": video_id, "caption": f"a {ATTRIBUTE_WORDS[a]} {CONCEPT_WORDS[c]}",
+                         "concept": CONCEPT_WORDS[c]})
+    writer = PartWriter(workdir, KEYFRAMES)
+    writer.write(rows)
+    compact(workdir, KEYFRAMES)
+    frame = pd.DataFrame(captions)
+    if shuffled_fraction:
+        pick = rng.random(len(frame)) < shuffled_fraction
+        frame.loc[pick, "caption"] = rng.permutation(frame.loc[pick, "caption"].to_numpy())
+    if with_split:
+        frame["split"] = ["test" if i % 5 == 0 else "val" if i % 5 == 1 else "train" for i in range(len(frame))]
+    if generated:
+        gen_rows = [
+            {"video_id": r["video_id"], "caption_index": 0, "caption": f"a video of a {r['concept']}", "status": "ok"}
+            for r in captions[: n_videos // 2]
+        ]
+        gen = PartWriter(workdir, CAPTIONS)
+        gen.write(gen_rows)
+        compact(workdir, CAPTIONS)
+    path = root / "captions.csv"
+    frame.to_csv(path, index=False)
+    return workdir, path
