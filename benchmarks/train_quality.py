@@ -108,8 +108,9 @@ def run_one(args, data_name: str, captions_path: Path, method: str, seed: int, m
         pw = pw.merge(truth, on=["video_id", "caption"], how="left")
         if pw.noisy.any():
             noisy, clean = pw[pw.noisy == True], pw[pw.noisy == False]  # noqa: E712
-            row["weight_shuffled"] = float(noisy.weight_normalised.mean())
-            row["weight_correct"] = float(clean.weight_normalised.mean())
+            weight = "weight_normalised" if "weight_normalised" in pw else "weight"  # runs from before the audit schema
+            row["weight_shuffled"] = float(noisy[weight].mean())
+            row["weight_correct"] = float(clean[weight].mean())
             row["weight_ratio"] = row["weight_shuffled"] / row["weight_correct"]
     return row
 

@@ -44,8 +44,9 @@ def test_training_on_generated_data_beats_chance_by_far(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "eval" for r in rows) and any(r["kind"] == "curve" for r in rows)
     weights = pd.read_parquet(run / "pair_weights.parquet")
-    assert set(weights["source"]) == {"original", "generated"}
-    assert weights["weight"].between(0, 1).all()
+    assert set(weights["caption_source"]) == {"original", "generated"}
+    assert weights["weight_raw"].between(0, 1).all()
+    assert weights["weight"].mean() == pytest.approx(1.0)
 
 
 class _Killed(Exception):

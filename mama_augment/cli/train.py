@@ -15,6 +15,50 @@ _D = TrainConfig()
 _BACKBONES = "features, clip"
 
 
+_LAUNCH_PARAMS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
+
+
+def _forwarded_arguments(ctx: typer.Context) -> list[str]:
+    """This command's options again, minus the launch options, for the processes
+    torchrun starts: every value not left at its default (command line, environment,
+    --config file) is passed on explicitly."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if name in _LAUNCH_PARAMS or name not in ctx.params:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[name]
+        long_opts = [o for o in param.opts if o.startswith("--")] or list(param.opts)
+        if getattr(param, "is_flag", False):
+            if value is True:
+                args.append(long_opts[0])
+            elif value is False and param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        elif value is not None:
+            args += [long_opts[0], str(value)]
+    return args
+
+
+def _train_distributed(config: TrainConfig, workdir: Path):
+    """Inside a torchrun process: join the group, train this rank's share, leave."""
+    import logging
+
+    from mama_augment.train.distributed import init_distributed, shutdown_distributed
+    from mama_augment.train.loop import run_train
+
+    env = call_library(init_distributed, config.device)
+    if env.rank != 0:  # rank 0 speaks for the run
+        logging.getLogger("mama_augment").setLevel(logging.ERROR)
+    try:
+        report = call_library(run_train, config, workdir, env.rank, env.world_size)
+    finally:
+        shutdown_distributed()
+    return env, report
+
+
 def _choice(name: str, value: str, choices) -> str:
     if value not in choices:
         raise fail(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -23,6 +67,7 @@ def _choice(name: str, value: str, choices) -> str:
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     captions: Optional[Path] = typer.Option(None, "--captions", help="Original captions: .csv, .jsonl or .parquet with video_id, caption [, split, concept]."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
     augment: str = typer.Option(_D.augment, help="add: also train on WORKDIR/captions.parquet (generated); none: originals only."),
@@ -52,6 +97,11 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its last checkpoint."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, help="Steps between checkpoints (also at each epoch end)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Training processes on this node (one per GPU): above 1, starts them with torchrun; --batch-size is the global batch, split across all processes."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Nodes of a multi-node run (each runs this command with its --node-rank)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0 to NNODES-1."),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Host of node rank 0 (rendezvous); default: a local one-node rendezvous."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="Port of the rendezvous on --master-addr (default 29500)."),
 ) -> None:
     """Train a video-text retrieval model with the MAMA objective.
 
@@ -61,8 +111,16 @@ def train_command(
     checkpoint.safetensors, metrics.jsonl, pair_weights.parquet, training.png and
     loss_weight.png.
 
+    With --nproc-per-node N (and --nnodes for several nodes) the command starts N
+    processes with torchrun (NCCL on GPUs, gloo on CPU); under torchrun itself
+    (torchrun -m mama_augment train ...) each process joins the group. Negatives are
+    gathered from every process; rank 0 alone writes the run folder.
+
     Example: mama-augment train --captions captions.csv --workdir mama-work --epochs 20
+
+    Example: mama-augment train --nproc-per-node 4 --captions captions.csv --batch-size 512
     """
+    from mama_augment.train.distributed import env_from_environ, launch, launched_by_torchrun
     from mama_augment.train.loop import run_train
 
     _choice("augment", augment, AUGMENT_MODES)
@@ -102,6 +160,22 @@ def train_command(
     )
     if not resume and captions is None:
         raise fail("--captions is required (the original captions of the videos)")
+    if launched_by_torchrun():
+        if nproc_per_node > 1 or nnodes > 1:
+            typer.secho("already under torchrun: --nproc-per-node/--nnodes are ignored", err=True)
+        env, report = _train_distributed(config, workdir) if env_from_environ().is_distributed else (None, None)
+        if env is not None:
+            if env.rank == 0:
+                finish(report)
+            elif report.exit_code:
+                raise typer.Exit(report.exit_code)
+            return
+    elif nproc_per_node > 1 or nnodes > 1:
+        world = nproc_per_node * nnodes
+        if batch_size % world:
+            raise fail(f"--batch-size {batch_size} does not split evenly over {world} processes: use a multiple of {world}")
+        call_library(launch, _forwarded_arguments(ctx), nproc_per_node, nnodes, node_rank, master_addr, master_port)
+        return
     report = call_library(run_train, config, workdir)
     finish(report)
 

@@ -109,6 +109,8 @@ class TrainData:
     meta_captions: np.ndarray  # one caption id per meta pair (aligned with meta_videos)
     issues: Counter = field(default_factory=Counter)
     issue_examples: dict[str, str] = field(default_factory=dict)
+    # caption id -> caption_index in captions.parquet (generated captions), else None
+    caption_index: list[int | None] = field(default_factory=list)
 
     def split(self, name: str) -> SplitPairs:
         """Videos of ``name`` with at least one original caption, and those captions."""
@@ -218,6 +220,7 @@ def build_data(
     sources: list[str] = []
     concepts: list[str | None] = []
     caption_video: list[int] = []
+    caption_index: list[int | None] = []
     split_votes: dict[int, Counter] = {}
     has_split = False
     if captions_path:
@@ -244,6 +247,7 @@ def build_data(
             sources.append(SOURCE_ORIGINAL)
             concepts.append(getattr(row, "concept") if has_concept else None)
             caption_video.append(v)
+            caption_index.append(None)
 
     if config.augment == "add":
         generated = read_manifest(workdir, CAPTIONS, columns=["caption", "status"])
@@ -263,6 +267,7 @@ def build_data(
                 sources.append(SOURCE_GENERATED)
                 concepts.append(None)
                 caption_video.append(index_of[row.video_id])
+                caption_index.append(int(row.caption_index))
 
     caption_video_arr = np.asarray(caption_video, dtype=np.int64)
     captioned = set(caption_video)
@@ -296,6 +301,7 @@ def build_data(
         config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
         caption_embedder, issues, examples,
     )
+    caption_index += [None] * (len(texts) - len(caption_index))  # meta-set captions
     held_out = set(int(v) for v in meta_videos)
     train_videos = np.asarray(sorted(v for v in train_caps if v not in held_out), dtype=np.int64)
     data = TrainData(
@@ -311,6 +317,7 @@ def build_data(
         meta_captions=np.asarray(meta_captions, dtype=np.int64),
         issues=issues,
         issue_examples=examples,
+        caption_index=caption_index,
     )
     if len(data.train_videos) < 2:
         raise UsageError(

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ from mama_augment.train.data import (
     meta_batch,
     steps_per_epoch,
 )
+from mama_augment.train.audit import WeightRecorder, write_pair_weights
+from mama_augment.train.distributed import barrier, broadcast_module, local_slice
 from mama_augment.train.evaluate import evaluate_split
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaStepResult, MetaWeighting
@@ -99,11 +100,18 @@ class StepResult:
 
 
 def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
-                  meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0) -> StepResult:
+                  meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0,
+                  world_size: int = 1) -> StepResult:
     """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
 
     The training forward is done once; the meta step reuses its graph and the real
     step backpropagates through it with the updated weights.
+
+    On ``world_size`` processes the inputs are this rank's slice of the global batch
+    (criterion and meta built with the same rank and world size): the gradients are
+    averaged across ranks before clipping, and the result describes the *global*
+    batch (losses and weights gathered in rank order, terms averaged), as one process
+    would report it.
     """
     with autocast():
         video, text, scale = model(video_inputs, text_inputs)
@@ -120,11 +128,23 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
     loss = (weights.detach() * per_sample).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    terms = out.terms
+    if world_size > 1:
+        from mama_augment.train.distributed import average_gradients, gather_rows, mean_across_ranks_
+
+        average_gradients(params, world_size)
+        loss = loss.detach().float().clone()
+        terms = {k: v.detach().float().clone() for k, v in terms.items()}
+        mean_across_ranks_([loss, *terms.values()], world_size)
+        rows = [per_sample.detach().float(), weights.float()] + ([raw.float()] if raw is not None else [])
+        gathered = gather_rows(torch.stack(rows, dim=1), world_size)
+        per_sample, weights = gathered[:, 0], gathered[:, 1]
+        raw = gathered[:, 2] if raw is not None else None
     grad_norm = None
     if grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     optimizer.step()
-    return StepResult(loss.detach(), per_sample.detach(), weights, raw, meta_result, grad_norm, out.terms)
+    return StepResult(loss.detach(), per_sample.detach(), weights, raw, meta_result, grad_norm, terms)
 
 
 class TrainRecipe:
@@ -161,7 +181,13 @@ class TrainRecipe:
                 f"run {self.run_dir} already exists: pass --resume to continue it or --name for a new run"
             )
         config.validate()
+        # Every rank has looked for config.json before rank 0 writes it. (Each rank then
+        # builds its own data: a rank-0-first barrier could outlast NCCL's timeout while
+        # rank 0 alone encodes millions of captions; the caches are written atomically.)
+        barrier(self.world_size)
         self.device = select_device(config.device)
+        if self.device.type == "cuda" and self.world_size > 1:  # init_distributed pinned this rank's GPU
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.autocast_enabled = self.device.type == "cuda"
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % (2**32))
@@ -186,10 +212,15 @@ class TrainRecipe:
         if config.use_meta_weighting:
             if len(self.data.meta_videos) < 2:
                 raise UsageError("the meta set has fewer than 2 pairs; raise --meta-fraction or pass --meta-set")
-            self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params, self.device)
+            self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params,
+                                      self.device, self.rank, self.world_size)
+        # Weights each pair gets in the last epoch's real steps (pair_weights.parquet).
+        self.weight_record = WeightRecorder(len(self.data.texts))
         self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.meta_batch_size = min(config.meta_batch_size or config.batch_size, max(2, len(self.data.meta_videos)))
+        if self.world_size > 1:
+            self._check_distributed()
 
         if config.resume:
             self._load_checkpoint(checkpoint_path)
@@ -197,6 +228,29 @@ class TrainRecipe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(config.to_dict(), indent=2))
             (self.run_dir / "metrics.jsonl").write_text("")
+
+    def _check_distributed(self) -> None:
+        """Every rank takes an equal, contiguous slice of each global batch (the
+        gathered rows line up with the one-process batch); the meta batch is rounded
+        down to a multiple of the number of processes."""
+        world = self.world_size
+        batch = min(self.config.batch_size, len(self.data.train_videos))
+        if batch % world:
+            raise UsageError(
+                f"the global batch of {batch} pairs does not split evenly over {world} processes: "
+                f"choose --batch-size as a multiple of {world}"
+            )
+        if self.meta is not None:
+            rounded = self.meta_batch_size - self.meta_batch_size % world
+            if rounded < world:
+                raise UsageError(f"the meta set has fewer pairs than the {world} processes need (one each)")
+            if rounded != self.meta_batch_size:
+                log.info("meta batch of %d rounded down to %d for %d processes", self.meta_batch_size, rounded, world)
+            self.meta_batch_size = rounded
+        # Seeded alike everywhere; rank 0's copy wins should an init be non-deterministic.
+        broadcast_module(self.model, world)
+        if self.meta is not None:
+            broadcast_module(self.meta.net, world)
 
     def autocast(self):
         if self.autocast_enabled:
@@ -223,14 +277,15 @@ class TrainRecipe:
                 lr = lr_at(step, self.total_steps, config.lr, config.warmup)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                videos, captions = batches[b]
+                videos, captions = batches[b]  # the global batch; this rank trains on its slice
+                mine = local_slice(len(videos), self.rank, self.world_size)
                 meta_inputs = None
                 if self.meta is not None and step % config.meta_every == 0:
                     meta_inputs = self._meta_inputs(step)
                 result = training_step(
                     model, self.criterion, self.optimizer, params,
-                    model.video_inputs(videos), model.text_inputs(captions),
-                    self.meta, meta_inputs, self.autocast, config.grad_clip,
+                    model.video_inputs(videos[mine]), model.text_inputs(captions[mine]),
+                    self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size,
                 )
                 with torch.no_grad():
                     scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
@@ -238,6 +293,9 @@ class TrainRecipe:
                 meta_result, grad_norm, out = result.meta, result.grad_norm, result
                 self.step = step + 1
                 window_samples += len(videos)
+                if self.meta is not None and epoch == config.epochs - 1:
+                    # weights describe the global batch (gathered in training_step on every rank)
+                    self.weight_record.record(captions, weights)
 
                 if self.step % config.log_every == 0 or self.step == self.total_steps:
                     now = time.time()
@@ -274,12 +332,15 @@ class TrainRecipe:
         if whole and getattr(self, "_cached_meta_inputs", None) is not None:
             return self._cached_meta_inputs
         mv, mc = meta_batch(self.data, step, self.config.seed, self.meta_batch_size)
-        inputs = (self.model.video_inputs(mv), self.model.text_inputs(mc))
+        mine = local_slice(len(mv), self.rank, self.world_size)
+        inputs = (self.model.video_inputs(mv[mine]), self.model.text_inputs(mc[mine]))
         if whole:
             self._cached_meta_inputs = inputs
         return inputs
 
     def _end_of_epoch(self, epoch: int, last_losses: torch.Tensor) -> None:
+        # Every rank evaluates (the same numbers, rank 0 logs them): ranks that waited for
+        # rank 0 in the next collective could outlast NCCL's timeout on a large val split.
         if self.data.split("val").videos.size:
             metrics = evaluate_split(self.model, self.data, "val")
             self.last_val = metrics
@@ -322,6 +383,7 @@ class TrainRecipe:
             tensors.update(meta_tensors)
             state["meta_optimizer"] = meta_desc
         tensors.update(ckpt.rng_state())
+        tensors.update(self.weight_record.state_tensors())
         return tensors, state
 
     def _save_checkpoint(self) -> None:
@@ -342,12 +404,14 @@ class TrainRecipe:
             self.meta.net.load_state_dict({k[len("wnet."):]: v for k, v in tensors.items() if k.startswith("wnet.")})
             self.meta.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, state["meta_optimizer"], "meta_optim"))
         ckpt.set_rng_state(tensors)
+        self.weight_record.load_state_tensors(tensors)
         self.step = int(state["step"])
         # Rows logged after the checkpoint are redone by the resumed run.
         metrics = self.run_dir / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
-        kept = [r for r in rows if r.get("step", 0) <= self.step]
-        metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if self.is_writer:
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+            kept = [r for r in rows if r.get("step", 0) <= self.step]
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
         log.info("resumed %s at step %d of %d", self.run_dir, self.step, self.total_steps)
 
     # ------------------------------------------------------------------ save
@@ -383,47 +447,26 @@ class TrainRecipe:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return report
 
-    @torch.no_grad()
     def _write_pair_weights(self) -> None:
         """Loss and weight of every training pair under the final model and weighting
-        net, in seeded batches of the training batch size (losses are batch-relative)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        data, model = self.data, self.model
-        video_idx = np.concatenate([np.full(len(c), v) for v, c in zip(data.train_videos, data.train_captions)])
-        caption_ids = np.concatenate(data.train_captions)
-        order = np.random.default_rng([self.config.seed, 3]).permutation(len(video_idx))
-        size = max(2, self.config.batch_size)
-        rows = {"video_id": [], "caption": [], "source": [], "loss": [], "weight": [], "weight_normalised": []}
-        model.eval()
-        for start in range(0, len(order), size):
-            pick = order[start : start + size]
-            if len(pick) < 2:
-                continue
-            with self.autocast():
-                video, text, scale = model(model.video_inputs(video_idx[pick]), model.text_inputs(caption_ids[pick]))
-                losses = self.criterion(video, text, scale).per_sample.float()
-            if self.meta is not None:
-                norm, raw = self.meta.weights(losses)
-            else:
-                norm = raw = torch.ones_like(losses)
-            rows["video_id"] += [data.videos.video_ids[v] for v in video_idx[pick]]
-            rows["caption"] += [data.texts[c] for c in caption_ids[pick]]
-            rows["source"] += [data.caption_source[c] for c in caption_ids[pick]]
-            rows["loss"] += losses.cpu().tolist()
-            rows["weight"] += raw.cpu().tolist()
-            rows["weight_normalised"] += norm.cpu().tolist()
-        model.train()
-        path = self.run_dir / "pair_weights.parquet"
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        pq.write_table(pa.table(rows), tmp)
-        os.replace(tmp, path)
+        net, plus the weights recorded in the last epoch (see train/audit.py)."""
+        config = self.config
+        write_pair_weights(
+            self.run_dir, self.workdir, self.data, self.model,
+            lambda: build_loss(config.loss, config.effective_margin, config.eps),  # one process: no gather
+            self.meta, config.batch_size, config.seed, self.weight_record, self.autocast,
+        )
 
 
 def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_size: int = 1,
               step_callback: StepCallback | None = None) -> StageReport:
-    """Train (or resume) one run and return its report."""
+    """Train (or resume) one run and return its report.
+
+    On several processes (torchrun; the process group already initialised, see
+    ``train/distributed.py``) every rank calls this with its rank; rank 0 alone writes.
+    The other ranks return without waiting for rank 0's last files (a barrier there
+    could outlast NCCL's timeout while rank 0 scores every pair).
+    """
     recipe = TrainRecipe(config, workdir, rank, world_size, step_callback)
     recipe.setup()
     recipe.train()

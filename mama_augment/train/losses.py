@@ -29,21 +29,20 @@ def gather_features(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All embeddings of every rank; this rank's own rows keep their gradient.
+    """All embeddings of every rank, in rank order, *with* gradients.
 
-    Identity on one process, so the loss runs and is tested on one CPU.
+    The backward sums, over ranks, the gradient each rank's loss sends to this rank's
+    rows: this rank's embeddings are negatives in every other rank's rows, so the
+    gathered copies must carry gradient too (open_clip's ``gather_with_grad``). With
+    the local rows merely put back into a no-grad gather, a per-rank loss over its own
+    rows would miss those terms. Identity on one process, so the loss runs and is
+    tested on one CPU. See ``train/distributed.py`` for the conventions.
     """
     if world_size == 1:
         return video, text
-    import torch.distributed as dist  # only needed on several processes
+    from mama_augment.train.distributed import all_gather_with_grad  # several processes only
 
-    gathered_video = [torch.zeros_like(video) for _ in range(world_size)]
-    gathered_text = [torch.zeros_like(text) for _ in range(world_size)]
-    dist.all_gather(gathered_video, video)
-    dist.all_gather(gathered_text, text)
-    gathered_video[rank] = video
-    gathered_text[rank] = text
-    return torch.cat(gathered_video, dim=0), torch.cat(gathered_text, dim=0)
+    return all_gather_with_grad(video, rank, world_size), all_gather_with_grad(text, rank, world_size)
 
 
 def positive_logits(similarity: torch.Tensor, scale: torch.Tensor, margin: float, eps: float) -> torch.Tensor:

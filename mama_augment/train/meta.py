@@ -58,20 +58,35 @@ class WeightingNet(nn.Module):
         return self.net(losses.reshape(-1, 1).to(self.net[0].weight.dtype)).reshape(-1)
 
 
-def normalise_weights(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def normalise_weights(weights: torch.Tensor, eps: float = 1e-12, world_size: int = 1) -> torch.Tensor:
     """Scale weights to mean 1 over the batch (Meta-Weight-Net divides by their sum;
-    mean 1 keeps the loss on the same scale as the unweighted one)."""
-    return weights * (weights.numel() / weights.sum().clamp_min(eps))
+    mean 1 keeps the loss on the same scale as the unweighted one). On several
+    processes the batch is the global one: count and sum are taken over all ranks."""
+    if world_size == 1:
+        return weights * (weights.numel() / weights.sum().clamp_min(eps))
+    from mama_augment.train.distributed import sum_across_ranks
+
+    total = sum_across_ranks(weights.sum(), world_size)
+    return weights * (weights.numel() * world_size / total.clamp_min(eps))
 
 
 def virtual_parameters(
-    params: dict[str, torch.Tensor], weighted_loss: torch.Tensor, virtual_lr: float
+    params: dict[str, torch.Tensor], weighted_loss: torch.Tensor, virtual_lr: float, world_size: int = 1
 ) -> dict[str, torch.Tensor]:
-    """``theta - alpha * grad(weighted_loss)`` keeping the graph to ``phi``."""
+    """``theta - alpha * grad(weighted_loss)`` keeping the graph to ``phi``.
+
+    On several processes ``weighted_loss`` is this rank's share and the gradient is
+    averaged over ranks, differentiably, so every rank holds the global batch's
+    ``theta_hat`` and its graph reaches every rank's ``phi``.
+    """
     names = list(params)
     grads = torch.autograd.grad(
         weighted_loss, [params[n] for n in names], create_graph=True, retain_graph=True, allow_unused=True
     )
+    if world_size > 1:
+        from mama_augment.train.distributed import mean_across_ranks_with_grad
+
+        grads = mean_across_ranks_with_grad(grads, world_size)
     return {n: params[n] if g is None else params[n] - virtual_lr * g for n, g in zip(names, grads)}
 
 
@@ -88,6 +103,11 @@ class MetaWeighting:
 
     ``criterion(video, text, scale) -> LossOutput`` is the training loss; the meta loss
     is the same criterion, unweighted.
+
+    On ``world_size`` processes (rank and world size passed in, as the loss's) each
+    rank holds its slice of the training and meta batches; weights are normalised over
+    the global batch, the virtual gradient and ``phi``'s gradient are averaged across
+    ranks, so ``phi`` stays identical everywhere and equals the one-process ``phi``.
     """
 
     def __init__(
@@ -97,7 +117,11 @@ class MetaWeighting:
         virtual_lr: float = 0.1,
         meta_params: str = "last",
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        self.rank = rank
+        self.world_size = world_size
         self.net = WeightingNet(hidden).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
         self.virtual_lr = virtual_lr
@@ -109,7 +133,7 @@ class MetaWeighting:
     def weights(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised, raw) weights of detached losses under the current ``phi``."""
         raw = self.net(losses.detach().float())
-        return normalise_weights(raw), raw
+        return normalise_weights(raw, world_size=self.world_size), raw
 
     def meta_loss(
         self,
@@ -129,7 +153,7 @@ class MetaWeighting:
         weighted = (weights * per_sample).mean()
         module, inputs = self._level(model, meta_inputs, autocast)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-        virtual = virtual_parameters(params, weighted, self.virtual_lr)
+        virtual = virtual_parameters(params, weighted, self.virtual_lr, self.world_size)
         with autocast():
             video, text, scale = functional_call(module, virtual, inputs)
             return criterion(video, text, scale).per_sample.mean()
@@ -159,13 +183,20 @@ class MetaWeighting:
         phi = list(self.net.parameters())
         # retain_graph: the real step backpropagates through the same training forward.
         grads = torch.autograd.grad(meta_loss, phi, retain_graph=True)
+        meta_value = meta_loss.detach()
+        if self.world_size > 1:  # this rank's share of the meta batch -> the global mean
+            from mama_augment.train.distributed import mean_across_ranks_
+
+            grads = [g.clone() for g in grads]
+            meta_value = meta_value.clone()
+            mean_across_ranks_([*grads, meta_value], self.world_size)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(phi, grads):
             p.grad = g
         grad_norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
         self.optimizer.step()
         normalised, raw = self.weights(per_sample)
-        return MetaStepResult(normalised, raw, float(meta_loss.detach()), grad_norm)
+        return MetaStepResult(normalised, raw, float(meta_value), grad_norm)
 
     @torch.no_grad()
     def curve(self, losses: torch.Tensor) -> torch.Tensor:
