@@ -12,6 +12,8 @@ are returned with a warning; only a file that gives no frame at all fails.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -72,10 +74,17 @@ class PyAVReader:
             container = av.open(str(path), metadata_errors="ignore")
         except errors as error:
             raise open_failure(path, head, _describe(error), "FFmpeg") from None
-        with container:
-            return self._sample_open(av, container, path, options, errors)
+        # Kept frames are converted to thumbnails on a second thread while this one
+        # decodes on: sws_scale and the decoder both release the GIL, and a plain decode
+        # pass leaves about a core idle. Each frame is converted exactly once.
+        converter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mama-thumbnail")
+        try:
+            with container:
+                return self._sample_open(av, container, path, options, errors, converter)
+        finally:
+            converter.shutdown(wait=True, cancel_futures=True)
 
-    def _sample_open(self, av, container, path: Path, options: SamplingOptions, errors) -> SampledFrames:
+    def _sample_open(self, av, container, path: Path, options: SamplingOptions, errors, converter) -> SampledFrames:
         # Cover art in MP4/MKV/MP3 is a one-picture "video" stream: not a video.
         attached = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)  # PyAV >= 13
         streams = [s for s in container.streams.video if not (attached and s.disposition & attached)]
@@ -115,7 +124,7 @@ class PyAVReader:
             quarter_turns = (rotation // 90) % 4
             return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
-        sampler = FrameSampler(options, duration_s, interval_s, convert)
+        sampler = FrameSampler(options, duration_s, interval_s, lambda frame: converter.submit(convert, frame))
         index = 0
         no_pts = 0
         corrupt = 0
@@ -188,6 +197,7 @@ class PyAVReader:
                 codec=codec,
             )
         images, times_s, indices = sampler.finish()
+        images = [pending.result() for pending in images]
         warnings = list(sampler.warnings)
         if read_error is not None:
             warnings.append(f"reading stopped with an error after {sampler.last_time_s:.2f} s ({read_error}); samples cover only what was read")
