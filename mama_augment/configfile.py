@@ -24,18 +24,17 @@ as ``<workdir>/configs/<stage>-<UTC time>.json`` plus ``<workdir>/configs/<stage
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import enum
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
+from mama_augment.fileio import atomic_write_text
 from mama_augment.errors import UsageError
 
 try:  # Python 3.11+
@@ -253,19 +252,6 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def record_run_config(
     workdir: str | os.PathLike,
     stage: str,
@@ -304,8 +290,8 @@ def record_run_config(
     while path.exists():  # two records in the same microsecond
         path = directory / f"{stage}-{stamp}-{suffix}.json"
         suffix += 1
-    _atomic_write_text(path, text)
-    _atomic_write_text(directory / f"{stage}.json", text)
+    atomic_write_text(path, text, fsync=True)
+    atomic_write_text(directory / f"{stage}.json", text, fsync=True)
     return path
 
 

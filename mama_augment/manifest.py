@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mama_augment.fileio import atomic_path
 from mama_augment.errors import MamaError, UsageError
 
 STATUS_OK = "ok"
@@ -154,17 +155,8 @@ def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
 
 
 def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    try:
+    with atomic_path(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        if fsync:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _part_files(workdir: str | os.PathLike, spec: ManifestSpec) -> list[Path]:

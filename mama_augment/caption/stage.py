@@ -33,7 +33,7 @@ from mama_augment.caption.backends import (
 )
 from mama_augment.caption.config import ENGINE_CHOICES, CaptionConfig
 from mama_augment.caption.postprocess import CleanCaption, clean_caption
-from mama_augment.caption.presets import ModelSpec, resolve_model
+from mama_augment.caption.presets import resolve_model
 from mama_augment.caption.prompts import Prompt, load_prompt
 from mama_augment.configfile import record_run_config
 from mama_augment.errors import ItemError, UsageError

@@ -8,16 +8,14 @@ given stay blank.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from mama_augment.fileio import atomic_path
 from mama_augment.errors import UsageError
 
 _PAIR = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
@@ -103,15 +101,6 @@ def save_jpeg(image: Image.Image, path: str | Path, quality: int = 90) -> Path:
     leaves at most a stray ``.tmp`` file beside the target.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with "xb" (not mkstemp) so the file gets the umask's mode.
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp_path, "xb") as handle:
-            image.convert("RGB").save(handle, format="JPEG", quality=int(quality))
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
+    with atomic_path(path) as tmp:
+        image.convert("RGB").save(tmp, format="JPEG", quality=int(quality))
     return path

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mama_augment.configfile import record_run_config
-from mama_augment.errors import ItemError, MamaError
+from mama_augment.errors import ItemError
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.manifest import (
     KEYFRAMES,

@@ -19,13 +19,13 @@ import math
 import os
 import posixpath
 import shutil
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
+from mama_augment.fileio import atomic_path, atomic_write_text
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
 from mama_augment.report.assets import CSS, JS
@@ -170,17 +170,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
             return
     except OSError:
         pass
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-    try:
+    with atomic_path(target) as tmp:
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copy2(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------- data
@@ -601,15 +595,6 @@ def build_report_summary(
         failed=failed_html,
         data=_json_for_script(data),
     )
-    _write_atomic(summary.path, page)
+    atomic_write_text(summary.path, page)
     return summary
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

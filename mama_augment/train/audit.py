@@ -23,7 +23,6 @@ with another caption or fell into the dropped last partial batch).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mama_augment.fileio import atomic_path
 from mama_augment.errors import UsageError
 
 PAIR_WEIGHTS_FILE = "pair_weights.parquet"
@@ -271,9 +271,8 @@ def write_pair_weights(run_dir: str | Path, workdir: str | Path, data, model, cr
     ids, losses, raw = score_pairs(model, criterion_factory(), meta, data, batch_size, seed, autocast)
     table = pair_weights_table(data, workdir, ids, losses, raw, recorder if meta is not None else None)
     path = Path(run_dir) / PAIR_WEIGHTS_FILE
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -390,13 +389,11 @@ def export_audit(result: AuditResult, path: str | Path) -> int:
         raise UsageError(f"--export must end in {' or '.join(EXPORT_SUFFIXES)}, not {path.name}")
     rows = result.export_rows
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        if suffix == ".csv":
-            rows.to_csv(tmp, index=False)
-        else:
-            rows.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            if suffix == ".csv":
+                rows.to_csv(tmp, index=False)
+            else:
+                rows.to_parquet(tmp, index=False)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc}") from exc
     return len(rows)

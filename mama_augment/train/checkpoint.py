@@ -7,11 +7,9 @@ place, so a kill at any moment leaves either the old or the new checkpoint.
 """
 
 from __future__ import annotations
+from mama_augment.fileio import atomic_path
 
-import contextlib
 import json
-import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -20,18 +18,10 @@ import torch
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     header = {"state": json.dumps(metadata)} if metadata is not None else None
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         save_file(clean, str(tmp), metadata=header)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

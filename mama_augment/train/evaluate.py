@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mama_augment.fileio import atomic_write_text
 from mama_augment.errors import UsageError
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
@@ -148,9 +148,7 @@ def evaluate_run(
             existing = {}
     key = split if not captions else f"{split}:{Path(captions).name}"
     existing[key] = _json_safe(result)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(existing, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(existing, indent=2))
     return result
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mama_augment.fileio import atomic_path
 from mama_augment.errors import MamaError, MissingDependency, UsageError
 
 log = logging.getLogger(__name__)
@@ -282,10 +283,8 @@ def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir
         if path is not None:
             from safetensors.numpy import save_file
 
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            save_file({"embeddings": np.ascontiguousarray(table)}, str(tmp), metadata={"encoder": encoder.name, "count": str(len(unique))})
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": np.ascontiguousarray(table)}, str(tmp), metadata={"encoder": encoder.name, "count": str(len(unique))})
     row_of = {text: i for i, text in enumerate(unique)}
     return table[[row_of[t] for t in texts]] if texts else table
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from mama_augment.errors import ItemError
-from mama_augment.inputs import IMAGE_EXTENSIONS
 from mama_augment.video.base import SampledFrames, SamplingOptions, VideoInfo
 from mama_augment.video.probe import check_file, thumbnail_size
 
