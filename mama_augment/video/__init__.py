@@ -22,7 +22,8 @@ from typing import Callable
 
 from mama_augment.errors import MissingDependency, UsageError
 from mama_augment.video.base import SampledFrames, SamplingOptions, VideoInfo, VideoReader
-from mama_augment.video.image_reader import IMAGE_EXTENSIONS, ImageReader
+from mama_augment.inputs import IMAGE_EXTENSIONS
+from mama_augment.video.image_reader import ImageReader
 from mama_augment.video.opencv_reader import OpenCVReader
 from mama_augment.video.probe import ERROR_KINDS, check_file, sniff
 from mama_augment.video.pyav_reader import PyAVReader
