@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from media import make_image, make_video
@@ -21,3 +23,18 @@ def tiny_videos(tmp_path):
     make_video(folder / "solid.avi", num_frames=24, codec="mpeg4", pattern="solid")
     make_image(folder / "photo.png")
     return folder
+
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray with 2 CPUs for one test module (Ray takes seconds to start)."""
+    if not HAVE_RAY:
+        pytest.skip("Ray is not installed (pip install 'mama-augment[ray]')")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

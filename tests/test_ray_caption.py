@@ -44,16 +44,6 @@ SAME = ["caption", "raw_output", "status", "error_kind", "model", "preset", "bac
         "prompt_sha256", "sampling", "seed", "prompt_tokens", "completion_tokens", "config_hash"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    if not HAVE_RAY:
-        pytest.skip("Ray is not installed (pip install 'mama-augment[ray]')")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:

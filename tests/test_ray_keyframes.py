@@ -34,16 +34,6 @@ SAME = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    if not HAVE_RAY:
-        pytest.skip("Ray is not installed (pip install 'mama-augment[ray]')")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
