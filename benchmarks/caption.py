@@ -88,7 +88,8 @@ def bench_offline(model: Path, template: Path, max_tokens: int, rounds: int, bat
     from mama_augment.caption.config import CaptionConfig
     from mama_augment.caption.presets import resolve_model
     from mama_augment.caption.prompts import load_prompt
-    from mama_augment.caption.stage import caption_seed, load_grids, run_caption
+    from mama_augment.caption.generate import caption_seed
+    from mama_augment.caption.stage import load_grids, run_caption
 
     config = CaptionConfig(model=str(model), backend="shared-offline", max_tokens=max_tokens, ignore_eos=True,
                            max_model_len=1024, batch_size=batch_size)

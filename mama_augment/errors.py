@@ -35,6 +35,12 @@ class MissingDependency(MamaError):
         super().__init__(f"{package} is required{what} but is not installed; install it with: {how}")
         self.package = package
         self.extra = extra
+        self.purpose = purpose
+
+    def __reduce__(self):
+        # Rebuilt from its arguments, not its message, when it crosses a process
+        # boundary (a worker process or a Ray actor raised it).
+        return type(self), (self.package, self.extra, self.purpose)
 
 
 class ItemError(Exception):

@@ -18,7 +18,8 @@ from mama_augment.caption.config import CaptionConfig
 from mama_augment.caption.postprocess import clean_caption, normalise, truncate_words
 from mama_augment.caption.presets import PRESETS, list_presets, resolve_model
 from mama_augment.caption.prompts import available_prompts, load_prompt
-from mama_augment.caption.stage import caption_seed, run_caption
+from mama_augment.caption.generate import caption_seed
+from mama_augment.caption.stage import run_caption
 from mama_augment.cli._app import app
 from mama_augment.errors import ItemError, MissingDependency, UsageError
 from mama_augment.manifest import CAPTIONS, parts_dir, read_manifest

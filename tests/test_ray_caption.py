@@ -193,7 +193,7 @@ def test_engine_options_do_not_change_the_config_hash():
 
 
 def test_an_actor_that_cannot_start_its_engine_fails_the_run_with_the_stage_message():
-    from mama_augment.engines.ray_caption import run_error
+    from mama_augment.engines.ray import run_error
 
     # What the driver gets when CaptionWorker.__init__ raised (Ray keeps only the text).
     died = RuntimeError(

@@ -106,9 +106,9 @@ def test_interrupted_ray_run_resumes_without_loss_or_duplicates(ray_cluster, tmp
         make_video(folder / f"v{i}.mp4", num_frames=48, fps=24, seed=i)
     workdir = tmp_path / "work"
 
-    import mama_augment.engines.ray_engine as ray_engine
+    import mama_augment.keyframes.stage as stage
 
-    monkeypatch.setattr(ray_engine, "PartWriter", _StopAfter)
+    monkeypatch.setattr(stage, "PartWriter", _StopAfter)
     with pytest.raises(KeyboardInterrupt):
         run_keyframes([folder], workdir, _config("ray"), progress=False)
     monkeypatch.undo()
@@ -176,7 +176,7 @@ def test_cli_bad_engine_options_exit_2(tmp_path, args, message):
 
 
 def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
-    from mama_augment.engines.ray_engine import require_ray
+    from mama_augment.engines.ray import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(MissingDependency, match=r"mama-augment\[ray\]"):

@@ -6,10 +6,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-BACKEND_CHOICES = ("auto", "offline", "server", "transformers")
-ENGINE_CHOICES = ("local", "ray")
-
-
 @dataclass
 class CaptionConfig:
     """Options of ``run_caption``; the CLI builds one of these and nothing else.

@@ -1,42 +1,45 @@
-"""The caption stage: keyframes.parquet grids -> VLM -> captions.parquet.
+"""The caption stage: pending grids -> map over an engine -> PartWriter -> StageReport.
 
-``run_caption`` works out which (video, caption_index) pairs are pending, hands them
-to a backend, cleans each answer and writes rows as they come back, through the same
-atomic part files as every manifest. Rows already done with the same ``config_hash``
-(model + prompt + sampling) are skipped; a changed prompt, model or sampling makes
-them pending again.
-
-``engine="ray"`` runs the same backend (one engine per Ray actor) through
-``mama_augment.engines.ray_caption``; planning, row building, writing and the report
-stay here, so both engines write the same rows and a run can switch engines and resume.
+``run_caption`` works out which (video, caption_index) pairs of the ``ok`` grids in
+``keyframes.parquet`` are pending, hands their requests with the caption worker
+(``caption/generate.py``: one backend per engine worker, cleaning and regeneration
+included) to the engine of ``config.engine`` (this process, or one vision-language
+engine per Ray actor; ``mama_augment.engines``), and writes a ``captions.parquet`` row
+for every outcome as it comes back, through the same atomic part files as every
+manifest. Rows already done with the same ``config_hash`` (model + prompt + sampling)
+are skipped; a changed prompt, model or sampling makes them pending again. Planning,
+row building, writing and the report stay here, so every engine writes the same rows
+and a run can switch engines and resume.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
-from mama_augment.caption.backends import (
-    BACKENDS,
-    CaptionBackend,
-    CaptionRequest,
-    Generation,
-    choose_backend,
-    make_backend,
+from mama_augment.caption.backends import BACKENDS, CaptionRequest, Generation, choose_backend, make_backend
+from mama_augment.caption.config import CaptionConfig
+from mama_augment.caption.generate import (
+    OUTCOME_SCHEMA,
+    CaptionWorker,
+    Grid,
+    Outcome,
+    build_requests,
+    outcomes_from_table,
+    request_item,
 )
-from mama_augment.caption.config import ENGINE_CHOICES, CaptionConfig
-from mama_augment.caption.postprocess import CleanCaption, clean_caption
 from mama_augment.caption.presets import resolve_model
-from mama_augment.caption.prompts import Prompt, load_prompt
+from mama_augment.caption.prompts import load_prompt
 from mama_augment.configfile import record_run_config
-from mama_augment.errors import ItemError, UsageError
+from mama_augment.engines import ENGINES, get_engine
+from mama_augment.engines.base import BatchPool, Placement
+from mama_augment.errors import UsageError
 from mama_augment.manifest import (
     CAPTIONS,
     KEYFRAMES,
@@ -57,37 +60,6 @@ from mama_augment.stage import StageReport
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Grid:
-    video_id: str
-    grid_path: str  # as in keyframes.parquet (relative to the work folder)
-    rows: int
-    cols: int
-    num_frames: int
-
-
-@dataclass
-class Outcome:
-    """What became of one request: the generation kept (first sample or a
-    regeneration), the cleaned caption or why it failed. Rows are built from this."""
-
-    request: CaptionRequest  # the request whose generation is kept (its seed is recorded)
-    generation: Generation
-    caption: str | None
-    status: str
-    error_kind: str | None = None
-    error: str | None = None
-    truncated: bool = False  # still too long after the regenerations: cut at a sentence end
-    regenerated: bool = False  # the kept generation is a regeneration
-
-
-def caption_seed(base_seed: int, video_id: str, caption_index: int, attempt: int = 0) -> int:
-    """Distinct per caption of a video, stable across runs and batch orders."""
-    digest = hashlib.sha256(f"{base_seed}:{video_id}".encode()).digest()
-    per_video = int.from_bytes(digest[:4], "little") & 0x3FFFFFFF
-    return (per_video + caption_index * 1_000_003 + attempt * 7_919) % (2**31 - 1)
-
-
 def validate(config: CaptionConfig) -> None:
     if config.backend != "auto" and config.backend not in BACKENDS:
         raise UsageError(f"unknown backend {config.backend!r}; choose from auto, {', '.join(BACKENDS)}")
@@ -104,7 +76,7 @@ def validate(config: CaptionConfig) -> None:
         (config.batch_size >= 1, "--batch-size must be at least 1"),
         (config.limit is None or config.limit >= 0, "--limit must be >= 0"),
         (not (config.backend == "server" and not config.endpoint), "--backend server needs --endpoint"),
-        (config.engine in ENGINE_CHOICES, f"--engine must be one of: {', '.join(ENGINE_CHOICES)}"),
+        (config.engine in ENGINES, f"--engine must be one of: {', '.join(ENGINES)}"),
         (config.replicas >= 1, "--replicas must be at least 1"),
         (config.num_cpus > 0, "--num-cpus must be > 0"),
         (config.num_gpus is None or config.num_gpus >= 0, "--num-gpus must be >= 0"),
@@ -115,6 +87,11 @@ def validate(config: CaptionConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if config.engine != "local" and config.num_gpus is not None and 0 < config.num_gpus < config.tensor_parallel_size:
+        raise UsageError(
+            f"--num-gpus {config.num_gpus:g} is fewer than --tensor-parallel-size {config.tensor_parallel_size}: "
+            "each replica needs one GPU per tensor-parallel rank"
+        )
 
 
 def load_grids(workdir: Path) -> list[Grid]:
@@ -309,35 +286,44 @@ def _run_locked(config, workdir, report, prompt, spec, backend_name, backend, mo
             report.extra["engine"] = config.engine
         if previously_failed:
             report.extra["previously_failed"] = f"{previously_failed} (rerun with --retry-failed)"
-        if pending and config.engine == "ray":
-            from mama_augment.engines.ray_caption import RayCaptioner
-
-            # Checks that Ray is installed before anything starts; the engines start
-            # in the actors, so rates include their start.
-            with RayCaptioner(spec, config, backend_name, report) as captioner:
-                run = _Run(config, workdir, spec, prompt, backend_name, config_hash, report, len(pending), progress)
-                run.model_label = model_label
-                try:
-                    _caption(run, captioner.outcomes, pending, workdir)
-                finally:
-                    run.close()
-            _report_rates(report, run)
-        elif pending:
-            engine_started = time.monotonic()
-            backend = backend or make_backend(backend_name, spec, config)
-            report.extra["backend_start_s"] = round(time.monotonic() - engine_started, 2)
-            try:
-                # Rates and the progress bar start once the engine is up.
-                run = _Run(config, workdir, spec, prompt, backend_name, config_hash, report, len(pending), progress)
-                run.model_label = model_label
-                try:
-                    _caption(run, lambda requests: caption_requests(backend, requests, config), pending, workdir)
-                finally:
-                    run.close()
-            finally:
-                backend.close()
-            _report_rates(report, run)
+        if pending:
+            _caption_pending(config, workdir, report, prompt, spec, backend_name, backend, model_label, config_hash,
+                             pending, progress)
         compact(workdir, CAPTIONS)
+
+
+def _caption_pending(config, workdir, report, prompt, spec, backend_name, backend, model_label, config_hash,
+                     pending, progress):
+    """Start the engine's workers, caption ``pending`` through them, write every row."""
+    engine = get_engine(config.engine)
+    placement = Placement(workers=config.replicas, num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+                          default_gpus=float(config.tensor_parallel_size), address=config.ray_address,
+                          label="captioning")
+    # A server client made up front is reused; anything else is built by each worker.
+    make_worker = partial(CaptionWorker, spec, config, backend_name, backend=backend)
+    with engine.batch_workers(make_worker, placement, OUTCOME_SCHEMA) as pool:
+        if "start_s" in pool.info:  # workers that started here, before any request
+            report.extra["backend_start_s"] = round(pool.info["start_s"], 2)
+        # Rates and the progress bar start once the workers are up.
+        run = _Run(config, workdir, spec, prompt, backend_name, config_hash, report, len(pending), progress)
+        run.model_label = model_label
+        try:
+            _caption(run, partial(_outcomes, pool, config.batch_size), pending, workdir)
+        finally:
+            run.close()
+        report.extra.update({k: v for k, v in pool.info.items() if k != "start_s"})
+    _report_rates(report, run)
+
+
+def _outcomes(pool: BatchPool, batch_size: int, requests: list[CaptionRequest]) -> Iterator[Outcome]:
+    """The outcomes of ``requests`` from the engine's workers, as they come back."""
+    request_of = {(r.video_id, r.caption_index): r for r in requests}
+    tables = pool.map([request_item(r) for r in requests], batch_size)
+    try:
+        for table in tables:
+            yield from outcomes_from_table(table, request_of)
+    finally:
+        tables.close()
 
 
 def _report_rates(report: StageReport, run: _Run) -> None:
@@ -353,26 +339,10 @@ def _report_rates(report: StageReport, run: _Run) -> None:
     )
 
 
-def build_requests(prompt: Prompt, config: CaptionConfig, pending: Sequence[tuple[Grid, int]],
-                   workdir: Path) -> list[CaptionRequest]:
-    """One request (attempt 0) per pending (grid, caption index), in ``pending`` order."""
-    requests = []
-    for grid, index in pending:
-        grid_path = Path(grid.grid_path)
-        requests.append(CaptionRequest(
-            video_id=grid.video_id,
-            caption_index=index,
-            grid_path=grid_path if grid_path.is_absolute() else workdir / grid_path,
-            prompt=prompt.render(grid.rows, grid.cols, grid.num_frames),
-            seed=caption_seed(config.seed, grid.video_id, index),
-        ))
-    return requests
-
-
 def _caption(run: _Run, outcomes: Callable[[list[CaptionRequest]], Iterator[Outcome]],
              pending: list[tuple[Grid, int]], workdir: Path) -> None:
     """Write a row for every pending caption: missing grids fail here, the rest go
-    through ``outcomes`` (a local backend or the Ray engine)."""
+    through ``outcomes`` (the engine's workers)."""
     grid_of = {(grid.video_id, index): grid for grid, index in pending}
     requests = []
     for request in build_requests(run.prompt, run.config, pending, workdir):
@@ -390,62 +360,3 @@ def _caption(run: _Run, outcomes: Callable[[list[CaptionRequest]], Iterator[Outc
             run.add_outcome(outcome, grid_of[(outcome.request.video_id, outcome.request.caption_index)])
     finally:
         stream.close()  # now, not when the traceback goes: a Ray execution stops here
-
-
-def caption_requests(backend: CaptionBackend, requests: Sequence[CaptionRequest],
-                     config: CaptionConfig) -> Iterator[Outcome]:
-    """Generate, clean and (for a too-long caption) regenerate: one ``Outcome`` per
-    request, yielded as soon as it is final.
-
-    Too-long answers wait for up to ``config.regenerate`` more samples (distinct
-    seeds); if none fits, the first answer is cut at a sentence end. This is the whole
-    per-request logic of the stage; the Ray engine runs it inside each actor.
-    """
-    # Too-long answers wait here for a regeneration; their first, truncated, version
-    # is the fallback.
-    too_long: dict[tuple[str, int], tuple[CaptionRequest, Generation, CleanCaption]] = {}
-
-    def fallback(key) -> Outcome:
-        request, generation, cleaned = too_long.pop(key)
-        return Outcome(request, generation, cleaned.text, STATUS_OK, truncated=True)
-
-    def finish(request: CaptionRequest, generation: Generation, last_round: bool) -> Outcome | None:
-        key = (request.video_id, request.caption_index)
-        if not generation.ok:
-            if key in too_long:  # a failed regeneration keeps the truncated first answer
-                return fallback(key)
-            return Outcome(request, generation, None, STATUS_FAILED, generation.error_kind, generation.error)
-        try:
-            cleaned = clean_caption(generation.text, config.max_words)
-        except ItemError as exc:
-            if key in too_long:
-                return fallback(key)
-            return Outcome(request, generation, None, STATUS_FAILED, exc.kind, exc.message)
-        if cleaned.too_long and not last_round:
-            too_long.setdefault(key, (request, generation, cleaned))
-            return None
-        truncated = cleaned.too_long
-        if truncated:
-            first = too_long.pop(key, None)
-            if first is not None:
-                request, generation, cleaned = first
-        else:
-            too_long.pop(key, None)
-        return Outcome(request, generation, cleaned.text, STATUS_OK, truncated=truncated,
-                       regenerated=bool(request.attempt))
-
-    for request, generation in backend.generate(requests):
-        outcome = finish(request, generation, last_round=config.regenerate == 0)
-        if outcome is not None:
-            yield outcome
-    for attempt in range(1, config.regenerate + 1):
-        if not too_long:
-            break
-        retry = [
-            replace(r, seed=caption_seed(config.seed, r.video_id, r.caption_index, attempt), attempt=attempt)
-            for r, _, _ in too_long.values()
-        ]
-        for request, generation in backend.generate(retry):
-            outcome = finish(request, generation, last_round=attempt == config.regenerate)
-            if outcome is not None:
-                yield outcome

@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mama_augment.caption.config import BACKEND_CHOICES, ENGINE_CHOICES, CaptionConfig
+from mama_augment.caption.backends import BACKENDS
+from mama_augment.caption.config import CaptionConfig
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish
+from mama_augment.engines import engine_help
 
 _D = CaptionConfig()  # defaults live in CaptionConfig; the CLI only shows them
 _ENGINE = "Offline engine (vLLM)"
@@ -35,7 +37,7 @@ def _print_models() -> None:
 def caption(
     workdir: Annotated[Path, typer.Option("--workdir", "-w", help=WORKDIR_HELP)] = DEFAULT_WORKDIR,
     model: Annotated[str, typer.Option(help="Preset name (see --list-models) or any Hugging Face id / local folder.")] = _D.model,
-    backend: Annotated[str, typer.Option(help=f"One of: {', '.join(BACKEND_CHOICES)}. auto: server if --endpoint, else vLLM offline if installed, else transformers.")] = _D.backend,
+    backend: Annotated[str, typer.Option(help=f"One of: {', '.join(('auto', *BACKENDS))}. auto: server if --endpoint, else vLLM offline if installed, else transformers.")] = _D.backend,
     prompt: Annotated[str, typer.Option(help="Prompt name from prompts/ or a path to a .txt file; {rows} {cols} {num_frames} are filled in.")] = _D.prompt,
     list_models: Annotated[bool, typer.Option("--list-models", help="Show the model presets and prompts, then exit.")] = False,
     num_captions: Annotated[int, typer.Option(help="Captions per grid, each with its own seed.", rich_help_panel=_SAMPLING)] = _D.num_captions,
@@ -59,7 +61,7 @@ def caption(
     kv_cache_gib: Annotated[Optional[float], typer.Option(help="KV cache size in GiB (default on a CPU: 0.25).", rich_help_panel=_ENGINE)] = None,
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32.", rich_help_panel=_ENGINE)] = _D.dtype,
     batch_size: Annotated[int, typer.Option(help="Requests handed to the engine at once (also for how often rows are saved).", rich_help_panel=_ENGINE)] = _D.batch_size,
-    engine: Annotated[str, typer.Option(help=f"One of: {', '.join(ENGINE_CHOICES)}. ray: the engines run on Ray actors (needs the ray install extra).", rich_help_panel=_RAY)] = _D.engine,
+    engine: Annotated[str, typer.Option(help=f"Where the vision-language engines run: {engine_help()}.", rich_help_panel=_RAY)] = _D.engine,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: 'auto' (the cluster of `ray start` on this node) or an address; default: start a local Ray.", rich_help_panel=_RAY)] = _D.ray_address,
     replicas: Annotated[int, typer.Option(help="Engines (Ray actors), each with --tensor-parallel-size GPUs.", rich_help_panel=_RAY)] = _D.replicas,
     num_cpus: Annotated[float, typer.Option(help="CPUs reserved per replica.", rich_help_panel=_RAY)] = _D.num_cpus,

@@ -7,8 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
-from mama_augment.keyframes.config import ENGINES, KeyframesConfig
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish
+from mama_augment.embed import embedder_help
+from mama_augment.engines import engine_help
+from mama_augment.keyframes.config import KeyframesConfig
+from mama_augment.video import BACKEND_CHOICES as DECODERS
 
 _D = KeyframesConfig()
 
@@ -33,7 +36,7 @@ def keyframes_command(
         show_default=False,
     ),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
-    embedder: str = typer.Option(_D.embedder, help="Frame embedder: cnn (EfficientNet-Lite0), pixels (fastest, no torch) or clip."),
+    embedder: str = typer.Option(_D.embedder, help=f"Frame embedder: {embedder_help()}."),
     embed_model: Optional[str] = typer.Option(None, help="Model id or folder for embedders that take one (clip)."),
     num_keyframes: str = typer.Option(str(_D.num_keyframes), help="Keyframes per video, or 'auto' (from the gap in DPC scores)."),
     min_keyframes: int = typer.Option(_D.min_keyframes, help="Lower bound for --num-keyframes auto."),
@@ -49,12 +52,12 @@ def keyframes_command(
     tile_size: str = typer.Option(_D.tile_size, help="Size WxH of one grid tile in pixels (frames are letterboxed)."),
     thumb_size: int = typer.Option(_D.thumb_size, help="Longer side in pixels of the kept frames and keyframe JPEGs."),
     jpeg_quality: int = typer.Option(_D.jpeg_quality, help="JPEG quality of keyframes and grids."),
-    decoder: str = typer.Option(_D.decoder, help="Decoding backend: auto, pyav or opencv."),
+    decoder: str = typer.Option(_D.decoder, help=f"Decoding backend: {', '.join(DECODERS)}."),
     device: str = typer.Option(_D.device, help="Device for torch embedders: auto, cpu or cuda."),
     batch_size: int = typer.Option(_D.batch_size, help="Frames per embedder batch."),
     workers: int = typer.Option(_D.workers, help="Worker processes, or Ray actors with --engine ray (0 = one per CPU core; with Ray, as many as the cluster fits)."),
     timeout: float = typer.Option(_D.timeout_s, help="Seconds allowed per video before it is stopped and marked failed."),
-    engine: str = typer.Option(_D.engine, help="Where videos are processed: local (worker processes here) or ray (Ray Data actors; needs the ray install extra)."),
+    engine: str = typer.Option(_D.engine, help=f"Where videos are processed: {engine_help()}."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join with --engine ray: 'auto' (the cluster of `ray start` on this node) or an address; default: start a local Ray."),
     num_cpus: float = typer.Option(_D.num_cpus, help="CPUs reserved per Ray actor (--engine ray); also its torch threads."),
     num_gpus: float = typer.Option(_D.num_gpus, help="GPUs reserved per Ray actor for the embedder (--engine ray); fractions share a GPU."),
@@ -74,10 +77,6 @@ def keyframes_command(
     """
     from mama_augment.keyframes.stage import run_keyframes
 
-    if decoder not in ("auto", "pyav", "opencv"):
-        raise fail("--decoder must be auto, pyav or opencv")
-    if engine not in ENGINES:
-        raise fail(f"--engine must be one of: {', '.join(ENGINES)}")
     config = KeyframesConfig(
         fps=fps,
         max_frames=max_frames,

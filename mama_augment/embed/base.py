@@ -1,4 +1,4 @@
-"""The interface of frame embedders (``--embedder``)."""
+"""The interface of frame embedders (``--embedder``) and the helpers they share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from mama_augment.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -30,3 +32,63 @@ class Embedder(Protocol):
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Return an array of shape (len(images), dim), float32, rows of unit norm."""
         ...
+
+
+# --------------------------------------------------------------------------- shared helpers
+# (numpy only, so `pixels` stays torch-free)
+
+
+def as_rgb_uint8(image: object) -> np.ndarray:
+    """Return ``image`` (array or PIL image) as a contiguous RGB uint8 (H, W, 3) array.
+
+    Grayscale (H, W) or (H, W, 1) is repeated to three channels and an alpha channel
+    is dropped; other shapes or dtypes raise ValueError (a caller bug, not bad data).
+    """
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB arrays, got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"frames must have shape (H, W, 3), got {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"empty frame of shape {array.shape}")
+    if array.shape[2] == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def l2_normalize_rows(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Divide each row by its L2 norm (all-zero rows stay zero); returns float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def resolve_device(requested: str) -> str:
+    """Map ``auto|cpu|cuda`` to the torch device to use (imports torch)."""
+    import torch
+
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {requested!r} was asked for but CUDA is not available")
+        return requested
+    if requested == "cpu":
+        return "cpu"
+    raise UsageError(f"unknown device {requested!r}; choose one of: auto, cpu, cuda")
+
+
+def empty_embeddings(dim: int) -> np.ndarray:
+    return np.zeros((0, dim), dtype=np.float32)
+
+
+def batches(items: Sequence, size: int):
+    """Consecutive slices of ``items`` of at most ``size`` elements."""
+    size = max(1, int(size))
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -21,14 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from mama_augment.embed import (
+from mama_augment.embed.base import (
+    EmbedderOptions,
     as_rgb_uint8,
     batches,
     empty_embeddings,
     l2_normalize_rows,
     resolve_device,
 )
-from mama_augment.embed.base import EmbedderOptions
 from mama_augment.errors import MissingDependency, UsageError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -40,14 +40,14 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from mama_augment.embed import (
+from mama_augment.embed.base import (
+    EmbedderOptions,
     as_rgb_uint8,
     batches,
     empty_embeddings,
     l2_normalize_rows,
     resolve_device,
 )
-from mama_augment.embed.base import EmbedderOptions
 from mama_augment.errors import MamaError, MissingDependency, UsageError
 
 INPUT_SIZE = 224

@@ -20,8 +20,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from mama_augment.embed import as_rgb_uint8, empty_embeddings, l2_normalize_rows
-from mama_augment.embed.base import EmbedderOptions
+from mama_augment.embed.base import EmbedderOptions, as_rgb_uint8, empty_embeddings, l2_normalize_rows
 
 HIST_BINS = (8, 4, 4)  # hue, saturation, value
 WORK_SIZE = (64, 48)  # (width, height) every frame is shrunk to first

@@ -1,25 +1,28 @@
-"""Run a stage's per-item work on Ray Data actors (``--engine ray``).
+"""The ``ray`` engine: a stage's work on Ray Data actors (``--engine ray``).
 
 The stage still plans (what is pending in the manifest), writes and reports on the
 driver; Ray only turns pending items into result rows::
 
-    pending jobs --ray.data.from_items--> Dataset
-        --map_batches(worker class, a fixed pool of actors, num_cpus/num_gpus each)-->
-    Arrow tables of result rows --iter_batches on the driver--> PartWriter
+    pending items --ray.data.from_items--> Dataset
+        --map_batches(an actor class, a fixed pool of actors, num_cpus/num_gpus each)-->
+    Arrow tables of result rows --iter_batches on the driver--> the stage's PartWriter
 
 So the rows land as part files of the same manifest with the same schema as the local
 engine, and a run can stop on one engine and resume on the other.
 
-Each actor keeps one worker process (pebble, as the local engine) that holds the
-embedder: the model loads once per actor, and every item runs under the stage's
-per-item timeout, so a hung or crashing decoder becomes a ``timeout`` or ``crashed``
-row instead of a lost actor. Result rows cross Ray as Arrow tables built against the
-manifest schema, so ``list<list<float32>>`` embeddings and UTC timestamps arrive as
-they were made.
+Item tasks (``map_items``): each actor keeps one worker process (the local engine's
+pebble pool, one process wide) that keeps its state (a loaded embedder) across
+items, and every item runs under the task's timeout, so a hung or crashing decoder
+becomes a ``timeout`` or ``crashed`` row instead of a lost actor. Batch workers
+(``batch_workers``): each actor builds the worker once (a vLLM engine with
+``--tensor-parallel-size`` GPUs) and feeds it batches. Result rows cross Ray as Arrow
+tables built against the stage's schema, so ``list<list<float32>>`` embeddings and
+UTC timestamps arrive as they were made.
 
-On a multi-node cluster every node must have mama-augment installed, and the inputs
-and the work folder must be at the same paths on every node (a shared filesystem):
-actors read the inputs and write keyframe JPEGs and grids straight into the work folder.
+On a multi-node cluster every node must have mama-augment installed (with the extras
+the work needs), and the inputs and the work folder must be at the same paths on
+every node (a shared filesystem): actors read the inputs and write keyframe JPEGs and
+grids straight into the work folder.
 
 ``import ray`` happens inside the functions here, so importing this module is cheap
 (the workers' child processes import it too).
@@ -31,18 +34,17 @@ import contextlib
 import logging
 import math
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+import re
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from mama_augment.errors import MissingDependency, UsageError
-from mama_augment.manifest import KEYFRAMES, PartWriter, rows_to_table
+from mama_augment import errors
+from mama_augment.engines.base import ItemTask, Placement, close_worker
+from mama_augment.engines.local import process_pool, result_row
+from mama_augment.errors import MamaError, MissingDependency, UsageError
+from mama_augment.manifest import rows_to_table
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mama_augment.keyframes.config import KeyframesConfig
-    from mama_augment.keyframes.stage import Job
-    from mama_augment.stage import StageReport
 
 log = logging.getLogger(__name__)
 
@@ -180,53 +182,75 @@ def map_on_ray(
                 close()
 
 
-# --------------------------------------------------------------------------- keyframes
+_REMOTE_MAMA_ERROR = re.compile(r"mama_augment\.errors\.(\w+): ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _warm_up(cfg: "KeyframesConfig") -> None:
-    """Load the embedder in the worker process before the first video (best effort:
-    a model that cannot load fails each video's row with the reason, as locally)."""
-    from mama_augment.keyframes.stage import _get_embedder
+def run_error(exc: BaseException, what: str = "the work") -> MamaError:
+    """A run-level error for an execution or actor failure on Ray.
 
+    An actor that dies in its constructor (the engine would not start, a package is
+    not installed on that node) or a worker that raised a run-level error reaches the
+    driver as a Ray error whose only trace of the cause is its text; the project's
+    own error is found there, so the user reads the same message (and gets the same
+    exit code) as with the local engine.
+    """
+    seen: set[int] = set()
+    inner: BaseException | None = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, MamaError):
+            return inner
+        inner = getattr(inner, "cause", None) or inner.__cause__
+        inner = inner if isinstance(inner, BaseException) else None
+    text = _ANSI.sub("", str(exc))
+    found = list(_REMOTE_MAMA_ERROR.finditer(text))
+    if found:
+        kind = getattr(errors, found[-1].group(1), None)
+        error = MamaError(f"on Ray: {text[found[-1].end():].strip()}")
+        if isinstance(kind, type) and issubclass(kind, MamaError):
+            error.exit_code = kind.exit_code
+        return error
+    last_lines = " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
+    return MamaError(f"{what} on Ray failed: {type(exc).__name__}: {last_lines}")
+
+
+def _results(tables: Iterator[pa.Table], what: str) -> Iterator[pa.Table]:
+    """``tables``, with a failure of the Ray execution turned into a run-level error."""
+    try:
+        while True:
+            try:
+                table = next(tables)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - an execution or actor failure fails the run
+                raise run_error(exc, what) from exc
+            yield table
+    finally:
+        tables.close()
+
+
+def _call_quietly(fn: Callable[[], Any]) -> None:
     with contextlib.suppress(Exception):
-        _get_embedder(cfg)
+        fn()
 
 
-class KeyframesWorker:
-    """One Ray actor of the keyframes stage: jobs in, manifest rows out."""
+class ItemActor:
+    """One Ray actor of ``map_items``: items in, result rows out, through one worker
+    process that keeps its state across items and can be killed on a timeout."""
 
-    def __init__(self, cfg: "KeyframesConfig", workdir: str, config_hash: str, threads: int):
-        import multiprocessing
-
-        from pebble import ProcessPool
-
-        from mama_augment.keyframes.stage import _worker_init
-
-        self.cfg = cfg
-        self.workdir = workdir
-        self.config_hash = config_hash
-        # One child process per actor, as the local pool: it holds the embedder across
-        # videos and can be killed when a video overruns --timeout.
-        self.pool = ProcessPool(
-            max_workers=1,
-            initializer=_worker_init,
-            initargs=(threads,),
-            context=multiprocessing.get_context("spawn"),
-        )
-        self.pool.schedule(_warm_up, args=(cfg,))
+    def __init__(self, task: ItemTask, threads: int, schema: pa.Schema):
+        self.task = task
+        self.schema = schema
+        # Spawned: the actor process has imported Ray (threads), unsafe to fork.
+        self.pool = process_pool(task, 1, threads, "spawn")
+        if task.warm_up is not None:  # load the model before the first item
+            self.pool.schedule(_call_quietly, args=(task.warm_up,))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from mama_augment.keyframes.stage import Job, process_video, row_from_future
-
-        jobs = [Job(item["video_id"], item["path"], item["size_bytes"], item["mtime"]) for item in batch.to_pylist()]
-        futures = [
-            self.pool.schedule(
-                process_video, args=(job, self.cfg, self.workdir, self.config_hash), timeout=self.cfg.timeout_s
-            )
-            for job in jobs
-        ]
-        rows = [row_from_future(future, job, self.cfg, self.config_hash) for future, job in zip(futures, jobs)]
-        return rows_to_table(rows, KEYFRAMES.schema)
+        items = batch.to_pylist()
+        futures = [self.pool.schedule(self.task.run, args=(item,), timeout=self.task.timeout_s) for item in items]
+        return rows_to_table([result_row(f, item, self.task) for f, item in zip(futures, items)], self.schema)
 
     def __del__(self) -> None:
         # Ray Data calls this when it shuts the actor down gracefully.
@@ -237,46 +261,77 @@ class KeyframesWorker:
                 pool.join(timeout=5)
 
 
-def run_keyframes_on_ray(
-    jobs: Sequence["Job"],
-    workdir: Path,
-    cfg: "KeyframesConfig",
-    report: "StageReport",
-    progress: bool,
-) -> None:
-    """The Ray counterpart of the local pool: process ``jobs`` and write their rows."""
-    from tqdm import tqdm
-
-    from mama_augment.keyframes.stage import record_row
-
-    config_hash = cfg.config_hash()
-    local_cpus = math.ceil(cfg.workers * cfg.num_cpus) if cfg.workers > 0 else (os.cpu_count() or 1)
-    items = [
-        {"video_id": job.video_id, "path": job.path, "size_bytes": job.size_bytes, "mtime": job.mtime}
-        for job in jobs
-    ]
-    with ray_session(cfg.ray_address, num_cpus=local_cpus):
-        actors = actor_count(cfg.workers, cfg.num_cpus, cfg.num_gpus, len(items))
-        log.info("keyframes on Ray: %d actors, %g CPUs and %g GPUs each", actors, cfg.num_cpus, cfg.num_gpus)
-        constructor = dict(
-            cfg=cfg,
-            workdir=str(Path(workdir).absolute()),
-            config_hash=config_hash,
-            threads=max(1, int(cfg.num_cpus)),
+def map_items(items: Sequence[dict], task: ItemTask, placement: Placement, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The Ray counterpart of the local pool: one actor per worker (``placement.workers``,
+    or as many as the cluster fits), each item a call; tables as items finish."""
+    local_cpus = math.ceil(placement.workers * placement.num_cpus) if placement.workers > 0 else (os.cpu_count() or 1)
+    num_gpus = placement.num_gpus or 0.0
+    with ray_session(placement.address, num_cpus=local_cpus):
+        actors = actor_count(placement.workers, placement.num_cpus, num_gpus, len(items))
+        log.info("%s on Ray: %d actors, %g CPUs and %g GPUs each", placement.label, actors, placement.num_cpus, num_gpus)
+        constructor = dict(task=task, threads=max(1, int(placement.num_cpus)), schema=schema)
+        yield from _results(
+            map_on_ray(items, ItemActor, constructor, actors=actors, num_cpus=placement.num_cpus, num_gpus=num_gpus),
+            placement.label,
         )
-        bar = tqdm(total=len(items), unit="video", desc="keyframes (ray)", disable=not progress, dynamic_ncols=True)
-        writer = PartWriter(workdir, KEYFRAMES)
-        results = map_on_ray(
-            items, KeyframesWorker, constructor, actors=actors, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus
+
+
+class BatchActor:
+    """One Ray actor of ``batch_workers``: builds the worker once, then batches in, rows out."""
+
+    def __init__(self, make_worker: Callable[[bool], Any], schema: pa.Schema):
+        self.schema = schema
+        self.worker = make_worker(True)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return rows_to_table(list(self.worker(batch.to_pylist())), self.schema)
+
+    def __del__(self) -> None:
+        worker, self.worker = getattr(self, "worker", None), None
+        if worker is not None:
+            close_worker(worker)
+
+
+class _RayPool:
+    def __init__(self, make_worker: Callable[[bool], Any], placement: Placement, schema: pa.Schema):
+        self.make_worker = make_worker
+        self.placement = placement
+        self.schema = schema
+        self.info: dict = {}
+
+    def map(self, items: Sequence[dict], batch_size: int) -> Iterator[pa.Table]:
+        import ray
+
+        placement = self.placement
+        num_gpus = placement.num_gpus
+        if num_gpus is None:
+            num_gpus = placement.default_gpus if ray.cluster_resources().get("GPU", 0.0) > 0 else 0.0
+        num_gpus = float(num_gpus)
+        fits = actor_count(0, placement.num_cpus, num_gpus, len(items))  # raises when not even one fits
+        actors = min(placement.workers, fits)
+        if actors < min(placement.workers, len(items)):
+            log.warning("the Ray cluster fits %d replicas of %g CPUs and %g GPUs now; starting %d, not %d",
+                        fits, placement.num_cpus, num_gpus, actors, placement.workers)
+        # Every replica gets work; rows reach the driver at least every batch_size items per replica.
+        per_call = max(1, min(batch_size, math.ceil(len(items) / actors)))
+        self.info.update(replicas=actors, num_cpus=placement.num_cpus, num_gpus=num_gpus)
+        log.info("%s on Ray: %d replicas, %g CPUs and %g GPUs each, %d items per call",
+                 placement.label, actors, placement.num_cpus, num_gpus, per_call)
+        constructor = dict(make_worker=self.make_worker, schema=self.schema)
+        yield from _results(
+            map_on_ray(items, BatchActor, constructor, actors=actors, num_cpus=placement.num_cpus,
+                       num_gpus=num_gpus, batch_size=per_call),
+            placement.label,
         )
-        try:
-            for table in results:
-                writer.write_table(table)
-                for row in table.select(["video_id", "status", "error_kind", "error"]).to_pylist():
-                    record_row(report, row)
-                bar.update(table.num_rows)
-                bar.set_postfix(failed=report.failed, refresh=False)
-        finally:
-            results.close()
-            bar.close()
-            writer.close()
+
+
+@contextlib.contextmanager
+def batch_workers(make_worker: Callable[[bool], Any], placement: Placement, schema: pa.Schema) -> Iterator[_RayPool]:
+    """A Ray session for the run; the workers start in the actors when ``map`` runs
+    (``placement.workers`` replicas, fewer when the cluster fits fewer)."""
+    require_ray()  # before anything starts: says how to install the extra
+    # A Ray started here must fit the replicas asked for (the actors only reserve
+    # CPUs; the workers use the cores they find).
+    local_cpus = max(os.cpu_count() or 1, math.ceil(placement.workers * placement.num_cpus))
+    with ray_session(placement.address, num_cpus=local_cpus):
+        yield _RayPool(make_worker, placement, schema)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from mama_augment.errors import UsageError
 
@@ -26,9 +26,6 @@ OUTPUT_FIELDS = (
     "jpeg_quality",
     "decoder",
 )
-
-ENGINES = ("local", "ray")
-
 
 SELECTIONS = ("cover", "gamma")
 
@@ -74,7 +71,11 @@ class KeyframesConfig:
         return asdict(self)
 
     def validate(self) -> None:
+        """Every check of the options, before any work (UsageError names the option)."""
+        from mama_augment.embed import EmbedderOptions, check_embedder
+        from mama_augment.engines import ENGINES
         from mama_augment.keyframes.grid import parse_grid, parse_size
+        from mama_augment.video import BACKEND_CHOICES
 
         try:
             rows, cols = parse_grid(self.grid)
@@ -114,6 +115,8 @@ class KeyframesConfig:
             raise UsageError("--jpeg-quality must be within 1..100")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
+        if self.decoder not in BACKEND_CHOICES:
+            raise UsageError(f"--decoder must be {', '.join(BACKEND_CHOICES[:-1])} or {BACKEND_CHOICES[-1]}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError("--device must be auto, cpu or cuda")
         if self.engine not in ENGINES:
@@ -122,7 +125,4 @@ class KeyframesConfig:
             raise UsageError("--num-cpus must be positive")
         if self.num_gpus < 0:
             raise UsageError("--num-gpus must be 0 or more")
-
-
-def config_field_names() -> list[str]:
-    return [f.name for f in fields(KeyframesConfig)]
+        check_embedder(self.embedder, EmbedderOptions(model=self.embed_model))

@@ -1,0 +1,226 @@
+"""The per-video work of the ``keyframes`` stage, run in worker processes.
+
+``process_video(job, cfg, workdir, config_hash) -> row``: probe and decode the input,
+embed the sampled frames, pick keyframes by DPC-KNN, write their JPEGs and the grid,
+and return the video's ``keyframes.parquet`` row (a ``failed`` row for a bad input).
+:func:`keyframes_task` wraps it for an engine (``mama_augment.engines``): the engine
+runs it in worker processes under ``--timeout``, and the stage writes the rows.
+
+A worker process keeps its embedder across videos (:func:`cached_embedder`), so a
+model loads once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+from mama_augment.engines.base import ItemTask
+from mama_augment.errors import ItemError, MamaError
+from mama_augment.keyframes.config import KeyframesConfig
+from mama_augment.manifest import STATUS_FAILED, STATUS_OK, utc_now
+
+FRAMES_DIR = "frames"
+GRIDS_DIR = "grids"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input to process, in a form that crosses process boundaries cheaply."""
+
+    video_id: str
+    path: str
+    size_bytes: int | None
+    mtime: float | None
+
+
+_WORKER_STATE: dict = {}
+
+
+def worker_setup(threads: int) -> None:
+    """Runs once in every worker process, before torch is imported there."""
+    if threads > 0:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    _WORKER_STATE["threads"] = threads
+    logging.getLogger("libav").setLevel(logging.CRITICAL)
+
+
+def cached_embedder(cfg: KeyframesConfig):
+    """The embedder of ``cfg``, loaded once per worker process and kept across videos."""
+    from mama_augment.embed import get_embedder
+    from mama_augment.embed.base import EmbedderOptions
+
+    key = (cfg.embedder, cfg.embed_model, cfg.device, cfg.batch_size)
+    cached = _WORKER_STATE.get("embedder")
+    if cached is None or cached[0] != key:
+        options = EmbedderOptions(
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            model=cfg.embed_model,
+            threads=_WORKER_STATE.get("threads", 0),
+        )
+        _WORKER_STATE["embedder"] = (key, get_embedder(cfg.embedder, options))
+    return _WORKER_STATE["embedder"][1]
+
+
+def _base_row(job: Job, cfg: KeyframesConfig, config_hash: str) -> dict:
+    return {
+        "video_id": job.video_id,
+        "path": job.path,
+        "input_size_bytes": job.size_bytes,
+        "input_mtime": job.mtime,
+        "config_hash": config_hash,
+        "embedder": cfg.embedder,
+        "created_at": utc_now(),
+    }
+
+
+def failed_row(job: Job, cfg: KeyframesConfig, config_hash: str, kind: str, message: str) -> dict:
+    row = _base_row(job, cfg, config_hash)
+    row.update(status=STATUS_FAILED, error_kind=kind, error=message)
+    return row
+
+
+def process_video(job: Job, cfg: KeyframesConfig, workdir: str, config_hash: str) -> dict:
+    """Decode, embed, pick keyframes and write the JPEGs of one input; return its row.
+
+    Never raises for a bad input: the failure comes back as a ``failed`` row. A
+    ``MamaError`` (a bad option or a missing package, which every video would hit)
+    is raised: it stops the run instead of failing every row.
+    """
+    started = time.perf_counter()
+    try:
+        row = _process_video(job, cfg, Path(workdir), config_hash)
+    except MamaError:
+        raise
+    except ItemError as exc:
+        row = failed_row(job, cfg, config_hash, exc.kind, exc.message)
+    except MemoryError:
+        row = failed_row(job, cfg, config_hash, "out_of_memory", "ran out of memory while processing")
+    except Exception as exc:  # a bug or an unforeseen library error: keep the run going
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        row = failed_row(job, cfg, config_hash, "internal_error", detail)
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: str) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from mama_augment.inputs import safe_relpath
+    from mama_augment.keyframes.dpc import select_keyframes
+    from mama_augment.keyframes.grid import make_grid, parse_grid, parse_size, save_jpeg
+    from mama_augment.video import sample_frames
+    from mama_augment.video.base import SamplingOptions
+
+    if job.size_bytes is None and not Path(job.path).exists():
+        raise ItemError("not_found", f"file not found: {job.path}")
+
+    options = SamplingOptions(fps=cfg.fps, max_frames=cfg.max_frames, thumb_size=cfg.thumb_size)
+    sampled = sample_frames(Path(job.path), options, backend=cfg.decoder)
+    if not sampled.images:
+        raise ItemError("undecodable", "no frame could be decoded")
+
+    embedder = cached_embedder(cfg)
+    embeddings = np.asarray(embedder.embed(sampled.images), dtype=np.float32)
+
+    num = None if cfg.num_keyframes is None else cfg.num_keyframes
+    chosen = select_keyframes(
+        embeddings,
+        num if num is not None else "auto",
+        knn=cfg.knn,
+        min_keyframes=cfg.min_keyframes,
+        max_keyframes=cfg.max_keyframes,
+        selection=cfg.selection,
+    )
+    chosen = [int(i) for i in chosen]
+
+    rows, cols = parse_grid(cfg.grid)
+    tile_w, tile_h = parse_size(cfg.tile_size)
+    rel = safe_relpath(job.video_id)
+    frames_dir = workdir / FRAMES_DIR / rel
+    if frames_dir.exists():
+        shutil.rmtree(frames_dir)  # stale keyframes of an earlier run of this video
+    keyframe_paths = []
+    for rank, index in enumerate(chosen):
+        name = f"{rank:02d}_f{int(sampled.indices[index]):06d}.jpg"
+        save_jpeg(Image.fromarray(sampled.images[index]), frames_dir / name, quality=cfg.jpeg_quality)
+        keyframe_paths.append(f"{FRAMES_DIR}/{rel}/{name}")
+    grid = make_grid([sampled.images[i] for i in chosen], rows, cols, tile_size=(tile_w, tile_h))
+    grid_rel = f"{GRIDS_DIR}/{rel}.jpg"
+    save_jpeg(grid, workdir / grid_rel, quality=cfg.jpeg_quality)
+
+    info = sampled.info
+    row = _base_row(job, cfg, config_hash)
+    row.update(
+        status=STATUS_OK,
+        error_kind=None,
+        error="; ".join(sampled.warnings) if sampled.warnings else None,
+        media_type=info.media_type,
+        decode_backend=sampled.backend,
+        codec=info.codec,
+        duration_s=info.duration_s,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        num_sampled=len(sampled.images),
+        keyframe_indices=[int(sampled.indices[i]) for i in chosen],
+        keyframe_times_s=[float(sampled.times_s[i]) for i in chosen],
+        keyframe_paths=keyframe_paths,
+        grid_path=grid_rel,
+        grid_rows=rows,
+        grid_cols=cols,
+        embedding_dim=int(embeddings.shape[1]),
+        keyframe_embeddings=[embeddings[i].tolist() for i in chosen],
+    )
+    return row
+
+
+# --------------------------------------------------------------------------- for an engine
+
+
+def run_item(item: dict, cfg: KeyframesConfig, workdir: str, config_hash: str) -> dict:
+    """``process_video`` of an engine's item (a :class:`Job` as a dict)."""
+    return process_video(Job(**item), cfg, workdir, config_hash)
+
+
+def failed_item_row(item: dict, kind: str, exc: BaseException, cfg: KeyframesConfig, config_hash: str) -> dict:
+    """The row of a video whose worker gave no answer (see ``ItemTask.failed``)."""
+    if kind == "timeout":
+        message = f"gave up after {cfg.timeout_s:g} s (--timeout)"
+    elif kind == "crashed":
+        message = f"the decoder process died (exit code {getattr(exc, 'exitcode', None)})"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return failed_row(Job(**item), cfg, config_hash, kind, message)
+
+
+def warm_up(cfg: KeyframesConfig) -> None:
+    """Load the embedder before the first video (a model that cannot load fails each
+    video's row with the reason, as without a warm-up)."""
+    cached_embedder(cfg)
+
+
+def keyframes_task(cfg: KeyframesConfig, workdir: str | os.PathLike) -> ItemTask:
+    """The stage's per-video work for an engine; items are ``asdict(Job)``."""
+    config_hash = cfg.config_hash()
+    workdir = str(Path(workdir).absolute())
+    return ItemTask(
+        run=partial(run_item, cfg=cfg, workdir=workdir, config_hash=config_hash),
+        failed=partial(failed_item_row, cfg=cfg, config_hash=config_hash),
+        setup=worker_setup,
+        warm_up=partial(warm_up, cfg),
+        timeout_s=cfg.timeout_s,
+    )
+
+
+def job_item(job: Job) -> dict:
+    return asdict(job)
