@@ -18,7 +18,7 @@ import mama_augment.cli.config  # noqa: F401  (registers `config`)
 import mama_augment.cli.report  # noqa: F401
 import mama_augment.cli.status  # noqa: F401
 from mama_augment.cli import app
-from mama_augment.cli.config import command_options, load_defaults
+from mama_augment.cli.config_file import command_options, load_defaults
 from mama_augment.configfile import (
     CommandOptions,
     dumps_sections,

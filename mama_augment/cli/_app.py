@@ -13,7 +13,7 @@ from typing import Callable, Optional, TypeVar
 
 import typer
 
-from mama_augment.errors import MamaError
+from mama_augment.errors import MamaError, UsageError
 from mama_augment.stage import StageReport
 
 app = typer.Typer(
@@ -44,9 +44,12 @@ def _global_options(
     ),
 ) -> None:
     if config is not None and not ctx.resilient_parsing:
-        from mama_augment.cli.config import apply_config_file
+        from mama_augment.cli.config_file import apply_config_file
 
-        apply_config_file(ctx, config)
+        try:
+            apply_config_file(ctx, config)
+        except UsageError as exc:
+            raise fail(str(exc), exc.exit_code) from None
 
 
 WORKDIR_HELP = "Work folder that holds every stage's output."
