@@ -63,7 +63,8 @@ def concept_groups(captions: pd.DataFrame) -> tuple[set, set]:
 def run_one(args, data_name: str, captions_path: Path, method: str, seed: int, margin: float | None, tag: str) -> dict:
     from mama_augment.train.config import TrainConfig
     from mama_augment.train.evaluate import evaluate_split, retrieval_ranks
-    from mama_augment.train.loop import load_run, run_train
+    from mama_augment.train.loop import run_train
+    from mama_augment.train.runs import load_run
 
     loss, method_margin, weighting = METHODS[method]
     mu = method_margin if method_margin is not None else (margin if margin is not None else TrainConfig().margin)

@@ -38,7 +38,9 @@ from mama_augment.train.config import TrainConfig
 from mama_augment.train.loop import _param_groups, training_step
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaWeighting
-from mama_augment.train.models import FeaturesModel, TextEncoder, VideoTable
+from mama_augment.train.data import VideoTable
+from mama_augment.train.models import FeaturesModel
+from mama_augment.train.text import TextEncoder
 
 
 class RandomText(TextEncoder):

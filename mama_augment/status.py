@@ -28,8 +28,8 @@ from mama_augment.manifest import (
     parts_dir,
     read_manifest,
 )
+from mama_augment.train.runs import RUNS_DIR, RunPaths
 
-RUNS_DIR = "runs"
 TOP_ERROR_KINDS = 10
 UNKNOWN_KIND = "unknown"
 
@@ -243,21 +243,22 @@ def _count_lines_and_last(path: Path) -> tuple[int, dict | None]:
 def read_run(run_dir: Path) -> dict:
     """One training run folder: its configuration, progress and evaluation."""
     run: dict[str, Any] = {"name": run_dir.name, "path": str(run_dir), "errors": []}
-    config_path = run_dir / "config.json"
+    paths = RunPaths(run_dir)
+    config_path = paths.config
     config: dict = {}
     if config_path.exists():
         try:
             loaded = json.loads(config_path.read_text(encoding="utf-8"))
             config = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError) as exc:
-            run["errors"].append(f"config.json: {_short(exc)}")
+            run["errors"].append(f"{RunPaths.CONFIG}: {_short(exc)}")
     # config.json may hold the options at the top or under "config".
     options = config.get("config") if isinstance(config.get("config"), dict) else config
     run["config"] = options
     for key in ("loss", "backbone", "margin", "epochs", "batch_size", "augment", "seed"):
         if key in options:
             run[key] = options[key]
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = paths.metrics
     run["metrics_rows"] = 0
     if metrics_path.exists():
         try:
@@ -269,8 +270,8 @@ def read_run(run_dir: Path) -> dict:
                     if key in last:
                         run[key] = last[key]
         except OSError as exc:
-            run["errors"].append(f"metrics.jsonl: {_short(exc)}")
-    eval_path = run_dir / "eval.json"
+            run["errors"].append(f"{RunPaths.METRICS}: {_short(exc)}")
+    eval_path = paths.eval
     run["evaluated"] = False
     if eval_path.exists():
         try:
@@ -281,7 +282,7 @@ def read_run(run_dir: Path) -> dict:
                 run["t2v_r1"] = find_metric(evaluation, "t2v")
                 run["v2t_r1"] = find_metric(evaluation, "v2t")
         except (OSError, ValueError) as exc:
-            run["errors"].append(f"eval.json: {_short(exc)}")
+            run["errors"].append(f"{RunPaths.EVAL}: {_short(exc)}")
     run["pictures"] = sorted(p.name for p in run_dir.glob("*.png"))
     run["checkpoints"] = sorted(p.name for p in run_dir.glob("*.safetensors"))
     return run
@@ -377,7 +378,7 @@ def workdir_status(workdir: str | os.PathLike) -> dict:
             problems.append(f"{part['path']}: {part['error']} (its rows are ignored and will be redone)")
     for run in runs["runs"]:
         for error in run.get("errors", []):
-            problems.append(f"runs/{run['name']}/{error}")
+            problems.append(f"{RUNS_DIR}/{run['name']}/{error}")
     return {
         "workdir": str(workdir),
         "stages": {"keyframes": keyframes, "captions": captions, "runs": runs},

@@ -1,5 +1,7 @@
 """``mama-augment train`` and ``evaluate`` driven in-process through CliRunner."""
 
+import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -8,6 +10,8 @@ from typer.testing import CliRunner
 
 import mama_augment.cli.train  # noqa: F401  (registers the commands)
 from mama_augment.cli._app import app
+from mama_augment.report.build import find_captions_file
+from mama_augment.train.config import TrainConfig
 from train_helpers import make_workdir
 
 runner = CliRunner()
@@ -43,6 +47,33 @@ def test_train_then_evaluate(tmp_path):
     assert result.exit_code == 0, result.output
     assert "text to video" in result.output and "R@1" in result.output and "eval.json" in result.output
     assert (run / "eval.json").exists()
+    # The run is recorded like every stage run, so the report finds its captions file.
+    recorded = json.loads((workdir / "configs" / "train.json").read_text())
+    assert recorded["stage"] == "train" and recorded["config"]["captions"] == str(captions)
+    assert find_captions_file(workdir, []) == captions
+
+
+def test_every_train_config_field_is_an_option_and_a_config_file_key(tmp_path):
+    command = next(c for c in app.registered_commands if c.name == "train")
+    options = set(inspect.signature(command.callback).parameters)
+    # progress is --quiet; extra holds free-form notes of library callers.
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in options | {"progress", "extra"}]
+    assert missing == []
+
+    # A value set only in the TOML file reaches the run's config.json.
+    workdir, captions = make_workdir(tmp_path, n_videos=40)
+    config_file = tmp_path / "mama.toml"
+    config_file.write_text('[train]\nembed-dim = 24\nhead-hidden = 8\ntemporal = "mean"\ngrad-clip = 0.5\n'
+                           'log-every = 3\nmeta-batch-size = 4\neps = 1e-5\n')
+    result = runner.invoke(app, ["--config", str(config_file), "train", "--captions", str(captions),
+                                 "--workdir", str(workdir), "--text-model", "hashing", "--epochs", "1",
+                                 "--batch-size", "8", "--name", "toml", "-q"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((workdir / "runs" / "toml" / "config.json").read_text())
+    assert {k: saved[k] for k in ("embed_dim", "head_hidden", "temporal", "grad_clip", "log_every",
+                                  "meta_batch_size", "eps")} == {
+        "embed_dim": 24, "head_hidden": 8, "temporal": "mean", "grad_clip": 0.5, "log_every": 3,
+        "meta_batch_size": 4, "eps": 1e-5}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -50,6 +81,8 @@ def test_train_then_evaluate(tmp_path):
     (["--margin", "2.0"], "--margin"),
     (["--backbone", "clip"], "--backbone-model"),
     (["--batch-size", "1"], "--batch-size"),
+    (["--temporal", "lstm"], "temporal"),
+    (["--device", "tpu"], "--device"),
 ])
 def test_bad_options_are_usage_errors(tmp_path, args, message):
     workdir, captions = make_workdir(tmp_path, n_videos=30)

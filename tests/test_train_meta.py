@@ -10,7 +10,8 @@ from torch.func import functional_call
 from mama_augment.train.config import TrainConfig
 from mama_augment.train.losses import ContrastiveLoss
 from mama_augment.train.meta import MetaWeighting, WeightingNet, normalise_weights, virtual_parameters
-from mama_augment.train.models import FeaturesModel, HashingTextEncoder
+from mama_augment.train.models import FeaturesModel
+from mama_augment.train.text import HashingTextEncoder
 import contextlib
 
 DTYPE = torch.float64

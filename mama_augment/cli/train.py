@@ -8,11 +8,14 @@ from typing import Optional
 import typer
 
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
-from mama_augment.train.config import AUGMENT_MODES, DEVICES, LOSSES, META_PARAMS, TrainConfig
+from mama_augment.train.backbones import backbone_help
+from mama_augment.train.config import DEVICES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig
+from mama_augment.train.runs import RunPaths
 
 _D = TrainConfig()
-# Registry keys for --help without importing torch at startup.
-_BACKBONES = "features, clip"
+_MODEL = "Model"
+_OBJECTIVE = "Objective and meta-weighting"
+_OPTIM = "Optimisation"
 
 
 _LAUNCH_PARAMS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
@@ -59,36 +62,38 @@ def _train_distributed(config: TrainConfig, workdir: Path):
     return env, report
 
 
-def _choice(name: str, value: str, choices) -> str:
-    if value not in choices:
-        raise fail(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
 @app.command("train")
 def train_command(
     ctx: typer.Context,
     captions: Optional[Path] = typer.Option(None, "--captions", help="Original captions: .csv, .jsonl or .parquet with video_id, caption [, split, concept]."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
     augment: str = typer.Option(_D.augment, help="add: also train on WORKDIR/captions.parquet (generated); none: originals only."),
-    backbone: str = typer.Option(_D.backbone, help=f"Model: {_BACKBONES}. features = frozen keyframe + sentence embeddings, trained heads (CPU-friendly); clip = Hugging Face CLIP fine-tuned on keyframe JPEGs."),
-    backbone_model: Optional[str] = typer.Option(None, help="clip: Hugging Face CLIP id or folder (loaded offline)."),
-    text_model: str = typer.Option(_D.text_model, help="features: sentence encoder (all-MiniLM-L6-v2, hashing, or a sentence-transformers folder)."),
-    loss: str = typer.Option(_D.loss, help=f"Objective: {', '.join(LOSSES)}."),
-    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama)."),
-    meta_weighting: Optional[bool] = typer.Option(None, "--meta-weighting/--no-meta-weighting", help="Meta-learned per-sample weights (default: on with mama, off with infonce).", show_default=False),
-    meta_every: int = typer.Option(_D.meta_every, help="A meta step every K training steps."),
-    meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam)."),
-    meta_hidden: int = typer.Option(_D.meta_hidden, help="Hidden width of the weighting MLP."),
-    meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (same format as --captions); default: drawn from the training pairs."),
-    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts."),
-    virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step."),
-    meta_params: str = typer.Option(_D.meta_params, help="Parameters that take the virtual step: last (last projections + logit scale, cheapest), heads, all."),
-    epochs: int = typer.Option(_D.epochs, help="Passes over the training videos."),
-    batch_size: int = typer.Option(_D.batch_size, help="Pairs per step (also the meta batch size, capped by the meta set)."),
-    lr: float = typer.Option(_D.lr, help="Peak learning rate (AdamW)."),
-    weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (not on biases, norms, logit scale)."),
-    warmup: float = typer.Option(_D.warmup, help="Warmup: a fraction of all steps if < 1, else a number of steps; then cosine decay."),
+    backbone: str = typer.Option(_D.backbone, help=f"Model: {backbone_help()}.", rich_help_panel=_MODEL),
+    backbone_model: Optional[str] = typer.Option(_D.backbone_model, help="clip: Hugging Face CLIP id or folder (loaded offline).", rich_help_panel=_MODEL),
+    text_model: str = typer.Option(_D.text_model, help="features: sentence encoder (all-MiniLM-L6-v2, hashing, or a sentence-transformers folder).", rich_help_panel=_MODEL),
+    embed_dim: int = typer.Option(_D.embed_dim, help="features: size of the joint embedding space.", rich_help_panel=_MODEL),
+    head_hidden: int = typer.Option(_D.head_hidden, help="features: hidden width of the projection MLPs (0 = linear).", rich_help_panel=_MODEL),
+    temporal: str = typer.Option(_D.temporal, help=f"features: how keyframe embeddings are pooled: {', '.join(TEMPORAL_ENCODERS)}.", rich_help_panel=_MODEL),
+    max_frames: int = typer.Option(_D.max_frames, help="clip: frames per video fed to the image tower.", rich_help_panel=_MODEL),
+    logit_scale_init: Optional[float] = typer.Option(_D.logit_scale_init, help="Initial log logit scale (default: ln(1/0.07) for features, the CLIP's own for clip).", show_default=False, rich_help_panel=_MODEL),
+    loss: str = typer.Option(_D.loss, help="Objective: " + "; ".join(f"{k} = {v}" for k, v in LOSSES.items()) + ".", rich_help_panel=_OBJECTIVE),
+    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama).", rich_help_panel=_OBJECTIVE),
+    eps: float = typer.Option(_D.eps, help="Clamp of cosines before the margin's angle is taken.", rich_help_panel=_OBJECTIVE),
+    meta_weighting: Optional[bool] = typer.Option(None, "--meta-weighting/--no-meta-weighting", help="Meta-learned per-sample weights (default: on with mama, off with infonce).", show_default=False, rich_help_panel=_OBJECTIVE),
+    meta_every: int = typer.Option(_D.meta_every, help="A meta step every K training steps.", rich_help_panel=_OBJECTIVE),
+    meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam).", rich_help_panel=_OBJECTIVE),
+    meta_hidden: int = typer.Option(_D.meta_hidden, help="Hidden width of the weighting MLP.", rich_help_panel=_OBJECTIVE),
+    meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (same format as --captions); default: drawn from the training pairs.", rich_help_panel=_OBJECTIVE),
+    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts.", rich_help_panel=_OBJECTIVE),
+    virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step.", rich_help_panel=_OBJECTIVE),
+    meta_params: str = typer.Option(_D.meta_params, help=f"Parameters that take the virtual step: {', '.join(META_PARAMS)} (last: last projections + logit scale, cheapest).", rich_help_panel=_OBJECTIVE),
+    meta_batch_size: Optional[int] = typer.Option(_D.meta_batch_size, help="Pairs per meta step (default: --batch-size, capped by the meta set).", show_default=False, rich_help_panel=_OBJECTIVE),
+    epochs: int = typer.Option(_D.epochs, help="Passes over the training videos.", rich_help_panel=_OPTIM),
+    batch_size: int = typer.Option(_D.batch_size, help="Pairs per step (also the meta batch size, capped by the meta set).", rich_help_panel=_OPTIM),
+    lr: float = typer.Option(_D.lr, help="Peak learning rate (AdamW).", rich_help_panel=_OPTIM),
+    weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (not on biases, norms, logit scale).", rich_help_panel=_OPTIM),
+    warmup: float = typer.Option(_D.warmup, help="Warmup: a fraction of all steps if < 1, else a number of steps; then cosine decay.", rich_help_panel=_OPTIM),
+    grad_clip: float = typer.Option(_D.grad_clip, help="Largest global gradient norm (0 = no clipping).", rich_help_panel=_OPTIM),
     test_fraction: float = typer.Option(_D.test_fraction, help="Videos held out for test when the captions have no split column."),
     val_fraction: float = typer.Option(_D.val_fraction, help="Videos held out for validation R@1 when there is no split column."),
     seed: int = typer.Option(_D.seed, help="Seed of initialisation, batches and meta set."),
@@ -96,6 +101,7 @@ def train_command(
     name: Optional[str] = typer.Option(None, help="Run name (folder WORKDIR/runs/NAME); default LOSS-BACKBONE-seedSEED."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its last checkpoint."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, help="Steps between checkpoints (also at each epoch end)."),
+    log_every: int = typer.Option(_D.log_every, help="Steps between rows of metrics.jsonl."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Training processes on this node (one per GPU): above 1, starts them with torchrun; --batch-size is the global batch, split across all processes."),
     nnodes: int = typer.Option(1, "--nnodes", help="Nodes of a multi-node run (each runs this command with its --node-rank)."),
@@ -123,43 +129,14 @@ def train_command(
     from mama_augment.train.distributed import env_from_environ, launch, launched_by_torchrun
     from mama_augment.train.loop import run_train
 
-    _choice("augment", augment, AUGMENT_MODES)
-    _choice("loss", loss, LOSSES)
-    _choice("device", device, DEVICES)
-    _choice("meta-params", meta_params, META_PARAMS)
-    _choice("backbone", backbone, tuple(b.strip() for b in _BACKBONES.split(",")))
-    config = TrainConfig(
-        captions=str(captions) if captions else None,
-        augment=augment,
-        backbone=backbone,
-        backbone_model=backbone_model,
-        text_model=text_model,
-        loss=loss,
-        margin=margin,
-        meta_weighting=meta_weighting,
-        meta_every=meta_every,
-        meta_lr=meta_lr,
-        meta_hidden=meta_hidden,
-        meta_set=str(meta_set) if meta_set else None,
-        meta_fraction=meta_fraction,
-        virtual_lr=virtual_lr,
-        meta_params=meta_params,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        test_fraction=test_fraction,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        name=name,
-        resume=resume,
-        checkpoint_every=checkpoint_every,
-        progress=not quiet,
-    )
-    if not resume and captions is None:
-        raise fail("--captions is required (the original captions of the videos)")
+    # Every option named like a TrainConfig field is that field; checks are validate()'s.
+    config = TrainConfig.from_dict({
+        **ctx.params,
+        "captions": str(captions) if captions else None,
+        "meta_set": str(meta_set) if meta_set else None,
+        "progress": not quiet,
+    })
+    call_library(config.validate)
     if launched_by_torchrun():
         if nproc_per_node > 1 or nnodes > 1:
             typer.secho("already under torchrun: --nproc-per-node/--nnodes are ignored", err=True)
@@ -197,10 +174,8 @@ def evaluate_command(
     """
     from mama_augment.train.evaluate import evaluate_run, format_table
 
-    _choice("split", split, ("train", "val", "test"))
-    _choice("device", device, DEVICES)
     result = call_library(
         evaluate_run, run, captions=str(captions) if captions else None, split=split, device=device, workdir=workdir
     )
     typer.echo(format_table(result))
-    typer.echo(f"\nwritten: {Path(run) / 'eval.json'}")
+    typer.echo(f"\nwritten: {RunPaths(Path(run)).eval}")

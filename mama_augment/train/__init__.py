@@ -1,8 +1,10 @@
 """Training and evaluation of video-text retrieval models with the MAMA objective.
 
-Layers: building blocks (``losses``, ``meta``, ``models``, ``data``), infrastructure
-(``checkpoint``, ``plots``, ``evaluate``) and the recipe (``loop``). Heavy imports
-(torch, transformers) happen when these modules are imported, not by the package.
+Layers: building blocks (``losses``, ``meta``, ``models``, ``text``, ``data``), the
+registries (``backbones``, and ``config`` for losses and choices), infrastructure
+(``runs``: the run folder, ``checkpoint``, ``distributed``, ``plots``, ``evaluate``,
+``audit``) and the recipe (``loop``). Heavy imports (torch, transformers) happen when
+these modules are imported, not by the package.
 """
 
 from mama_augment.train.config import TrainConfig

