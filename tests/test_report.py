@@ -27,8 +27,9 @@ from typer.testing import CliRunner
 import mama_augment.cli.report  # noqa: F401  (registers the command)
 from mama_augment.cli import app
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, PartWriter, compact, utc_now
-from mama_augment.report import build_report, build_report_summary, read_original_captions
-from mama_augment.report.build import eval_tables
+from mama_augment.report import build_report, build_report_summary
+from mama_augment.train.data import captions_by_video
+from mama_augment.report.html import eval_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -244,10 +245,10 @@ def test_original_captions_formats(tmp_path):
     rows.to_json(tmp_path / "c.jsonl", orient="records", lines=True)
     rows.to_parquet(tmp_path / "c.parquet")
     for name in ("c.jsonl", "c.parquet"):
-        assert read_original_captions(tmp_path / name) == {"a": ["one", "two"], "b": ["three"]}
+        assert captions_by_video(tmp_path / name) == {"a": ["one", "two"], "b": ["three"]}
     pd.DataFrame({"video_id": ["a"], "text": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(Exception, match="missing: caption"):
-        read_original_captions(tmp_path / "bad.csv")
+        captions_by_video(tmp_path / "bad.csv")
 
 
 def test_eval_tables_shapes():

@@ -5,7 +5,6 @@ from mama_augment.report.build import (
     ReportSummary,
     build_report,
     build_report_summary,
-    read_original_captions,
 )
 
 __all__ = [
@@ -13,5 +12,4 @@ __all__ = [
     "ReportSummary",
     "build_report",
     "build_report_summary",
-    "read_original_captions",
 ]

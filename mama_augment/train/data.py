@@ -41,34 +41,62 @@ SOURCE_GENERATED = "generated"
 
 
 def read_pairs_file(path: str | Path) -> pd.DataFrame:
-    """A captions file as a DataFrame with ``video_id``, ``caption`` (+ ``split``, ``concept``)."""
+    """A user's captions file as a DataFrame with ``video_id``, ``caption`` (stripped
+    strings) and, when present, ``split`` and ``concept`` (strings or None).
+
+    The one reader of that file (``--captions``, ``--meta-set``, the report's original
+    captions): ``.csv``, ``.jsonl`` / ``.ndjson``, ``.json`` (an array of records) or
+    ``.parquet``. Missing captions read as empty strings.
+    """
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"captions file not found: {path}")
+    if not path.is_file():
+        raise UsageError(f"captions file {path} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif suffix in (".jsonl", ".ndjson"):
             frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".json":
+            frame = pd.read_json(path, dtype=False)
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            raise UsageError(f"captions file must be .csv, .jsonl or .parquet, not {path.name}")
+            raise UsageError(f"captions file must be .csv, .jsonl, .json or .parquet, not {path.name}")
     except UsageError:
         raise
     except Exception as exc:  # pandas raises many kinds for malformed files
         raise UsageError(f"cannot read captions file {path}: {exc}") from exc
     missing = [c for c in ("video_id", "caption") if c not in frame.columns]
     if missing:
-        raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))})")
+        raise UsageError(
+            f"captions file {path} needs the columns video_id and caption; missing: {', '.join(missing)} "
+            f"(it has {', '.join(map(str, frame.columns))})"
+        )
     frame = frame.copy()
     frame["video_id"] = frame["video_id"].astype(str)
-    frame["caption"] = frame["caption"].fillna("").astype(str).str.strip()
+    frame["caption"] = frame["caption"].map(_text_or_none).fillna("").astype(str).str.strip()
     for column in ("split", "concept"):
         if column in frame.columns:
-            frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == "" else str(v))
+            frame[column] = frame[column].map(lambda v: None if _text_or_none(v) in (None, "") else str(v))
     return frame
+
+
+def _text_or_none(value) -> str | None:
+    """A cell as text; None for a missing value (None, NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return str(value)
+
+
+def captions_by_video(path: str | Path) -> dict[str, list[str]]:
+    """``video_id -> [caption, ...]`` of a captions file, empty captions left out."""
+    frame = read_pairs_file(path)
+    captions: dict[str, list[str]] = {}
+    for video_id, caption in zip(frame["video_id"].tolist(), frame["caption"].tolist()):
+        if caption:
+            captions.setdefault(video_id, []).append(caption)
+    return captions
 
 
 def hash_split(video_id: str, test_fraction: float, val_fraction: float) -> str:
