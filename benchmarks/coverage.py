@@ -17,7 +17,7 @@ in the embedding space (lower is better) for 12 keyframes picked by
 
 Ratios to uniform are printed per clip; clips with no more sampled frames than
 keyframes (every frame kept, coverage 0) are listed but left out of the mean.
-Target: mean ratio <= 0.85 (METHOD.md section 5).
+Target: mean ratio <= 0.85 (docs/method.md, "Keyframes and grids").
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/coverage.py [--media DIR] [--knn 5]
 """

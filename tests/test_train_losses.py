@@ -1,5 +1,5 @@
 """The subtractive angular margin loss: mu = 0 is InfoNCE, and the margin shrinks
-the pull on positives exactly as the closed form of METHOD.md section 2 says."""
+the pull on positives exactly as the closed form in docs/method.md ("The loss") says."""
 
 import math
 

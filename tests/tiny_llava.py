@@ -2,8 +2,7 @@
 
 No vision-language model with weights can be downloaded here, so the caption tests and
 the caption benchmark use this one: about half a million parameters, built in seconds,
-loadable by transformers *and* by vLLM (see ../shared/notes/ENVIRONMENT.md for the facts
-this follows). Its captions are random text; what the tests check is the plumbing.
+loadable by transformers *and* by vLLM. Its captions are random text; what the tests check is the plumbing.
 
     python tests/tiny_llava.py /tmp/tiny-llava      # build once, print the folder
 """

@@ -15,7 +15,7 @@ from mama_augment.errors import UsageError
 
 # The objectives (``--loss``), name -> what it is; ``losses.build_loss`` builds them.
 LOSSES = {
-    "mama": "subtractive angular margin on positives (docs/method.md, the loss)",
+    "mama": "subtractive angular margin on positives (docs/method.md)",
     "infonce": "symmetric InfoNCE",
 }
 AUGMENT_MODES = ("add", "none")

@@ -1,4 +1,4 @@
-"""The subtractive angular margin contrastive loss (METHOD.md section 2).
+"""The subtractive angular margin contrastive loss (docs/method.md, "The loss").
 
 Shaped like open_clip's ``ClipLoss``: a small module whose rank and world size are
 constructor arguments, a gather function that is the identity on one process, and a

@@ -1,4 +1,6 @@
-"""The meta-learned loss -> weight function and its bi-level step (METHOD.md section 3).
+"""The meta-learned loss -> weight function and its bi-level step.
+
+The method: docs/method.md, "The weighting function and the meta step".
 
 One MAMA training step, as :meth:`MetaWeighting.step` does it:
 
