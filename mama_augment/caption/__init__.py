@@ -1,7 +1,10 @@
-"""Caption keyframe grids with a vision-language model (vLLM offline, server, transformers)."""
+"""Caption keyframe grids with a vision-language model (vLLM offline, server, transformers).
+
+``stage.run_caption`` is the stage; ``generate`` the per-request logic; ``backends``,
+``presets`` and ``prompts`` the registries it draws on.
+"""
 
 from mama_augment.caption.config import CaptionConfig
 from mama_augment.caption.presets import PRESETS, resolve_model
-from mama_augment.caption.stage import run_caption
 
-__all__ = ["CaptionConfig", "PRESETS", "resolve_model", "run_caption"]
+__all__ = ["CaptionConfig", "PRESETS", "resolve_model"]
