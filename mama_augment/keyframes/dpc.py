@@ -1,5 +1,8 @@
 """Density-peak clustering with k-nearest-neighbour density (DPC-KNN) for keyframes.
 
+One file on purpose (over 450 lines): one pure algorithm and its exact, blocked
+implementation; the method is described in docs/method.md ("Keyframes and grids").
+
 Pure numpy, no I/O. For N frame embeddings x_i (scaled to unit norm here) and
 d_ij = ||x_i - x_j||:
 

@@ -1,5 +1,8 @@
 """The training recipe: ``setup() -> train() -> save()``, flat, top to bottom.
 
+One file on purpose (over 450 lines): a recipe reads best in one place, from the
+options to the saved run; its building blocks live in the other ``train`` modules.
+
 A run lives in ``<workdir>/runs/<name>/`` (its files: ``train/runs.py``). The
 checkpoint holds model + weighting net + both optimisers + RNG states + step as
 tensors, scalars as JSON in the safetensors header. The effective options are also
