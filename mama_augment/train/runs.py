@@ -29,6 +29,10 @@ from mama_augment.errors import UsageError
 RUNS_DIR = "runs"
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.root / name, doc=f"``{name}`` in the run folder")
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The files of one run folder."""
@@ -51,45 +55,16 @@ class RunPaths:
     def of(cls, workdir: str | Path, name: str) -> "RunPaths":
         return cls(Path(workdir) / RUNS_DIR / name)
 
-    @property
-    def config(self) -> Path:
-        return self.root / self.CONFIG
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / self.CHECKPOINT
-
-    @property
-    def model(self) -> Path:
-        return self.root / self.MODEL
-
-    @property
-    def weighting_net(self) -> Path:
-        return self.root / self.WEIGHTING_NET
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / self.METRICS
-
-    @property
-    def pair_weights(self) -> Path:
-        return self.root / self.PAIR_WEIGHTS
-
-    @property
-    def summary(self) -> Path:
-        return self.root / self.SUMMARY
-
-    @property
-    def eval(self) -> Path:
-        return self.root / self.EVAL
-
-    @property
-    def training_plot(self) -> Path:
-        return self.root / self.TRAINING_PLOT
-
-    @property
-    def loss_weight_plot(self) -> Path:
-        return self.root / self.LOSS_WEIGHT_PLOT
+    config = _file(CONFIG)
+    checkpoint = _file(CHECKPOINT)
+    model = _file(MODEL)
+    weighting_net = _file(WEIGHTING_NET)
+    metrics = _file(METRICS)
+    pair_weights = _file(PAIR_WEIGHTS)
+    summary = _file(SUMMARY)
+    eval = _file(EVAL)
+    training_plot = _file(TRAINING_PLOT)
+    loss_weight_plot = _file(LOSS_WEIGHT_PLOT)
 
 
 def select_device(name: str):
