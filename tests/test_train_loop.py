@@ -15,6 +15,7 @@ from mama_augment.train import checkpoint as ckpt
 from mama_augment.train.config import TrainConfig
 from mama_augment.train.data import build_data, epoch_batches
 from mama_augment.train.evaluate import evaluate_run
+from mama_augment.train.loader import TIMING_KEYS
 from mama_augment.train.loop import run_train
 from train_helpers import make_workdir
 
@@ -54,7 +55,7 @@ class _Killed(Exception):
 
 
 def _strip_times(rows):
-    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 @pytest.mark.parametrize("loss", ["mama", "infonce"])

@@ -9,7 +9,7 @@ import typer
 
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
 from mama_augment.train.backbones import backbone_help
-from mama_augment.train.config import DEVICES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig
+from mama_augment.train.config import DEVICES, FRAME_SOURCES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig
 from mama_augment.train.runs import RunPaths
 
 _D = TrainConfig()
@@ -75,6 +75,7 @@ def train_command(
     head_hidden: int = typer.Option(_D.head_hidden, help="features: hidden width of the projection MLPs (0 = linear).", rich_help_panel=_MODEL),
     temporal: str = typer.Option(_D.temporal, help=f"features: how keyframe embeddings are pooled: {', '.join(TEMPORAL_ENCODERS)}.", rich_help_panel=_MODEL),
     max_frames: int = typer.Option(_D.max_frames, help="clip: frames per video fed to the image tower.", rich_help_panel=_MODEL),
+    frame_source: str = typer.Option(_D.frame_source, help="clip: where keyframe pixels come from: " + "; ".join(f"{k} = {v}" for k, v in FRAME_SOURCES.items()) + ".", rich_help_panel=_MODEL),
     logit_scale_init: Optional[float] = typer.Option(_D.logit_scale_init, help="Initial log logit scale (default: ln(1/0.07) for features, the CLIP's own for clip).", show_default=False, rich_help_panel=_MODEL),
     loss: str = typer.Option(_D.loss, help="Objective: " + "; ".join(f"{k} = {v}" for k, v in LOSSES.items()) + ".", rich_help_panel=_OBJECTIVE),
     margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama).", rich_help_panel=_OBJECTIVE),
@@ -98,6 +99,7 @@ def train_command(
     val_fraction: float = typer.Option(_D.val_fraction, help="Videos held out for validation R@1 when there is no split column."),
     seed: int = typer.Option(_D.seed, help="Seed of initialisation, batches and meta set."),
     device: str = typer.Option(_D.device, help=f"Device: {', '.join(DEVICES)} (CUDA runs in bf16 autocast)."),
+    num_workers: Optional[int] = typer.Option(_D.num_workers, "--num-workers", help="clip: processes that build batches ahead of the training step (default: half the CPUs, at most 8; 0 = in the training process). Does not change the results.", show_default=False),
     name: Optional[str] = typer.Option(None, help="Run name (folder WORKDIR/runs/NAME); default LOSS-BACKBONE-seedSEED."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its last checkpoint."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, help="Steps between checkpoints (also at each epoch end)."),

@@ -76,18 +76,28 @@ class WeightRecorder:
     def __init__(self, num_pairs: int):
         self.weight_sum = np.zeros(num_pairs, dtype=np.float64)
         self.count = np.zeros(num_pairs, dtype=np.int64)
+        self._pending: list = []  # (ids, weights tensor) not yet read back from the device
 
     def record(self, caption_ids, weights) -> None:
         ids = np.asarray(caption_ids, dtype=np.int64).reshape(-1)
-        if hasattr(weights, "detach"):
-            weights = weights.detach().float().cpu().numpy()
-        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
         if len(weights) != len(ids):  # e.g. a rank's shard of the weights with the whole batch's ids
             raise ValueError(f"{len(weights)} weights for {len(ids)} pairs")
-        np.add.at(self.weight_sum, ids, weights)
+        if hasattr(weights, "detach"):  # read later: reading now would wait for the device every step
+            self._pending.append((ids, weights.detach()))
+            return
+        self._add(ids, weights)
+
+    def _add(self, ids: np.ndarray, weights) -> None:
+        np.add.at(self.weight_sum, ids, np.asarray(weights, dtype=np.float64).reshape(-1))
         np.add.at(self.count, ids, 1)
 
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for ids, weights in pending:
+            self._add(ids, weights.float().cpu().numpy())
+
     def mean(self) -> np.ndarray:
+        self._flush()
         out = np.full(len(self.count), np.nan)
         seen = self.count > 0
         out[seen] = self.weight_sum[seen] / self.count[seen]
@@ -96,12 +106,14 @@ class WeightRecorder:
     def state_tensors(self) -> dict:
         import torch
 
+        self._flush()
         return {self.PREFIX + "weight_sum": torch.from_numpy(self.weight_sum.copy()),
                 self.PREFIX + "count": torch.from_numpy(self.count.copy())}
 
     def load_state_tensors(self, tensors: dict) -> None:
         """Restore from a checkpoint; one written before recording existed leaves it empty."""
         key_sum, key_count = self.PREFIX + "weight_sum", self.PREFIX + "count"
+        self._pending = []
         if key_sum in tensors and len(tensors[key_sum]) == len(self.weight_sum):
             self.weight_sum = tensors[key_sum].double().numpy().copy()
             self.count = tensors[key_count].long().numpy().copy()

@@ -22,6 +22,13 @@ AUGMENT_MODES = ("add", "none")
 DEVICES = ("auto", "cpu", "cuda")
 META_PARAMS = ("last", "heads", "all")
 TEMPORAL_ENCODERS = ("mean", "attention")
+# Where the clip backbone's keyframe pixels come from (``--frame-source``; train/frames.py).
+FRAME_SOURCES = {
+    "auto": "the frame cache where its disk space is free, else pil",
+    "cache": "keyframes stored once at the model's input size, memory-mapped (fastest)",
+    "pil": "decode, crop and resize each keyframe JPEG with Pillow every time",
+    "gpu": "decode the JPEGs on the GPU (TorchCodec or torchvision); CUDA only",
+}
 
 # CLIP's temperature 0.07, as open_clip initialises its log logit scale.
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -50,6 +57,7 @@ class TrainConfig:
     head_hidden: int = 0
     temporal: str = "attention"  # features: how keyframe embeddings are pooled
     max_frames: int = 12  # clip: frames per video fed to the image tower
+    frame_source: str = "auto"  # clip: where keyframe pixels come from, see FRAME_SOURCES
     logit_scale_init: float | None = None  # None: ln(1/0.07) (features) or the CLIP's own
     # objective
     loss: str = "mama"
@@ -79,6 +87,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
     seed: int = 0
     device: str = "auto"
+    # loader worker processes that build the clip backbone's batches; None: half the
+    # CPUs, at most 8 (loader.default_num_workers). Does not change the results.
+    num_workers: int | None = None
     # run
     name: str | None = None  # None: <loss>-<backbone>-seed<seed>
     resume: bool = False
@@ -128,6 +139,10 @@ class TrainConfig:
             raise bad(f"meta_params must be one of {', '.join(META_PARAMS)}")
         if self.temporal not in TEMPORAL_ENCODERS:
             raise bad(f"temporal must be one of {', '.join(TEMPORAL_ENCODERS)}")
+        if self.frame_source not in FRAME_SOURCES:
+            raise bad(f"--frame-source must be one of {', '.join(FRAME_SOURCES)}, not {self.frame_source!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise bad(f"--num-workers must be 0 or more, not {self.num_workers}")
         if not 0 <= self.margin < math.pi / 2:
             raise bad(f"--margin must be in [0, pi/2) radians, not {self.margin}")
         for name in ("test_fraction", "val_fraction", "meta_fraction"):

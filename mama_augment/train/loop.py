@@ -39,13 +39,20 @@ from mama_augment.train.data import (
     TrainData,
     build_data,
     describe_issues,
-    epoch_batches,
-    meta_batch,
     steps_per_epoch,
 )
 from mama_augment.train.audit import WeightRecorder, write_pair_weights
 from mama_augment.train.distributed import barrier, broadcast_module, local_slice
 from mama_augment.train.evaluate import evaluate_split
+from mama_augment.train.loader import (
+    BatchPlan,
+    BatchStream,
+    StepBatches,
+    StepMeter,
+    close_frame_source,
+    default_num_workers,
+    prepare_frame_source,
+)
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaStepResult, MetaWeighting
 from mama_augment.train.runs import RunPaths, select_device
@@ -85,7 +92,7 @@ class StepResult:
     weights: torch.Tensor  # normalised weights used (ones without meta-weighting)
     raw_weights: torch.Tensor | None
     meta: MetaStepResult | None
-    grad_norm: float | None
+    grad_norm: torch.Tensor | None  # a tensor: reading it would wait for the device
     terms: dict
 
 
@@ -132,7 +139,7 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
         raw = gathered[:, 2] if raw is not None else None
     grad_norm = None
     if grad_clip > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return StepResult(loss.detach(), per_sample.detach(), weights, raw, meta_result, grad_norm, terms)
 
@@ -150,6 +157,7 @@ class TrainRecipe:
         self.is_writer = rank == 0
         self.step_callback = step_callback
         self.step = 0
+        self._cached_meta_inputs = None
         self.started = time.time()
 
     # ------------------------------------------------------------------ setup
@@ -166,6 +174,7 @@ class TrainRecipe:
             stored = TrainConfig.from_dict(json.loads(saved.read_text()))
             # The saved options define the run; only how it is watched may change.
             stored.resume, stored.progress, stored.device = True, config.progress, config.device
+            stored.num_workers = config.num_workers
             self.config = config = stored
         elif saved.exists():
             raise UsageError(
@@ -195,6 +204,10 @@ class TrainRecipe:
         self.model.set_videos(self.data.videos)
         self.model.set_texts(self.data.texts)
         self.model.train()
+        builds_inputs = self.model.input_builder() is not None
+        self.num_workers = (config.num_workers if config.num_workers is not None else default_num_workers()) if builds_inputs else 0
+        self.frame_source = prepare_frame_source(self.model, config.frame_source, self.workdir, self.device,
+                                                 self.num_workers)
         self.criterion = build_loss(config.loss, config.effective_margin, config.eps, self.rank, self.world_size)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
         self.meta = None
@@ -257,75 +270,103 @@ class TrainRecipe:
         scale_param = model.head.logit_scale
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_writer),
                    desc=config.run_name, unit="step", dynamic_ncols=True, leave=False)
-        window_start, window_samples = time.time(), 0
         self.samples_per_s = float("nan")
         start_epoch = self.step // self.steps_per_epoch
-        for epoch in range(start_epoch, config.epochs):
-            batches = epoch_batches(data, epoch, config.seed, config.batch_size)
-            first = self.step - epoch * self.steps_per_epoch if epoch == start_epoch else 0
-            for b in range(first, len(batches)):
-                step = epoch * self.steps_per_epoch + b
-                lr = lr_at(step, self.total_steps, config.lr, config.warmup)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                videos, captions = batches[b]  # the global batch; this rank trains on its slice
-                mine = local_slice(len(videos), self.rank, self.world_size)
-                meta_inputs = None
-                if self.meta is not None and step % config.meta_every == 0:
-                    meta_inputs = self._meta_inputs(step)
-                result = training_step(
-                    model, self.criterion, self.optimizer, params,
-                    model.video_inputs(videos[mine]), model.text_inputs(captions[mine]),
-                    self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size,
-                )
-                with torch.no_grad():
-                    scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
-                loss, per_sample, weights, raw = result.loss, result.per_sample, result.weights, result.raw_weights
-                meta_result, grad_norm, out = result.meta, result.grad_norm, result
-                self.step = step + 1
-                window_samples += len(videos)
-                if self.meta is not None and epoch == config.epochs - 1:
-                    # weights describe the global batch (gathered in training_step on every rank)
-                    self.weight_record.record(captions, weights)
+        meter = StepMeter(self.device)
+        stream = self._batch_stream()
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                first = self.step - epoch * self.steps_per_epoch if epoch == start_epoch else 0
+                for b in range(first, self.steps_per_epoch):
+                    step = epoch * self.steps_per_epoch + b
+                    batch = stream.next(step)
+                    meter.waited(stream.last_wait)
+                    lr = lr_at(step, self.total_steps, config.lr, config.warmup)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    videos, captions = batch.videos, batch.captions  # the global batch; this rank trains on its slice
+                    video_inputs, text_inputs = self._step_inputs(batch)
+                    meta_inputs = self._meta_inputs(step, batch)
+                    result = training_step(
+                        model, self.criterion, self.optimizer, params, video_inputs, text_inputs,
+                        self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size,
+                    )
+                    with torch.no_grad():
+                        scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
+                    loss, per_sample, weights, raw = result.loss, result.per_sample, result.weights, result.raw_weights
+                    meta_result, grad_norm, out = result.meta, result.grad_norm, result
+                    self.step = step + 1
+                    if self.meta is not None and epoch == config.epochs - 1:
+                        # weights describe the global batch (gathered in training_step on every rank)
+                        self.weight_record.record(captions, weights)
+                    meter.stepped(len(videos))
 
-                if self.step % config.log_every == 0 or self.step == self.total_steps:
-                    now = time.time()
-                    self.samples_per_s = window_samples / max(now - window_start, 1e-9)
-                    window_start, window_samples = now, 0
-                    row = {
-                        "kind": "step", "step": self.step, "epoch": epoch, "lr": lr,
-                        "loss": float(loss.detach()), "loss_unweighted": float(per_sample.detach().mean()),
-                        "logit_scale": float(scale_param.detach().exp()), "grad_norm": grad_norm,
-                        "meta_loss": meta_result.meta_loss if meta_result else None,
-                        "meta_grad_norm": meta_result.meta_grad_norm if meta_result else None,
-                        "samples_per_s": self.samples_per_s,
-                        **{k: float(v) for k, v in out.terms.items()},
-                    }
-                    if raw is not None:
-                        row.update(
-                            weight_mean=float(raw.mean()), weight_min=float(raw.min()), weight_max=float(raw.max()),
-                            weight_norm_std=float(weights.std()) if len(weights) > 1 else 0.0,
-                        )
-                    self._log(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{self.samples_per_s:.0f}")
-                bar.update(1)
-                if self.step % config.checkpoint_every == 0 and self.step % self.steps_per_epoch != 0:
-                    self._save_checkpoint()
-                if self.step_callback is not None:
-                    self.step_callback(self.step)
-            self._end_of_epoch(epoch, per_sample)
+                    if self.step % config.log_every == 0 or self.step == self.total_steps:
+                        timing = meter.interval()
+                        self.samples_per_s = timing["samples_per_s"]
+                        row = {
+                            "kind": "step", "step": self.step, "epoch": epoch, "lr": lr,
+                            "loss": float(loss.detach()), "loss_unweighted": float(per_sample.detach().mean()),
+                            "logit_scale": float(scale_param.detach().exp()),
+                            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                            "meta_loss": float(meta_result.meta_loss) if meta_result else None,
+                            "meta_grad_norm": float(meta_result.meta_grad_norm) if meta_result else None,
+                            **timing,
+                            **{k: float(v) for k, v in out.terms.items()},
+                        }
+                        if raw is not None:
+                            row.update(
+                                weight_mean=float(raw.mean()), weight_min=float(raw.min()), weight_max=float(raw.max()),
+                                weight_norm_std=float(weights.std()) if len(weights) > 1 else 0.0,
+                            )
+                        self._log(row)
+                        bar.set_postfix({"loss": f"{row['loss']:.3f}", "samples/s": f"{self.samples_per_s:.0f}",
+                                         "data wait": f"{100 * timing['data_wait_share']:.0f}%"})
+                    bar.update(1)
+                    if self.step % config.checkpoint_every == 0 and self.step % self.steps_per_epoch != 0:
+                        self._save_checkpoint()
+                    if self.step_callback is not None:
+                        self.step_callback(self.step)
+                    meter.waited(0.0)  # checkpoints and callbacks are neither data nor step
+                self._end_of_epoch(epoch, per_sample)
+                meter.waited(0.0)  # nor is validation
+        finally:
+            stream.close()
         bar.close()
 
-    def _meta_inputs(self, step: int):
-        """The meta batch's inputs. When the whole meta set fits in one meta batch the
-        batch is the same every step, so its inputs are built once and kept."""
-        whole = self.meta_batch_size >= len(self.data.meta_videos)
-        if whole and getattr(self, "_cached_meta_inputs", None) is not None:
+    def _batch_stream(self) -> BatchStream:
+        """Batches of the remaining steps, built by the loader's workers when the model
+        has inputs to build (``clip``), in this process otherwise (``features``)."""
+        config = self.config
+        plan = BatchPlan(
+            self.data, config.seed, config.batch_size, self.steps_per_epoch,
+            meta_every=config.meta_every if self.meta is not None else 0,
+            meta_batch_size=self.meta_batch_size, rank=self.rank, world_size=self.world_size,
+            meta_whole=self.meta_batch_size >= len(self.data.meta_videos), first_step=self.step,
+        )
+        dataset = StepBatches(plan, self.model.input_builder(), self.total_steps)
+        return BatchStream(dataset, self.step, self.total_steps, self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def _step_inputs(self, batch):
+        """The model's inputs of this rank's slice of ``batch``, on the device."""
+        if batch.video_inputs is None:  # built here: a lookup on the device
+            mine = local_slice(len(batch.videos), self.rank, self.world_size)
+            return self.model.video_inputs(batch.videos[mine]), self.model.text_inputs(batch.captions[mine])
+        return self.model.inputs_to_device(batch.video_inputs, batch.text_inputs, non_blocking=True)
+
+    def _meta_inputs(self, step: int, batch):
+        """The meta batch's inputs, on the device. When the whole meta set fits in one
+        meta batch the batch is the same every step, so its inputs are built once and kept."""
+        if self.meta is None or step % self.config.meta_every:
+            return None
+        if batch.meta_pairs is None:  # the whole meta set: built at the first step of this process
             return self._cached_meta_inputs
-        mv, mc = meta_batch(self.data, step, self.config.seed, self.meta_batch_size)
-        mine = local_slice(len(mv), self.rank, self.world_size)
-        inputs = (self.model.video_inputs(mv[mine]), self.model.text_inputs(mc[mine]))
-        if whole:
+        if batch.meta_inputs is not None:
+            inputs = self.model.inputs_to_device(*batch.meta_inputs, non_blocking=True)
+        else:
+            mv, mc = batch.meta_pairs
+            inputs = (self.model.video_inputs(mv), self.model.text_inputs(mc))
+        if self.meta_batch_size >= len(self.data.meta_videos):
             self._cached_meta_inputs = inputs
         return inputs
 
@@ -438,6 +479,11 @@ class TrainRecipe:
             self.paths.summary.write_text(json.dumps(summary, indent=2, default=str))
         return report
 
+    def cleanup(self) -> None:
+        """Stop what the run started besides the loader (a frame-decoding pool)."""
+        if getattr(self, "model", None) is not None:
+            close_frame_source(self.model)
+
     def _write_pair_weights(self) -> None:
         """Loss and weight of every training pair under the final model and weighting
         net, plus the weights recorded in the last epoch (see train/audit.py)."""
@@ -460,5 +506,8 @@ def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_siz
     """
     recipe = TrainRecipe(config, workdir, rank, world_size, step_callback)
     recipe.setup()
-    recipe.train()
-    return recipe.save()
+    try:
+        recipe.train()
+        return recipe.save()
+    finally:
+        recipe.cleanup()

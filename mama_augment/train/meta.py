@@ -96,8 +96,9 @@ def virtual_parameters(
 class MetaStepResult:
     weights: torch.Tensor  # normalised real-step weights (no grad), shape (B,)
     raw_weights: torch.Tensor  # V(l; phi_new) before normalisation (no grad)
-    meta_loss: float
-    meta_grad_norm: float
+    # 0-d tensors, read (which waits for the device) only when a step is logged
+    meta_loss: torch.Tensor
+    meta_grad_norm: torch.Tensor
 
 
 class MetaWeighting:
@@ -195,10 +196,11 @@ class MetaWeighting:
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(phi, grads):
             p.grad = g
-        grad_norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
+        with torch.no_grad():
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         self.optimizer.step()
         normalised, raw = self.weights(per_sample)
-        return MetaStepResult(normalised, raw, float(meta_value), grad_norm)
+        return MetaStepResult(normalised, raw, meta_value, grad_norm)
 
     @torch.no_grad()
     def curve(self, losses: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ from torch import nn
 
 from mama_augment.errors import MamaError, MissingDependency, UsageError
 from mama_augment.train.data import VideoTable
+from mama_augment.train.frames import DecodedFrames, FrameSource, decode_on_device
+from mama_augment.train.inputs import ClipInputBuilder, frames_of_video, to_device
 from mama_augment.train.text import TextEncoder, cached_text_embeddings, get_text_encoder, text_cache_dir
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,16 @@ class RetrievalModel(nn.Module):
     def text_inputs(self, indices: Sequence[int] | np.ndarray) -> Any:
         raise NotImplementedError
 
+    def input_builder(self) -> Any:
+        """A picklable object with ``video(indices)`` and ``text(indices)`` that builds
+        CPU inputs in the loader's worker processes (train/inputs.py), or None when the
+        inputs are a cheap lookup on the model's device (built in the training process)."""
+        return None
+
+    def inputs_to_device(self, video_inputs: Any, text_inputs: Any, non_blocking: bool = False) -> tuple[Any, Any]:
+        """The builder's CPU inputs made ready for ``forward`` on the model's device."""
+        return video_inputs, text_inputs
+
     @property
     def device(self) -> torch.device:
         return self.head.logit_scale.device
@@ -181,6 +193,7 @@ class FeaturesModel(RetrievalModel):
             raise UsageError(f"keyframe embeddings have {flat.shape[1]} dimensions, the model expects {self.video_dim}")
         device = self.device
         self._frames = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)).to(device)
+        self._lengths_host = np.asarray(lengths, dtype=np.int64)  # batch widths without a device sync
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         self._offsets = (torch.cumsum(lengths_t, 0) - lengths_t).to(device)
         self._lengths = lengths_t.to(device)
@@ -196,17 +209,17 @@ class FeaturesModel(RetrievalModel):
         return result
 
     def video_inputs(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self._frames.device)
+        host = np.asarray(indices, dtype=np.int64)
+        idx = _index_tensor(host, self._frames.device)
         lengths = self._lengths[idx]
-        width = int(lengths.max()) if len(idx) else 1
+        width = int(self._lengths_host[host].max()) if len(host) else 1
         steps = torch.arange(width, device=idx.device)
         mask = steps[None, :] < lengths[:, None]
         gather = self._offsets[idx][:, None] + torch.minimum(steps[None, :], (lengths - 1)[:, None])
         return self._frames[gather], mask
 
     def text_inputs(self, indices) -> torch.Tensor:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self._text_table.device)
-        return self._text_table[idx]
+        return self._text_table[_index_tensor(np.asarray(indices, dtype=np.int64), self._text_table.device)]
 
     def video_features(self, video_inputs) -> torch.Tensor:
         frames, mask = video_inputs
@@ -216,6 +229,15 @@ class FeaturesModel(RetrievalModel):
 
     def text_features(self, text_inputs) -> torch.Tensor:
         return text_inputs
+
+
+def _index_tensor(indices: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Indices on ``device``. To a GPU they go through pinned memory without blocking:
+    a plain copy from pageable memory waits for every kernel queued before it."""
+    cpu = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+    if device.type != "cuda":
+        return cpu.to(device)
+    return cpu.pin_memory().to(device, non_blocking=True)
 
 
 def build_features_model(config, videos: VideoTable, workdir: Path, device: torch.device) -> FeaturesModel:
@@ -269,54 +291,61 @@ class ClipModel(RetrievalModel):
         if preprocessor.exists():
             spec = json.loads(preprocessor.read_text())
             mean, std = tuple(spec.get("image_mean", mean)), tuple(spec.get("image_std", std))
-        self._mean = torch.tensor(mean).view(3, 1, 1)
-        self._std = torch.tensor(std).view(3, 1, 1)
-        self._paths: list[list[str]] = []
+        # Buffers follow the model to its device; not persistent, so not in checkpoints.
+        self.register_buffer("_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._texts: list[str] = []
+        self._builder = None
 
     def set_videos(self, videos: VideoTable) -> None:
-        self._paths = [list(p) for p in videos.keyframe_paths]
+        """Frame ids: every keyframe of ``videos`` in order; each video feeds the model at
+        most ``max_frames`` of its own, spread evenly. Frames come from Pillow decoding
+        until :meth:`set_frame_source` chooses another source."""
+        self._video_ids = list(videos.video_ids)
+        self.frame_paths: list[str] = []  # relative to the work folder, one per frame id
+        self._video_frames: list[list[int]] = []
+        for paths in videos.keyframe_paths:
+            first = len(self.frame_paths)
+            self.frame_paths.extend(paths)
+            self._video_frames.append([first + k for k in frames_of_video(len(paths), self.max_frames)])
+        self.set_frame_source(DecodedFrames([str(self.workdir / p) for p in self.frame_paths], self.image_size))
+
+    def set_frame_source(self, source: FrameSource) -> None:
+        """Read frames from ``source`` from now on (frame ids as in ``frame_paths``);
+        keyframes the source found undecodable are left out of their video."""
+        self.frame_source = source
+        broken = set(source.broken(range(len(self.frame_paths)))) if hasattr(source, "broken") else set()
+        frames = [[f for f in ids if f not in broken] for ids in self._video_frames]
+        self._builder = ClipInputBuilder(source, frames, self._video_ids, self.tokenizer, self._texts, self.max_length)
 
     def set_texts(self, texts: Sequence[str]) -> None:
         self._texts = list(texts)
+        if getattr(self, "_builder", None) is not None:
+            self._builder.texts = self._texts
 
-    def _load_frame(self, relative: str) -> torch.Tensor:
-        from PIL import Image
+    def input_builder(self) -> ClipInputBuilder:
+        return self._builder
 
-        with Image.open(self.workdir / relative) as image:
-            image = image.convert("RGB")
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.crop((left, top, left + side, top + side)).resize(
-                (self.image_size, self.image_size), Image.BICUBIC
-            )
-            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (pixels - self._mean) / self._std
+    def inputs_to_device(self, video_inputs, text_inputs, non_blocking: bool = False):
+        frames, counts = video_inputs
+        if self.frame_source.on_device:
+            frames = decode_on_device(frames, self.image_size, self.device)
+        else:
+            frames = frames.to(self.device, non_blocking=non_blocking)
+        return (frames, counts.to(self.device, non_blocking=non_blocking)), to_device(text_inputs, self.device, non_blocking)
 
     def video_inputs(self, indices):
-        frames, counts = [], []
-        for i in np.asarray(indices).tolist():
-            paths = self._paths[i]
-            if len(paths) > self.max_frames:
-                keep = np.linspace(0, len(paths) - 1, self.max_frames).round().astype(int)
-                paths = [paths[k] for k in keep]
-            frames.extend(self._load_frame(p) for p in paths)
-            counts.append(len(paths))
-        pixels = torch.stack(frames).to(self.device)
-        return pixels, torch.tensor(counts, device=self.device)
+        return self.inputs_to_device(self._builder.video(indices), {})[0]
 
     def text_inputs(self, indices):
-        batch = self.tokenizer(
-            [self._texts[i] for i in np.asarray(indices).tolist()],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return to_device(self._builder.text(indices), self.device)
 
     def video_features(self, video_inputs) -> torch.Tensor:
-        pixels, counts = video_inputs
+        frames, counts = video_inputs
+        if frames.dtype == torch.uint8:  # normalised here, on the model's device
+            pixels = (frames.float() / 255.0 - self._mean) / self._std
+        else:
+            pixels = frames
         pooled = self.vision(pixel_values=pixels).pooler_output  # (frames in batch, hidden)
         owner = torch.repeat_interleave(torch.arange(len(counts), device=pixels.device), counts)
         summed = torch.zeros(len(counts), pooled.shape[-1], device=pooled.device, dtype=pooled.dtype)
