@@ -88,6 +88,7 @@ def train_command(
     meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts.", rich_help_panel=_OBJECTIVE),
     virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step.", rich_help_panel=_OBJECTIVE),
     meta_params: str = typer.Option(_D.meta_params, help=f"Parameters that take the virtual step: {', '.join(META_PARAMS)} (last: last projections + logit scale, cheapest).", rich_help_panel=_OBJECTIVE),
+    cuda_graphs: bool = typer.Option(_D.cuda_graphs, "--cuda-graphs/--no-cuda-graphs", help="CUDA: run the meta step (--meta-params last or heads, one process) as one captured CUDA graph, checked against the eager step at its first replay.", rich_help_panel=_OBJECTIVE),
     meta_batch_size: Optional[int] = typer.Option(_D.meta_batch_size, help="Pairs per meta step (default: --batch-size, capped by the meta set).", show_default=False, rich_help_panel=_OBJECTIVE),
     epochs: int = typer.Option(_D.epochs, help="Passes over the training videos.", rich_help_panel=_OPTIM),
     batch_size: int = typer.Option(_D.batch_size, help="Pairs per step (also the meta batch size, capped by the meta set).", rich_help_panel=_OPTIM),

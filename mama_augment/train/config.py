@@ -75,6 +75,9 @@ class TrainConfig:
     meta_fraction: float = 0.05
     meta_batch_size: int | None = None  # None: the training batch size (capped by the set)
     meta_params: str = "last"  # which parameters take the virtual step: last | heads | all
+    # CUDA, meta_params last/heads, one process: the meta step runs as one captured CUDA
+    # graph (train/cuda_graphs.py); checked against the eager step at its first replay.
+    cuda_graphs: bool = True
     # alpha of the virtual step. 1.0 separated shuffled from correct pairs (weights
     # 0.45 vs 1.24) where 0.1 barely did (0.92 vs 1.04) on the emoji benchmark.
     virtual_lr: float = 1.0

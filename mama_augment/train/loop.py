@@ -54,7 +54,7 @@ from mama_augment.train.loader import (
     prepare_frame_source,
 )
 from mama_augment.train.losses import build_loss
-from mama_augment.train.meta import MetaStepResult, MetaWeighting
+from mama_augment.train.meta import MetaStepResult, MetaWeighting, forward_with_level_inputs
 from mama_augment.train.runs import RunPaths, select_device
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class StepResult:
 
 def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
                   meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0,
-                  world_size: int = 1) -> StepResult:
+                  world_size: int = 1, graphed_meta=None) -> StepResult:
     """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
 
     The training forward is done once; the meta step reuses its graph and the real
@@ -109,13 +109,24 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
     averaged across ranks before clipping, and the result describes the *global*
     batch (losses and weights gathered in rank order, terms averaged), as one process
     would report it.
+
+    ``graphed_meta`` (train/cuda_graphs.py) runs the meta step from the inputs of its
+    level, as one CUDA graph.
     """
+    level_inputs = None
     with autocast():
-        video, text, scale = model(video_inputs, text_inputs)
+        if graphed_meta is not None and meta is not None and meta_inputs is not None:
+            video, text, scale, level_inputs = forward_with_level_inputs(model, meta.meta_params, video_inputs,
+                                                                         text_inputs)
+        else:
+            video, text, scale = model(video_inputs, text_inputs)
         out = criterion(video, text, scale)
     per_sample = out.per_sample
     meta_result, raw = None, None
-    if meta is not None and meta_inputs is not None:
+    if level_inputs is not None:
+        meta_result = graphed_meta.step(model, criterion, level_inputs, meta_inputs, autocast)
+        weights, raw = meta_result.weights, meta_result.raw_weights
+    elif meta is not None and meta_inputs is not None:
         meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast)
         weights, raw = meta_result.weights, meta_result.raw_weights
     elif meta is not None:
@@ -209,13 +220,24 @@ class TrainRecipe:
         self.frame_source = prepare_frame_source(self.model, config.frame_source, self.workdir, self.device,
                                                  self.num_workers)
         self.criterion = build_loss(config.loss, config.effective_margin, config.eps, self.rank, self.world_size)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        # fused: one kernel for every parameter on CUDA (a small model's step is launch-bound)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr,
+                                           fused=self.device.type == "cuda")
         self.meta = None
         if config.use_meta_weighting:
             if len(self.data.meta_videos) < 2:
                 raise UsageError("the meta set has fewer than 2 pairs; raise --meta-fraction or pass --meta-set")
             self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params,
                                       self.device, self.rank, self.world_size)
+        self.graphed_meta = None
+        if self.meta is not None and config.cuda_graphs:
+            from mama_augment.train.cuda_graphs import GraphedMetaStep, unsupported_reason
+
+            reason = unsupported_reason(self.meta, self.device, self.world_size)
+            if reason is None:
+                self.graphed_meta = GraphedMetaStep(self.meta, torch.bfloat16 if self.autocast_enabled else None)
+            elif self.device.type == "cuda":
+                log.info("the meta step runs without a CUDA graph: %s", reason)
         # Weights each pair gets in the last epoch's real steps (pair_weights.parquet).
         self.weight_record = WeightRecorder(len(self.data.texts))
         self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size)
@@ -289,7 +311,7 @@ class TrainRecipe:
                     meta_inputs = self._meta_inputs(step, batch)
                     result = training_step(
                         model, self.criterion, self.optimizer, params, video_inputs, text_inputs,
-                        self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size,
+                        self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size, self.graphed_meta,
                     )
                     with torch.no_grad():
                         scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)

@@ -104,7 +104,8 @@ class ContrastiveLoss(nn.Module):
         logits_per_text = margin_logits(text @ all_video.T, scale, self.margin, self.eps, offset)
         return logits_per_video, logits_per_text
 
-    def forward(self, video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> LossOutput:
+    def forward(self, video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, terms: bool = True) -> LossOutput:
+        """``terms=False`` skips the logged terms (the meta step has no use for them)."""
         logits_per_video, logits_per_text = self.get_logits(video, text, scale)
         # Cross-entropy in float32 even under autocast: bf16 log-softmax is too coarse
         # for losses near zero, and the weighting net reads these values.
@@ -116,6 +117,8 @@ class ContrastiveLoss(nn.Module):
         text_to_video = F.cross_entropy(logits_per_text, labels, reduction="none")
         per_sample = video_to_text + text_to_video
         loss = per_sample.mean()
+        if not terms:
+            return LossOutput(per_sample=per_sample, loss=loss)
         with torch.no_grad():
             positives = (video * text).sum(-1).clamp(-1, 1)
             terms = {

@@ -126,7 +126,9 @@ class MetaWeighting:
         self.rank = rank
         self.world_size = world_size
         self.net = WeightingNet(hidden).to(device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
+        # capturable: the step can run inside a CUDA graph (its state stays on the GPU)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=meta_lr,
+                                          capturable=torch.device(device).type == "cuda")
         self.virtual_lr = virtual_lr
         if meta_params not in META_PARAMS:
             raise ValueError(f"meta_params must be one of {', '.join(META_PARAMS)}")
@@ -152,26 +154,37 @@ class MetaWeighting:
         recomputed. The virtual gradient of a parameter subset flows from it without
         entering the layers below that subset.
         """
+        return self._virtual_meta_loss(self.level(model), criterion, per_sample,
+                                       self.meta_level_inputs(model, meta_inputs, autocast), autocast)
+
+    def _virtual_meta_loss(self, module: nn.Module, criterion: Callable, per_sample: torch.Tensor, inputs: tuple,
+                           autocast: Callable[[], Any]) -> torch.Tensor:
         weights = self.net(per_sample.detach().float())
         weighted = (weights * per_sample).mean()
-        module, inputs = self._level(model, meta_inputs, autocast)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         virtual = virtual_parameters(params, weighted, self.virtual_lr, self.world_size)
         with autocast():
             video, text, scale = functional_call(module, virtual, inputs)
-            return criterion(video, text, scale).per_sample.mean()
+            return criterion(video, text, scale, terms=False).per_sample.mean()
 
-    def _level(self, model: nn.Module, meta_inputs: tuple[Any, Any], autocast) -> tuple[nn.Module, tuple]:
-        """The module whose parameters take the virtual step, and its meta-batch
-        inputs; everything below it runs once, without a graph."""
+    def level(self, model: nn.Module) -> nn.Module:
+        """The module whose parameters take the virtual step: the model, its heads, or
+        the heads' last layers (``meta_params`` all, heads, last)."""
         if self.meta_params == "all":
-            return model, meta_inputs
+            return model
+        return model.head if self.meta_params == "heads" else model.head.out
+
+    def meta_level_inputs(self, model: nn.Module, meta_inputs: tuple[Any, Any], autocast) -> tuple:
+        """The meta batch's inputs to :meth:`level`; everything below it runs once,
+        without a graph."""
+        if self.meta_params == "all":
+            return meta_inputs
         meta_video, meta_text = meta_inputs
         with torch.no_grad(), autocast():
             features = (model.video_features(meta_video), model.text_features(meta_text))
             if self.meta_params == "heads":
-                return model.head, features
-            return model.head.out, model.head.bodies(*features)
+                return features
+            return model.head.bodies(*features)
 
     def step(
         self,
@@ -183,9 +196,32 @@ class MetaWeighting:
     ) -> MetaStepResult:
         """Update ``phi`` once and return the real step's weights (no grad)."""
         meta_loss = self.meta_loss(model, criterion, per_sample, meta_inputs, autocast)
-        phi = list(self.net.parameters())
         # retain_graph: the real step backpropagates through the same training forward.
-        grads = torch.autograd.grad(meta_loss, phi, retain_graph=True)
+        return self._update(meta_loss, per_sample, retain_graph=True)
+
+    def step_on_level(
+        self,
+        level: nn.Module,
+        criterion: Callable,
+        train_level_inputs: tuple,
+        meta_level_inputs: tuple,
+        autocast: Callable[[], Any],
+    ) -> MetaStepResult:
+        """:meth:`step` from the inputs of :meth:`level` alone (``last``, ``heads``): the
+        training batch's losses are recomputed from the detached level inputs, which
+        gives the same losses and the same virtual gradient (the parameters below the
+        level take no virtual step). Self-contained, so it can be captured as one CUDA
+        graph (train/cuda_graphs.py)."""
+        with autocast():
+            video, text, scale = level(*train_level_inputs)
+            per_sample = criterion(video, text, scale, terms=False).per_sample
+        meta_loss = self._virtual_meta_loss(level, criterion, per_sample, meta_level_inputs, autocast)
+        return self._update(meta_loss, per_sample, retain_graph=False)
+
+    def _update(self, meta_loss: torch.Tensor, per_sample: torch.Tensor, retain_graph: bool) -> MetaStepResult:
+        """One optimiser step of ``phi`` on the gradient of ``meta_loss``; the new weights."""
+        phi = list(self.net.parameters())
+        grads = torch.autograd.grad(meta_loss, phi, retain_graph=retain_graph)
         meta_value = meta_loss.detach()
         if self.world_size > 1:  # this rank's share of the meta batch -> the global mean
             from mama_augment.train.distributed import mean_across_ranks_
@@ -205,3 +241,14 @@ class MetaWeighting:
     @torch.no_grad()
     def curve(self, losses: torch.Tensor) -> torch.Tensor:
         return self.net(losses.float())
+
+
+def forward_with_level_inputs(model: nn.Module, meta_params: str, video_inputs, text_inputs):
+    """``model(video_inputs, text_inputs)`` computed in its parts, returning also the
+    detached inputs of the meta step's level (``heads``: the features, ``last``: the
+    heads' bodies) for :meth:`MetaWeighting.step_on_level`."""
+    features = (model.video_features(video_inputs), model.text_features(text_inputs))
+    if meta_params == "heads":
+        return (*model.head(*features), tuple(f.detach() for f in features))
+    bodies = model.head.bodies(*features)
+    return (*model.head.out(*bodies), tuple(b.detach() for b in bodies))

@@ -1,0 +1,426 @@
+"""Training throughput: the step alone against the whole pipeline, per backbone.
+
+For each backbone (``clip``, ``features``) one training recipe is set up on a work
+folder of real keyframes, then timed twice:
+
+* synthetic: the library's ``training_step`` on inputs made once, already on the
+  device (random frames and token ids of the real shapes): what the device can do;
+* pipeline: the recipe's own training loop (loader workers, frame source, meta
+  batches, logging), its steps timed by the loop itself (``metrics.jsonl``: data wait
+  and step time per interval; the first interval, which starts the workers, is left
+  out).
+
+The ratio pipeline / synthetic throughput is what the loader costs (1.0: nothing).
+The ``frames`` section times loading every keyframe of an epoch from each frame
+source in one process: Pillow decoding, the frame cache, GPU decoding (CUDA).
+
+The work folder: ``--workdir`` + ``--captions`` of an existing one, else one made
+from real clips (the bundled ``examples/videos`` and ``$MAMA_MEDIA_DIR`` or
+``../shared/media`` when present): the ``keyframes`` stage (pixels embedder) picks
+their keyframes, then ``--videos`` training videos are made by copying the keyframe
+JPEGs of those clips to files of their own (real JPEGs, real decode cost, a frame
+cache of the real size).
+
+    .venv/bin/python benchmarks/train_throughput.py --clip tiny --batch-size 64 --workers 2
+    python3 benchmarks/train_throughput.py --clip vit-b32 --device cuda --batch-size 64   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_MEDIA = Path(os.environ.get("MAMA_MEDIA_DIR", ROOT.parent / "shared" / "media"))
+VIDEO_EXT = {".mp4", ".avi", ".mpg", ".mkv", ".mov", ".webm"}
+WORDS = ["red", "blue", "green", "small", "large", "dog", "car", "tree", "boat", "bird", "runs", "jumps"]
+
+
+# ----------------------------------------------------------------------------- models
+def build_clip(folder: Path, size: str) -> Path:
+    """A randomly initialised CLIP saved with the tests' byte-level tokenizer:
+    ``tiny`` (tests/tiny_models.py) or ``vit-b32`` (ViT-B/32 sizes: right for speed,
+    meaningless for quality)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import _write_tiny_clip_tokenizer, make_tiny_clip
+
+    if size == "tiny":
+        return make_tiny_clip(folder, with_tokenizer=True)
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _write_tiny_clip_tokenizer(folder)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                         num_attention_heads=8, max_position_embeddings=77, bos_token_id=vocab - 2,
+                         eos_token_id=vocab - 1, pad_token_id=vocab - 1, projection_dim=512),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=32, projection_dim=512),
+        projection_dim=512,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPTokenizer.from_pretrained(folder, model_max_length=77).save_pretrained(folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------- data
+def _clips(extra: list[Path]) -> list[Path]:
+    found = []
+    for folder in [ROOT / "examples" / "videos", *extra]:
+        if folder.is_dir():
+            found += sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXT)
+    return found
+
+
+def _keyframes_with_stage(clips: list[Path], workdir: Path, decoder: str) -> str:
+    from mama_augment.keyframes.config import KeyframesConfig
+    from mama_augment.keyframes.stage import run_keyframes
+
+    config = KeyframesConfig(embedder="pixels", decoder=decoder, workers=min(4, os.cpu_count() or 1))
+    report = run_keyframes([str(c) for c in clips], workdir, config, progress=False)
+    if report.done == 0:
+        raise RuntimeError("the keyframes stage produced no keyframes")
+    return f"keyframes stage, pixels embedder, decoder {decoder}: {report.done} clips"
+
+
+def _keyframes_with_opencv(clips: list[Path], workdir: Path, per_clip: int = 12) -> str:
+    """Where the stage cannot run (e.g. no `pebble`): 12 evenly spaced frames of each
+    clip, thumbnails of 320 px as the stage writes, decoded with OpenCV."""
+    import cv2
+    from PIL import Image
+
+    from mama_augment.manifest import KEYFRAMES, PartWriter, compact
+
+    rows = []
+    for clip in clips:
+        capture = cv2.VideoCapture(str(clip))
+        frames = []
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+        capture.release()
+        if not frames:
+            continue
+        keep = np.linspace(0, len(frames) - 1, min(per_clip, len(frames))).round().astype(int)
+        paths = []
+        for rank, index in enumerate(keep):
+            image = Image.fromarray(cv2.cvtColor(frames[index], cv2.COLOR_BGR2RGB))
+            image.thumbnail((320, 320))
+            rel = f"frames/{clip.stem}/{rank:02d}_f{index:06d}.jpg"
+            (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+            image.save(workdir / rel, quality=90)
+            paths.append(rel)
+        emb = np.random.default_rng(len(rows)).normal(size=(len(paths), 64)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        rows.append({"video_id": clip.stem, "status": "ok", "keyframe_paths": paths,
+                     "keyframe_embeddings": emb.tolist(), "embedding_dim": 64})
+    PartWriter(workdir, KEYFRAMES).write(rows)
+    compact(workdir, KEYFRAMES)
+    return f"OpenCV frames (no keyframes stage here): {len(rows)} clips"
+
+
+def scaled_workdir(out: Path, videos: int, media: list[Path], decoder: str = "auto") -> tuple[Path, Path, str]:
+    """A work folder of ``videos`` training videos whose keyframes are real keyframe
+    JPEGs (each copied to files of its own); returns (workdir, captions file, how the
+    real keyframes were made)."""
+    from mama_augment.manifest import KEYFRAMES, PartWriter, compact, read_manifest
+
+    clips = _clips(media)
+    if not clips:
+        raise RuntimeError("no video clips found (examples/videos is missing)")
+    real = out / "real"
+    try:
+        how = _keyframes_with_stage(clips, real, decoder)
+    except Exception as exc:  # noqa: BLE001 - a missing optional piece: fall back, say so
+        shutil.rmtree(real, ignore_errors=True)
+        how = _keyframes_with_opencv(clips, real) + f" [stage: {type(exc).__name__}: {exc}]"
+    table = read_manifest(real, KEYFRAMES, columns=["status", "keyframe_paths", "keyframe_embeddings"]).to_pydict()
+    sources = [(table["keyframe_paths"][i], table["keyframe_embeddings"][i])
+               for i in range(len(table["video_id"])) if table["status"][i] == "ok" and table["keyframe_paths"][i]]
+    workdir = out / "work"
+    rows, captions = [], []
+    rng = np.random.default_rng(0)
+    for v in range(videos):
+        paths, emb = sources[v % len(sources)]
+        new_paths = []
+        for k, rel in enumerate(paths):
+            target = f"frames/v{v:05d}/{k:02d}.jpg"
+            (workdir / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(real / rel, workdir / target)
+            new_paths.append(target)
+        video_id = f"v{v:05d}"
+        rows.append({"video_id": video_id, "status": "ok", "keyframe_paths": new_paths,
+                     "keyframe_embeddings": emb, "embedding_dim": len(emb[0]) if emb else 0})
+        words = rng.choice(WORDS, size=6)
+        captions.append({"video_id": video_id, "caption": "a " + " ".join(words)})
+    PartWriter(workdir, KEYFRAMES).write(rows)
+    compact(workdir, KEYFRAMES)
+    import pandas as pd
+
+    path = out / "captions.csv"
+    pd.DataFrame(captions).to_csv(path, index=False)
+    return workdir, path, how
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def frame_loading(workdir: Path, size: int, device_name: str, max_frames: int | None = None) -> dict:
+    """Seconds to load every keyframe of the work folder once, in one process, per source."""
+    import torch
+
+    from mama_augment.manifest import KEYFRAMES, read_manifest
+    from mama_augment.train.frame_cache import open_frame_cache
+    from mama_augment.train.frames import DecodedFrames, EncodedFrames, decode_on_device, gpu_jpeg_decoder
+
+    table = read_manifest(workdir, KEYFRAMES, columns=["keyframe_paths"]).to_pydict()
+    paths = [p for ps in table["keyframe_paths"] for p in ps][: max_frames or None]
+    ids = list(range(len(paths)))
+    chunks = [ids[i : i + 768] for i in range(0, len(ids), 768)]  # a batch of 64 videos x 12 frames
+    result = {"frames": len(paths), "image_size": size}
+    started = time.perf_counter()
+    cached, report = open_frame_cache(workdir, paths, size, workers=0)
+    result["cache_build_s"] = time.perf_counter() - started if report.decoded else None
+    for name, source in (("pil", DecodedFrames([str(workdir / p) for p in paths], size)), ("cache", cached)):
+        started = time.perf_counter()
+        for chunk in chunks:
+            source.frames(chunk)
+        result[f"{name}_s"] = time.perf_counter() - started
+    device = torch.device(device_name)
+    if device.type == "cuda" and gpu_jpeg_decoder() is not None:
+        encoded = EncodedFrames([str(workdir / p) for p in paths], size)
+        decode_on_device(encoded.frames(chunks[0][:8]), size, device)  # warm-up (nvJPEG handles)
+        _sync(device)
+        started = time.perf_counter()
+        for chunk in chunks:
+            decode_on_device(encoded.frames(chunk), size, device)
+        _sync(device)
+        result["gpu_s"] = time.perf_counter() - started
+    elif device.type == "cuda":
+        result["gpu_s"] = None
+        result["gpu_note"] = "no CUDA JPEG decoder (TorchCodec or torchvision) here"
+    result["cache_speedup_over_pil"] = result["pil_s"] / max(result["cache_s"], 1e-9)
+    return result
+
+
+def device_inputs(recipe) -> tuple:
+    """(video, text) and meta inputs of the run's first batch, built once and left on
+    the device: the step then never waits for data."""
+    from mama_augment.train.data import epoch_batches, meta_batch
+
+    model = recipe.model
+    videos, captions = epoch_batches(recipe.data, 0, recipe.config.seed, recipe.config.batch_size)[0]
+    inputs = (model.video_inputs(videos), model.text_inputs(captions))
+    meta_inputs = None
+    if recipe.meta is not None:
+        mv, mc = meta_batch(recipe.data, 0, recipe.config.seed, recipe.meta_batch_size)
+        meta_inputs = (model.video_inputs(mv), model.text_inputs(mc))
+    return inputs, meta_inputs
+
+
+def time_steps(recipe, steps: int, inputs: tuple, warmup: int = 2) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``training_step`` on inputs on the device."""
+    from mama_augment.train.loop import training_step
+
+    params = [p for p in recipe.model.parameters() if p.requires_grad]
+    (video, text), meta_inputs = inputs
+    times = []
+    for k in range(warmup + steps):
+        _sync(recipe.device)
+        started = time.perf_counter()
+        training_step(recipe.model, recipe.criterion, recipe.optimizer, params, video, text, recipe.meta,
+                      meta_inputs, recipe.autocast, recipe.config.grad_clip)
+        _sync(recipe.device)
+        if k >= warmup:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+class _Enough(Exception):
+    """Raised by the step callback once the pipeline has run the steps asked for."""
+
+
+def pipeline_rows(recipe, steps: int) -> list[dict]:
+    """``steps`` more steps of the recipe's own training loop; the metrics rows they
+    logged, less the first (which includes starting the loader's workers)."""
+    recipe.stop_at = recipe.step + steps
+    rows_before = len(recipe.paths.metrics.read_text().splitlines())
+    with contextlib.suppress(_Enough):
+        recipe.train()
+    rows = [json.loads(x) for x in recipe.paths.metrics.read_text().splitlines()[rows_before:] if x.strip()]
+    return [r for r in rows if r.get("kind") == "step"][1:]
+
+
+def interleaved(recipe, rounds: int, steps: int, synthetic_steps: int) -> tuple[dict, dict]:
+    """Synthetic steps and pipeline steps in alternating rounds (a shared machine's
+    load then falls on both alike); medians of the synthetic steps, means of the
+    pipeline's logged intervals."""
+    inputs = device_inputs(recipe)
+    synthetic, rows = [], []
+    for _ in range(rounds):
+        synthetic += time_steps(recipe, synthetic_steps, inputs)
+        rows += pipeline_rows(recipe, steps)
+    if not rows:
+        raise RuntimeError("too few steps to measure: raise --steps")
+    batch = recipe.config.batch_size
+    step_s = statistics.median(synthetic)
+    wait = statistics.mean(r["data_wait_ms"] for r in rows)
+    step = statistics.mean(r["step_ms"] for r in rows)
+    peaks = [r["gpu_mem_peak_mib"] for r in rows if r.get("gpu_mem_peak_mib") is not None]
+    full = {"ms_per_step": wait + step, "data_wait_ms": wait, "step_ms": step,
+            "data_wait_share": wait / (wait + step), "samples_per_s": batch * 1e3 / (wait + step),
+            "gpu_mem_peak_mib": max(peaks) if peaks else None, "intervals": len(rows)}
+    return {"ms_per_step": 1e3 * step_s, "steps": len(synthetic), "samples_per_s": batch / step_s}, full
+
+
+def make_recipe(workdir: Path, captions: Path, name: str, **options):
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.loop import TrainRecipe
+
+    def stop(step: int) -> None:
+        if step >= recipe.stop_at:
+            raise _Enough()
+
+    name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    config = TrainConfig(captions=str(captions), name=name, progress=False, augment="none", **options)
+    recipe = TrainRecipe(config, workdir, step_callback=stop)
+    recipe.stop_at = 10**9
+    started = time.perf_counter()
+    recipe.setup()
+    recipe.setup_s = time.perf_counter() - started
+    return recipe
+
+
+def backbone_options(args, backbone: str, clip_dir: Path | None) -> dict:
+    # No val/test split (no evaluation between epochs), no checkpoints but at epoch ends.
+    common = dict(batch_size=args.batch_size, device=args.device, seed=0, log_every=args.log_every,
+                  checkpoint_every=10**6, meta_fraction=args.meta_fraction, val_fraction=0.0, test_fraction=0.0,
+                  epochs=1000)
+    if backbone == "clip":
+        return dict(common, backbone="clip", backbone_model=str(clip_dir), max_frames=12, lr=1e-5)
+    return dict(common, backbone="features", text_model="hashing")
+
+
+def run_backbone(args, backbone: str, workdir: Path, captions: Path, clip_dir: Path | None, workers: int,
+                 source: str, tag: str) -> dict:
+    """Synthetic steps and the pipeline of one (backbone, workers, frame source)."""
+    options = backbone_options(args, backbone, clip_dir)
+    recipe = make_recipe(workdir, captions, tag, num_workers=workers, frame_source=source, **options)
+    try:
+        synthetic, full = interleaved(recipe, args.rounds, args.steps, args.synthetic_steps)
+    finally:
+        recipe.cleanup()
+    return {
+        "backbone": backbone, "workers": recipe.num_workers, "frame_source": recipe.frame_source,
+        "setup_s": recipe.setup_s, "synthetic": synthetic, "pipeline": full,
+        "pipeline_over_synthetic_throughput": full["samples_per_s"] / synthetic["samples_per_s"],
+        "data_wait_below_step": full["data_wait_ms"] < full["step_ms"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, help="an existing work folder (with --captions)")
+    parser.add_argument("--captions", type=Path)
+    parser.add_argument("--videos", type=int, default=512, help="training videos of the made work folder")
+    parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="more real clips, when the folder exists")
+    parser.add_argument("--decoder", default="auto", help="keyframes decoder for the made work folder (opencv without av)")
+    parser.add_argument("--clip", default="tiny", help="tiny | vit-b32 | a CLIP folder")
+    parser.add_argument("--backbones", default="clip,features")
+    parser.add_argument("--workers", default="2", help="comma-separated loader worker counts for clip")
+    parser.add_argument("--frame-sources", default="auto", help="comma-separated, for clip (auto, cache, pil, gpu)")
+    parser.add_argument("--sections", default="frames,steps")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--meta-fraction", type=float, default=0.05)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of synthetic and pipeline steps")
+    parser.add_argument("--steps", type=int, default=15, help="pipeline steps per round (the first --log-every are left out)")
+    parser.add_argument("--synthetic-steps", type=int, default=5, help="synthetic steps per round")
+    parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0: default)")
+    parser.add_argument("--keep", type=Path, help="keep the made work folder here (reused when it exists)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "train_throughput.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"),
+        "load_before": os.getloadavg(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mama-throughput-")))
+        if args.workdir:
+            workdir, captions, how = args.workdir, args.captions, "given"
+        elif args.keep and (args.keep / "captions.csv").exists():
+            workdir, captions, how = args.keep / "work", args.keep / "captions.csv", f"reused {args.keep}"
+        else:
+            base = args.keep or scratch / "data"
+            workdir, captions, how = scaled_workdir(base, args.videos, [args.media], args.decoder)
+        result["workdir"] = {"path": str(workdir), "made_by": how}
+        print(f"work folder: {workdir} ({how})", flush=True)
+        clip_dir = None
+        if "clip" in args.backbones:
+            clip_dir = Path(args.clip) if Path(args.clip).is_dir() else build_clip(scratch / "clip", args.clip)
+            from transformers import CLIPConfig
+
+            image_size = CLIPConfig.from_pretrained(clip_dir).vision_config.image_size
+        if "frames" in args.sections and clip_dir is not None:
+            frames = frame_loading(workdir, image_size, args.device)
+            result["frames"] = frames
+            print(f"frame loading, {frames['frames']} keyframes at {image_size} px, one process: "
+                  f"pil {frames['pil_s']:.2f} s, cache {frames['cache_s']:.3f} s "
+                  f"({frames['cache_speedup_over_pil']:.1f}x faster)"
+                  + (f", gpu {frames['gpu_s']:.3f} s" if frames.get("gpu_s") else ""), flush=True)
+        if "steps" in args.sections:
+            result["runs"] = []
+            print(f"{'backbone':<9}{'workers':>8}{'source':>8}{'synthetic ms':>14}{'pipeline ms':>13}"
+                  f"{'wait ms':>9}{'step ms':>9}{'wait %':>8}{'ratio':>7}", flush=True)
+            for backbone in args.backbones.split(","):
+                settings = [(int(w), s) for w in args.workers.split(",") for s in args.frame_sources.split(",")]
+                if backbone != "clip":
+                    settings = [(0, "auto")]
+                for workers, source in settings:
+                    tag = f"{backbone}-w{workers}-{source}"
+                    row = run_backbone(args, backbone, workdir, captions, clip_dir, workers, source, tag)
+                    result["runs"].append(row)
+                    s, p = row["synthetic"], row["pipeline"]
+                    print(f"{backbone:<9}{row['workers']:>8}{str(row['frame_source']):>8}{s['ms_per_step']:>14.1f}"
+                          f"{p['ms_per_step']:>13.1f}{p['data_wait_ms']:>9.1f}{p['step_ms']:>9.1f}"
+                          f"{100 * p['data_wait_share']:>7.1f}%{row['pipeline_over_synthetic_throughput']:>7.2f}",
+                          flush=True)
+    result["load_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"load average before {result['load_before']}, after {result['load_after']}; written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
