@@ -17,8 +17,14 @@ Variants:
                    parameter (exact Meta-Weight-Net on this model)
   mama-naive       as mama-all, but the real step recomputes the training forward
                    (how Meta-Weight-Net code is usually written)
+  mama-graphed     as mama, the meta step replayed from one CUDA graph (CUDA only; what
+                   training on CUDA does by default)
+
+On CUDA (``--device cuda``) steps run under bf16 autocast with a fused AdamW, as
+training does there, and every timed step ends with a device synchronisation.
 
     python benchmarks/train_step.py --batch-size 128 --frames 12 --rounds 100
+    python3 benchmarks/train_step.py --device cuda --batch-size 256 --variants infonce,mama,mama-graphed
 """
 
 from __future__ import annotations
@@ -55,9 +61,10 @@ class RandomText(TextEncoder):
 
 def build(args, variant: str):
     torch.manual_seed(0)
+    device = torch.device(getattr(args, "device", "cpu"))
     config = TrainConfig(embed_dim=args.embed_dim, head_hidden=args.head_hidden, temporal="attention",
                          meta_params={"mama-heads": "heads", "mama-all": "all", "mama-naive": "all"}.get(variant, "last"))
-    model = FeaturesModel(args.video_dim, RandomText(args.text_dim), config, cache_dir=None)
+    model = FeaturesModel(args.video_dim, RandomText(args.text_dim), config, cache_dir=None).to(device)
     n = args.batch_size * 4
     rng = np.random.default_rng(0)
     videos = VideoTable([f"v{i}" for i in range(n)],
@@ -65,16 +72,33 @@ def build(args, variant: str):
                         [[] for _ in range(n)], [None] * n)
     model.set_videos(videos)
     model.set_texts([f"caption {i}" for i in range(n)])
-    criterion = build_loss("infonce" if variant == "infonce" else "mama", 0.1)
-    optimizer = torch.optim.AdamW(_param_groups(model, 0.01), lr=1e-4)
-    meta = MetaWeighting(100, 1e-3, 0.1, config.meta_params) if variant.startswith("mama") else None
+    criterion = build_loss("infonce" if variant == "infonce" else "mama", getattr(args, "margin", 0.1))
+    optimizer = torch.optim.AdamW(_param_groups(model, 0.01), lr=1e-4, fused=device.type == "cuda")
+    meta = MetaWeighting(100, 1e-3, 0.1, config.meta_params, device) if variant.startswith("mama") else None
     params = [p for p in model.parameters() if p.requires_grad]
-    return model, criterion, optimizer, meta, params
+    graphed = None
+    if variant == "mama-graphed":
+        from mama_augment.train.cuda_graphs import GraphedMetaStep, unsupported_reason
+
+        reason = unsupported_reason(meta, device, 1)
+        if reason:
+            raise SystemExit(f"mama-graphed: {reason}")
+        graphed = GraphedMetaStep(meta, torch.bfloat16)
+    return model, criterion, optimizer, meta, params, graphed
+
+
+def autocast_of(device: torch.device):
+    if device.type == "cuda":
+        return lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def run_steps(args, variant, state, steps: int) -> float:
-    model, criterion, optimizer, meta, params = state
+    model, criterion, optimizer, meta, params, graphed = state
     b, mb = args.batch_size, args.meta_batch_size or args.batch_size
+    autocast = autocast_of(model.device)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for k in range(steps):
         idx = np.arange(b) + (k % 3) * b
@@ -91,14 +115,17 @@ def run_steps(args, variant, state, steps: int) -> float:
         if variant == "mama-naive":
             # The usual Meta-Weight-Net code: meta step on its own forward, then a
             # fresh forward for the real step.
-            video, text, scale = model(model.video_inputs(idx), model.text_inputs(idx))
-            per_sample = criterion(video, text, scale).per_sample
-            meta.step(model, criterion, per_sample, meta_inputs, contextlib.nullcontext)
+            with autocast():
+                video, text, scale = model(model.video_inputs(idx), model.text_inputs(idx))
+                per_sample = criterion(video, text, scale).per_sample
+            meta.step(model, criterion, per_sample, meta_inputs, autocast)
             training_step(model, criterion, optimizer, params, model.video_inputs(idx), model.text_inputs(idx),
-                          meta, None, contextlib.nullcontext, 1.0)
+                          meta, None, autocast, 1.0)
         else:
             training_step(model, criterion, optimizer, params, model.video_inputs(idx), model.text_inputs(idx),
-                          meta, meta_inputs, contextlib.nullcontext, 1.0)
+                          meta, meta_inputs, autocast, 1.0, 1, graphed)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
 
 
@@ -113,6 +140,8 @@ def main() -> None:
     parser.add_argument("--head-hidden", type=int, default=TrainConfig().head_hidden)
     parser.add_argument("--rounds", type=int, default=100, help="timed steps of each variant")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--margin", type=float, default=0.1, help="margin of the mama variants (the library's default is 0)")
     parser.add_argument("--variants", default="infonce,margin,mama,mama-cached,mama-heads,mama-all,mama-naive")
     parser.add_argument("--out", default="benchmarks/out/train_step.json")
     args = parser.parse_args()
@@ -130,8 +159,11 @@ def main() -> None:
         for v in order:
             times[v].append(run_steps(args, v, states[v], 1))
     base = statistics.median(times["infonce"]) if "infonce" in times else None
+    graphed = states.get("mama-graphed")
     result = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}"
+                   + (f", {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""),
+        "graph": (graphed[5].disabled or "captured") if graphed else None,
         "torch": torch.__version__,
         "args": vars(args),
         "variants": {},

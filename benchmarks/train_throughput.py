@@ -187,7 +187,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def frame_loading(workdir: Path, size: int, device_name: str, max_frames: int | None = None) -> dict:
+def frame_loading(workdir: Path, size: int, device_name: str, max_frames: int | None = None, workers: int = 0) -> dict:
     """Seconds to load every keyframe of the work folder once, in one process, per source."""
     import torch
 
@@ -201,7 +201,7 @@ def frame_loading(workdir: Path, size: int, device_name: str, max_frames: int | 
     chunks = [ids[i : i + 768] for i in range(0, len(ids), 768)]  # a batch of 64 videos x 12 frames
     result = {"frames": len(paths), "image_size": size}
     started = time.perf_counter()
-    cached, report = open_frame_cache(workdir, paths, size, workers=0)
+    cached, report = open_frame_cache(workdir, paths, size, workers=workers)
     result["cache_build_s"] = time.perf_counter() - started if report.decoded else None
     for name, source in (("pil", DecodedFrames([str(workdir / p) for p in paths], size)), ("cache", cached)):
         started = time.perf_counter()
@@ -313,6 +313,89 @@ def make_recipe(workdir: Path, captions: Path, name: str, **options):
     return recipe
 
 
+CLIP_VARIANTS = {  # name -> (loss, meta-weighting, meta_params)
+    "infonce": ("infonce", False, "last"),
+    "margin": ("mama", False, "last"),
+    "mama-last": ("mama", True, "last"),
+    "mama-heads": ("mama", True, "heads"),
+    "mama-all": ("mama", True, "all"),
+}
+
+
+def clip_step_variants(clip_dir: Path, variants: list[str], batch: int, frames: int, device_name: str,
+                       rounds: int, steps: int, margin: float = 0.1, deadline: float | None = None) -> dict:
+    """Median ms of the ``clip`` backbone's ``training_step`` per variant, inputs made
+    once on the device (``batch`` videos x ``frames`` frames, 16 tokens per caption, a
+    meta batch as large), variants interleaved round by round. CUDA: bf16 autocast,
+    fused AdamW and, for mama-last/heads, the meta step as a CUDA graph, as training does."""
+    import torch
+
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.cuda_graphs import GraphedMetaStep, unsupported_reason
+    from mama_augment.train.loop import _param_groups, training_step
+    from mama_augment.train.losses import build_loss
+    from mama_augment.train.meta import MetaWeighting
+    from mama_augment.train.models import ClipModel
+
+    device = torch.device(device_name)
+    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
+        else contextlib.nullcontext
+    g = torch.Generator().manual_seed(0)
+    states = {}
+    models = {}
+    for name in variants:
+        loss, weighted, meta_params = CLIP_VARIANTS[name]
+        eager = meta_params == "all" and weighted  # fused attention kernels have no double backward
+        if eager not in models:
+            config = TrainConfig(backbone="clip", meta_params="all" if eager else "last")
+            torch.manual_seed(0)
+            models[eager] = ClipModel(str(clip_dir), config, clip_dir).to(device)
+        model = models[eager]
+        size = model.image_size
+        pixels = torch.randint(0, 256, (batch * frames, size, size, 3), generator=g, dtype=torch.uint8).to(device)
+        counts = torch.full((batch,), frames, dtype=torch.long, device=device)
+        ids = torch.randint(0, model.tokenizer.vocab_size - 2, (batch, 16), generator=g).to(device)
+        inputs = ((pixels, counts), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        criterion = build_loss(loss, margin)
+        optimizer = torch.optim.AdamW(_param_groups(model, 0.2), lr=1e-6, fused=device.type == "cuda")
+        meta = MetaWeighting(100, 1e-3, 1.0, meta_params, device) if weighted else None
+        graphed = None
+        if meta is not None and unsupported_reason(meta, device, 1) is None:
+            graphed = GraphedMetaStep(meta, torch.bfloat16)
+        params = [p for p in model.parameters() if p.requires_grad]
+        states[name] = (model, criterion, optimizer, meta, graphed, params, inputs)
+
+    def run(name: str) -> float:
+        model, criterion, optimizer, meta, graphed, params, inputs = states[name]
+        _sync(device)
+        started = time.perf_counter()
+        training_step(model, criterion, optimizer, params, *inputs, meta, inputs if meta else None, autocast, 1.0, 1,
+                      graphed)
+        _sync(device)
+        return time.perf_counter() - started
+
+    for name in variants:  # warm-up (and the CUDA graph's capture)
+        for _ in range(3):
+            run(name)
+    times = {name: [] for name in variants}
+    for r in range(rounds):
+        if deadline and time.time() > deadline:
+            break
+        for name in variants[r % len(variants):] + variants[: r % len(variants)]:
+            for _ in range(steps):
+                times[name].append(run(name))
+    base = statistics.median(times["infonce"]) if times.get("infonce") else None
+    out = {}
+    for name in variants:
+        if not times[name]:
+            continue
+        ms = 1e3 * statistics.median(times[name])
+        graphed = states[name][4]
+        out[name] = {"ms_per_step": ms, "ratio_to_infonce": ms / (1e3 * base) if base else None, "steps": len(times[name]),
+                     "cuda_graph": None if graphed is None else (graphed.disabled or "captured")}
+    return out
+
+
 def backbone_options(args, backbone: str, clip_dir: Path | None) -> dict:
     # No val/test split (no evaluation between epochs), no checkpoints but at epoch ends.
     common = dict(batch_size=args.batch_size, device=args.device, seed=0, log_every=args.log_every,
@@ -351,7 +434,11 @@ def main() -> None:
     parser.add_argument("--backbones", default="clip,features")
     parser.add_argument("--workers", default="2", help="comma-separated loader worker counts for clip")
     parser.add_argument("--frame-sources", default="auto", help="comma-separated, for clip (auto, cache, pil, gpu)")
-    parser.add_argument("--sections", default="frames,steps")
+    parser.add_argument("--sections", default="frames,steps", help="frames, clip-steps, steps (pipeline)")
+    parser.add_argument("--clip-variants", default="infonce,margin,mama-last,mama-heads",
+                        help=f"for clip-steps: {', '.join(CLIP_VARIANTS)}")
+    parser.add_argument("--frames-limit", type=int, default=0, help="frames section: at most this many keyframes")
+    parser.add_argument("--cache-workers", type=int, default=0, help="frames section: processes filling the cache")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--meta-fraction", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of synthetic and pipeline steps")
@@ -377,29 +464,40 @@ def main() -> None:
     }
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mama-throughput-")))
+        sections = args.sections.split(",")
+        workdir = captions = None
         if args.workdir:
             workdir, captions, how = args.workdir, args.captions, "given"
         elif args.keep and (args.keep / "captions.csv").exists():
             workdir, captions, how = args.keep / "work", args.keep / "captions.csv", f"reused {args.keep}"
-        else:
+        elif "frames" in sections or "steps" in sections:
             base = args.keep or scratch / "data"
             workdir, captions, how = scaled_workdir(base, args.videos, [args.media], args.decoder)
-        result["workdir"] = {"path": str(workdir), "made_by": how}
-        print(f"work folder: {workdir} ({how})", flush=True)
+        if workdir is not None:
+            result["workdir"] = {"path": str(workdir), "made_by": how}
+            print(f"work folder: {workdir} ({how})", flush=True)
         clip_dir = None
         if "clip" in args.backbones:
             clip_dir = Path(args.clip) if Path(args.clip).is_dir() else build_clip(scratch / "clip", args.clip)
             from transformers import CLIPConfig
 
             image_size = CLIPConfig.from_pretrained(clip_dir).vision_config.image_size
-        if "frames" in args.sections and clip_dir is not None:
-            frames = frame_loading(workdir, image_size, args.device)
+        if "frames" in sections and clip_dir is not None:
+            frames = frame_loading(workdir, image_size, args.device, args.frames_limit or None, args.cache_workers)
             result["frames"] = frames
             print(f"frame loading, {frames['frames']} keyframes at {image_size} px, one process: "
                   f"pil {frames['pil_s']:.2f} s, cache {frames['cache_s']:.3f} s "
                   f"({frames['cache_speedup_over_pil']:.1f}x faster)"
                   + (f", gpu {frames['gpu_s']:.3f} s" if frames.get("gpu_s") else ""), flush=True)
-        if "steps" in args.sections:
+        if "clip-steps" in sections and clip_dir is not None:
+            variants = args.clip_variants.split(",")
+            result["clip_steps"] = clip_step_variants(clip_dir, variants, args.batch_size, 12, args.device,
+                                                      args.rounds, args.synthetic_steps)
+            print(f"clip step, {args.batch_size} videos x 12 frames, inputs on the device:")
+            for name, row in result["clip_steps"].items():
+                print(f"  {name:<11}{row['ms_per_step']:9.1f} ms  {row['ratio_to_infonce'] or float('nan'):.2f}x infonce"
+                      + (f"  (CUDA graph: {row['cuda_graph']})" if row["cuda_graph"] else ""), flush=True)
+        if "steps" in sections:
             result["runs"] = []
             print(f"{'backbone':<9}{'workers':>8}{'source':>8}{'synthetic ms':>14}{'pipeline ms':>13}"
                   f"{'wait ms':>9}{'step ms':>9}{'wait %':>8}{'ratio':>7}", flush=True)

@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mama_augment.fileio import atomic_path
-from mama_augment.train.frames import RESIZE_RULE, FrameSource, _chw, decode_frame
+from mama_augment.train.frames import RESIZE_RULE, FrameSource, as_tensor, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class CachedFrames(FrameSource):
         for k, frame_id in enumerate(ids.tolist()):
             if zlib.crc32(out[k]) != self.crcs[frame_id]:
                 out[k] = self._repair(frame_id)
-        return _chw(out)
+        return as_tensor(out)
 
     def _repair(self, frame_id: int) -> np.ndarray:
         """The frame decoded from its JPEG (which raises a clear error when the JPEG is

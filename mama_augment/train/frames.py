@@ -1,10 +1,11 @@
 """Keyframe pixels for the ``clip`` backbone, from one of several sources.
 
-Every source returns the same thing: ``uint8`` frames of ``(frames, 3, size, size)``,
+Every source returns the same thing: ``uint8`` frames of ``(frames, size, size, 3)``
+(height, width, RGB: the layout images have, so no copy is made to reorder them),
 each keyframe JPEG centre-cropped to a square and resized with Pillow's bicubic
-filter, as CLIP's image processor does. Normalisation (mean/std) happens on the
-model's device, so what travels between processes, and to the GPU, is 4x smaller
-than float pixels.
+filter, as CLIP's image processor does. Reordering to channels first and normalising
+(mean/std) happen on the model's device, so what travels between processes, and to
+the GPU, is 4x smaller than float pixels.
 
 Sources (``--frame-source``, named in ``config.FRAME_SOURCES``; which one is cheapest
 was measured, see benchmarks/RESULTS.md):
@@ -56,14 +57,15 @@ def decode_frame(path: str | os.PathLike, size: int) -> np.ndarray:
         raise MamaError(f"cannot read the keyframe {path}: {exc}") from exc
 
 
-def _chw(frames: np.ndarray):
+def as_tensor(frames: np.ndarray):
+    """``(k, size, size, 3)`` uint8 frames as a tensor, without a copy."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 class FrameSource:
-    """``frames(frame_ids) -> uint8 tensor (k, 3, size, size)`` in the order asked."""
+    """``frames(frame_ids) -> uint8 tensor (k, size, size, 3)`` in the order asked."""
 
     size: int
     name = ""
@@ -86,7 +88,7 @@ class DecodedFrames(FrameSource):
         out = np.empty((len(frame_ids), self.size, self.size, 3), dtype=np.uint8)
         for k, frame_id in enumerate(frame_ids):
             out[k] = decode_frame(self.paths[frame_id], self.size)
-        return _chw(out)
+        return as_tensor(out)
 
 
 def _decode_task(args: tuple[str, int]) -> np.ndarray:
@@ -116,7 +118,7 @@ class PooledDecodedFrames(DecodedFrames):
         chunk = max(1, len(tasks) // (4 * self.workers))
         out = np.stack(list(self._pool.map(_decode_task, tasks, chunksize=chunk))) if tasks else np.empty(
             (0, self.size, self.size, 3), np.uint8)
-        return _chw(out)
+        return as_tensor(out)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -175,7 +177,7 @@ def gpu_jpeg_decoder():
 
 
 def decode_on_device(blobs, size: int, device):
-    """JPEG bytes -> ``(k, 3, size, size)`` uint8 on ``device``: decoded there, centre
+    """JPEG bytes -> ``(k, size, size, 3)`` uint8 on ``device``: decoded there, centre
     square crop, bicubic resize with antialiasing (close to, not equal to, Pillow's)."""
     import torch
     import torch.nn.functional as F
@@ -184,7 +186,7 @@ def decode_on_device(blobs, size: int, device):
     if decode is None:
         raise MamaError("--frame-source gpu needs TorchCodec or torchvision with CUDA JPEG decoding")
     images = decode(list(blobs), device)
-    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
+    out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
     for k, image in enumerate(images):
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
@@ -193,5 +195,5 @@ def decode_on_device(blobs, size: int, device):
         top, left = (height - side) // 2, (width - side) // 2
         square = image[:, top : top + side, left : left + side].unsqueeze(0).float()
         resized = F.interpolate(square, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        out[k] = resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+        out[k] = resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
     return out

@@ -26,7 +26,7 @@ def frames_of_video(frame_count: int, max_frames: int) -> list[int]:
 
 class ClipInputBuilder:
     """Inputs of the ``clip`` backbone: ``video(indices) -> (frames, counts)`` with
-    frames ``uint8 (sum(counts), 3, size, size)`` (or, for the ``gpu`` source, a list of
+    frames ``uint8 (sum(counts), size, size, 3)`` (or, for the ``gpu`` source, a list of
     JPEG byte tensors), and ``text(indices) -> {input_ids, attention_mask}``.
     Picklable: the loader's workers each hold one."""
 

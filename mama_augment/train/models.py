@@ -342,8 +342,8 @@ class ClipModel(RetrievalModel):
 
     def video_features(self, video_inputs) -> torch.Tensor:
         frames, counts = video_inputs
-        if frames.dtype == torch.uint8:  # normalised here, on the model's device
-            pixels = (frames.float() / 255.0 - self._mean) / self._std
+        if frames.dtype == torch.uint8:  # (frames, size, size, 3) from a frame source: to CLIP's input here
+            pixels = (frames.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
         else:
             pixels = frames
         pooled = self.vision(pixel_values=pixels).pooler_output  # (frames in batch, hidden)
