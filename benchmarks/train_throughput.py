@@ -17,9 +17,9 @@ source in one process: Pillow decoding, the frame cache, GPU decoding (CUDA).
 The work folder: ``--workdir`` + ``--captions`` of an existing one, else one made
 from real clips (the bundled ``examples/videos`` and ``$MAMA_MEDIA_DIR`` or
 ``../shared/media`` when present): the ``keyframes`` stage (pixels embedder) picks
-their keyframes, then ``--videos`` training videos are made by copying the keyframe
-JPEGs of those clips to files of their own (real JPEGs, real decode cost, a frame
-cache of the real size).
+their keyframes, then ``--videos`` training videos of 12 keyframes each are made by
+copying those keyframe JPEGs, in turn, to files of their own (real JPEGs, real decode
+cost, a frame cache of the real size).
 
     .venv/bin/python benchmarks/train_throughput.py --clip tiny --batch-size 64 --workers 2
     python3 benchmarks/train_throughput.py --clip vit-b32 --device cuda --batch-size 64   # a GPU
@@ -136,10 +136,11 @@ def _keyframes_with_opencv(clips: list[Path], workdir: Path, per_clip: int = 12)
     return f"OpenCV frames (no keyframes stage here): {len(rows)} clips"
 
 
-def scaled_workdir(out: Path, videos: int, media: list[Path], decoder: str = "auto") -> tuple[Path, Path, str]:
-    """A work folder of ``videos`` training videos whose keyframes are real keyframe
-    JPEGs (each copied to files of its own); returns (workdir, captions file, how the
-    real keyframes were made)."""
+def scaled_workdir(out: Path, videos: int, media: list[Path], decoder: str = "auto",
+                   per_video: int = 12) -> tuple[Path, Path, str]:
+    """A work folder of ``videos`` training videos of ``per_video`` keyframes each, real
+    keyframe JPEGs of the clips (each copied to a file of its own); returns (workdir,
+    captions file, how the real keyframes were made)."""
     from mama_augment.manifest import KEYFRAMES, PartWriter, compact, read_manifest
 
     clips = _clips(media)
@@ -152,22 +153,26 @@ def scaled_workdir(out: Path, videos: int, media: list[Path], decoder: str = "au
         shutil.rmtree(real, ignore_errors=True)
         how = _keyframes_with_opencv(clips, real) + f" [stage: {type(exc).__name__}: {exc}]"
     table = read_manifest(real, KEYFRAMES, columns=["status", "keyframe_paths", "keyframe_embeddings"]).to_pydict()
-    sources = [(table["keyframe_paths"][i], table["keyframe_embeddings"][i])
-               for i in range(len(table["video_id"])) if table["status"][i] == "ok" and table["keyframe_paths"][i]]
+    pool = [(path, emb) for i in range(len(table["video_id"])) if table["status"][i] == "ok"
+            for path, emb in zip(table["keyframe_paths"][i] or [], table["keyframe_embeddings"][i] or [])]
+    if not pool:
+        raise RuntimeError("no keyframes were made from the clips")
     workdir = out / "work"
     rows, captions = [], []
     rng = np.random.default_rng(0)
     for v in range(videos):
-        paths, emb = sources[v % len(sources)]
-        new_paths = []
-        for k, rel in enumerate(paths):
+        # 12 real keyframes per video (the paper's count), drawn in turn from every clip's keyframes
+        picks = [pool[(v * per_video + k) % len(pool)] for k in range(per_video)]
+        paths = []
+        for k, (rel, _) in enumerate(picks):
             target = f"frames/v{v:05d}/{k:02d}.jpg"
             (workdir / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(real / rel, workdir / target)
-            new_paths.append(target)
+            paths.append(target)
         video_id = f"v{v:05d}"
-        rows.append({"video_id": video_id, "status": "ok", "keyframe_paths": new_paths,
-                     "keyframe_embeddings": emb, "embedding_dim": len(emb[0]) if emb else 0})
+        emb = [list(e) for _, e in picks]
+        rows.append({"video_id": video_id, "status": "ok", "keyframe_paths": paths,
+                     "keyframe_embeddings": emb, "embedding_dim": len(emb[0])})
         words = rng.choice(WORDS, size=6)
         captions.append({"video_id": video_id, "caption": "a " + " ".join(words)})
     PartWriter(workdir, KEYFRAMES).write(rows)
@@ -406,7 +411,7 @@ def backbone_options(args, backbone: str, clip_dir: Path | None) -> dict:
     return dict(common, backbone="features", text_model="hashing")
 
 
-def run_backbone(args, backbone: str, workdir: Path, captions: Path, clip_dir: Path | None, workers: int,
+def run_backbone(args, backbone: str, workdir: Path, captions: Path, clip_dir: Path | None, workers: int | None,
                  source: str, tag: str) -> dict:
     """Synthetic steps and the pipeline of one (backbone, workers, frame source)."""
     options = backbone_options(args, backbone, clip_dir)
@@ -432,7 +437,7 @@ def main() -> None:
     parser.add_argument("--decoder", default="auto", help="keyframes decoder for the made work folder (opencv without av)")
     parser.add_argument("--clip", default="tiny", help="tiny | vit-b32 | a CLIP folder")
     parser.add_argument("--backbones", default="clip,features")
-    parser.add_argument("--workers", default="2", help="comma-separated loader worker counts for clip")
+    parser.add_argument("--workers", default="2", help="comma-separated loader worker counts for clip (auto: the default)")
     parser.add_argument("--frame-sources", default="auto", help="comma-separated, for clip (auto, cache, pil, gpu)")
     parser.add_argument("--sections", default="frames,steps", help="frames, clip-steps, steps (pipeline)")
     parser.add_argument("--clip-variants", default="infonce,margin,mama-last,mama-heads",
@@ -470,7 +475,7 @@ def main() -> None:
             workdir, captions, how = args.workdir, args.captions, "given"
         elif args.keep and (args.keep / "captions.csv").exists():
             workdir, captions, how = args.keep / "work", args.keep / "captions.csv", f"reused {args.keep}"
-        elif "frames" in sections or "steps" in sections:
+        elif "frames" in sections or "steps" in sections or "workdir" in sections:
             base = args.keep or scratch / "data"
             workdir, captions, how = scaled_workdir(base, args.videos, [args.media], args.decoder)
         if workdir is not None:
@@ -502,12 +507,18 @@ def main() -> None:
             print(f"{'backbone':<9}{'workers':>8}{'source':>8}{'synthetic ms':>14}{'pipeline ms':>13}"
                   f"{'wait ms':>9}{'step ms':>9}{'wait %':>8}{'ratio':>7}", flush=True)
             for backbone in args.backbones.split(","):
-                settings = [(int(w), s) for w in args.workers.split(",") for s in args.frame_sources.split(",")]
+                settings = [(None if w == "auto" else int(w), s)
+                            for w in args.workers.split(",") for s in args.frame_sources.split(",")]
                 if backbone != "clip":
                     settings = [(0, "auto")]
                 for workers, source in settings:
                     tag = f"{backbone}-w{workers}-{source}"
-                    row = run_backbone(args, backbone, workdir, captions, clip_dir, workers, source, tag)
+                    try:
+                        row = run_backbone(args, backbone, workdir, captions, clip_dir, workers, source, tag)
+                    except Exception as exc:  # noqa: BLE001 - e.g. no GPU JPEG decoder: say so, go on
+                        result.setdefault("failed_runs", []).append({"setting": tag, "error": repr(exc)})
+                        print(f"{backbone:<9}{str(workers):>8}{source:>8}  failed: {type(exc).__name__}: {exc}", flush=True)
+                        continue
                     result["runs"].append(row)
                     s, p = row["synthetic"], row["pipeline"]
                     print(f"{backbone:<9}{row['workers']:>8}{str(row['frame_source']):>8}{s['ms_per_step']:>14.1f}"

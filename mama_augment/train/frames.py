@@ -22,6 +22,7 @@ Sources are small picklable objects: the loader's worker processes each get a co
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -151,29 +152,42 @@ class EncodedFrames(FrameSource):
         return out
 
 
+@functools.lru_cache(maxsize=1)
 def gpu_jpeg_decoder():
     """``decode(list of 1-D uint8 CPU tensors, device) -> list of (3, H, W) uint8 on the
-    device``, or None when neither TorchCodec nor torchvision can decode JPEGs on CUDA
-    here (torchvision's ``decode_jpeg`` on CUDA is deprecated in favour of TorchCodec's,
-    so TorchCodec is tried first)."""
-    try:
-        from torchcodec.decoders import decode_jpeg as codec_decode  # TorchCodec >= 0.16
+    device``, or None when neither TorchCodec nor torchvision decodes JPEGs on CUDA
+    here. Each candidate is tried on a small JPEG first (an importable package may
+    still lack its CUDA kernels). torchvision's ``decode_jpeg`` on CUDA is deprecated
+    in favour of TorchCodec's, so TorchCodec is tried first."""
+    import io
 
-        def decode(blobs, device):
-            return [codec_decode(b, device=str(device)) for b in blobs]
+    import torch
+    from PIL import Image
 
-        return decode
-    except Exception:  # absent, or a build that does not match this torch
-        pass
-    try:
+    if not torch.cuda.is_available():
+        return None
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 30)).save(buffer, format="JPEG")
+    probe = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+    def torchcodec_decode(blobs, device):
+        from torchcodec.decoders import decode_jpeg  # TorchCodec >= 0.16
+
+        return [decode_jpeg(b, device=str(device)) for b in blobs]
+
+    def torchvision_decode(blobs, device):
         import torchvision.io as tvio
 
-        def decode(blobs, device):
-            return tvio.decode_jpeg(blobs, mode=tvio.ImageReadMode.RGB, device=device)
+        return tvio.decode_jpeg(list(blobs), mode=tvio.ImageReadMode.RGB, device=device)
 
-        return decode
-    except Exception:  # absent, or a CUDA build that fails to import on a CPU torch
-        return None
+    for decode in (torchcodec_decode, torchvision_decode):
+        try:
+            image = decode([probe], torch.device("cuda"))[0]
+            if tuple(image.shape[-2:]) == (8, 16) and image.is_cuda:
+                return decode
+        except Exception:  # absent, or a build without CUDA kernels for this torch
+            continue
+    return None
 
 
 def decode_on_device(blobs, size: int, device):
