@@ -25,7 +25,7 @@ TEMPORAL_ENCODERS = ("mean", "attention")
 # Where the clip backbone's keyframe pixels come from (``--frame-source``; train/frames.py).
 FRAME_SOURCES = {
     "auto": "the frame cache where its disk space is free, else pil",
-    "cache": "keyframes stored once at the model's input size, memory-mapped (fastest)",
+    "cache": "keyframes stored once at the model's input size in one file (fastest)",
     "pil": "decode, crop and resize each keyframe JPEG with Pillow every time",
     "gpu": "decode the JPEGs on the GPU (TorchCodec or torchvision); CUDA only",
 }

@@ -10,8 +10,8 @@ the GPU, is 4x smaller than float pixels.
 Sources (``--frame-source``, named in ``config.FRAME_SOURCES``; which one is cheapest
 was measured, see benchmarks/RESULTS.md):
 
-* ``cache``: the frames stored once at the model's input size in a memory-mapped
-  file (``train/frame_cache.py``); a read is a copy, each frame's checksum checked.
+* ``cache``: the frames stored once at the model's input size in one file
+  (``train/frame_cache.py``); a read is a copy, each frame's checksum checked.
 * ``pil``: decode, crop and resize every JPEG with Pillow each time it is used.
 * ``gpu``: the JPEG bytes are read on the CPU and decoded on the GPU (TorchCodec's
   ``decode_jpeg``, else torchvision's; nvJPEG underneath), then cropped and resized
