@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from mama_augment.errors import UsageError
 from mama_augment.train.config import TrainConfig
+from mama_augment.train.loader import TIMING_KEYS
 from mama_augment.train.distributed import local_slice, torchrun_arguments
 from mama_augment.train.loop import run_train
 from train_helpers import make_workdir
@@ -92,7 +93,7 @@ def _worker(rank: int, init_file: str, workdir: str, captions: str) -> None:
 
 def _steps(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def _compare_runs(one: Path, two: Path) -> dict[str, float]:

@@ -216,9 +216,10 @@ class StepMeter:
     """Data wait and step time per logging interval, samples per second and the
     device's memory peak; says once per run when training waits on its data."""
 
-    def __init__(self, device, skip_first_interval: bool = True):
+    def __init__(self, device, skip_first_interval: bool = True, warn_when_data_bound: bool = True):
         self.device = device
-        self.warned = False
+        # Off where batches are a lookup on the device (features): nothing to tune there.
+        self.warned = not warn_when_data_bound
         self.intervals = 0
         self.skip_first = skip_first_interval
         self._reset()

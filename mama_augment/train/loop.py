@@ -294,7 +294,7 @@ class TrainRecipe:
                    desc=config.run_name, unit="step", dynamic_ncols=True, leave=False)
         self.samples_per_s = float("nan")
         start_epoch = self.step // self.steps_per_epoch
-        meter = StepMeter(self.device)
+        meter = StepMeter(self.device, warn_when_data_bound=self.model.input_builder() is not None)
         stream = self._batch_stream()
         try:
             for epoch in range(start_epoch, config.epochs):
