@@ -265,7 +265,7 @@ def time_steps(recipe, steps: int, inputs: tuple, warmup: int = 2) -> list[float
         _sync(recipe.device)
         started = time.perf_counter()
         training_step(recipe.model, recipe.criterion, recipe.optimizer, params, video, text, recipe.meta,
-                      meta_inputs, recipe.autocast, recipe.config.grad_clip)
+                      meta_inputs, recipe.autocast, recipe.config.grad_clip, recipe.world_size, recipe.graphed_meta)
         _sync(recipe.device)
         if k >= warmup:
             times.append(time.perf_counter() - started)
