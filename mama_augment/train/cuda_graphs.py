@@ -122,7 +122,9 @@ class GraphedMetaStep:
             torch.cuda.current_stream().wait_stream(side)
             self._restore(snapshot)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: the loader's pin-memory thread may allocate page-locked
+            # memory meanwhile; only this thread's calls must be capture-safe.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._outputs = self._run_static(level, criterion)
             self.graph = graph
             # Check the first replay against the eager step from the same state.
