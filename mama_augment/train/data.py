@@ -4,7 +4,8 @@ Sources:
 
 * videos: ``<workdir>/keyframes.parquet`` rows with status ``ok``;
 * original captions: ``--captions FILE`` (``.csv``, ``.jsonl`` or ``.parquet``) with
-  ``video_id`` and ``caption``, optionally ``split`` (train/val/test) and ``concept``;
+  ``video_id`` and ``caption``, optionally ``split`` (train/val/test) and ``concept``,
+  or a benchmark's own annotation files (see :mod:`mama_augment.datasets`);
 * generated captions: ``<workdir>/captions.parquet`` rows with status ``ok``
   (``--augment add``), used for training videos only.
 
@@ -71,6 +72,17 @@ def read_pairs_file(path: str | Path) -> pd.DataFrame:
         if column in frame.columns:
             frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == "" else str(v))
     return frame
+
+
+def _read_captions(paths, formats, video_ids, issues: Counter, examples: dict, prefix: str = "") -> pd.DataFrame:
+    """Captions files in any format of :mod:`mama_augment.datasets`, their ids mapped to
+    ``video_ids``; the readers' counted problems join ``issues``."""
+    from mama_augment.datasets import load_captions
+
+    loaded = load_captions(paths, formats, video_ids=video_ids)
+    for kind, count in loaded.problems.counts.items():
+        _note(issues, examples, prefix + kind, count, loaded.problems.examples.get(kind, ""))
+    return loaded.frame
 
 
 def hash_split(video_id: str, test_fraction: float, val_fraction: float) -> str:
@@ -224,7 +236,8 @@ def build_data(
     split_votes: dict[int, Counter] = {}
     has_split = False
     if captions_path:
-        frame = read_pairs_file(captions_path)
+        frame = _read_captions(captions_path, None if captions_override else getattr(config, "captions_format", None),
+                               videos.video_ids, issues, examples)
         has_split = "split" in frame.columns and frame["split"].notna().any()
         has_concept = "concept" in frame.columns
         for row in frame.itertuples(index=False):
@@ -319,7 +332,7 @@ def build_data(
         issue_examples=examples,
         caption_index=caption_index,
     )
-    if len(data.train_videos) < 2:
+    if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
             f"only {len(data.train_videos)} training video(s) have captions: check --captions and that "
             "its video_id values match keyframes.parquet"
@@ -332,7 +345,7 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
     if not config.use_meta_weighting:
         return [], []
     if config.meta_set:
-        frame = read_pairs_file(config.meta_set)
+        frame = _read_captions(config.meta_set, None, videos.video_ids, issues, examples, prefix="meta_set_")
         meta_v, meta_c = [], []
         for row in frame.itertuples(index=False):
             if not row.caption or row.video_id not in index_of:
