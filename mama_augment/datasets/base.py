@@ -136,6 +136,11 @@ class Source:
             stem = self.path.stem
             raise UsageError(f"{self.path} is a Python pickle. " + PICKLE_HINT.format(name=self.path.name, stem=stem))
 
+    def refuse_binary(self) -> None:
+        raw = self.raw
+        if b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not self.is_parquet():
+            raise UsageError(f"{self.path} is a binary file, not a captions or annotation file")
+
     @cached_property
     def text(self) -> str:
         """The file as text: UTF-8 (a BOM is dropped), or UTF-16 with a BOM. Bytes that
@@ -149,8 +154,7 @@ class Source:
                 raise UsageError(f"{self.path}: bad UTF-16 text at byte {exc.start}") from None
         if raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
-        if b"\x00" in raw[:4096]:
-            raise UsageError(f"{self.path} is a binary file, not a captions or annotation file")
+        self.refuse_binary()
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -190,10 +194,11 @@ class Source:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            truncated = exc.pos >= len(text.rstrip()) - 1
-            hint = " (the file ends early: it looks truncated; download or copy it again)" if truncated else ""
+            # An unterminated string runs to the end of the file, too.
+            truncated = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+            hint = "; the file ends early: it looks truncated, download or copy it again" if truncated else ""
             raise UsageError(
-                f"{self.path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{hint}"
+                f"{self.path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){hint}"
             ) from None
 
     def json_lines(self) -> Iterator[tuple[int, Any]]:
@@ -266,6 +271,12 @@ def id_value(value: Any) -> str | None:
         text = str(value).strip()
         return text or None
     return None
+
+
+def not_json(source: Source, what: str) -> None:
+    """Refuse a JSON file given (with --captions-format) to a line-based reader."""
+    if source.looks_like_json():
+        raise UsageError(f"{source.path} is JSON, not {what}: check --captions-format (or leave it out)")
 
 
 def unusable(source: Source, what: str) -> UsageError:

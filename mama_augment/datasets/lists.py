@@ -20,6 +20,7 @@ from mama_augment.datasets.base import (
     Source,
     header_fields,
     id_value,
+    not_json,
     read_table,
     split_from_name,
     unusable,
@@ -55,6 +56,7 @@ def detect_text_list(source: Source) -> bool:
 
 
 def read_text_list(source: Source) -> Part:
+    not_json(source, "a list of video ids, one per line")
     part = Part(source.path, "split-list", role=ROLE_SPLIT_LIST, list_split=_split_of(source))
     first = next((line for line in source.head.splitlines() if line.strip()), "")
     if "," in first and "video_id" in header_fields(source):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from mama_augment.datasets.base import Part, Source, split_from_name, unusable
+from mama_augment.datasets.base import Part, Source, not_json, split_from_name, unusable
 
 _TIME = re.compile(r"^\d+([.:]\d+)*$")
 
@@ -29,6 +29,7 @@ def detect(source: Source) -> bool:
 
 
 def read(source: Source) -> Part:
+    not_json(source, "an LSMDC tab-separated file")
     split = split_from_name(source.name)
     part = Part(source.path, "lsmdc")
     for number, line in enumerate(source.lines(), 1):

@@ -28,6 +28,7 @@ from mama_augment.datasets.base import (
     Source,
     header_fields,
     id_value,
+    not_json,
     read_table,
     split_from_name,
     text_value,
@@ -134,6 +135,7 @@ def detect_categories(source: Source) -> bool:
 
 
 def read_categories(source: Source) -> Part:
+    not_json(source, "category.txt (name number lines)")
     part = Part(source.path, "msrvtt-categories", role=ROLE_CATEGORIES)
     for number, line in enumerate(source.lines(), 1):
         if not line.strip():

@@ -16,7 +16,7 @@ Clip ids are also the video file names (``-4wsuPCjDBc_5_15.avi``).
 
 from __future__ import annotations
 
-from mama_augment.datasets.base import Part, Source, text_value, unusable
+from mama_augment.datasets.base import Part, Source, not_json, text_value, unusable
 from mama_augment.errors import UsageError
 
 
@@ -37,6 +37,7 @@ def detect_descriptions(source: Source) -> bool:
 
 
 def read_descriptions(source: Source) -> Part:
+    not_json(source, "AllVideoDescriptions.txt (clip_id caption lines)")
     part = Part(source.path, "msvd")
     for number, line in enumerate(source.lines(), 1):
         if not line.strip() or line.startswith("#"):

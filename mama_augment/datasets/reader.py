@@ -109,6 +109,7 @@ def detect_format(source: Source) -> str:
     source.refuse_pickle()
     if not source.raw.strip():
         raise UsageError(f"{source.path} is empty")
+    source.refuse_binary()
     for name, fmt in FORMATS.items():
         if fmt.detect(source):
             return name
@@ -124,11 +125,29 @@ def detect_format(source: Source) -> str:
 
 def read_file(path: str | Path, format: str | None = None, problems: Problems | None = None) -> Part:
     source = Source(path, problems)
-    name = format if format and format != "auto" else detect_format(source)
-    if name not in FORMATS:
-        raise UsageError(f"unknown captions format {name!r}: one of {', '.join(FORMATS)}")
+    if format and format != "auto":
+        if format not in FORMATS:
+            raise UsageError(f"unknown captions format {format!r}: one of {', '.join(FORMATS)}")
+        _check_forced(source, format)
+        name = format
+    else:
+        name = detect_format(source)
     source.refuse_pickle()
     return FORMATS[name].reader(source)
+
+
+def _check_forced(source: Source, name: str) -> None:
+    """A named format is trusted unless the file is plainly another one."""
+    source.refuse_pickle()
+    source.refuse_binary()
+    if FORMATS[name].detect(source):
+        return
+    try:
+        other = detect_format(source)
+    except UsageError:
+        return  # recognised as nothing: the user's word stands
+    raise UsageError(f"{source.path} looks like {other} ({FORMATS[other].benchmark}), not {name}: "
+                     "check --captions-format (or leave it out)")
 
 
 def _file_key(path: str) -> tuple[str, int, int]:
@@ -210,6 +229,11 @@ def combine(parts: list[Part], problems: Problems) -> CaptionSet:
         keep = [i for i, s in enumerate(splits) if s is not None]
         video_ids, texts, splits, concepts = ([column[i] for i in keep] for column in (video_ids, texts, splits, concepts))
 
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        problems.add("empty_caption", f"{video_ids[empty[0]]} (left out)", len(empty))
+        keep = [i for i, t in enumerate(texts) if t]
+        video_ids, texts, splits, concepts = ([column[i] for i in keep] for column in (video_ids, texts, splits, concepts))
     frame = pd.DataFrame({"video_id": video_ids, "caption": texts})
     if any(s is not None for s in splits):
         frame["split"] = splits
