@@ -107,3 +107,19 @@ def test_train_reports_unmatched_ids_and_rejects_a_wrong_format(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "runs" / "mama-features-seed0" / "summary.json").read_text())
     assert any(line.startswith("unmatched_video_id: 1 (e.g. video9999") for line in summary["issues"])
+
+
+def test_repeated_captions_reach_every_torchrun_process(monkeypatch, tmp_path):
+    import mama_augment.train.distributed as distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "launch", lambda *args: calls.append(args))
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    result = runner.invoke(app, ["train", "--nproc-per-node", "2", "--captions", "MSRVTT_data.json", "--captions",
+                                 "MSRVTT_train.9k.csv", "--captions-format", "msrvtt,split-list",
+                                 "--workdir", str(tmp_path), "--batch-size", "64"])
+    assert result.exit_code == 0, result.output
+    (train_args, *_), = calls
+    assert train_args[:6] == ["--captions", "MSRVTT_data.json", "--captions", "MSRVTT_train.9k.csv",
+                              "--captions-format", "msrvtt,split-list"]

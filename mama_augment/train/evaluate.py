@@ -172,7 +172,8 @@ def format_table(result: dict) -> str:
                   + f"   concepts ranked by {result['concept_frequency']}"]
         for row in result["concept_thirds"]:
             values = "".join(f"{row['t2v_' + k]:8.1f}" for k in ("R@1", "R@5", "R@10", "MdR"))
-            lines.append(f"{row['third'] + ' (' + str(row['concepts']) + ' concepts)':<28}{row['captions']:>9}{values}")
+            label = f"{row['third']} ({row['concepts']} concept{'s' if row['concepts'] != 1 else ''})"
+            lines.append(f"{label:<28}{row['captions']:>9}{values}")
     choice = result.get("multiple_choice")
     if choice:
         lines += ["", f"multiple choice: {choice['items']} items, accuracy {choice['accuracy']:.1f} % "
