@@ -46,6 +46,12 @@ def test_a_collapsed_model_gets_chance_not_a_perfect_score():
     assert t2v["R@1"] == pytest.approx(10.0) and t2v["R@5"] == pytest.approx(50.0) and t2v["MnR"] == pytest.approx(5.5)
 
 
+def test_nan_similarities_never_rank_first():
+    sim = np.array([[np.nan, 0.2], [np.nan, np.nan]])
+    higher, ties = P.text_to_video_counts(sim, [0, 1])
+    assert list(higher) == [1, 0] and list(ties) == [0, 1]  # NaN is the lowest score; two NaNs tie
+
+
 def _brute_force(scores: np.ndarray, target: int, k: int) -> tuple[float, float]:
     """P(target within top k) and its mean 1-based position over every order of the
     items sorted by score with ties in any order (all such orders equally likely)."""

@@ -60,14 +60,6 @@ class Problems:
         for kind, count in other.counts.items():
             self.add(kind, other.examples.get(kind, ""), count)
 
-    def records(self) -> Iterator[tuple[int, Any]]:
-        """(number, record) of a JSON Lines file, a JSON list, or a lone JSON object."""
-        if self.is_json_lines():
-            yield from self.json_lines()
-            return
-        data = self.json
-        yield from enumerate(data if isinstance(data, list) else [data])
-
     def lines(self) -> list[str]:
         return [f"{kind}: {count} (e.g. {self.examples.get(kind, '')})" for kind, count in self.counts.most_common()]
 
@@ -271,6 +263,28 @@ def id_value(value: Any) -> str | None:
         text = str(value).strip()
         return text or None
     return None
+
+
+def add_captions(part: Part, source: Source, video_id: str, captions: list, split: str | None = None) -> None:
+    """Add a video's list of captions; an entry that is not text is counted and skipped."""
+    for caption in captions:
+        text = text_value(caption)
+        if text is None:
+            source.problems.add("malformed_record", f"{source.name} {video_id}: {str(caption)[:60]!r} is not a caption")
+            continue
+        part.add(video_id, text, split)
+
+
+def add_ids(part: Part, source: Source, values, kind: str = "malformed_record") -> None:
+    """Add the ids of a split list; an entry that is not one id is counted and skipped."""
+    for number, value in enumerate(values, 1):
+        video_id = id_value(value)
+        if video_id is None or len(video_id.split()) != 1:
+            source.problems.add(kind, f"{source.name} entry {number}: {str(value)[:60]!r} is not a video id")
+            continue
+        part.video_ids.append(video_id)
+    if not part.video_ids:
+        raise unusable(source, "video ids")
 
 
 def not_json(source: Source, what: str) -> None:

@@ -18,12 +18,11 @@ from mama_augment.datasets.base import (
     ROLE_SPLIT_LIST,
     Part,
     Source,
+    add_ids,
     header_fields,
-    id_value,
     not_json,
     read_table,
     split_from_name,
-    unusable,
 )
 from mama_augment.errors import UsageError
 
@@ -67,13 +66,7 @@ def read_text_list(source: Source) -> Part:
         ids = [line.strip() for line in source.lines() if line.strip() and not line.lstrip().startswith("#")]
         if ids and ids[0].lower() in _HEADER_WORDS:
             ids = ids[1:]
-    for number, video_id in enumerate(ids, 1):
-        if not video_id or len(video_id.split()) != 1:
-            source.problems.add("malformed_line", f"{source.name} entry {number}: {video_id[:60]!r}")
-            continue
-        part.video_ids.append(video_id)
-    if not part.video_ids:
-        raise unusable(source, "video ids")
+    add_ids(part, source, ids, "malformed_line")
     return part
 
 
@@ -87,12 +80,5 @@ def read_json_ids(source: Source) -> Part:
     if not isinstance(data, list):
         raise UsageError(f"{source.path}: expected a JSON list of video ids")
     part = Part(source.path, "activitynet-ids", role=ROLE_SPLIT_LIST, list_split=_split_of(source, {"val": "test"}))
-    for number, value in enumerate(data):
-        video_id = id_value(value)
-        if video_id is None:
-            source.problems.add("malformed_record", f"{source.name}[{number}]: {str(value)[:60]!r} is not an id")
-            continue
-        part.video_ids.append(video_id)
-    if not part.video_ids:
-        raise unusable(source, "video ids")
+    add_ids(part, source, data)
     return part

@@ -16,7 +16,7 @@ Clip ids are also the video file names (``-4wsuPCjDBc_5_15.avi``).
 
 from __future__ import annotations
 
-from mama_augment.datasets.base import Part, Source, not_json, text_value, unusable
+from mama_augment.datasets.base import Part, Source, add_captions, not_json, unusable
 from mama_augment.errors import UsageError
 
 
@@ -68,12 +68,7 @@ def read_json(source: Source) -> Part:
         if not isinstance(captions, list):
             source.problems.add("malformed_record", f"{source.name} {video_id}: captions are not a list")
             continue
-        for caption in captions:
-            text = text_value(caption)
-            if text is None:
-                source.problems.add("malformed_record", f"{source.name} {video_id}: {str(caption)[:60]!r}")
-                continue
-            part.add(str(video_id), text)
+        add_captions(part, source, str(video_id), captions)
     if not len(part):
         raise unusable(source, "captions")
     return part

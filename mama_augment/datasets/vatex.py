@@ -11,7 +11,7 @@ the file name (``training``, ``validation``, ``test``); the usual retrieval prot
 
 from __future__ import annotations
 
-from mama_augment.datasets.base import Part, Source, id_value, split_from_name, text_value, unusable
+from mama_augment.datasets.base import Part, Source, add_captions, id_value, split_from_name, unusable
 
 
 def detect(source: Source) -> bool:
@@ -29,12 +29,7 @@ def read(source: Source) -> Part:
             problem = "no videoID" if video_id is None else "no enCap list"
             source.problems.add("malformed_record", f"{source.name}[{number}]: {problem}")
             continue
-        for caption in captions:
-            text = text_value(caption)
-            if text is None:
-                source.problems.add("malformed_record", f"{source.name} {video_id}: a caption that is not text")
-                continue
-            part.add(video_id, text, split)
+        add_captions(part, source, video_id, captions, split)
     if not len(part):
         raise unusable(source, "English captions (enCap)")
     return part

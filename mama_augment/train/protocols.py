@@ -54,8 +54,12 @@ _CHUNK = 4096
 
 
 def _tensor(sim) -> torch.Tensor:
+    """``sim`` as a float tensor in which NaN (a broken model) scores lowest, so it can
+    never rank first."""
     tensor = torch.as_tensor(sim)
-    return tensor if tensor.is_floating_point() else tensor.float()
+    tensor = tensor if tensor.is_floating_point() else tensor.float()
+    nan = torch.isnan(tensor)
+    return torch.where(nan, torch.tensor(float("-inf"), dtype=tensor.dtype, device=tensor.device), tensor) if nan.any() else tensor
 
 
 def text_to_video_counts(sim, caption_video) -> tuple[np.ndarray, np.ndarray]:
@@ -119,10 +123,14 @@ def summarise(higher, ties) -> dict:
     return out
 
 
+def _dual_softmax(sim: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+    return sim * torch.softmax(sim * temperature, dim=dim)
+
+
 def dual_softmax(sim, temperature: float = DSL_TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor]:
     """(text->video, video->text) re-scored similarities, both (captions, videos)."""
     sim = _tensor(sim)
-    return sim * torch.softmax(sim * temperature, dim=0), sim * torch.softmax(sim * temperature, dim=1)
+    return _dual_softmax(sim, temperature, 0), _dual_softmax(sim, temperature, 1)
 
 
 def retrieval(sim, caption_video, dsl: bool = False, temperature: float = DSL_TEMPERATURE) -> dict:
@@ -132,10 +140,10 @@ def retrieval(sim, caption_video, dsl: bool = False, temperature: float = DSL_TE
         "text_to_video": text_to_video_counts(sim, caption_video),
         "video_to_text": video_to_text_counts(sim, caption_video),
     }
-    if dsl:
-        t2v, v2t = dual_softmax(sim, temperature)
-        out["dsl_text_to_video"] = text_to_video_counts(t2v, caption_video)
-        out["dsl_video_to_text"] = video_to_text_counts(v2t, caption_video)
+    if dsl:  # one re-scored matrix at a time: each is as large as ``sim``
+        sim = _tensor(sim)
+        out["dsl_text_to_video"] = text_to_video_counts(_dual_softmax(sim, temperature, 0), caption_video)
+        out["dsl_video_to_text"] = video_to_text_counts(_dual_softmax(sim, temperature, 1), caption_video)
     return out
 
 
