@@ -28,7 +28,7 @@ import mama_augment.cli.report  # noqa: F401  (registers the command)
 from mama_augment.cli import app
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, PartWriter, compact, utc_now
 from mama_augment.report import build_report, build_report_summary
-from mama_augment.train.data import captions_by_video
+from mama_augment.datasets import captions_by_video
 from mama_augment.report.html import eval_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +247,7 @@ def test_original_captions_formats(tmp_path):
     for name in ("c.jsonl", "c.parquet"):
         assert captions_by_video(tmp_path / name) == {"a": ["one", "two"], "b": ["three"]}
     pd.DataFrame({"video_id": ["a"], "text": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(Exception, match="missing: caption"):
+    with pytest.raises(Exception, match="cannot tell the format"):
         captions_by_video(tmp_path / "bad.csv")
 
 

@@ -28,12 +28,13 @@ from typing import Any
 from urllib.parse import quote
 
 from mama_augment.fileio import atomic_path, atomic_write_text
+from mama_augment.datasets import CaptionSpec
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
 from mama_augment.report.assets import CSS, JS
 from mama_augment.report.html import PAGE, esc, failed_html, json_for_script, runs_html, totals_html
 from mama_augment.status import list_runs, workdir_status
-from mama_augment.train.data import captions_by_video as read_captions_file
+from mama_augment.datasets import captions_by_video as read_captions_file
 from mama_augment.train.runs import RunPaths
 
 REPORT_DIR = "report"
@@ -65,25 +66,34 @@ class ReportSummary:
 # ----------------------------------------------------------------------------- original captions
 
 
-def find_captions_file(workdir: Path, runs: list[dict]) -> Path | None:
-    """The original captions a training run used: newest run first, then configs/train.json."""
-    candidates: list[tuple[str, Path]] = []
-    for run in sorted(runs, key=lambda r: _mtime(RunPaths(Path(r["path"])).config), reverse=True):
-        value = (run.get("config") or {}).get("captions")
-        if isinstance(value, str) and value:
-            candidates.append((value, Path(run["path"])))
+def find_captions_file(workdir: Path, runs: list[dict]):
+    """The original captions a training run used, as a ``CaptionSpec`` (files and
+    formats): newest run first, then configs/train.json. None when no run names files
+    that still exist."""
     from mama_augment.configfile import read_run_config
 
+    candidates: list[tuple[dict, Path]] = []
+    for run in sorted(runs, key=lambda r: _mtime(RunPaths(Path(r["path"])).config), reverse=True):
+        candidates.append((run.get("config") or {}, Path(run["path"])))
     record = read_run_config(workdir, "train")
-    if record and isinstance((record.get("config") or {}).get("captions"), str):
-        candidates.append((record["config"]["captions"], workdir))
-    for value, base in candidates:
-        given = Path(value)
-        tries = [given] if given.is_absolute() else [given, workdir / given, base / given]
-        for path in tries:
-            if path.is_file():
-                return path
+    if record:
+        candidates.append((record.get("config") or {}, workdir))
+    for config, base in candidates:
+        value = config.get("captions")
+        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        found = [_existing(str(v), workdir, base) for v in values if v]
+        if found and all(found):
+            try:
+                return CaptionSpec.of(found, config.get("captions_format"))
+            except MamaError:
+                continue
     return None
+
+
+def _existing(value: str, workdir: Path, base: Path) -> Path | None:
+    given = Path(value)
+    tries = [given] if given.is_absolute() else [given, workdir / given, base / given]
+    return next((path for path in tries if path.is_file()), None)
 
 
 def _mtime(path: Path) -> float:
@@ -286,11 +296,11 @@ def build_report_summary(
 
     runs = list_runs(workdir)
     originals: dict[str, list[str]] = {}
-    source = Path(captions_file) if captions_file is not None else find_captions_file(workdir, runs)
-    if source is not None:
-        originals = read_captions_file(source)
-        summary.originals_file = str(source)
+    source = CaptionSpec.of(captions_file) if captions_file is not None else find_captions_file(workdir, runs)
     ok_ids = {r["video_id"] for r in keyframes if r["status"] == STATUS_OK}
+    if source is not None:
+        originals = read_captions_file(source, video_ids=sorted(ok_ids) or None)
+        summary.originals_file = " + ".join(source.paths)
     matched = {v: caps for v, caps in originals.items() if v in ok_ids}
     summary.originals = sum(len(c) for c in matched.values())
     if source is None:
@@ -298,7 +308,7 @@ def build_report_summary(
     else:
         unmatched = len(originals) - len(matched)
         originals_note = (
-            f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {source}"
+            f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {summary.originals_file}"
             + (f"; {unmatched} video_id(s) in that file have no keyframes row" if unmatched else "")
         )
 

@@ -36,7 +36,9 @@ class TrainConfig:
     """Options of one training run (``mama-augment train``)."""
 
     # data
-    captions: str | None = None  # original captions: .csv / .jsonl / .parquet
+    # original captions: .csv / .jsonl / .parquet, or a benchmark's files (one path or several)
+    captions: str | list[str] | None = None
+    captions_format: str | None = None  # None: recognise each file; a name, or one per file comma-separated
     augment: str = "add"  # add the generated captions of <workdir>/captions.parquet, or none
     test_fraction: float = 0.1  # used only without a split column
     val_fraction: float = 0.1  # used only without a split column; 0 turns off val R@1
@@ -151,6 +153,10 @@ class TrainConfig:
         needs_model = BACKBONES[self.backbone].needs_model
         if needs_model and not self.backbone_model:
             raise bad(f"--backbone {self.backbone} needs --backbone-model ({needs_model})")
+        if self.captions_format:
+            from mama_augment.datasets import parse_formats
+
+            parse_formats(self.captions_format, len(self.captions) if isinstance(self.captions, list) else 1)
         if self.use_meta_weighting and self.meta_set is None and self.meta_fraction <= 0:
             raise bad("meta-weighting needs a meta set: --meta-set FILE or --meta-fraction > 0")
         return self
