@@ -127,7 +127,10 @@ def run_keyframes(
     report = StageReport(stage="keyframes", output=workdir / KEYFRAMES.filename, total=len(items) + len(unreadable))
     for line in unreadable:  # each is one failure: its videos were never seen
         folder, _, reason = line.rpartition(": ")
-        report.add_failure("unreadable_folder", f"{reason}; its videos were skipped", folder)
+        report.add_failure("unreadable_folder", reason, folder)
+    if unreadable:
+        report.extra["unreadable_folders"] = (
+            f"{len(unreadable)} folder(s) could not be read and their videos were skipped, e.g. {unreadable[0]}")
     with workdir_lock(workdir, "keyframes"):
         if cfg.overwrite:
             remove_outputs(workdir)
