@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 from mama_augment.cli import app
 from mama_augment.manifest import KEYFRAMES, WORKDIR_MARKER, CAPTIONS, read_manifest
 from media import make_image
+from test_caption_server import FakeOpenAI
 from tiny_llava import make_keyframes_workdir
 from train_helpers import make_workdir as make_train_workdir
 
@@ -74,68 +74,23 @@ def tree_state(root: Path, skip: Path) -> dict[str, tuple]:
     return state
 
 
-# ------------------------------------------------------------------ a tiny OpenAI-style server
-
-
-class _Answers(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):
-        body = json.dumps({"data": [{"id": "served"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        mode = self.server.mode
-        answer = json.dumps({"choices": [{"message": {"content": "A red square moves."}}]}).encode()
-        try:
-            self.send_response(200)
-            if mode == "ok":
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-            elif mode == "slow":  # one byte every 0.2 s: the whole answer would take minutes
-                self.send_header("Content-Length", str(len(answer) * 40))
-                self.end_headers()
-                for byte in (answer * 40)[:600]:
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            elif mode == "huge":  # no length announced, and far more than an answer
-                self.send_header("Connection", "close")
-                self.end_headers()
-                chunk = b" " * 2**16
-                for _ in range(1024):  # 64 MiB
-                    self.wfile.write(chunk)
-                    self.server.sent += len(chunk)
-            elif mode == "announced":  # says 10 GB up front
-                self.send_header("Content-Length", str(10 * 2**30))
-                self.end_headers()
-                self.wfile.write(b"{")
-        except OSError:  # the client hung up: what it should do
-            pass
+# ------------------------------------------------------------------ an OpenAI-style server
 
 
 @pytest.fixture
 def server():
+    """``start(mode) -> (endpoint, server)``: test_caption_server's fake endpoint."""
     servers = []
 
     def start(mode: str):
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
-        srv.daemon_threads = True
-        srv.mode, srv.sent = mode, 0
+        srv = FakeOpenAI(mode)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/v1", srv
+        return srv.endpoint, srv
 
     yield start
     for srv in servers:
+        srv.stop.set()
         srv.shutdown()
         srv.server_close()
 
