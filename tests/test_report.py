@@ -481,3 +481,15 @@ def test_report_in_headless_chromium(tmp_path, browser):
     browser.wait_for("document.getElementById('cards').dataset.query === 'clips'")
     assert browser.evaluate(CARD_IDS) == ["clips/v003", "clips/v004"]
     assert browser.problems() == []
+
+    # A cut or hand-edited link with a broken %-escape searches for the text as it stands.
+    browser.call("Page.navigate", session=True, url="about:blank")
+    browser.wait_for("location.href === 'about:blank'")
+    browser.call("Page.navigate", session=True, url=index.resolve().as_uri() + "#q=%E0%A4%A")
+    browser.wait_for("document.body && document.body.dataset.ready === '1'")
+    assert browser.evaluate("document.getElementById('search').value") == "%E0%A4%A"
+    assert "0 of 5 videos match" in browser.evaluate("document.getElementById('match-count').textContent")
+    browser.call("Page.navigate", session=True, url=index.resolve().as_uri() + "#q=zebra")
+    browser.wait_for("document.getElementById('cards').dataset.query === 'zebra'")
+    assert browser.evaluate(CARD_IDS) == ["clips/v000"]
+    assert browser.problems() == []

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mama_augment.cli._app import app, call_library
+from mama_augment.cli._app import app, call_library, parse_workdir
 
 
 def _keyframe_ids(workdir: Path) -> list[str]:
@@ -25,7 +25,7 @@ def _keyframe_ids(workdir: Path) -> list[str]:
 def datasets_command(
     files: Optional[List[Path]] = typer.Argument(None, help="Annotation files to check (as --captions of train would read them)."),
     captions_format: Optional[str] = typer.Option(None, "--captions-format", help="Format of the files (default: recognised from content): one name, or one per file comma-separated."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Also match the video ids to WORKDIR/keyframes.parquet and report the unmatched ones."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help="Also match the video ids to WORKDIR/keyframes.parquet and report the unmatched ones."),
     show: int = typer.Option(10, "--show", help="Unmatched ids to print."),
     unmatched: Optional[Path] = typer.Option(None, "--unmatched", help="Write every unmatched and ambiguous id to this file, one per line (needs --workdir)."),
 ) -> None:
@@ -41,8 +41,11 @@ def datasets_command(
 
     Example: mama-augment datasets MSRVTT_data.json MSRVTT_train.9k.csv MSRVTT_JSFUSION_test.csv -w mama-work
     """
+    from mama_augment.checks import check_number
     from mama_augment.datasets.check import check_files, format_listing
     from mama_augment.fileio import atomic_write_text
+
+    call_library(check_number, show, "--show", minimum=0, maximum=1_000_000)
 
     if not files:
         typer.echo("Formats read by --captions (train, evaluate) and --meta-set; recognised from content, "

@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish, parse_workdir
 from mama_augment.train.backbones import backbone_help
-from mama_augment.train.config import DEVICES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig
+from mama_augment.train.config import DEVICES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig, check_launch
 from mama_augment.train.runs import RunPaths
 
 _D = TrainConfig()
@@ -85,7 +85,7 @@ def train_command(
     ctx: typer.Context,
     captions: Optional[List[Path]] = typer.Option(None, "--captions", metavar="FILE", help=CAPTIONS_HELP),
     captions_format: Optional[str] = typer.Option(None, "--captions-format", metavar="NAME", help=CAPTIONS_FORMAT_HELP),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP),
     augment: str = typer.Option(_D.augment, help="add: also train on WORKDIR/captions.parquet (generated); none: originals only."),
     backbone: str = typer.Option(_D.backbone, help=f"Model: {backbone_help()}.", rich_help_panel=_MODEL),
     backbone_model: Optional[str] = typer.Option(_D.backbone_model, help="clip: Hugging Face CLIP id or folder (loaded offline).", rich_help_panel=_MODEL),
@@ -158,6 +158,7 @@ def train_command(
         "progress": not quiet,
     })
     call_library(config.validate)
+    call_library(check_launch, nproc_per_node, nnodes, node_rank, master_port)
     if launched_by_torchrun():
         if nproc_per_node > 1 or nnodes > 1:
             typer.secho("already under torchrun: --nproc-per-node/--nnodes are ignored", err=True)
@@ -187,7 +188,7 @@ def evaluate_command(
     protocol: str = typer.Option("auto", help="auto, one-caption (first caption of each video), multi-sentence (every caption a query), paragraph (DiDeMo/ActivityNet). auto: paragraph for paragraph files, else one-caption when every video has one caption, else multi-sentence."),
     dsl: bool = typer.Option(True, "--dsl/--no-dsl", help="Also report dual-softmax (DSL) numbers, labelled, next to the plain ones."),
     multiple_choice: Optional[Path] = typer.Option(None, "--multiple-choice", help="Also score a multiple-choice file: JSON(L) items of video_id, candidates (or options), answer (index)."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Work folder of the videos (default: the run's own, two levels up)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help="Work folder of the videos (default: the run's own, two levels up)."),
     device: str = typer.Option("auto", help=f"Device: {', '.join(DEVICES)}."),
 ) -> None:
     """Text->video and video->text retrieval: R@1, R@5, R@10, median and mean rank.

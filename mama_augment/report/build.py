@@ -20,6 +20,7 @@ import datetime as _dt
 import math
 import os
 import posixpath
+import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path, atomic_write_text
 from mama_augment.datasets import CaptionSpec
 from mama_augment.errors import MamaError, UsageError
@@ -118,6 +120,7 @@ class Media:
         self.output = os.path.abspath(output)
         self.copy = copy
         self.missing = 0
+        self.outside = 0  # paths in the manifests that lead out of the work folder
         base = os.path.relpath(self.workdir, self.output).replace(os.sep, "/")
         self._prefix = "" if base == "." else base + "/"
 
@@ -125,13 +128,14 @@ class Media:
         if not rel:
             return None
         norm = posixpath.normpath(rel.replace(os.sep, "/"))
-        inside = not (norm == ".." or norm.startswith("../") or posixpath.isabs(norm))
-        source = os.path.join(self.workdir, norm) if inside else os.path.normpath(os.path.join(self.workdir, norm))
+        if norm == ".." or norm.startswith("../") or posixpath.isabs(norm):
+            # The tool writes only inside the work folder: such a path was edited in.
+            self.outside += 1
+            return None
+        source = os.path.join(self.workdir, norm)
         if not os.path.isfile(source):
             self.missing += 1
             return None
-        if not inside:
-            return quote(os.path.relpath(source, self.output).replace(os.sep, "/"))
         if self.copy:
             _link_or_copy(Path(source), Path(self.output) / MEDIA_DIR / norm)
             return quote(f"{MEDIA_DIR}/{norm}")
@@ -151,6 +155,40 @@ def _link_or_copy(source: Path, target: Path) -> None:
             os.link(source, tmp)
         except OSError:
             shutil.copy2(source, tmp)
+
+
+# ----------------------------------------------------------------------------- shown paths
+
+# An absolute POSIX path inside a message (not the "//" of a URL).
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])/[^\s'\"<>:;,()]+")
+
+
+class ShownPaths:
+    """Paths as the page shows them: relative to the work folder, never the machine's
+    absolute paths (a report is shared; where the data sat on one machine is not its
+    business)."""
+
+    def __init__(self, workdir: Path):
+        self.root = os.path.abspath(workdir)
+
+    def path(self, value: Any) -> Any:
+        if not isinstance(value, str) or not os.path.isabs(value):
+            return value
+        return os.path.relpath(value, self.root).replace(os.sep, "/")
+
+    def text(self, value: Any) -> Any:
+        """``value`` with every absolute path in it made relative."""
+        if not isinstance(value, str) or "/" not in value:
+            return value
+        return _ABSOLUTE.sub(lambda m: self.path(m.group()), value)
+
+    def tree(self, value: Any) -> Any:
+        """A JSON-like value with every string passed through :meth:`text`."""
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        return self.text(value)
 
 
 # ----------------------------------------------------------------------------- data
@@ -270,8 +308,7 @@ def build_report_summary(
 ) -> ReportSummary:
     """:func:`build_report`, returning what was written (counts, problems) as well."""
     workdir = Path(workdir)
-    if page_size < 1:
-        raise UsageError("--page-size must be at least 1")
+    check_number(page_size, "--page-size", minimum=1)
     status = workdir_status(workdir)  # raises UsageError for a missing work folder
     out_dir = Path(output) if output is not None else workdir / REPORT_DIR
     try:
@@ -294,6 +331,11 @@ def build_report_summary(
     for row in sorted(caption_rows, key=lambda r: (r["video_id"], r["caption_index"])):
         captions_by_video[row["video_id"]].append(row)
 
+    shown = ShownPaths(workdir)
+    for row in keyframes:
+        row["path"], row["error"] = shown.path(row.get("path")), shown.text(row.get("error"))
+    for row in caption_rows:
+        row["error"] = shown.text(row.get("error"))
     runs = list_runs(workdir)
     originals: dict[str, list[str]] = {}
     source = CaptionSpec.of(captions_file) if captions_file is not None else find_captions_file(workdir, runs)
@@ -308,29 +350,32 @@ def build_report_summary(
     else:
         unmatched = len(originals) - len(matched)
         originals_note = (
-            f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {summary.originals_file}"
+            f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {' + '.join(shown.path(str(Path(p).absolute())) for p in source.paths)}"
             + (f"; {unmatched} video_id(s) in that file have no keyframes row" if unmatched else "")
         )
 
     videos = _video_records(keyframes, captions_by_video, matched, media)
     failed_part, failed_total = failed_html(keyframes, caption_rows, max_failed_rows)
-    runs_part = runs_html(runs, media)
+    runs_part = runs_html(shown.tree(runs), media)
     summary.videos = len(videos)
     summary.failed = failed_total
     summary.runs = len(runs)
     summary.missing_images = media.missing
+    if media.outside:
+        summary.problems.append(f"{media.outside} image path(s) in the manifests lead outside the work folder; "
+                                "they are not linked")
     data = {"pageSize": page_size, "hasOriginals": source is not None, "videos": videos}
     page_title = title or f"mama-augment report \u2014 {workdir.resolve().name}"
     page = PAGE.format(
         title=esc(page_title),
         css=CSS,
         js=JS,
-        workdir=esc(str(workdir.resolve())),
+        workdir=esc(workdir.resolve().name),
         written=esc(_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         n_videos=len(videos),
         n_runs=len(runs),
         n_failed=failed_total,
-        totals=totals_html(status, originals_note),
+        totals=totals_html(shown.tree({**status, "problems": summary.problems}), originals_note),
         runs=runs_part,
         failed=failed_part,
         data=json_for_script(data),
