@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
+from mama_augment.checks import read_text_file
 from mama_augment.fileio import atomic_write_text
 from mama_augment.errors import UsageError
 
@@ -47,6 +48,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 CONFIG_ENV = "MAMA_CONFIG"
 CONFIGS_DIR = "configs"
+# A config file is a few kilobytes; reading stops here (--config /dev/zero).
+MAX_CONFIG_BYTES = 4 * 2**20
 
 
 def normalize_key(key: str) -> str:
@@ -87,15 +90,9 @@ def load_toml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if _toml is None:  # pragma: no cover - Python 3.10 without tomli
         raise UsageError("reading a TOML config file needs Python 3.11+ or: pip install tomli")
+    text = read_text_file(path, "config file", MAX_CONFIG_BYTES)
     try:
-        with open(path, "rb") as handle:
-            return _toml.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"config file {path} is a folder, not a TOML file") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        return _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
 

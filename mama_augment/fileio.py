@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+_NAME_MAX = 255  # bytes in one file name on common file systems
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
@@ -23,7 +25,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    tmp = path.parent / _temporary_name(path.name)
     try:
         yield tmp
         if fsync:
@@ -33,6 +35,14 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _temporary_name(name: str) -> str:
+    """A hidden name beside ``name``, never longer than the longest name allowed: a
+    long (valid) file name gets a short temporary name instead of a too long one."""
+    tag = uuid.uuid4().hex
+    candidate = f".{name}.tmp-{tag}"
+    return candidate if len(os.fsencode(candidate)) <= _NAME_MAX else f".tmp-{tag}"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:

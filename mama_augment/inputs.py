@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 from collections import Counter
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
+from mama_augment.checks import MAX_NAME_BYTES, decode_text
 from mama_augment.errors import UsageError
 
 VIDEO_EXTENSIONS = frozenset(
@@ -72,25 +74,38 @@ def _short_hash(text: str) -> str:
 
 
 _UNSAFE = re.compile(r"[^\w.-]", re.UNICODE)
+# Joins the parts of an id in its output name; never left in a sanitised part.
+PART_SEPARATOR = "+"
+# Comes before the hash of an id whose name had to change; never left in a part either.
+HASH_MARK = "~"
 
 
-def safe_relpath(video_id: str) -> str:
-    """A relative path for files derived from ``video_id`` (frames, grids).
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
-    Keeps letters, digits, ``_``, ``-`` and ``.`` in each ``/``-separated part;
-    anything else (including ``..``, leading dots, absolute or backslash paths)
-    is replaced by ``_``. If that changed the id, a hash of the original id is
-    appended, so two different ids never share a path.
+
+def output_name(video_id: str) -> str:
+    """The one file-name component under which a video's outputs are written
+    (``frames/<name>/``, ``grids/<name>.jpg``).
+
+    The ``/``-separated parts of the id are joined with ``+`` (``cats/tabby`` ->
+    ``cats+tabby``), so the outputs of two ids never nest: ``a`` and ``a/b`` get
+    ``frames/a/`` and ``frames/a+b/``. In each part, anything but letters, digits,
+    ``_``, ``-`` and ``.`` (and leading dots: no hidden files, no ``..``) becomes
+    ``_``; if that changed the id, or the name is longer than 200 bytes (cut there),
+    ``~`` and a hash of the id follow. ``+`` and ``~`` never survive inside a part, so
+    two ids never get the same name, and most ids keep their own spelling.
     """
     parts = []
-    for part in video_id.replace("\\", "/").split("/"):
+    for part in video_id.split("/"):
         safe = _UNSAFE.sub("_", part)
-        safe = re.sub(r"^\.+", lambda m: "_" * len(m.group()), safe)  # no hidden files, no "..".
-        parts.append(safe[:120] or "_")
-    safe_id = "/".join(parts)
-    if safe_id != video_id:
-        safe_id = f"{safe_id}-{_short_hash(video_id)}"
-    return safe_id
+        safe = re.sub(r"^\.+", lambda m: "_" * len(m.group()), safe)
+        parts.append(safe or "_")
+    name = PART_SEPARATOR.join(parts)
+    if name != video_id.replace("/", PART_SEPARATOR) or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(video_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        name = f"{_truncate_utf8(name, MAX_NAME_BYTES - len(digest) - 1)}{HASH_MARK}{digest}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -105,11 +120,16 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_folder(root: Path, exclude: Sequence[Path]) -> list[_Candidate]:
+def _walk_folder(root: Path, exclude: Sequence[Path], unreadable: list[str] | None = None) -> list[_Candidate]:
     found = []
     seen_dirs: set[tuple[int, int]] = set()
     excluded = {os.path.realpath(p) for p in exclude}
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def skipped(error: OSError) -> None:  # a folder os.walk could not list
+        if unreadable is not None:
+            unreadable.append(f"{error.filename}: {error.strerror or error}")
+
+    for folder, dirnames, filenames in os.walk(root, followlinks=True, onerror=skipped):
         stat = os.stat(folder)
         if (stat.st_dev, stat.st_ino) in seen_dirs or os.path.realpath(folder) in excluded:
             dirnames[:] = []  # a symlink loop, or the work folder inside the input folder
@@ -126,6 +146,8 @@ def _walk_folder(root: Path, exclude: Sequence[Path]) -> list[_Candidate]:
 
 
 def _list_entry(list_file: Path, raw_path: str, explicit_id: str | None) -> _Candidate:
+    if "\0" in raw_path or (explicit_id and "\0" in explicit_id):
+        raise UsageError(f"list file {list_file} holds a NUL byte in an entry: it is not a list of paths")
     path = Path(raw_path).expanduser()
     if not path.is_absolute():
         path = list_file.parent / path
@@ -144,19 +166,29 @@ def _list_entry(list_file: Path, raw_path: str, explicit_id: str | None) -> _Can
 
 def _read_list(list_file: Path) -> list[_Candidate]:
     suffix = list_file.suffix.lower()
+    if suffix in (".txt", ".csv"):
+        try:
+            text = decode_text(list_file.read_bytes(), "list file", list_file)
+        except OSError as exc:
+            raise UsageError(f"cannot read list file {list_file}: {exc.strerror or exc}") from None
     if suffix == ".txt":
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-        entries = [line.strip() for line in lines]
+        entries = [line.strip() for line in text.splitlines()]
         return [_list_entry(list_file, entry, None) for entry in entries if entry and not entry.startswith("#")]
     if suffix == ".csv":
-        with open(list_file, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             rows = list(reader)
-            columns = reader.fieldnames or []
+        except csv.Error as exc:
+            raise UsageError(f"list file {list_file} is not a valid CSV file: {exc}") from None
+        columns = reader.fieldnames or []
     else:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(list_file)
+        try:
+            table = pq.read_table(list_file)
+        except (OSError, pa.ArrowException) as exc:
+            raise UsageError(f"cannot read list file {list_file}: {exc}") from None
         columns = table.column_names
         wanted = [c for c in ("path", "video_id") if c in columns]
         rows = table.select(wanted).to_pylist()
@@ -193,11 +225,14 @@ def _assign_ids(candidates: list[_Candidate]) -> list[str]:
     return [i if c.explicit_id or i not in clash else f"{i}~{_short_hash(str(c.path))}" for c, i in zip(candidates, ids)]
 
 
-def discover_inputs(sources: Iterable[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> list[InputItem]:
+def discover_inputs(sources: Iterable[str | os.PathLike], exclude: Sequence[str | os.PathLike] = (),
+                    unreadable: list[str] | None = None) -> list[InputItem]:
     """All inputs named by ``sources``, in order, each once, with unique ids.
 
     ``exclude`` lists folders never to walk into (pass the work folder, so frames a
-    previous run wrote are not picked up as images). Raises ``UsageError`` for a
+    previous run wrote are not picked up as images). Folders inside an input folder
+    that cannot be listed are skipped; ``unreadable``, when given, receives one
+    ``"folder: reason"`` line for each. Raises ``UsageError`` for a
     source that does not exist, a list without a ``path`` column, duplicate explicit
     ids, or when nothing is found.
     """
@@ -208,7 +243,7 @@ def discover_inputs(sources: Iterable[str | os.PathLike], exclude: Sequence[str 
         if not source.exists():
             raise UsageError(f"input not found: {source}")
         if source.is_dir():
-            candidates.extend(_walk_folder(source, exclude))
+            candidates.extend(_walk_folder(source, exclude, unreadable))
         elif source.suffix.lower() in LIST_EXTENSIONS:
             candidates.extend(_read_list(source))
         else:

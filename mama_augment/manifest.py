@@ -216,12 +216,22 @@ def read_manifest(
 
 
 def compact(workdir: str | os.PathLike, spec: ManifestSpec) -> int:
-    """Fold all parts into ``NAME.parquet`` atomically; return its row count."""
+    """Fold all parts into ``NAME.parquet`` atomically; return its row count.
+
+    A damaged ``NAME.parquet`` is a MamaError that says how to go on: it is never
+    overwritten, since its rows would be lost.
+    """
     parts = _part_files(workdir, spec)
     main = manifest_path(workdir, spec)
-    if not parts and main.exists():
-        return pq.ParquetFile(main).metadata.num_rows
-    table = read_manifest(workdir, spec)
+    try:
+        if not parts and main.exists():
+            return pq.ParquetFile(main).metadata.num_rows
+        table = read_manifest(workdir, spec)
+    except (OSError, pa.ArrowException, MamaError) as exc:
+        raise MamaError(
+            f"the manifest {main} cannot be read ({exc}); restore it from a backup, "
+            "or start this stage over with --overwrite"
+        ) from None
     if table.num_rows == 0 and not parts:
         return 0
     table = table.sort_by([(k, "ascending") for k in spec.key])
@@ -258,7 +268,7 @@ class PartWriter:
         self.workdir = Path(workdir)
         self.spec = spec
         self.directory = parts_dir(workdir, spec)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_folder(self.directory)
         self.consolidate_every = consolidate_every
         self._mine: list[Path] = []
         self.rows_written = 0
@@ -311,7 +321,7 @@ def workdir_lock(workdir: str | os.PathLike, stage: str) -> Iterator[None]:
 
     workdir = Path(workdir)
     lock_dir = workdir / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(lock_dir)
     path = lock_dir / f"{stage}.lock"
     handle = open(path, "a+")
     try:
@@ -332,8 +342,57 @@ def workdir_lock(workdir: str | os.PathLike, stage: str) -> Iterator[None]:
         handle.close()
 
 
+def make_folder(path: Path) -> Path:
+    """``mkdir -p`` of a folder the tool keeps in the work folder; a file (or anything
+    else) in its place is a MamaError naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MamaError(f"cannot create the folder {path}: {exc.strerror or exc} (is something else in its place?)") from None
+    return path
+
+
+# The file that marks a folder as a work folder: written by every stage that writes
+# there, and required before ``--overwrite`` deletes anything.
+WORKDIR_MARKER = ".mama-augment.json"
+
+
+def is_work_folder(workdir: str | os.PathLike) -> bool:
+    """Whether ``workdir`` holds the marker, or (written before the marker existed) a
+    manifest of this tool."""
+    path = Path(workdir)
+    if (path / WORKDIR_MARKER).is_file():
+        return True
+    return any(manifest_path(path, spec).is_file() or parts_dir(path, spec).is_dir() for spec in MANIFESTS.values())
+
+
+def require_work_folder(workdir: str | os.PathLike, why: str) -> None:
+    """UsageError unless ``workdir`` is a work folder this tool made (see ``is_work_folder``)."""
+    path = Path(workdir)
+    if path.exists() and not is_work_folder(path):
+        raise UsageError(
+            f"{path} is not a mama-augment work folder (no {WORKDIR_MARKER} in it): {why}; "
+            "point --workdir at the work folder, or use a new folder"
+        )
+
+
+def _mark_work_folder(path: Path) -> None:
+    marker = path / WORKDIR_MARKER
+    if marker.is_file():
+        return
+    import json
+
+    from mama_augment import __version__
+
+    record = {"written_by": "mama-augment", "version": __version__, "created_at": utc_now().isoformat(),
+              "about": "a mama-augment work folder: manifests, frames/, grids/, runs/ (see the README)"}
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
 def ensure_workdir(workdir: str | os.PathLike) -> Path:
-    """Create the work folder, or fail with a clear message if it cannot be written."""
+    """Create the work folder and mark it as one (``WORKDIR_MARKER``), or fail with a
+    clear message if it cannot be written."""
     path = Path(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -345,6 +404,7 @@ def ensure_workdir(workdir: str | os.PathLike) -> Path:
     try:
         probe.write_bytes(b"")
         probe.unlink()
+        _mark_work_folder(path)
     except OSError as exc:
         raise UsageError(f"cannot write to the work folder {path}: {exc.strerror or exc}") from exc
     return path

@@ -22,8 +22,9 @@ class FakeOpenAI(ThreadingHTTPServer):
 
     def __init__(self, mode: str):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.mode = mode  # ok | 500 | garbage | hang | flaky
+        self.mode = mode  # ok | 500 | garbage | hang | flaky | reject | slow | huge | announced
         self.posts = 0
+        self.sent = 0  # body bytes the huge mode got out before the client hung up
         self.bodies: list[dict] = []
         self.headers_seen: list[dict] = []
         self.lock = threading.Lock()
@@ -50,6 +51,31 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._send(200, json.dumps({"data": [{"id": "served-tiny"}]}).encode())
 
+    def _misbehave(self, mode: str, server: "FakeOpenAI") -> None:
+        """slow: one byte every 0.2 s (the answer would take minutes); huge: 64 MiB and
+        no length; announced: says 10 GiB up front."""
+        try:
+            self.send_response(200)
+            if mode == "slow":
+                self.send_header("Content-Length", "600")
+                self.end_headers()
+                for _ in range(600):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            elif mode == "huge":
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for _ in range(1024):
+                    self.wfile.write(b" " * 2**16)
+                    server.sent += 2**16
+            else:
+                self.send_header("Content-Length", str(10 * 2**30))
+                self.end_headers()
+                self.wfile.write(b"{")
+        except OSError:  # the client hung up, as it should
+            pass
+
     def do_POST(self):
         server: FakeOpenAI = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -70,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if mode == "reject":
             return self._send(400, b'{"error": "prompt too long"}')
+        if mode in ("slow", "huge", "announced"):
+            return self._misbehave(mode, server)
         answer = {
             "choices": [{"message": {"role": "assistant", "content": f"The image shows seed {body['seed']}."}}],
             "usage": {"prompt_tokens": 40, "completion_tokens": 5},

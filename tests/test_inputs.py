@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mama_augment.errors import UsageError
-from mama_augment.inputs import InputItem, discover_inputs, fingerprint, safe_relpath
+from mama_augment.inputs import InputItem, discover_inputs, fingerprint, output_name
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -148,25 +148,28 @@ def test_symlink_loop_does_not_hang(tmp_path):
     assert ids(discover_inputs([tmp_path / "in"])) == ["a"]
 
 
-@pytest.mark.parametrize("video_id", ["cats/tabby", "clip_01", "a-b.c", "x/y/z"])
-def test_safe_relpath_keeps_safe_ids(video_id):
-    assert safe_relpath(video_id) == video_id
+@pytest.mark.parametrize("video_id, name", [("clip_01", "clip_01"), ("a-b.c", "a-b.c"), ("cats/tabby", "cats+tabby"),
+                                            ("x/y/z", "x+y+z"), ("鳥/飛ぶ", "鳥+飛ぶ")])
+def test_output_name_keeps_safe_ids_readable(video_id, name):
+    assert output_name(video_id) == name
 
 
-@pytest.mark.parametrize("video_id", ["../../etc/passwd", "/abs/path", "a b?", "c:\\win\\name", ".hidden", "", "x/../y", "a|b"])
-def test_safe_relpath_sanitises(video_id):
-    safe = safe_relpath(video_id)
-    parts = safe.split("/")
-    assert not safe.startswith("/") and "\\" not in safe
-    assert all(part and not part.startswith(".") for part in parts)
-    assert all(ch.isalnum() or ch in "_-./" for ch in safe)
-    assert safe != video_id
-    assert safe_relpath(video_id) == safe  # stable
+@pytest.mark.parametrize("video_id", ["../../etc/passwd", "/abs/path", "a b?", "c:\\win\\name", ".hidden", "", "x/../y", "a|b",
+                                      "a+b", "a~b"])
+def test_output_name_sanitises(video_id):
+    name = output_name(video_id)
+    assert "/" not in name and "\\" not in name and not name.startswith(".")
+    assert all(ch.isalnum() or ch in "_-.+~" for ch in name)
+    assert "~" in name and name != video_id
+    assert output_name(video_id) == name  # stable
 
 
-def test_safe_relpath_never_maps_two_ids_to_one_path():
-    video_ids = ["a b", "a_b", "a?b", "a:b", "../a_b", "__/a_b", "a/b", "a_b-" + "0" * 8]
-    assert len({safe_relpath(i) for i in video_ids}) == len(video_ids)
+def test_output_name_never_maps_two_ids_to_one_name():
+    video_ids = ["a b", "a_b", "a?b", "a:b", "../a_b", "__/a_b", "a/b", "a+b", "a_b-" + "0" * 8, "a", "a/b/c", "a+b/c",
+                 "x" * 300, "x" * 301, "鳥" * 80, "鳥" * 81]
+    names = [output_name(i) for i in video_ids]
+    assert len(set(names)) == len(video_ids)
+    assert all(len(n.encode()) <= 200 for n in names)
 
 
 def test_fingerprint(tmp_path):

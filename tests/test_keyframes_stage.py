@@ -163,12 +163,14 @@ def test_overwrite_starts_over(videos, tmp_path):
     workdir = tmp_path / "work"
     cfg = KeyframesConfig(**FAST)
     run_keyframes([videos], workdir, cfg, progress=False)
-    stray = workdir / "grids" / "stray.jpg"
+    old = _rows(workdir)["sub/b"]
+    stray = workdir / "grids" / "stray.jpg"  # not the tool's: --overwrite leaves it
     stray.write_bytes(b"x")
     report = run_keyframes([videos / "a.mp4"], workdir, KeyframesConfig(overwrite=True, **FAST), progress=False)
     assert report.done == 1
     assert set(_rows(workdir)) == {"a"}
-    assert not stray.exists()
+    assert stray.exists()
+    assert not (workdir / old["grid_path"]).exists() and not (workdir / "frames" / "sub+b").exists()
 
 
 def test_hung_decoder_is_stopped_by_the_timeout(tmp_path):

@@ -28,7 +28,7 @@ import mama_augment.cli.report  # noqa: F401  (registers the command)
 from mama_augment.cli import app
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, PartWriter, compact, utc_now
 from mama_augment.report import build_report, build_report_summary
-from mama_augment.train.data import captions_by_video
+from mama_augment.datasets import captions_by_video
 from mama_augment.report.html import eval_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,7 +247,7 @@ def test_original_captions_formats(tmp_path):
     for name in ("c.jsonl", "c.parquet"):
         assert captions_by_video(tmp_path / name) == {"a": ["one", "two"], "b": ["three"]}
     pd.DataFrame({"video_id": ["a"], "text": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(Exception, match="missing: caption"):
+    with pytest.raises(Exception, match="cannot tell the format"):
         captions_by_video(tmp_path / "bad.csv")
 
 
@@ -480,4 +480,16 @@ def test_report_in_headless_chromium(tmp_path, browser):
     browser.evaluate("location.hash = '#q=clips&page=2'")
     browser.wait_for("document.getElementById('cards').dataset.query === 'clips'")
     assert browser.evaluate(CARD_IDS) == ["clips/v003", "clips/v004"]
+    assert browser.problems() == []
+
+    # A cut or hand-edited link with a broken %-escape searches for the text as it stands.
+    browser.call("Page.navigate", session=True, url="about:blank")
+    browser.wait_for("location.href === 'about:blank'")
+    browser.call("Page.navigate", session=True, url=index.resolve().as_uri() + "#q=%E0%A4%A")
+    browser.wait_for("document.body && document.body.dataset.ready === '1'")
+    assert browser.evaluate("document.getElementById('search').value") == "%E0%A4%A"
+    assert "0 of 5 videos match" in browser.evaluate("document.getElementById('match-count').textContent")
+    browser.call("Page.navigate", session=True, url=index.resolve().as_uri() + "#q=zebra")
+    browser.wait_for("document.getElementById('cards').dataset.query === 'zebra'")
+    assert browser.evaluate(CARD_IDS) == ["clips/v000"]
     assert browser.problems() == []

@@ -50,7 +50,7 @@ def test_train_then_evaluate(tmp_path):
     # The run is recorded like every stage run, so the report finds its captions file.
     recorded = json.loads((workdir / "configs" / "train.json").read_text())
     assert recorded["stage"] == "train" and recorded["config"]["captions"] == str(captions)
-    assert find_captions_file(workdir, []) == captions
+    assert find_captions_file(workdir, []).paths == (str(captions),)
 
 
 def test_every_train_config_field_is_an_option_and_a_config_file_key(tmp_path):

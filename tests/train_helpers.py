@@ -26,6 +26,7 @@ def make_workdir(
     with_split: bool = False,
     generated: bool = False,
     shuffled_fraction: float = 0.0,
+    id_format: str = "v{i:04d}",
 ) -> tuple[Path, Path]:
     """Keyframes with embeddings built from (concept, attribute) directions and a
     captions CSV naming them; returns (workdir, captions file)."""
@@ -44,7 +45,7 @@ def make_workdir(
         base = concept_dirs[c] + attribute_dirs[a]
         emb = base[None, :] + noise * rng.normal(size=(frames, dim))
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        video_id = f"v{i:04d}"
+        video_id = id_format.format(i=i)
         rows.append({
             "video_id": video_id, "status": "ok", "media_type": "video",
             "keyframe_embeddings": emb.astype(np.float32).tolist(), "embedding_dim": dim,

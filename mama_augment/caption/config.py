@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+from mama_augment.checks import MAX_TIMEOUT_S, check_device, check_number, check_numbers
+from mama_augment.errors import UsageError
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+# Options whose name is not the field's.
+RENAMED = {"request_timeout_s": "--timeout", "max_retries": "--retries", "kv_cache_memory_bytes": "--kv-cache-gib"}
+# Upper bounds of counts where a larger value is a typo that would hold a run for days.
+MAX_CAPTIONS_PER_GRID = 1000
+MAX_CONCURRENCY = 4096
+MAX_RETRIES = 100
+
 
 @dataclass
 class CaptionConfig:
@@ -96,3 +108,62 @@ class CaptionConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CaptionConfig":
+        """The config of the fields named in ``data`` (other keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> None:
+        """Every check of the options, before any work (UsageError names the option).
+
+        The backend's name is checked against the registry by the stage, which knows it.
+        """
+        from mama_augment.engines import ENGINES
+
+        check_numbers(self, RENAMED)
+        for value, option, bounds in [
+            (self.num_captions, "--num-captions", {"minimum": 1, "maximum": MAX_CAPTIONS_PER_GRID}),
+            (self.temperature, "--temperature", {"minimum": 0}),
+            (self.top_p, "--top-p", {"above": 0, "maximum": 1}),
+            (self.max_tokens, "--max-tokens", {"minimum": 1}),
+            (self.max_words, "--max-words", {"minimum": 1}),
+            (self.regenerate, "--regenerate", {"minimum": 0, "maximum": MAX_RETRIES}),
+            (self.concurrency, "--concurrency", {"minimum": 1, "maximum": MAX_CONCURRENCY}),
+            (self.max_retries, "--retries", {"minimum": 0, "maximum": MAX_RETRIES}),
+            (self.request_timeout_s, "--timeout", {"above": 0, "maximum": MAX_TIMEOUT_S}),
+            (self.retry_backoff_s, "retry_backoff_s", {"minimum": 0, "maximum": MAX_TIMEOUT_S}),
+            (self.jpeg_quality, "jpeg_quality", {"minimum": 1, "maximum": 100}),
+            (self.max_model_len, "--max-model-len", {"minimum": 1}),
+            (self.gpu_memory_utilization, "--gpu-memory-utilization", {"above": 0, "maximum": 1}),
+            (self.max_num_seqs, "--max-num-seqs", {"minimum": 1}),
+            (self.tensor_parallel_size, "--tensor-parallel-size", {"minimum": 1}),
+            (self.kv_cache_memory_bytes, "--kv-cache-gib", {"above": 0}),
+            (self.batch_size, "--batch-size", {"minimum": 1}),
+            (self.replicas, "--replicas", {"minimum": 1}),
+            (self.num_cpus, "--num-cpus", {"above": 0}),
+            (self.num_gpus, "--num-gpus", {"minimum": 0}),
+            (self.limit, "--limit", {"minimum": 0}),
+            (self.flush_interval_s, "flush_interval_s", {"above": 0, "maximum": MAX_TIMEOUT_S}),
+            (self.flush_rows, "flush_rows", {"minimum": 1}),
+        ]:
+            check_number(value, option, **bounds)
+        checks = [
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}"),
+            (not (self.backend == "server" and not self.endpoint), "--backend server needs --endpoint"),
+            (self.engine in ENGINES, f"--engine must be one of: {', '.join(ENGINES)}"),
+            (not (self.engine == "ray" and (self.backend == "server" or self.endpoint)),
+             "--engine ray runs the engines on the Ray cluster; with --endpoint a server does the work "
+             "(use --engine local)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        if self.engine != "local" and self.num_gpus is not None and 0 < self.num_gpus < self.tensor_parallel_size:
+            raise UsageError(
+                f"--num-gpus {self.num_gpus:g} is fewer than --tensor-parallel-size {self.tensor_parallel_size}: "
+                "each replica needs one GPU per tensor-parallel rank"
+            )
+        if self.backend in ("auto", "transformers") and not self.endpoint:
+            check_device(self.device)

@@ -36,8 +36,9 @@ from mama_augment.caption.generate import (
 )
 from mama_augment.caption.presets import resolve_model
 from mama_augment.caption.prompts import load_prompt
+from mama_augment.checks import check_model_available
 from mama_augment.configfile import record_run_config
-from mama_augment.engines import ENGINES, get_engine
+from mama_augment.engines import get_engine
 from mama_augment.engines.base import BatchPool, Placement
 from mama_augment.errors import UsageError
 from mama_augment.manifest import (
@@ -59,44 +60,25 @@ from mama_augment.stage import StageReport
 
 log = logging.getLogger(__name__)
 
+# Backends that load the model in this process (the server backend leaves it to the server).
+MODEL_LOADING_BACKENDS = ("offline", "transformers")
+
 
 def validate(config: CaptionConfig) -> None:
+    """Every check of the options (``CaptionConfig.validate``) and the backend's name."""
+    config.validate()
     if config.backend != "auto" and config.backend not in BACKENDS:
         raise UsageError(f"unknown backend {config.backend!r}; choose from auto, {', '.join(BACKENDS)}")
-    checks = [
-        (config.num_captions >= 1, "--num-captions must be at least 1"),
-        (config.temperature >= 0, "--temperature must be >= 0"),
-        (0 < config.top_p <= 1, "--top-p must be in (0, 1]"),
-        (config.max_tokens >= 1, "--max-tokens must be at least 1"),
-        (config.max_words >= 1, "--max-words must be at least 1"),
-        (config.regenerate >= 0, "--regenerate must be >= 0"),
-        (config.concurrency >= 1, "--concurrency must be at least 1"),
-        (config.max_retries >= 0, "--retries must be >= 0"),
-        (config.request_timeout_s > 0, "--timeout must be > 0"),
-        (config.batch_size >= 1, "--batch-size must be at least 1"),
-        (config.limit is None or config.limit >= 0, "--limit must be >= 0"),
-        (not (config.backend == "server" and not config.endpoint), "--backend server needs --endpoint"),
-        (config.engine in ENGINES, f"--engine must be one of: {', '.join(ENGINES)}"),
-        (config.replicas >= 1, "--replicas must be at least 1"),
-        (config.num_cpus > 0, "--num-cpus must be > 0"),
-        (config.num_gpus is None or config.num_gpus >= 0, "--num-gpus must be >= 0"),
-        (not (config.engine == "ray" and (config.backend == "server" or config.endpoint)),
-         "--engine ray runs the engines on the Ray cluster; with --endpoint a server does the work "
-         "(use --engine local)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    if config.engine != "local" and config.num_gpus is not None and 0 < config.num_gpus < config.tensor_parallel_size:
-        raise UsageError(
-            f"--num-gpus {config.num_gpus:g} is fewer than --tensor-parallel-size {config.tensor_parallel_size}: "
-            "each replica needs one GPU per tensor-parallel rank"
-        )
+
+
+def require_keyframes(workdir: Path) -> None:
+    """UsageError unless ``workdir`` holds a keyframes manifest (looked at, nothing created)."""
+    if not manifest_path(workdir, KEYFRAMES).exists() and not parts_dir(workdir, KEYFRAMES).is_dir():
+        raise UsageError(f"no keyframes manifest in {workdir}: run `mama-augment keyframes` first")
 
 
 def load_grids(workdir: Path) -> list[Grid]:
-    if not manifest_path(workdir, KEYFRAMES).exists() and not parts_dir(workdir, KEYFRAMES).is_dir():
-        raise UsageError(f"no keyframes manifest in {workdir}: run `mama-augment keyframes` first")
+    require_keyframes(workdir)
     table = read_manifest(
         workdir, KEYFRAMES, columns=["status", "grid_path", "grid_rows", "grid_cols", "keyframe_paths"]
     ).to_pylist()
@@ -248,13 +230,17 @@ def run_caption(config: CaptionConfig, workdir: str | os.PathLike, progress: boo
     """Caption every ``ok`` grid of ``<workdir>/keyframes.parquet`` into ``captions.parquet``."""
     started = time.monotonic()
     validate(config)
-    workdir = ensure_workdir(workdir)
-    report = StageReport(stage="caption", output=manifest_path(workdir, CAPTIONS))
+    workdir = Path(workdir)
     prompt = load_prompt(config.prompt)
     spec = resolve_model(config.model)
     # With Ray the engines run on the cluster: the driver needs no vLLM of its own.
     ray_auto = config.engine == "ray" and config.backend == "auto" and not config.endpoint
     backend_name = "offline" if ray_auto else choose_backend(config)
+    if backend_name in MODEL_LOADING_BACKENDS and config.engine == "local":
+        check_model_available(spec.model, "--model")  # in seconds, not after the hub's retries
+    require_keyframes(workdir)  # before anything is written into the folder
+    workdir = ensure_workdir(workdir)
+    report = StageReport(stage="caption", output=manifest_path(workdir, CAPTIONS))
     # A server may serve the model under another name; that name is what is recorded
     # and hashed. Creating a server client is cheap; an in-process engine starts only
     # when something is pending.

@@ -55,6 +55,13 @@ def _global_options(
 WORKDIR_HELP = "Work folder that holds every stage's output."
 DEFAULT_WORKDIR = Path("mama-work")
 
+
+def parse_workdir(value: str | Path) -> Path:
+    """``--workdir``: an empty value would silently mean the current folder."""
+    if not str(value).strip():
+        raise typer.BadParameter("must not be empty (write . for the current folder)")
+    return Path(value)
+
 T = TypeVar("T")
 
 

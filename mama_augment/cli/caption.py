@@ -9,7 +9,8 @@ import typer
 
 from mama_augment.caption.backends import BACKENDS
 from mama_augment.caption.config import CaptionConfig
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish
+from mama_augment.checks import gib_to_bytes
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish, parse_workdir
 from mama_augment.engines import engine_help
 
 _D = CaptionConfig()  # defaults live in CaptionConfig; the CLI only shows them
@@ -35,7 +36,8 @@ def _print_models() -> None:
 
 @app.command()
 def caption(
-    workdir: Annotated[Path, typer.Option("--workdir", "-w", help=WORKDIR_HELP)] = DEFAULT_WORKDIR,
+    ctx: typer.Context,
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP)] = DEFAULT_WORKDIR,
     model: Annotated[str, typer.Option(help="Preset name (see --list-models) or any Hugging Face id / local folder.")] = _D.model,
     backend: Annotated[str, typer.Option(help=f"One of: {', '.join(('auto', *BACKENDS))}. auto: server if --endpoint, else vLLM offline if installed, else transformers.")] = _D.backend,
     prompt: Annotated[str, typer.Option(help="Prompt name from prompts/ or a path to a .txt file; {rows} {cols} {num_frames} are filled in.")] = _D.prompt,
@@ -88,40 +90,14 @@ def caption(
     if list_models:
         _print_models()
         raise typer.Exit(0)
-    config = CaptionConfig(
-        model=model,
-        backend=backend,
-        prompt=prompt,
-        num_captions=num_captions,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-        ignore_eos=ignore_eos,
-        max_words=max_words,
-        regenerate=regenerate,
-        endpoint=endpoint,
-        served_model_name=served_model_name,
-        api_key_env=api_key_env,
-        concurrency=concurrency,
-        request_timeout_s=timeout,
-        max_retries=retries,
-        max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_num_seqs=max_num_seqs,
-        tensor_parallel_size=tensor_parallel_size,
-        kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None,
-        dtype=dtype,
-        batch_size=batch_size,
-        engine=engine,
-        ray_address=ray_address,
-        replicas=replicas,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        retry_failed=retry_failed,
-        overwrite=overwrite,
-        limit=limit,
-    )
+    # Every option named like a CaptionConfig field is that field; the stage checks them
+    # all (CaptionConfig.validate) before any work.
+    config = CaptionConfig.from_dict({
+        **ctx.params,
+        "request_timeout_s": timeout,
+        "max_retries": retries,
+        "kv_cache_memory_bytes": call_library(gib_to_bytes, kv_cache_gib, "--kv-cache-gib"),
+    })
     from mama_augment.caption.stage import run_caption
 
     report = call_library(run_caption, config, workdir, progress=progress)

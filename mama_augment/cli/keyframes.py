@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish, parse_workdir
 from mama_augment.embed import embedder_help
 from mama_augment.engines import engine_help
 from mama_augment.keyframes.config import KeyframesConfig
@@ -20,22 +20,20 @@ def _parse_num_keyframes(value: str) -> Optional[int]:
     if value.strip().lower() == "auto":
         return None
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
-        raise typer.BadParameter("expected a number or 'auto'") from None
-    if number < 1:
-        raise typer.BadParameter("must be at least 1")
-    return number
+        raise fail(f"--num-keyframes must be a whole number or 'auto', not {value!r}") from None
 
 
 @app.command("keyframes")
 def keyframes_command(
+    ctx: typer.Context,
     inputs: List[Path] = typer.Argument(
         ...,
         help="Video/image files, folders (searched recursively) or list files (.txt, .csv, .parquet with a 'path' column).",
         show_default=False,
     ),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP),
     embedder: str = typer.Option(_D.embedder, help=f"Frame embedder: {embedder_help()}."),
     embed_model: Optional[str] = typer.Option(None, help="Model id or folder for embedders that take one (clip)."),
     num_keyframes: str = typer.Option(str(_D.num_keyframes), help="Keyframes per video, or 'auto' (from the gap in DPC scores)."),
@@ -77,31 +75,12 @@ def keyframes_command(
     """
     from mama_augment.keyframes.stage import run_keyframes
 
-    config = KeyframesConfig(
-        fps=fps,
-        max_frames=max_frames,
-        num_keyframes=_parse_num_keyframes(num_keyframes),
-        min_keyframes=min_keyframes,
-        max_keyframes=max_keyframes,
-        knn=knn,
-        selection=selection,
-        embedder=embedder,
-        embed_model=embed_model,
-        device=device,
-        batch_size=batch_size,
-        grid=grid,
-        tile_size=tile_size,
-        thumb_size=thumb_size,
-        jpeg_quality=jpeg_quality,
-        decoder=decoder,
-        workers=workers,
-        timeout_s=timeout,
-        retry_failed=retry_failed,
-        overwrite=overwrite,
-        engine=engine,
-        ray_address=ray_address,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-    )
+    # Every option named like a KeyframesConfig field is that field; the stage checks
+    # them all (KeyframesConfig.validate) before any work.
+    config = KeyframesConfig.from_dict({
+        **ctx.params,
+        "num_keyframes": _parse_num_keyframes(num_keyframes),
+        "timeout_s": timeout,
+    })
     report = call_library(run_keyframes, inputs, workdir, config, progress=not quiet)
     finish(report)

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, parse_workdir
 
 
 @app.command("report")
 def report_command(
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP),
     captions: Optional[Path] = typer.Option(
         None,
         "--captions",

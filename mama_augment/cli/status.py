@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, parse_workdir
 
 
 def human_bytes(size: int) -> str:
@@ -108,7 +108,7 @@ def print_status(status: dict) -> None:
 
 @app.command("status")
 def status_command(
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object (for scripts)."),
 ) -> None:
     """Show what a work folder holds: rows done / failed / pending per stage, errors, models, disk.

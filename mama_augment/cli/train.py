@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
+from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish, parse_workdir
 from mama_augment.train.backbones import backbone_help
-from mama_augment.train.config import DEVICES, FRAME_SOURCES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig
+from mama_augment.train.config import DEVICES, FRAME_SOURCES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig, check_launch
 from mama_augment.train.runs import RunPaths
 
 _D = TrainConfig()
@@ -40,6 +40,9 @@ def _forwarded_arguments(ctx: typer.Context) -> list[str]:
                 args.append(long_opts[0])
             elif value is False and param.secondary_opts:
                 args.append(param.secondary_opts[0])
+        elif isinstance(value, (list, tuple)):  # a repeatable option: once per value
+            for item in value:
+                args += [long_opts[0], str(item)]
         elif value is not None:
             args += [long_opts[0], str(value)]
     return args
@@ -62,11 +65,27 @@ def _train_distributed(config: TrainConfig, workdir: Path):
     return env, report
 
 
+CAPTIONS_HELP = (
+    "Original captions, repeatable: .csv/.jsonl/.parquet with video_id, caption [, split, concept], or a benchmark's "
+    "own files (MSR-VTT, MSVD, DiDeMo, ActivityNet, LSMDC, VATEX, WebVid, CLIP-ViP) with their split lists; "
+    "see `mama-augment datasets`."
+)
+CAPTIONS_FORMAT_HELP = "Format of the --captions files (default: recognised from each file's content): one name, or one per file comma-separated; `mama-augment datasets` lists them."
+
+
+def _paths(paths: Optional[List[Path]]):
+    """One file as a string (as config.json always held it), several as a list."""
+    if not paths:
+        return None
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+
+
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Original captions: .csv, .jsonl or .parquet with video_id, caption [, split, concept]."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", help=WORKDIR_HELP),
+    captions: Optional[List[Path]] = typer.Option(None, "--captions", metavar="FILE", help=CAPTIONS_HELP),
+    captions_format: Optional[str] = typer.Option(None, "--captions-format", metavar="NAME", help=CAPTIONS_FORMAT_HELP),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP),
     augment: str = typer.Option(_D.augment, help="add: also train on WORKDIR/captions.parquet (generated); none: originals only."),
     backbone: str = typer.Option(_D.backbone, help=f"Model: {backbone_help()}.", rich_help_panel=_MODEL),
     backbone_model: Optional[str] = typer.Option(_D.backbone_model, help="clip: Hugging Face CLIP id or folder (loaded offline).", rich_help_panel=_MODEL),
@@ -84,7 +103,7 @@ def train_command(
     meta_every: int = typer.Option(_D.meta_every, help="A meta step every K training steps.", rich_help_panel=_OBJECTIVE),
     meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam).", rich_help_panel=_OBJECTIVE),
     meta_hidden: int = typer.Option(_D.meta_hidden, help="Hidden width of the weighting MLP.", rich_help_panel=_OBJECTIVE),
-    meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (same format as --captions); default: drawn from the training pairs.", rich_help_panel=_OBJECTIVE),
+    meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (any --captions format, recognised from its content); default: drawn from the training pairs.", rich_help_panel=_OBJECTIVE),
     meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts.", rich_help_panel=_OBJECTIVE),
     virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step.", rich_help_panel=_OBJECTIVE),
     meta_params: str = typer.Option(_D.meta_params, help=f"Parameters that take the virtual step: {', '.join(META_PARAMS)} (last: last projections + logit scale, cheapest).", rich_help_panel=_OBJECTIVE),
@@ -128,6 +147,8 @@ def train_command(
     Example: mama-augment train --captions captions.csv --workdir mama-work --epochs 20
 
     Example: mama-augment train --nproc-per-node 4 --captions captions.csv --batch-size 512
+
+    Example: mama-augment train --captions MSRVTT_data.json --captions MSRVTT_train.9k.csv --captions MSRVTT_JSFUSION_test.csv
     """
     from mama_augment.train.distributed import env_from_environ, launch, launched_by_torchrun
     from mama_augment.train.loop import run_train
@@ -135,11 +156,12 @@ def train_command(
     # Every option named like a TrainConfig field is that field; checks are validate()'s.
     config = TrainConfig.from_dict({
         **ctx.params,
-        "captions": str(captions) if captions else None,
+        "captions": _paths(captions),
         "meta_set": str(meta_set) if meta_set else None,
         "progress": not quiet,
     })
     call_library(config.validate)
+    call_library(check_launch, nproc_per_node, nnodes, node_rank, master_port)
     if launched_by_torchrun():
         if nproc_per_node > 1 or nnodes > 1:
             typer.secho("already under torchrun: --nproc-per-node/--nnodes are ignored", err=True)
@@ -163,22 +185,32 @@ def train_command(
 @app.command("evaluate")
 def evaluate_command(
     run: Path = typer.Option(..., "--run", help="A run folder (WORKDIR/runs/NAME)."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Captions to evaluate on (default: the run's own)."),
+    captions: Optional[List[Path]] = typer.Option(None, "--captions", metavar="FILE", help="Captions to evaluate on, repeatable, any --captions format of train (default: the run's own)."),
+    captions_format: Optional[str] = typer.Option(None, "--captions-format", metavar="NAME", help=CAPTIONS_FORMAT_HELP),
     split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Work folder of the videos (default: the run's own, two levels up)."),
+    protocol: str = typer.Option("auto", help="auto, one-caption (first caption of each video), multi-sentence (every caption a query), paragraph (DiDeMo/ActivityNet). auto: paragraph for paragraph files, else one-caption when every video has one caption, else multi-sentence."),
+    dsl: bool = typer.Option(True, "--dsl/--no-dsl", help="Also report dual-softmax (DSL) numbers, labelled, next to the plain ones."),
+    multiple_choice: Optional[Path] = typer.Option(None, "--multiple-choice", help="Also score a multiple-choice file: JSON(L) items of video_id, candidates (or options), answer (index)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help="Work folder of the videos (default: the run's own, two levels up)."),
     device: str = typer.Option("auto", help=f"Device: {', '.join(DEVICES)}."),
 ) -> None:
     """Text->video and video->text retrieval: R@1, R@5, R@10, median and mean rank.
 
-    Prints a table (per concept too, when the captions have a concept column) and
-    writes eval.json into the run folder.
+    Prints a table labelled with its protocol (plain and DSL rows; per concept and per
+    rare / medium / frequent third of concepts when the captions have concepts; the
+    multiple-choice accuracy with --multiple-choice) and writes eval.json into the run
+    folder.
 
     Example: mama-augment evaluate --run mama-work/runs/mama-features-seed0 --split test
+
+    Example: mama-augment evaluate --run mama-work/runs/msrvtt --captions test_videodatainfo.json --protocol multi-sentence
     """
     from mama_augment.train.evaluate import evaluate_run, format_table
 
     result = call_library(
-        evaluate_run, run, captions=str(captions) if captions else None, split=split, device=device, workdir=workdir
+        evaluate_run, run, captions=_paths(captions), split=split, device=device, workdir=workdir,
+        protocol=protocol, dsl=dsl, multiple_choice=str(multiple_choice) if multiple_choice else None,
+        captions_format=captions_format,
     )
     typer.echo(format_table(result))
     typer.echo(f"\nwritten: {RunPaths(Path(run)).eval}")

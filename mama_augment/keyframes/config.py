@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
+from mama_augment.checks import MAX_TIMEOUT_S, check_device, check_model_available, check_number, check_numbers
 from mama_augment.errors import UsageError
 
 # Fields that change what the stage writes. A row made with other values is redone.
@@ -28,6 +29,8 @@ OUTPUT_FIELDS = (
 )
 
 SELECTIONS = ("cover", "gamma")
+# Options whose name is not the field's.
+RENAMED = {"timeout_s": "--timeout"}
 
 
 @dataclass(frozen=True)
@@ -70,24 +73,31 @@ class KeyframesConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "KeyframesConfig":
+        """The config of the fields named in ``data`` (other keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
     def validate(self) -> None:
         """Every check of the options, before any work (UsageError names the option)."""
-        from mama_augment.embed import EmbedderOptions, check_embedder
+        from mama_augment.embed import EMBEDDERS, EmbedderOptions, check_embedder
         from mama_augment.engines import ENGINES
-        from mama_augment.keyframes.grid import parse_grid, parse_size
+        from mama_augment.keyframes.grid import check_grid_size, parse_grid, parse_size
         from mama_augment.video import BACKEND_CHOICES
 
+        check_numbers(self, RENAMED)
         try:
             rows, cols = parse_grid(self.grid)
         except (ValueError, UsageError) as exc:
             raise UsageError(f"--grid: {exc}") from None
         try:
-            parse_size(self.tile_size)
+            tile_w, tile_h = parse_size(self.tile_size)
         except (ValueError, UsageError) as exc:
             raise UsageError(f"--tile-size: {exc}") from None
+        check_grid_size(rows, cols, tile_w, tile_h)
         cells = rows * cols
-        if self.fps <= 0:
-            raise UsageError("--fps must be positive")
+        check_number(self.fps, "--fps", above=0)
         if self.max_frames < 1:
             raise UsageError("--max-frames must be at least 1")
         if self.selection not in SELECTIONS:
@@ -102,9 +112,9 @@ class KeyframesConfig:
                     f"--num-keyframes {self.num_keyframes} does not fit a {self.grid} grid "
                     f"({cells} cells); raise --grid or lower --num-keyframes"
                 )
-        else:
-            if not 1 <= self.min_keyframes <= self.max_keyframes:
-                raise UsageError("need 1 <= --min-keyframes <= --max-keyframes")
+        if not 1 <= self.min_keyframes <= self.max_keyframes:
+            raise UsageError("need 1 <= --min-keyframes <= --max-keyframes")
+        if self.num_keyframes is None:
             if self.max_keyframes > cells:
                 raise UsageError(
                     f"--max-keyframes {self.max_keyframes} does not fit a {self.grid} grid ({cells} cells)"
@@ -113,16 +123,17 @@ class KeyframesConfig:
             raise UsageError("--thumb-size must be at least 16 pixels")
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError("--jpeg-quality must be within 1..100")
-        if self.timeout_s <= 0:
-            raise UsageError("--timeout must be positive")
+        check_number(self.timeout_s, "--timeout", above=0, maximum=MAX_TIMEOUT_S)
+        check_number(self.batch_size, "--batch-size", minimum=1)
+        check_number(self.workers, "--workers", minimum=0)
         if self.decoder not in BACKEND_CHOICES:
             raise UsageError(f"--decoder must be {', '.join(BACKEND_CHOICES[:-1])} or {BACKEND_CHOICES[-1]}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UsageError("--device must be auto, cpu or cuda")
         if self.engine not in ENGINES:
             raise UsageError(f"--engine must be one of: {', '.join(ENGINES)}")
-        if self.num_cpus <= 0:
-            raise UsageError("--num-cpus must be positive")
-        if self.num_gpus < 0:
-            raise UsageError("--num-gpus must be 0 or more")
+        check_number(self.num_cpus, "--num-cpus", above=0)
+        check_number(self.num_gpus, "--num-gpus", minimum=0)
         check_embedder(self.embedder, EmbedderOptions(model=self.embed_model))
+        check_device(self.device)
+        # On a Ray cluster the actors load the model where they run; here it is loaded here.
+        if self.engine == "local" and EMBEDDERS[self.embedder].needs_model:
+            check_model_available(self.embed_model, "--embed-model")

@@ -19,6 +19,11 @@ from mama_augment.fileio import atomic_path
 from mama_augment.errors import UsageError
 
 _PAIR = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
+# The largest grid written: what Pillow (and so the tool's own image reader and the
+# caption stage) opens without taking it for a decompression bomb, and what a JPEG
+# can hold on a side.
+MAX_GRID_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+MAX_GRID_SIDE = 65_500
 
 
 def _parse_pair(text: str, what: str, example: str) -> tuple[int, int]:
@@ -39,6 +44,17 @@ def parse_grid(text: str) -> tuple[int, int]:
 def parse_size(text: str) -> tuple[int, int]:
     """``"320x240"`` -> ``(width, height)`` = ``(320, 240)``."""
     return _parse_pair(text, "a tile size", "320x240 (width x height)")
+
+
+def check_grid_size(rows: int, cols: int, tile_w: int, tile_h: int) -> None:
+    """UsageError when a grid of ``rows`` x ``cols`` tiles of ``tile_w`` x ``tile_h``
+    would be larger than the tool writes (``MAX_GRID_PIXELS``, ``MAX_GRID_SIDE``)."""
+    width, height = cols * tile_w, rows * tile_h
+    if width > MAX_GRID_SIDE or height > MAX_GRID_SIDE or width * height > MAX_GRID_PIXELS:
+        raise UsageError(
+            f"--grid {rows}x{cols} of --tile-size {tile_w}x{tile_h} makes a {width}x{height} grid image; "
+            f"the largest written is {MAX_GRID_PIXELS / 1e6:.0f} megapixels and {MAX_GRID_SIDE} pixels a side"
+        )
 
 
 def _as_pil(image: np.ndarray | Image.Image) -> Image.Image:

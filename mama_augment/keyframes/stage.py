@@ -11,15 +11,16 @@ here, so every engine shares one manifest and one resume logic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from mama_augment.configfile import record_run_config
+from mama_augment.errors import MamaError
 from mama_augment.engines import get_engine
 from mama_augment.engines.base import Placement
 from mama_augment.keyframes.config import KeyframesConfig
@@ -32,6 +33,7 @@ from mama_augment.manifest import (
     ensure_workdir,
     read_manifest,
     remove_manifest,
+    require_work_folder,
     workdir_lock,
 )
 from mama_augment.stage import StageReport
@@ -115,16 +117,23 @@ def run_keyframes(
 
     cfg = config or KeyframesConfig()
     cfg.validate()
+    if cfg.overwrite:
+        require_work_folder(workdir, "--overwrite deletes only what this tool wrote in its own work folder")
+    unreadable: list[str] = []
+    items = discover_inputs([Path(s) for s in sources], exclude=[Path(workdir)], unreadable=unreadable)
     workdir = ensure_workdir(workdir)
-    items = discover_inputs([Path(s) for s in sources], exclude=[workdir])
 
     started = time.perf_counter()
-    report = StageReport(stage="keyframes", output=workdir / KEYFRAMES.filename, total=len(items))
+    report = StageReport(stage="keyframes", output=workdir / KEYFRAMES.filename, total=len(items) + len(unreadable))
+    for line in unreadable:  # each is one failure: its videos were never seen
+        folder, _, reason = line.rpartition(": ")
+        report.add_failure("unreadable_folder", reason, folder)
+    if unreadable:
+        report.extra["unreadable_folders"] = (
+            f"{len(unreadable)} folder(s) could not be read and their videos were skipped, e.g. {unreadable[0]}")
     with workdir_lock(workdir, "keyframes"):
         if cfg.overwrite:
-            remove_manifest(workdir, KEYFRAMES)
-            for sub in (FRAMES_DIR, GRIDS_DIR):
-                shutil.rmtree(workdir / sub, ignore_errors=True)
+            remove_outputs(workdir)
             cfg = replace(cfg, overwrite=False)
         record_run_config(workdir, "keyframes", {"inputs": [str(s) for s in sources], **cfg.as_dict()})
         compact(workdir, KEYFRAMES)  # fold parts left by a killed run
@@ -143,6 +152,48 @@ def run_keyframes(
     report.extra["rows_in_manifest"] = rows
     report.extra["grids"] = str(workdir / GRIDS_DIR)
     return report
+
+
+def remove_outputs(workdir: Path) -> int:
+    """``--overwrite``: delete the manifest and the keyframe JPEGs and grids its rows
+    name (nothing else under ``frames/`` or ``grids/``), then the folders that this
+    left empty. Returns the number of files deleted."""
+    try:
+        rows = read_manifest(workdir, KEYFRAMES, columns=["keyframe_paths", "grid_path"]).to_pylist()
+    except MamaError as exc:  # nothing can tell which files are ours: they stay
+        log.warning("--overwrite: %s; the files it lists are left in place", exc)
+        rows = []
+    roots = [Path(os.path.realpath(workdir / sub)) for sub in (FRAMES_DIR, GRIDS_DIR)]
+    removed = 0
+    for row in rows:
+        for rel in [*(row["keyframe_paths"] or []), row["grid_path"]]:
+            path = _owned_path(workdir, rel, roots)
+            if path is None:
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                path.unlink()
+                removed += 1
+            _remove_empty_parents(path.parent, roots)
+    remove_manifest(workdir, KEYFRAMES)
+    return removed
+
+
+def _owned_path(workdir: Path, rel: str | None, roots: list[Path]) -> Path | None:
+    """``workdir / rel`` when ``rel`` is a relative path that leads (links resolved)
+    inside ``frames/`` or ``grids/``."""
+    if not rel or os.path.isabs(rel):
+        return None
+    path = Path(os.path.realpath(workdir / rel))
+    return path if any(root in path.parents for root in roots) else None
+
+
+def _remove_empty_parents(folder: Path, roots: list[Path]) -> None:
+    while folder not in roots and any(root in folder.parents for root in roots):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): everything above stays too
+            return
+        folder = folder.parent
 
 
 def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: StageReport, progress: bool) -> None:

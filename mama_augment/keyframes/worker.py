@@ -12,9 +12,10 @@ model loads once per process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
+import re
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -115,7 +116,7 @@ def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: s
     import numpy as np
     from PIL import Image
 
-    from mama_augment.inputs import safe_relpath
+    from mama_augment.inputs import output_name
     from mama_augment.keyframes.dpc import select_keyframes
     from mama_augment.keyframes.grid import make_grid, parse_grid, parse_size, save_jpeg
     from mama_augment.video import sample_frames
@@ -145,10 +146,9 @@ def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: s
 
     rows, cols = parse_grid(cfg.grid)
     tile_w, tile_h = parse_size(cfg.tile_size)
-    rel = safe_relpath(job.video_id)
+    rel = output_name(job.video_id)
     frames_dir = workdir / FRAMES_DIR / rel
-    if frames_dir.exists():
-        shutil.rmtree(frames_dir)  # stale keyframes of an earlier run of this video
+    remove_keyframe_files(frames_dir)  # stale keyframes of an earlier run of this video
     keyframe_paths = []
     for rank, index in enumerate(chosen):
         name = f"{rank:02d}_f{int(sampled.indices[index]):06d}.jpg"
@@ -182,6 +182,24 @@ def _process_video(job: Job, cfg: KeyframesConfig, workdir: Path, config_hash: s
         keyframe_embeddings=[embeddings[i].tolist() for i in chosen],
     )
     return row
+
+
+# A keyframe JPEG's name: rank in time order, then the frame index.
+KEYFRAME_FILE = re.compile(r"^\d{2,}_f\d{6,}\.jpg$")
+
+
+def remove_keyframe_files(frames_dir: Path) -> None:
+    """Delete the keyframe JPEGs directly in ``frames_dir``, nothing else: in a work
+    folder written before ids got one folder each, another id's keyframes may sit in
+    a subfolder of it (``frames/a/b/`` of id ``a/b`` inside ``frames/a/``)."""
+    try:
+        entries = list(os.scandir(frames_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if KEYFRAME_FILE.match(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 # --------------------------------------------------------------------------- for an engine

@@ -215,12 +215,17 @@ JS = r"""
     try { history.replaceState(null, "", url); } catch (e) { /* some browsers refuse it on file:// */ }
   }
 
+  function decodePart(text) {
+    // A hand-edited or cut link may hold a broken %-escape: keep the text as typed.
+    try { return decodeURIComponent(text); } catch (e) { return text; }
+  }
+
   function readHash() {
     var hash = location.hash.replace(/^#/, "");
     if (!/(^|&)(q|page)=/.test(hash)) { return; }
     state.query = ""; state.page = 0;
     hash.split("&").forEach(function (kv) {
-      var i = kv.indexOf("="), key = kv.slice(0, i), value = decodeURIComponent(kv.slice(i + 1));
+      var i = kv.indexOf("="), key = kv.slice(0, i), value = decodePart(kv.slice(i + 1));
       if (key === "q") { state.query = value; }
       if (key === "page") { state.page = Math.max(0, (parseInt(value, 10) || 1) - 1); }
     });

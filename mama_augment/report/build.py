@@ -20,6 +20,7 @@ import datetime as _dt
 import math
 import os
 import posixpath
+import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,13 +28,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path, atomic_write_text
+from mama_augment.datasets import CaptionSpec
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
 from mama_augment.report.assets import CSS, JS
 from mama_augment.report.html import PAGE, esc, failed_html, json_for_script, runs_html, totals_html
 from mama_augment.status import list_runs, workdir_status
-from mama_augment.train.data import captions_by_video as read_captions_file
+from mama_augment.datasets import captions_by_video as read_captions_file
 from mama_augment.train.runs import RunPaths
 
 REPORT_DIR = "report"
@@ -65,25 +68,34 @@ class ReportSummary:
 # ----------------------------------------------------------------------------- original captions
 
 
-def find_captions_file(workdir: Path, runs: list[dict]) -> Path | None:
-    """The original captions a training run used: newest run first, then configs/train.json."""
-    candidates: list[tuple[str, Path]] = []
-    for run in sorted(runs, key=lambda r: _mtime(RunPaths(Path(r["path"])).config), reverse=True):
-        value = (run.get("config") or {}).get("captions")
-        if isinstance(value, str) and value:
-            candidates.append((value, Path(run["path"])))
+def find_captions_file(workdir: Path, runs: list[dict]):
+    """The original captions a training run used, as a ``CaptionSpec`` (files and
+    formats): newest run first, then configs/train.json. None when no run names files
+    that still exist."""
     from mama_augment.configfile import read_run_config
 
+    candidates: list[tuple[dict, Path]] = []
+    for run in sorted(runs, key=lambda r: _mtime(RunPaths(Path(r["path"])).config), reverse=True):
+        candidates.append((run.get("config") or {}, Path(run["path"])))
     record = read_run_config(workdir, "train")
-    if record and isinstance((record.get("config") or {}).get("captions"), str):
-        candidates.append((record["config"]["captions"], workdir))
-    for value, base in candidates:
-        given = Path(value)
-        tries = [given] if given.is_absolute() else [given, workdir / given, base / given]
-        for path in tries:
-            if path.is_file():
-                return path
+    if record:
+        candidates.append((record.get("config") or {}, workdir))
+    for config, base in candidates:
+        value = config.get("captions")
+        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        found = [_existing(str(v), workdir, base) for v in values if v]
+        if found and all(found):
+            try:
+                return CaptionSpec.of(found, config.get("captions_format"))
+            except MamaError:
+                continue
     return None
+
+
+def _existing(value: str, workdir: Path, base: Path) -> Path | None:
+    given = Path(value)
+    tries = [given] if given.is_absolute() else [given, workdir / given, base / given]
+    return next((path for path in tries if path.is_file()), None)
 
 
 def _mtime(path: Path) -> float:
@@ -108,6 +120,7 @@ class Media:
         self.output = os.path.abspath(output)
         self.copy = copy
         self.missing = 0
+        self.outside = 0  # paths in the manifests that lead out of the work folder
         base = os.path.relpath(self.workdir, self.output).replace(os.sep, "/")
         self._prefix = "" if base == "." else base + "/"
 
@@ -115,13 +128,14 @@ class Media:
         if not rel:
             return None
         norm = posixpath.normpath(rel.replace(os.sep, "/"))
-        inside = not (norm == ".." or norm.startswith("../") or posixpath.isabs(norm))
-        source = os.path.join(self.workdir, norm) if inside else os.path.normpath(os.path.join(self.workdir, norm))
+        if norm == ".." or norm.startswith("../") or posixpath.isabs(norm):
+            # The tool writes only inside the work folder: such a path was edited in.
+            self.outside += 1
+            return None
+        source = os.path.join(self.workdir, norm)
         if not os.path.isfile(source):
             self.missing += 1
             return None
-        if not inside:
-            return quote(os.path.relpath(source, self.output).replace(os.sep, "/"))
         if self.copy:
             _link_or_copy(Path(source), Path(self.output) / MEDIA_DIR / norm)
             return quote(f"{MEDIA_DIR}/{norm}")
@@ -141,6 +155,40 @@ def _link_or_copy(source: Path, target: Path) -> None:
             os.link(source, tmp)
         except OSError:
             shutil.copy2(source, tmp)
+
+
+# ----------------------------------------------------------------------------- shown paths
+
+# An absolute POSIX path inside a message (not the "//" of a URL).
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])/[^\s'\"<>:;,()]+")
+
+
+class ShownPaths:
+    """Paths as the page shows them: relative to the work folder, never the machine's
+    absolute paths (a report is shared; where the data sat on one machine is not its
+    business)."""
+
+    def __init__(self, workdir: Path):
+        self.root = os.path.abspath(workdir)
+
+    def path(self, value: Any) -> Any:
+        if not isinstance(value, str) or not os.path.isabs(value):
+            return value
+        return os.path.relpath(value, self.root).replace(os.sep, "/")
+
+    def text(self, value: Any) -> Any:
+        """``value`` with every absolute path in it made relative."""
+        if not isinstance(value, str) or "/" not in value:
+            return value
+        return _ABSOLUTE.sub(lambda m: self.path(m.group()), value)
+
+    def tree(self, value: Any) -> Any:
+        """A JSON-like value with every string passed through :meth:`text`."""
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        return self.text(value)
 
 
 # ----------------------------------------------------------------------------- data
@@ -260,8 +308,7 @@ def build_report_summary(
 ) -> ReportSummary:
     """:func:`build_report`, returning what was written (counts, problems) as well."""
     workdir = Path(workdir)
-    if page_size < 1:
-        raise UsageError("--page-size must be at least 1")
+    check_number(page_size, "--page-size", minimum=1)
     status = workdir_status(workdir)  # raises UsageError for a missing work folder
     out_dir = Path(output) if output is not None else workdir / REPORT_DIR
     try:
@@ -284,13 +331,18 @@ def build_report_summary(
     for row in sorted(caption_rows, key=lambda r: (r["video_id"], r["caption_index"])):
         captions_by_video[row["video_id"]].append(row)
 
+    shown = ShownPaths(workdir)
+    for row in keyframes:
+        row["path"], row["error"] = shown.path(row.get("path")), shown.text(row.get("error"))
+    for row in caption_rows:
+        row["error"] = shown.text(row.get("error"))
     runs = list_runs(workdir)
     originals: dict[str, list[str]] = {}
-    source = Path(captions_file) if captions_file is not None else find_captions_file(workdir, runs)
-    if source is not None:
-        originals = read_captions_file(source)
-        summary.originals_file = str(source)
+    source = CaptionSpec.of(captions_file) if captions_file is not None else find_captions_file(workdir, runs)
     ok_ids = {r["video_id"] for r in keyframes if r["status"] == STATUS_OK}
+    if source is not None:
+        originals = read_captions_file(source, video_ids=sorted(ok_ids) or None)
+        summary.originals_file = " + ".join(source.paths)
     matched = {v: caps for v, caps in originals.items() if v in ok_ids}
     summary.originals = sum(len(c) for c in matched.values())
     if source is None:
@@ -298,29 +350,32 @@ def build_report_summary(
     else:
         unmatched = len(originals) - len(matched)
         originals_note = (
-            f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {source}"
+            f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {' + '.join(shown.path(str(Path(p).absolute())) for p in source.paths)}"
             + (f"; {unmatched} video_id(s) in that file have no keyframes row" if unmatched else "")
         )
 
     videos = _video_records(keyframes, captions_by_video, matched, media)
     failed_part, failed_total = failed_html(keyframes, caption_rows, max_failed_rows)
-    runs_part = runs_html(runs, media)
+    runs_part = runs_html(shown.tree(runs), media)
     summary.videos = len(videos)
     summary.failed = failed_total
     summary.runs = len(runs)
     summary.missing_images = media.missing
+    if media.outside:
+        summary.problems.append(f"{media.outside} image path(s) in the manifests lead outside the work folder; "
+                                "they are not linked")
     data = {"pageSize": page_size, "hasOriginals": source is not None, "videos": videos}
     page_title = title or f"mama-augment report \u2014 {workdir.resolve().name}"
     page = PAGE.format(
         title=esc(page_title),
         css=CSS,
         js=JS,
-        workdir=esc(str(workdir.resolve())),
+        workdir=esc(workdir.resolve().name),
         written=esc(_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         n_videos=len(videos),
         n_runs=len(runs),
         n_failed=failed_total,
-        totals=totals_html(status, originals_note),
+        totals=totals_html(shown.tree({**status, "problems": summary.problems}), originals_note),
         runs=runs_part,
         failed=failed_part,
         data=json_for_script(data),

@@ -32,8 +32,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path
-from mama_augment.errors import UsageError
+from mama_augment.errors import MamaError, UsageError
 from mama_augment.train.runs import RunPaths
 
 PAIR_WEIGHTS_SCHEMA = pa.schema([
@@ -334,9 +335,15 @@ def read_pair_weights(run_dir: str | Path) -> tuple[pd.DataFrame, bool, str | No
         if not RunPaths(run_dir).config.exists():
             raise UsageError(f"{run_dir} is not a run folder (no {RunPaths.CONFIG})")
         raise UsageError(f"{path} does not exist: the run has not finished (train writes it at the end)")
-    table = pq.read_table(path)
-    metadata = table.schema.metadata or {}
-    frame = table.to_pandas()
+    try:
+        table = pq.read_table(path)
+        metadata = table.schema.metadata or {}
+        frame = table.to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise MamaError(f"{path} cannot be read ({exc}); run training again to rewrite it") from None
+    missing = [c for c in ("pair_id", "loss") if c not in frame.columns]
+    if missing or ("caption_source" not in frame.columns and "source" not in frame.columns):
+        raise MamaError(f"{path} is not a pair_weights table (columns: {', '.join(frame.columns)})")
     note = metadata.get(META_NOTE, b"").decode() or None
     if "caption_source" not in frame.columns and "source" in frame.columns:
         # Written before this schema: raw weights and per-batch normalised ones.
@@ -373,8 +380,8 @@ def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold
     """
     if source not in SOURCES:
         raise UsageError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
-    if top < 0:
-        raise UsageError("--top must not be negative")
+    check_number(top, "--top", minimum=0)
+    check_number(threshold, "--threshold")
     frame, weighted, note = read_pair_weights(run_dir)
     if source != "all":
         frame = frame[frame["caption_source"] == source]

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from mama_augment.checks import check_device, check_name, check_number, check_numbers
 from mama_augment.errors import UsageError
 
 # The objectives (``--loss``), name -> what it is; ``losses.build_loss`` builds them.
@@ -36,6 +37,8 @@ CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(200.0)
 # ... and at least 1.
 LOGIT_SCALE_MIN = 0.0
+# Processes one node starts (--nproc-per-node): far more than any node has GPUs.
+MAX_PROCESSES_PER_NODE = 1024
 
 
 @dataclass
@@ -43,7 +46,9 @@ class TrainConfig:
     """Options of one training run (``mama-augment train``)."""
 
     # data
-    captions: str | None = None  # original captions: .csv / .jsonl / .parquet
+    # original captions: .csv / .jsonl / .parquet, or a benchmark's files (one path or several)
+    captions: str | list[str] | None = None
+    captions_format: str | None = None  # None: recognise each file; a name, or one per file comma-separated
     augment: str = "add"  # add the generated captions of <workdir>/captions.parquet, or none
     test_fraction: float = 0.1  # used only without a split column
     val_fraction: float = 0.1  # used only without a split column; 0 turns off val R@1
@@ -130,12 +135,14 @@ class TrainConfig:
         def bad(message: str) -> UsageError:
             return UsageError(message)
 
+        check_numbers(self)
+        if self.name is not None:
+            check_name(self.name, "--name")  # the run folder: it must stay inside WORKDIR/runs
         if self.loss not in LOSSES:
             raise bad(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.augment not in AUGMENT_MODES:
             raise bad(f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}")
-        if self.device not in DEVICES:
-            raise bad(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        check_device(self.device, "--device", DEVICES)
         if self.backbone not in BACKBONES:
             raise bad(f"--backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
         if self.meta_params not in META_PARAMS:
@@ -162,13 +169,30 @@ class TrainConfig:
         for name in ("lr", "meta_lr", "virtual_lr"):
             if getattr(self, name) <= 0:
                 raise bad(f"--{name.replace('_', '-')} must be positive")
-        if self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
-            raise bad("--weight-decay, --warmup and the gradient clip must not be negative")
+        for name in ("weight_decay", "warmup", "grad_clip"):
+            check_number(getattr(self, name), f"--{name.replace('_', '-')}", minimum=0)
+        check_number(self.eps, "--eps", above=0, maximum=0.5)
+        check_number(self.head_hidden, "--head-hidden", minimum=0)
+        check_number(self.max_frames, "--max-frames", minimum=1)
+        check_number(self.meta_batch_size, "--meta-batch-size", minimum=2)
+        check_number(self.logit_scale_init, "--logit-scale-init", minimum=LOGIT_SCALE_MIN, maximum=LOGIT_SCALE_MAX)
         if not self.resume and not self.captions:
             raise bad("--captions is required (the original captions of the videos)")
         needs_model = BACKBONES[self.backbone].needs_model
         if needs_model and not self.backbone_model:
             raise bad(f"--backbone {self.backbone} needs --backbone-model ({needs_model})")
+        if self.captions_format:
+            from mama_augment.datasets import parse_formats
+
+            parse_formats(self.captions_format, len(self.captions) if isinstance(self.captions, list) else 1)
         if self.use_meta_weighting and self.meta_set is None and self.meta_fraction <= 0:
             raise bad("meta-weighting needs a meta set: --meta-set FILE or --meta-fraction > 0")
         return self
+
+
+def check_launch(nproc_per_node: int, nnodes: int, node_rank: int, master_port: int | None) -> None:
+    """The options that start torchrun (not part of a run's config)."""
+    check_number(nproc_per_node, "--nproc-per-node", minimum=1, maximum=MAX_PROCESSES_PER_NODE)
+    check_number(nnodes, "--nnodes", minimum=1)
+    check_number(node_rank, "--node-rank", minimum=0, maximum=nnodes - 1)
+    check_number(master_port, "--master-port", minimum=1, maximum=65535)

@@ -4,7 +4,8 @@ Sources:
 
 * videos: ``<workdir>/keyframes.parquet`` rows with status ``ok``;
 * original captions: ``--captions FILE`` (``.csv``, ``.jsonl`` or ``.parquet``) with
-  ``video_id`` and ``caption``, optionally ``split`` (train/val/test) and ``concept``;
+  ``video_id`` and ``caption``, optionally ``split`` (train/val/test) and ``concept``,
+  or a benchmark's own annotation files (see :mod:`mama_augment.datasets`);
 * generated captions: ``<workdir>/captions.parquet`` rows with status ``ok``
   (``--augment add``), used for training videos only.
 
@@ -40,63 +41,15 @@ SOURCE_ORIGINAL = "original"
 SOURCE_GENERATED = "generated"
 
 
-def read_pairs_file(path: str | Path) -> pd.DataFrame:
-    """A user's captions file as a DataFrame with ``video_id``, ``caption`` (stripped
-    strings) and, when present, ``split`` and ``concept`` (strings or None).
+def _read_captions(paths, formats, video_ids, issues: Counter, examples: dict, prefix: str = "") -> pd.DataFrame:
+    """Captions files in any format of :mod:`mama_augment.datasets`, their ids mapped to
+    ``video_ids``; the readers' counted problems join ``issues``."""
+    from mama_augment.datasets import load_captions
 
-    The one reader of that file (``--captions``, ``--meta-set``, the report's original
-    captions): ``.csv``, ``.jsonl`` / ``.ndjson``, ``.json`` (an array of records) or
-    ``.parquet``. Missing captions read as empty strings.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"captions file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
-        elif suffix == ".json":
-            frame = pd.read_json(path, dtype=False)
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            raise UsageError(f"captions file must be .csv, .jsonl, .json or .parquet, not {path.name}")
-    except UsageError:
-        raise
-    except Exception as exc:  # pandas raises many kinds for malformed files
-        raise UsageError(f"cannot read captions file {path}: {exc}") from exc
-    missing = [c for c in ("video_id", "caption") if c not in frame.columns]
-    if missing:
-        raise UsageError(
-            f"captions file {path} needs the columns video_id and caption; missing: {', '.join(missing)} "
-            f"(it has {', '.join(map(str, frame.columns))})"
-        )
-    frame = frame.copy()
-    frame["video_id"] = frame["video_id"].astype(str)
-    frame["caption"] = frame["caption"].map(_text_or_none).fillna("").astype(str).str.strip()
-    for column in ("split", "concept"):
-        if column in frame.columns:
-            frame[column] = frame[column].map(lambda v: None if _text_or_none(v) in (None, "") else str(v))
-    return frame
-
-
-def _text_or_none(value) -> str | None:
-    """A cell as text; None for a missing value (None, NaN)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return str(value)
-
-
-def captions_by_video(path: str | Path) -> dict[str, list[str]]:
-    """``video_id -> [caption, ...]`` of a captions file, empty captions left out."""
-    frame = read_pairs_file(path)
-    captions: dict[str, list[str]] = {}
-    for video_id, caption in zip(frame["video_id"].tolist(), frame["caption"].tolist()):
-        if caption:
-            captions.setdefault(video_id, []).append(caption)
-    return captions
+    loaded = load_captions(paths, formats, video_ids=video_ids)
+    for kind, count in loaded.problems.counts.items():
+        _note(issues, examples, prefix + kind, count, loaded.problems.examples.get(kind, ""))
+    return loaded.frame
 
 
 def hash_split(video_id: str, test_fraction: float, val_fraction: float) -> str:
@@ -271,7 +224,8 @@ def build_data(
     split_votes: dict[int, Counter] = {}
     has_split = False
     if captions_path:
-        frame = read_pairs_file(captions_path)
+        frame = _read_captions(captions_path, None if captions_override else getattr(config, "captions_format", None),
+                               videos.video_ids, issues, examples)
         has_split = "split" in frame.columns and frame["split"].notna().any()
         has_concept = "concept" in frame.columns
         for row in frame.itertuples(index=False):
@@ -366,7 +320,7 @@ def build_data(
         issue_examples=examples,
         caption_index=caption_index,
     )
-    if len(data.train_videos) < 2:
+    if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
             f"only {len(data.train_videos)} training video(s) have captions: check --captions and that "
             "its video_id values match keyframes.parquet"
@@ -379,7 +333,7 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
     if not config.use_meta_weighting:
         return [], []
     if config.meta_set:
-        frame = read_pairs_file(config.meta_set)
+        frame = _read_captions(config.meta_set, None, videos.video_ids, issues, examples, prefix="meta_set_")
         meta_v, meta_c = [], []
         for row in frame.itertuples(index=False):
             if not row.caption or row.video_id not in index_of:

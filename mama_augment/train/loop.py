@@ -30,7 +30,7 @@ import torch
 
 from mama_augment.configfile import record_run_config
 from mama_augment.errors import MamaError, UsageError
-from mama_augment.manifest import ensure_workdir
+from mama_augment.manifest import ensure_workdir, make_folder, workdir_lock
 from mama_augment.stage import StageReport
 from mama_augment.train import checkpoint as ckpt
 from mama_augment.train.backbones import get_backbone, build_model
@@ -55,7 +55,7 @@ from mama_augment.train.loader import (
 )
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaStepResult, MetaWeighting, forward_with_level_inputs
-from mama_augment.train.runs import RunPaths, select_device
+from mama_augment.train.runs import RunPaths, load_run_config, select_device
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +174,17 @@ class TrainRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         config = self.config
-        ensure_workdir(self.workdir)
         self.paths = RunPaths.of(self.workdir, config.run_name)
         self.run_dir = self.paths.root
         saved = self.paths.config
         checkpoint_path = self.paths.checkpoint
+        if config.resume and not checkpoint_path.exists():
+            raise UsageError(f"nothing to resume: {checkpoint_path} does not exist")
+        if not self.workdir.is_dir():  # nothing to train on, and nothing is created
+            raise UsageError(f"the work folder {self.workdir} does not exist: run `mama-augment keyframes` first")
+        ensure_workdir(self.workdir)
         if config.resume:
-            if not checkpoint_path.exists():
-                raise UsageError(f"nothing to resume: {checkpoint_path} does not exist")
-            stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+            stored = load_run_config(self.paths)
             # The saved options define the run; only how it is watched may change.
             stored.resume, stored.progress, stored.device = True, config.progress, config.device
             stored.num_workers = config.num_workers
@@ -249,7 +251,7 @@ class TrainRecipe:
         if config.resume:
             self._load_checkpoint(checkpoint_path)
         elif self.is_writer:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.run_dir)
             saved.write_text(json.dumps(config.to_dict(), indent=2))
             self.paths.metrics.write_text("")
         if self.is_writer:
@@ -526,10 +528,16 @@ def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_siz
     The other ranks return without waiting for rank 0's last files (a barrier there
     could outlast NCCL's timeout while rank 0 scores every pair).
     """
+    config.validate()  # the run's name must be safe before it names a lock
     recipe = TrainRecipe(config, workdir, rank, world_size, step_callback)
-    recipe.setup()
-    try:
-        recipe.train()
-        return recipe.save()
-    finally:
-        recipe.cleanup()
+    # Two processes training one run would both append to its files: rank 0 (the
+    # writer) holds the run's lock from the first look at the folder to the last file.
+    lock = workdir_lock(workdir, f"train-{config.run_name}") if rank == 0 and Path(workdir).is_dir() \
+        else contextlib.nullcontext()
+    with lock:
+        recipe.setup()
+        try:
+            recipe.train()
+            return recipe.save()
+        finally:
+            recipe.cleanup()

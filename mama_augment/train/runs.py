@@ -20,11 +20,12 @@ This module imports torch only inside the functions that need it, so ``status`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mama_augment.errors import UsageError
+from mama_augment.errors import MamaError, UsageError
 
 RUNS_DIR = "runs"
 
@@ -82,31 +83,51 @@ def select_device(name: str):
     return torch.device("cpu")
 
 
+def load_run_config(paths: RunPaths):
+    """The TrainConfig a run folder's ``config.json`` holds; MamaError when the file is
+    damaged (not JSON, not an object, or a value no run could have had)."""
+    from mama_augment.train.config import TrainConfig
+
+    try:
+        data = json.loads(paths.config.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        config = TrainConfig.from_dict(data)
+        # Every stored value must pass the checks (the device is this machine's business).
+        dataclasses.replace(config, device="cpu").validate()
+    except (OSError, ValueError, TypeError, UsageError) as exc:
+        raise MamaError(
+            f"the run's {RunPaths.CONFIG} ({paths.config}) is damaged: {exc}; restore it from a backup"
+        ) from None
+    return config
+
+
 def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",
              workdir: str | Path | None = None):
     """(config, model with the run's final or latest weights, data) of a run folder."""
     from mama_augment.train import checkpoint as ckpt
     from mama_augment.train.backbones import BACKBONES, build_model
-    from mama_augment.train.config import TrainConfig
     from mama_augment.train.data import build_data
 
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
         raise UsageError(f"{paths.root} is not a run folder (no {RunPaths.CONFIG})")
-    config = TrainConfig.from_dict(json.loads(paths.config.read_text()))
+    config = load_run_config(paths)
     workdir = Path(workdir) if workdir else paths.root.parent.parent
     dev = select_device(device)
     data = build_data(_eval_config(config), workdir, need=BACKBONES[config.backbone].needs,
                       captions_override=captions)
     model = build_model(config, data.videos, workdir, dev)
-    if paths.model.exists():
-        tensors, _ = ckpt.load(paths.model)
-    elif paths.checkpoint.exists():
-        all_tensors, _ = ckpt.load(paths.checkpoint)
-        tensors = {k[len("model."):]: v for k, v in all_tensors.items() if k.startswith("model.")}
-    else:
+    weights = paths.model if paths.model.exists() else paths.checkpoint
+    if not weights.exists():
         raise UsageError(f"{paths.root} has no weights yet ({RunPaths.MODEL} or {RunPaths.CHECKPOINT})")
-    model.load_state_dict(tensors)
+    try:
+        tensors, _ = ckpt.load(weights)
+        if weights == paths.checkpoint:
+            tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(tensors)
+    except Exception as exc:  # safetensors and torch raise many kinds for a damaged file
+        raise MamaError(f"cannot load the weights {weights}: {exc}") from None
     model.set_videos(data.videos)
     model.set_texts(data.texts)
     model.eval()

@@ -10,10 +10,16 @@ Refused connections, resets, timeouts, 5xx / 429 answers and malformed bodies ar
 retried with exponential backoff and jitter; after ``max_retries`` the request
 becomes a failed row whose ``error_kind`` says which of these it was. Other 4xx
 answers (a prompt too long for the model, a wrong model name) are not retried.
+
+A server cannot hold the run: ``timeout_s`` is a deadline for the whole of one
+request (a watchdog closes the connection when it passes, however slowly the answer
+trickles in), and an answer larger than ``MAX_RESPONSE_BYTES`` is dropped unread
+(``response_too_large``, not retried).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -40,6 +46,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENVS = ("OPENAI_API_KEY", "VLLM_API_KEY")
 _MAX_BACKOFF_S = 30.0
+# A caption answer is a few kilobytes; anything far larger is not one.
+MAX_RESPONSE_BYTES = 8 * 2**20
+_READ_CHUNK = 64 * 1024
 
 
 class _Retryable(Exception):
@@ -130,10 +139,26 @@ class ServerBackend(CaptionBackend):
 
     def _http(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         conn = self._connection()
+        deadline = time.monotonic() + self.timeout_s
+        expired = threading.Event()
+
+        def expire() -> None:  # the deadline passed: unblock whatever read is waiting
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             conn.request(method, path, body=body, headers=self.headers)
             response = conn.getresponse()
-            data = response.read()
+            data = self._read_body(response, deadline, expired)
+        except _Final:
+            self._drop_connection()
+            raise
         except (socket.timeout, TimeoutError) as exc:
             self._drop_connection()
             raise _Retryable("timeout", f"no answer within {self.timeout_s:g} s") from exc
@@ -142,10 +167,32 @@ class ServerBackend(CaptionBackend):
             raise _Retryable("connection_refused", f"connection refused by {self.host}:{self.port}") from exc
         except (http.client.HTTPException, OSError) as exc:
             self._drop_connection()
+            if expired.is_set():
+                raise _Retryable("timeout", f"no whole answer within {self.timeout_s:g} s") from exc
             raise _Retryable("connection_error", f"{type(exc).__name__}: {exc}") from exc
-        if response.getheader("connection", "").lower() == "close":
+        finally:
+            watchdog.cancel()
+        if expired.is_set() or response.getheader("connection", "").lower() == "close":
             self._drop_connection()
         return response.status, data
+
+    def _read_body(self, response: http.client.HTTPResponse, deadline: float, expired: threading.Event) -> bytes:
+        """The body, read in chunks: at most ``MAX_RESPONSE_BYTES``, before ``deadline``."""
+        length = response.getheader("content-length")
+        if length and length.strip().isdigit() and int(length) > MAX_RESPONSE_BYTES:
+            raise _Final("response_too_large", f"the server announced {int(length)} bytes; "
+                                               f"an answer is at most {MAX_RESPONSE_BYTES} bytes")
+        chunks, size = [], 0
+        while True:
+            chunk = response.read(_READ_CHUNK)
+            if expired.is_set() or time.monotonic() > deadline:
+                raise TimeoutError("deadline passed")
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _Final("response_too_large", f"the answer passed {MAX_RESPONSE_BYTES} bytes")
+            chunks.append(chunk)
 
     def _adopt_served_model(self) -> None:
         """If the server serves exactly one model under another name, use that name.
