@@ -332,6 +332,8 @@ class Check:
             self.say(f"keyframes --many: {many.get('skipped') or ('exit ' + str(many.get('returncode')))}")
         self.say()
         self.say("== targets")
+        if self.device != "cuda":
+            self.say("(not on a GPU: these verdicts rehearse the script; they are not the GPU targets)")
         targets = []
 
         def target(name: str, value, limit: str, ok) -> None:
