@@ -1,0 +1,58 @@
+"""Pictures of the work folder, read or placed into an export."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from mama_augment.errors import ItemError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
+
+
+def read_picture(workdir: Path, relative: str | None, what: str) -> bytes:
+    """The bytes of a picture of the work folder; ``ItemError`` when it is missing."""
+    if not relative:
+        raise ItemError("missing_image", f"no {what} recorded")
+    try:
+        with open(workdir / relative, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ItemError("missing_image", f"cannot read the {what} {relative}: {exc.strerror or exc}") from None
+
+
+def safe_relative_path(video_id: str) -> str:
+    """A relative path for files named after ``video_id``: never absolute, no ``..``.
+
+    Ids are usually relative paths already (``sub/clip``) and stay as they are; any
+    other character becomes ``_`` and a short hash keeps changed ids distinct.
+    """
+    parts = [p for p in video_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    cleaned = [_UNSAFE.sub("_", p).lstrip(".") or "_" for p in parts] or ["_"]
+    safe = "/".join(cleaned)
+    if safe != video_id:
+        safe += "-" + hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:8]
+    return safe
+
+
+def place_picture(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` atomically: a hard link when possible, else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            try:
+                shutil.copyfile(source, tmp)
+            except OSError as exc:
+                raise ItemError("missing_image", f"cannot copy {source}: {exc.strerror or exc}") from None
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
