@@ -107,6 +107,24 @@ class DuplicateResult:
     def near_duplicate(self) -> np.ndarray:
         return self.group_videos >= 2
 
+    def expand(self, positions: np.ndarray, n: int) -> "DuplicateResult":
+        """The result of a subset of ``n`` captions, spread back to all of them (the others alone)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        group = np.full(n, -1, dtype=np.int64)
+        group[positions] = np.where(self.group >= 0, positions[np.maximum(self.group, 0)], -1)
+        group_videos = np.ones(n, dtype=np.int32)
+        group_videos[positions] = self.group_videos
+        keep = np.ones(n, dtype=bool)
+        keep[positions] = self.keep
+        nearest_similarity = np.full(n, np.nan)
+        nearest_similarity[positions] = self.nearest_similarity
+        nearest_video: list = [None] * n
+        for position, video in zip(positions.tolist(), self.nearest_video):
+            nearest_video[position] = video
+        distinct_group = -1 - np.arange(n, dtype=np.int64)  # alone: a group of its own
+        distinct_group[positions] = self.distinct_group
+        return DuplicateResult(group, group_videos, keep, nearest_similarity, nearest_video, distinct_group)
+
 
 class _UnionFind:
     def __init__(self, n: int):
@@ -144,7 +162,8 @@ def find_duplicates(
     distinct: dict[str, int] = {}
     text_of = np.empty(n, dtype=np.int64)
     for i, key in enumerate(keys):
-        text_of[i] = distinct.setdefault(key, len(distinct))
+        # A caption without words is no description: it gets a text of its own.
+        text_of[i] = distinct.setdefault(key if key else f"\0{i}", len(distinct))
     m = len(distinct)
     # Videos of each distinct text (first two are enough to know "another video").
     owners: list[list[str]] = [[] for _ in range(m)]

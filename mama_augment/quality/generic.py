@@ -10,15 +10,16 @@ check counts its *informative* words, the words that are none of
 * words of the dataset so common they tell nothing (in at least ``common_word_df`` of
   the captions, e.g. "video" and "shows" in vision-language model output);
 * words inside a *filler phrase*: a seed phrase, or a word 2- to 4-gram holding a
-  vague word that is frequent across the dataset (in at least ``phrase_df`` of the
+  filler word (the tone of model padding: "engaging", "sense", "various") that is
+  frequent across the dataset (in at least ``phrase_df`` of the
   captions and ``phrase_min_count`` of them). This is measured on the data, so the
   filler a given model repeats ("creating a sense of wonder") is found even when only
   one of its words is in the seed list.
 
 Frequencies are document frequencies over *distinct* captions: every group of
 near-duplicates counts once, so one caption copied across many videos does not make
-its own words "frequent". A caption is generic when it has no informative word, or
-only one next to two or more vague words ("A man is doing something.").
+its own words "frequent". A caption is generic when it has at most one informative
+word ("A man is doing something.", "The video shows an activity from start to finish.").
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ STOP_WORDS = frozenset(
     can will just should now is are was were be been being have has had having do does did doing it its
     it's itself they them their theirs themselves he him his himself she her hers herself we us our ours
     you your yours i me my this that these those who whom which what while also still yet one another
-    appears appear seems seem looks look likely possibly perhaps probably may might could would""".split()
+    appears appear seems seem likely possibly perhaps probably may might could would throughout within
+    quite rather really just""".split()
 )
 
 # Words that carry a description without adding to it: the picture and the verb that
@@ -43,11 +45,15 @@ CARRIER_WORDS = frozenset(
     """video videos clip clips footage image images picture pictures frame frames show shows showing shown
     showcase showcases showcasing depict depicts depicting display displays displaying feature features
     featuring capture captures capturing captured highlight highlights highlighting present presents
-    presenting illustrate illustrates""".split()
+    presenting illustrate illustrates see sees seen watch watches watching look looks looking observe
+    observed offer offers offering provide provides providing""".split()
 )
 
-# The seed list: words that describe no particular video.
-VAGUE_WORDS = frozenset(
+# The seed list: words that describe no particular video. Filler words carry the tone
+# of vision-language model padding; only they make a frequent phrase a filler phrase
+# (an abstract word such as "busy" or "changes" is too common in real descriptions:
+# "at a busy airport" is not filler).
+FILLER_WORDS = frozenset(
     """something someone somebody somewhere anything everything thing things stuff individual individuals
     various variety several many multiple different numerous certain some kind type sort lot lots
     activity activities action actions event events moment moments situation content elements element
@@ -56,8 +62,18 @@ VAGUE_WORDS = frozenset(
     amazing impressive fascinating remarkable wonderful nice good great intriguing compelling
     essence glimpse sense feeling experience story journey world life viewer viewers audience
     happening happens happen occurring occurs taking place going doing engaged involved performing
-    seen view views scenery scene scenes shot shots unclear unknown unidentified sequence series""".split()
+    creating creates create""".split()
 )
+ABSTRACT_WORDS = frozenset(
+    """view views scenery scene scenes shot shots unclear unknown unidentified sequence series
+    nothing much ordinary typical usual everyday daily routine common regular normal example situations
+    task tasks area places time times day period movement movements motion progress progression develops
+    unfolds unfold changes change start finish beginning end fun pleasant calm peaceful busy short long
+    number amount contains contain includes include object objects item items appearance subject subjects
+    figure figures surroundings background foreground details detail aspects aspect whatever anyone
+    everyone nobody interaction interactions""".split()
+)
+VAGUE_WORDS = FILLER_WORDS | ABSTRACT_WORDS
 
 # Seed filler phrases (lower-case word sequences); every word inside one is uninformative.
 SEED_PHRASES = tuple(
@@ -80,7 +96,7 @@ class GenericResult:
 
     @property
     def generic(self) -> bool:
-        return self.informative == 0 or (self.informative == 1 and self.vague >= 2)
+        return self.informative <= 1
 
 
 class GenericModel:
@@ -110,7 +126,7 @@ class GenericModel:
             for n in (2, 3, 4):
                 for i in range(len(words) - n + 1):
                     gram = tuple(words[i : i + n])
-                    if any(w in VAGUE_WORDS for w in gram) and not all(w in _UNINFORMATIVE for w in gram):
+                    if any(w in FILLER_WORDS for w in gram) and not all(w in _UNINFORMATIVE for w in gram):
                         grams.add(gram)
             phrase_df.update(grams)
         word_floor = self.common_word_df * self.documents

@@ -165,16 +165,20 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
 
     # Near-duplicates across videos.
     clock = time.monotonic()
+    # Only descriptions take part: an empty answer or an echo of the prompt is flagged for
+    # what it is, not also as the duplicate of every other one like it.
     text_model, embed = _text_embedder(config, workdir)
-    duplicates = find_duplicates(texts, data["video_id"], embed, threshold=config.duplicate_threshold,
-                                 k=config.neighbours, method=config.nn_index)
+    described = np.flatnonzero(~too_short & ~prompt_echo)
+    duplicates = find_duplicates([texts[i] for i in described], [data["video_id"][i] for i in described], embed,
+                                 threshold=config.duplicate_threshold, k=config.neighbours, method=config.nn_index)
+    duplicates = duplicates.expand(described, n)
     timings["duplicates_s"] = time.monotonic() - clock
 
-    # Generic: frequencies over distinct captions (one per near-duplicate group).
+    # Generic: frequencies over distinct descriptions (one per near-duplicate group).
     clock = time.monotonic()
     first_of_group: dict[int, int] = {}
-    for i, g in enumerate(duplicates.distinct_group.tolist()):
-        first_of_group.setdefault(g, i)
+    for i in described.tolist():
+        first_of_group.setdefault(int(duplicates.distinct_group[i]), i)
     model = GenericModel(config.common_word_df, config.phrase_df, config.phrase_min_count)
     model.fit([words[i] for i in first_of_group.values()])
     generic_results = [model.check(w) for w in words]
@@ -224,7 +228,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
             values = {
                 "too_short": bool(too_short[i]),
                 "truncated": bool(truncated[i]),
-                "generic": generic.generic and not too_short[i],
+                "generic": generic.generic and not too_short[i] and not prompt_echo[i],
                 "prompt_echo": bool(prompt_echo[i]),
                 "near_duplicate": bool(duplicates.near_duplicate[i]),
                 "clip_mismatch": clip_mismatch,

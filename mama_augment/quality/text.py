@@ -18,7 +18,8 @@ _CLOSERS = "\"'”’)]"
 # Words no caption should end on: an answer that stops on one was cut off.
 DANGLING = frozenset(
     "a an the and or but with of to in on at by for from into onto while as is are was were be been being "
-    "that which who whose where when his her their its our your my this these those some very".split()
+    "that which who whose where when his her their its our your my this these those some very then because "
+    "although whether than including such".split()
 )
 
 # Words for the picture the model was shown; an echo of the prompt may use any of them.
