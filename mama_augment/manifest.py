@@ -194,9 +194,14 @@ def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+# Rows per Parquet row group: a reader that streams a manifest (``export``) holds one
+# row group of the columns it reads at a time, so this bounds its memory.
+ROW_GROUP_ROWS = 8192
+
+
 def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False) -> None:
     with atomic_path(path, fsync=fsync) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _part_files(workdir: str | os.PathLike, spec: ManifestSpec) -> list[Path]:

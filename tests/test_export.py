@@ -306,22 +306,24 @@ def test_no_keyframes_is_a_usage_error(tmp_path):
 
 _KILLER = textwrap.dedent(
     """
-    import os, signal, sys, tarfile
+    import os, signal, sys
     from pathlib import Path
     from mama_augment.export import run_export
+    from mama_augment.export import webdataset
     from mama_augment.export.config import ExportConfig
 
     workdir, out, kill_after = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     calls = {"n": 0}
-    original = tarfile.TarFile.addfile
+    original = webdataset.TarWriter.add
 
-    def addfile(self, *args, **kwargs):
+    def add(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == kill_after:  # in the middle of a shard: some members written, not all
+            self.handle.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, *args, **kwargs)
 
-    tarfile.TarFile.addfile = addfile
+    webdataset.TarWriter.add = add
     run_export(ExportConfig(format="webdataset", out=out, shard_size=2), workdir)
     """
 )

@@ -31,6 +31,14 @@ class ShardContext:
     def name(self) -> str:
         return f"{self.index:06d}"
 
+    @property
+    def workdir_resolved(self) -> str:
+        """The work folder as an absolute path, for exports that point at its files."""
+        resolved = self.__dict__.get("_workdir_resolved")
+        if resolved is None:
+            resolved = self.__dict__["_workdir_resolved"] = str(Path(self.workdir).resolve())
+        return resolved
+
     def instruction(self, entry: CaptionEntry, video: VideoItem) -> str:
         """The prompt a caption was made with, rendered for the video's grid.
 

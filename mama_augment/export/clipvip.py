@@ -13,6 +13,7 @@ and ``num_frame`` is their count; point the dataset's ``vis`` at ``frames/``.
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 from mama_augment.errors import ItemError
@@ -49,9 +50,11 @@ class ClipVipFormat:
                     if not video.keyframe_paths:
                         raise ItemError("missing_image", "no keyframes recorded")
                     name = clip_id.split("/")[-1]
+                    folder = os.path.join(ctx.out, "frames", clip_id)
+                    os.makedirs(folder, exist_ok=True)
                     for rank, path in enumerate(video.keyframe_paths):
-                        target = ctx.out / "frames" / clip_id / f"{name}_{rank:03d}.jpg"
-                        place_picture(ctx.workdir / path, target)
+                        target = os.path.join(folder, f"{name}_{rank:03d}.jpg")
+                        place_picture(os.path.join(ctx.workdir, path), target, make_parent=False)
                 except ItemError as exc:
                     result.fail(sample, exc)
                     continue

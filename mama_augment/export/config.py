@@ -43,7 +43,7 @@ class ExportConfig:
     # Rows read from Parquet at a time, and rows an unsorted input may hold in memory
     # before it is sorted on disk (the original captions file, the run's weights).
     batch_rows: int = 4096
-    sort_memory_rows: int = 1_000_000
+    sort_memory_rows: int = 100_000
     extra: dict = field(default_factory=dict)  # format-specific settings (none yet)
 
     def identity(self, unit: str, inputs: dict) -> dict:

@@ -15,12 +15,12 @@ from mama_augment.errors import ItemError
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
-def read_picture(workdir: Path, relative: str | None, what: str) -> bytes:
+def read_picture(workdir: Path | str, relative: str | None, what: str) -> bytes:
     """The bytes of a picture of the work folder; ``ItemError`` when it is missing."""
     if not relative:
         raise ItemError("missing_image", f"no {what} recorded")
     try:
-        with open(workdir / relative, "rb") as handle:
+        with open(os.path.join(workdir, relative), "rb") as handle:
             return handle.read()
     except OSError as exc:
         raise ItemError("missing_image", f"cannot read the {what} {relative}: {exc.strerror or exc}") from None
@@ -40,10 +40,24 @@ def safe_relative_path(video_id: str) -> str:
     return safe
 
 
-def place_picture(source: Path, target: Path) -> None:
-    """Put ``source`` at ``target`` atomically: a hard link when possible, else a copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+def place_picture(source: Path | str, target: Path | str, make_parent: bool = True) -> None:
+    """Put ``source`` at ``target`` atomically: a hard link when possible, else a copy.
+
+    A new hard link appears whole or not at all, so the first placement links straight
+    to ``target``; replacing an existing file, or copying, goes through a temporary name.
+    """
+    source, target = os.fspath(source), os.fspath(target)
+    if make_parent:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.link(source, target)
+        return
+    except FileNotFoundError:
+        raise ItemError("missing_image", f"cannot read {source}: no such file") from None
+    except OSError:
+        pass  # exists already (a shard written again), or another filesystem: below
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         try:
             os.link(source, tmp)
@@ -55,4 +69,4 @@ def place_picture(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            os.unlink(tmp)

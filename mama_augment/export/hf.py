@@ -12,6 +12,7 @@ does ``load_dataset("parquet", data_files="OUT/data/*.parquet")``.
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 import pyarrow as pa
@@ -77,7 +78,7 @@ class HfFormat:
                 else:
                     if not video.grid_path:
                         raise ItemError("missing_image", "no grid recorded")
-                    image = {"bytes": None, "path": str((ctx.workdir / video.grid_path).resolve())}
+                    image = {"bytes": None, "path": os.path.join(ctx.workdir_resolved, video.grid_path)}
             except ItemError as exc:
                 result.fail(sample, exc)
                 continue

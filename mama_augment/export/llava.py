@@ -12,6 +12,7 @@ prompt). ``metadata`` holds the provenance, weight and flags; LLaVA's loader ign
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 from mama_augment.errors import ItemError
@@ -46,14 +47,13 @@ class LlavaFormat:
             try:
                 if not video.grid_path:
                     raise ItemError("missing_image", "no grid recorded")
-                source = ctx.workdir / video.grid_path
                 if ctx.config.images:
                     image = f"images/{safe_relative_path(video.video_id)}.jpg"
                     if image not in placed:
-                        place_picture(source, ctx.out / image)
+                        place_picture(os.path.join(ctx.workdir, video.grid_path), os.path.join(ctx.out, image))
                         placed.add(image)
                 else:
-                    image = str(source.resolve())
+                    image = os.path.join(ctx.workdir_resolved, video.grid_path)
             except ItemError as exc:
                 result.fail(sample, exc)
                 continue

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import heapq
 import os
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from mama_augment.manifest import (
 MANIFEST_LOCKS = {KEYFRAMES.name: "keyframes", CAPTIONS.name: "caption", CAPTION_FLAGS.name: "filter"}
 PAIR_WEIGHTS_FILE = "pair_weights.parquet"
 SEQ = "__seq"
+MERGE_BATCH_ROWS = 1024
 
 
 def caption_sha256(text: str) -> str:
@@ -82,9 +84,15 @@ def manifest_rows(workdir: Path, spec: ManifestSpec, columns: Sequence[str], bat
     return _parquet_rows(path, [*spec.key, *[c for c in columns if c not in spec.key]], batch_rows, spec.filename)
 
 
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file read as its pages are decoded (``pre_buffer`` off: memory stays at
+    about a batch per column, where pre-buffering holds ranges of the file ahead)."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int, label: str) -> Iterator[dict]:
     try:
-        handle = pq.ParquetFile(path)
+        handle = open_parquet(path)
         present = set(handle.schema_arrow.names)
         wanted = [c for c in columns if c in present] if columns is not None else None
         missing = [c for c in (columns or []) if c not in present]
@@ -119,8 +127,9 @@ def sorted_rows(
     """Rows of ``batches`` sorted by ``key`` (stable), holding at most ~``max_rows`` in memory.
 
     Each run of ``max_rows`` rows is sorted with Arrow and, when the input does not fit
-    in one run, written to ``tmpdir`` as Parquet; the runs are then merged a batch at a
-    time. The files are removed when the iterator is exhausted or closed.
+    in one run, written to ``tmpdir`` as Parquet in row groups of ``batch_rows``; the
+    runs are then merged a row group at a time each. The files are removed when the
+    iterator is exhausted or closed.
     """
     runs: list[Path] = []
     pending: list[pa.RecordBatch] = []
@@ -141,8 +150,8 @@ def sorted_rows(
             pending_rows += batch.num_rows
             if pending_rows >= max_rows:
                 tmpdir.mkdir(parents=True, exist_ok=True)
-                path = tmpdir / f"sort-{os.getpid()}-{len(runs):05d}.parquet"
-                pq.write_table(sort_pending(), path)
+                path = tmpdir / f"sort-{key}-{uuid.uuid4().hex}.parquet"  # two sorts may share tmpdir
+                pq.write_table(sort_pending(), path, row_group_size=batch_rows)
                 runs.append(path)
                 pending, pending_rows = [], 0
         if not runs:
@@ -151,11 +160,12 @@ def sorted_rows(
                     yield from batch.to_pylist()
             return
         if pending:
-            path = tmpdir / f"sort-{os.getpid()}-{len(runs):05d}.parquet"
-            pq.write_table(sort_pending(), path)
+            path = tmpdir / f"sort-{key}-{uuid.uuid4().hex}.parquet"  # two sorts may share tmpdir
+            pq.write_table(sort_pending(), path, row_group_size=batch_rows)
             runs.append(path)
             pending = []
-        streams = [_parquet_rows(path, None, batch_rows, "sort run") for path in runs]
+        # The merge holds a batch per run: small batches keep many runs cheap.
+        streams = [_parquet_rows(path, None, MERGE_BATCH_ROWS, "sort run") for path in runs]
         yield from heapq.merge(*streams, key=lambda row: (row[key], row[SEQ]))
     finally:
         for path in runs:
@@ -231,19 +241,7 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
     names = ["video_id", "caption", "split", "concept"]
     try:
         if suffix == ".csv":
-            from pyarrow import csv as pacsv
-
-            reader = pacsv.open_csv(
-                path,
-                read_options=pacsv.ReadOptions(block_size=1 << 22),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in names},
-                    include_columns=names,
-                    include_missing_columns=True,
-                    strings_can_be_null=False,
-                ),
-            )
-            source: Iterable[pa.RecordBatch] = reader
+            source: Iterable[pa.RecordBatch] = _csv_batches(path, names, batch_rows)
         elif suffix in (".jsonl", ".ndjson"):
             import pandas as pd
 
@@ -251,7 +249,7 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
             chunks = pd.read_json(path, lines=True, dtype=False, chunksize=batch_rows)
             source = (_frame_batch(chunk, names) for chunk in chunks)
         elif suffix == ".parquet":
-            handle = pq.ParquetFile(path)
+            handle = open_parquet(path)
             present = [n for n in names if n in handle.schema_arrow.names]
             source = (_cast_batch(b, names) for b in handle.iter_batches(batch_size=batch_rows, columns=present))
         else:
@@ -268,6 +266,31 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
         raise
     except Exception as exc:  # the readers raise many kinds for malformed files
         raise UsageError(f"cannot read captions file {path}: {exc}") from exc
+
+
+def _csv_batches(path: Path, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A CSV file a batch at a time, every value as text (Python's csv module: it holds
+    one batch, where Arrow's streaming CSV reader was seen to keep memory in proportion
+    to the file)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [n for n in ("video_id", "caption") if n not in (reader.fieldnames or [])]
+        if missing:
+            raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
+        rows: list[dict] = []
+        for row in reader:
+            rows.append(row)
+            if len(rows) >= batch_rows:
+                yield _rows_batch(rows, names)
+                rows = []
+        if rows:
+            yield _rows_batch(rows, names)
+
+
+def _rows_batch(rows: list[dict], names: Sequence[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({n: pa.array([r.get(n) for r in rows], type=pa.string()) for n in names})
 
 
 def _frame_batch(frame, names: Sequence[str]) -> pa.RecordBatch:
@@ -336,18 +359,23 @@ def load_run_weights(run: Path, drop_least_trusted: float | None, needs_weights:
     try:
         handle = pq.ParquetFile(path)
         metadata = handle.schema_arrow.metadata or {}
-        table = handle.read(columns=["pair_id", "weight", "loss"])
+        if b"mama_augment.weighted" in metadata:
+            weighted = metadata[b"mama_augment.weighted"] == b"true"
+        else:  # a file without the flag: weighted when its first weights are not all null
+            first = handle.read_row_group(0, columns=["weight"]) if handle.num_row_groups else None
+            weighted = first is not None and first.column("weight").null_count < first.num_rows
     except (OSError, pa.ArrowException) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
-    weight = table.column("weight").to_numpy(zero_copy_only=False)
-    weighted = metadata.get(b"mama_augment.weighted", b"true") == b"true" and not np.all(np.isnan(weight.astype(float)))
     if needs_weights and not weighted:
         raise UsageError(
             f"{run} was trained without meta-weighting: its pairs have no weights, so --min-weight and "
             "--drop-least-trusted cannot apply"
         )
-    result = RunWeights(path=path, weighted=weighted, total_pairs=table.num_rows)
+    result = RunWeights(path=path, weighted=weighted, total_pairs=handle.metadata.num_rows)
     if drop_least_trusted:
+        # The ranking needs every pair's weight and loss: 24 bytes a pair.
+        table = handle.read(columns=["pair_id", "weight", "loss"])
+        weight = table.column("weight").to_numpy(zero_copy_only=False)
         pair_id = table.column("pair_id").to_numpy()
         loss = table.column("loss").to_numpy(zero_copy_only=False).astype(float)
         weights = weight.astype(float)
@@ -363,8 +391,7 @@ def load_run_weights(run: Path, drop_least_trusted: float | None, needs_weights:
 
 def pair_weight_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     columns = ["pair_id", "video_id", "caption", "caption_source", "caption_index", "weight", "loss"]
-    handle = pq.ParquetFile(path)
-    yield from handle.iter_batches(batch_size=batch_rows, columns=columns)
+    yield from open_parquet(path).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 # ----------------------------------------------------------------------------- the join

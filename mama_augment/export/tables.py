@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from typing import Sequence
 
 from mama_augment.export.base import ShardContext, ShardResult
@@ -31,7 +32,7 @@ def pair_row(ctx: ShardContext, sample: Sample) -> dict:
         "loss": entry.loss, "caption_index": entry.caption_index, "model": entry.model, "preset": entry.preset,
         "prompt_name": entry.prompt_name, "prompt_sha256": entry.prompt_sha256, "seed": entry.seed,
         "split": video.split, "concept": video.concept, "flags": entry.flags,
-        "grid_path": str((ctx.workdir / video.grid_path).resolve()) if video.grid_path else None,
+        "grid_path": os.path.join(ctx.workdir_resolved, video.grid_path) if video.grid_path else None,
     }
 
 

@@ -14,17 +14,67 @@ numbers, so they never hold a dot whatever the ``video_id`` is; the id is in the
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 from mama_augment.errors import ItemError
 from mama_augment.export.base import ShardContext, ShardResult
 from mama_augment.export.files import read_picture
 from mama_augment.export.records import Sample
 from mama_augment.fileio import atomic_path
+
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar archives end on a whole record, as tar(1) and Python's tarfile write them
+
+
+def _ustar_template() -> bytearray:
+    header = bytearray(BLOCK)
+    header[100:108] = b"0000644\0"  # mode
+    header[108:116] = b"0000000\0"  # uid
+    header[116:124] = b"0000000\0"  # gid
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"  # POSIX ustar magic and version
+    return header
+
+
+_TEMPLATE = _ustar_template()
+
+
+class TarWriter:
+    """A POSIX ustar archive of regular files, written straight to a file.
+
+    Member names here are short ASCII (``KEY.EXT``), so a plain ustar header holds
+    them; building that header directly is several times faster than ``tarfile``,
+    which is most of the cost of a shard of small pictures.
+    """
+
+    def __init__(self, handle: BinaryIO, mtime: int):
+        self.handle = handle
+        self.mtime = b"%011o\0" % mtime
+
+    def add(self, name: str, data: bytes) -> None:
+        encoded = name.encode("ascii")
+        if len(encoded) > 100:
+            raise ValueError(f"tar member name too long: {name}")
+        header = bytearray(_TEMPLATE)
+        header[0:len(encoded)] = encoded
+        header[124:136] = b"%011o\0" % len(data)
+        header[136:148] = self.mtime
+        header[148:156] = b"        "
+        header[148:156] = b"%06o\0 " % sum(header)
+        self.handle.write(header)
+        self.handle.write(data)
+        padding = -len(data) % BLOCK
+        if padding:
+            self.handle.write(bytes(padding))
+
+    def close(self) -> None:
+        self.handle.write(bytes(2 * BLOCK))
+        end = self.handle.tell()
+        if end % RECORD:
+            self.handle.write(bytes(RECORD - end % RECORD))
 
 
 def shard_name(index: int) -> str:
@@ -51,7 +101,8 @@ class WebDatasetFormat:
         name = shard_name(ctx.index)
         mtime = int(time.time())
         with atomic_path(ctx.out / name) as tmp:
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            with open(tmp, "wb", buffering=1 << 20) as handle:
+                tar = TarWriter(handle, mtime)
                 for sample in samples:
                     try:
                         members = self._members(ctx, sample)
@@ -59,12 +110,9 @@ class WebDatasetFormat:
                         result.fail(sample, exc)
                         continue
                     for member_name, data in members:
-                        info = tarfile.TarInfo(member_name)
-                        info.size = len(data)
-                        info.mtime = mtime
-                        info.mode = 0o644
-                        tar.addfile(info, io.BytesIO(data))
+                        tar.add(member_name, data)
                     result.written += 1
+                tar.close()
         result.files.append(name)
         return result
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mama_augment.fileio import atomic_path
+from mama_augment.manifest import ROW_GROUP_ROWS
 from mama_augment.errors import UsageError
 
 PAIR_WEIGHTS_FILE = "pair_weights.parquet"
@@ -272,7 +273,8 @@ def write_pair_weights(run_dir: str | Path, workdir: str | Path, data, model, cr
     table = pair_weights_table(data, workdir, ids, losses, raw, recorder if meta is not None else None)
     path = Path(run_dir) / PAIR_WEIGHTS_FILE
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        # Row groups bound the memory of readers that stream the file (``export``).
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     return path
 
 
