@@ -7,7 +7,8 @@ captions per video with provenance, an original captions CSV with one caption pe
 video, a training run's ``pair_weights.parquet`` for every pair and a
 ``caption_flags.parquet`` (2 % of the captions flagged). Then, for each format, a
 fresh process exports it all with ``--run`` and ``--drop-flags all`` (so every join
-and filter is on) and reports videos per second and its peak resident memory
+and filter is on) and reports videos per second (wall clock, and per CPU second of the process, which
+a loaded machine disturbs less) and its peak resident memory
 (``VmHWM``), beside the same process's memory before the export started.
 
     python benchmarks/export.py --videos 100000 --formats webdataset,hf,llava,clip-vip,csv,jsonl
@@ -163,14 +164,18 @@ def child(args) -> None:
     workdir = Path(args.workdir)
     out = Path(args.child_out)
     before = _peak_rss_kb()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     report = run_export(ExportConfig(format=args.child, out=out, run=workdir / "runs" / "bench", drop_flags=("all",),
                                      shard_size=args.shard_size), workdir)
     seconds = time.perf_counter() - started
     peak = _peak_rss_kb()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu.ru_utime - cpu_before.ru_utime) + (cpu.ru_stime - cpu_before.ru_stime)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(json.dumps({"format": args.child, "videos": report.extra.get("videos"), "samples": report.total,
                       "seconds": round(seconds, 2), "videos_per_s": round(report.extra.get("videos", 0) / seconds),
+                      "cpu_s": round(cpu_s, 2), "videos_per_cpu_s": round(report.extra.get("videos", 0) / cpu_s),
                       "rss_before_mb": round(before / 1024), "peak_rss_mb": round(peak / 1024),
                       "out_mb": round(size / 2**20), "failed": report.failed}))
 
