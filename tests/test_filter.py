@@ -236,3 +236,21 @@ def test_clip_unreadable_frames_fail_the_row_not_the_run(tmp_path):
 def test_filter_without_captions_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["filter", "-w", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "run `mama-augment caption` first" in result.output
+
+
+def test_report_shows_the_flags_next_to_the_captions(tmp_path):
+    import json
+    import re
+
+    from mama_augment.report import build_report_summary
+
+    info = make_captioned_workdir(tmp_path, num_videos=6, texts=PLANTED)
+    run_filter(FilterConfig(text_model="hashing"), info["workdir"])
+    summary = build_report_summary(info["workdir"], info["originals"])
+    text = summary.path.read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script id="mama-data" type="application/json">(.*?)</script>', text, re.S).group(1))
+    shown = {(v["id"], g["i"]): g.get("f") for v in data["videos"] for g in v.get("gen", [])}
+    ids = info["ids"]
+    assert shown[(ids[0], 0)] == ["too_short"] and shown[(ids[2], 1)] == ["prompt_echo"]
+    assert shown[(ids[0], 1)] == []  # checked, nothing raised
+    assert "flags" in text and "no flags" in text  # the page script renders them
