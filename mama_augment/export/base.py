@@ -28,10 +28,6 @@ class ShardContext:
     prompts_unknown: int = 0
 
     @property
-    def name(self) -> str:
-        return f"{self.index:06d}"
-
-    @property
     def workdir_resolved(self) -> str:
         """The work folder as an absolute path, for exports that point at its files."""
         resolved = self.__dict__.get("_workdir_resolved")

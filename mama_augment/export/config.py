@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SOURCE_ORIGINAL = "original"
@@ -44,7 +44,6 @@ class ExportConfig:
     # before it is sorted on disk (the original captions file, the run's weights).
     batch_rows: int = 4096
     sort_memory_rows: int = 100_000
-    extra: dict = field(default_factory=dict)  # format-specific settings (none yet)
 
     def identity(self, unit: str, inputs: dict) -> dict:
         return {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass
@@ -35,10 +35,9 @@ class FilterConfig:
     clip_batch_size: int = 32
     device: str = "auto"
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def config_hash(self) -> str:
-        identity = {k: v for k, v in asdict(self).items() if k not in ("device", "clip_batch_size", "extra")}
+        identity = {k: v for k, v in asdict(self).items() if k not in ("device", "clip_batch_size")}
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def as_dict(self) -> dict:

@@ -28,11 +28,8 @@ class PromptBook:
         if workdir is not None:
             for value in _recorded_prompts(Path(workdir)):
                 self._add(value, quiet=True)
-        self.extra: list[Prompt] = []
-        for value in extra:
-            prompt = load_prompt(value)  # a bad name or path given by the user is an error
-            self.by_sha.setdefault(prompt.sha256, prompt)
-            self.extra.append(prompt)
+        for value in extra:  # given by the user: a bad name or path is an error
+            self._add(value, quiet=False)
 
     def _add(self, name_or_path: str, quiet: bool) -> None:
         try:
