@@ -117,7 +117,47 @@ CAPTIONS = ManifestSpec(
     ),
 )
 
-MANIFESTS: dict[str, ManifestSpec] = {spec.name: spec for spec in (KEYFRAMES, CAPTIONS)}
+# Quality flags of generated captions (``mama-augment filter``): one row per ``ok`` row of
+# ``captions.parquet``, same key. Rows are never deleted; exports read the flags to filter.
+CAPTION_FLAGS = ManifestSpec(
+    name="caption_flags",
+    key=("video_id", "caption_index"),
+    schema=pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("caption_index", pa.int32(), nullable=False),
+            pa.field("caption_sha256", pa.string()),  # of the caption text the flags describe
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error_kind", pa.string()),
+            pa.field("error", pa.string()),
+            pa.field("flags", pa.list_(pa.string())),  # names of the raised flags, sorted
+            pa.field("flagged", pa.bool_()),
+            pa.field("words", pa.int32()),
+            pa.field("too_short", pa.bool_()),
+            pa.field("truncated", pa.bool_()),
+            pa.field("generic", pa.bool_()),
+            pa.field("informative_words", pa.int32()),
+            pa.field("generic_phrases", pa.list_(pa.string())),
+            pa.field("prompt_echo", pa.bool_()),
+            pa.field("prompt_overlap", pa.float64()),
+            pa.field("near_duplicate", pa.bool_()),
+            pa.field("duplicate_group", pa.int64()),
+            pa.field("duplicate_videos", pa.int32()),
+            pa.field("duplicate_keep", pa.bool_()),
+            pa.field("nearest_similarity", pa.float64()),
+            pa.field("nearest_video_id", pa.string()),
+            pa.field("clip_mismatch", pa.bool_()),
+            pa.field("clip_score", pa.float64()),
+            pa.field("clip_zscore", pa.float64()),
+            pa.field("clip_model", pa.string()),
+            pa.field("text_model", pa.string()),
+            pa.field("config_hash", pa.string()),
+            pa.field("created_at", _TS),
+        ]
+    ),
+)
+
+MANIFESTS: dict[str, ManifestSpec] = {spec.name: spec for spec in (KEYFRAMES, CAPTIONS, CAPTION_FLAGS)}
 
 
 def utc_now() -> _dt.datetime:
@@ -154,9 +194,14 @@ def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+# Rows per Parquet row group: a reader that streams a manifest (``export``) holds one
+# row group of the columns it reads at a time, so this bounds its memory.
+ROW_GROUP_ROWS = 8192
+
+
 def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False) -> None:
     with atomic_path(path, fsync=fsync) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _part_files(workdir: str | os.PathLike, spec: ManifestSpec) -> list[Path]:

@@ -9,6 +9,8 @@ from mama_augment.cli import keyframes as _keyframes  # noqa: F401,E402
 from mama_augment.cli import caption as _caption  # noqa: F401,E402
 from mama_augment.cli import train as _train  # noqa: F401,E402
 from mama_augment.cli import audit as _audit  # noqa: F401,E402
+from mama_augment.cli import filter as _filter  # noqa: F401,E402
+from mama_augment.cli import export as _export  # noqa: F401,E402
 from mama_augment.cli import status as _status  # noqa: F401,E402
 from mama_augment.cli import report as _report  # noqa: F401,E402
 from mama_augment.cli import config as _config  # noqa: F401,E402

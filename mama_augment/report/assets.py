@@ -48,6 +48,8 @@ td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 .card li { margin:2px 0 6px; }
 .card .prov { display:block; color:var(--muted); font-size:12px; }
 .card li.failed { color:var(--bad); }
+.card .flags { display:inline-block; margin-left:6px; padding:0 5px; border-radius:3px; font-size:11px; background:#fde2c8; color:#8a3b00; }
+.card .flags.clean { background:#dff3e0; color:#1d5e25; }
 .strip { display:flex; gap:6px; overflow-x:auto; margin-top:10px; padding-bottom:4px; }
 .strip figure { margin:0; flex:0 0 auto; text-align:center; }
 .strip img { height:72px; width:auto; display:block; border-radius:3px; background:#222; min-width:40px; }
@@ -74,7 +76,7 @@ JS = r"""
   var haystack = videos.map(function (v) {
     var parts = [v.id];
     (v.orig || []).forEach(function (t) { parts.push(t); });
-    (v.gen || []).forEach(function (g) { if (g.t) { parts.push(g.t); } });
+    (v.gen || []).forEach(function (g) { if (g.t) { parts.push(g.t); } if (g.f) { parts.push(g.f.join(" ")); } });
     return parts.join("\n").toLowerCase();
   });
   var state = { query: "", page: 0, matches: [] };
@@ -152,6 +154,7 @@ JS = r"""
         var li = el("li", g.ok ? "ok" : "failed");
         if (g.ok) {
           li.appendChild(el("span", "text", g.t));
+          if (g.f) { li.appendChild(el("span", g.f.length ? "flags" : "flags clean", g.f.length ? g.f.join(", ") : "no flags")); }
         } else {
           li.appendChild(el("span", "text", "failed" + (g.k ? " (" + g.k + ")" : "") + ": " + (g.e || "")));
         }

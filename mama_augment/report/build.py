@@ -33,6 +33,7 @@ from mama_augment.fileio import atomic_path, atomic_write_text
 from mama_augment.datasets import CaptionSpec
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
+from mama_augment.quality.report import attach_flags
 from mama_augment.report.assets import CSS, JS
 from mama_augment.report.html import PAGE, esc, failed_html, json_for_script, runs_html, totals_html
 from mama_augment.status import list_runs, workdir_status
@@ -254,6 +255,8 @@ def _video_records(keyframes: list[dict], captions: dict[str, list[dict]],
             }
             if entry["ok"]:
                 entry["t"] = cap.get("caption") or ""
+                if cap.get("flags") is not None:
+                    entry["f"] = cap["flags"]
             else:
                 entry["k"] = cap.get("error_kind")
                 entry["e"] = cap.get("error") or ""
@@ -327,6 +330,7 @@ def build_report_summary(
         with contextlib.suppress(MamaError):
             caption_rows = _rows(read_manifest(workdir, CAPTIONS, columns=_CAP_COLUMNS))
     keyframes.sort(key=lambda r: r["video_id"])
+    attach_flags(workdir, caption_rows)
     captions_by_video: dict[str, list[dict]] = defaultdict(list)
     for row in sorted(caption_rows, key=lambda r: (r["video_id"], r["caption_index"])):
         captions_by_video[row["video_id"]].append(row)

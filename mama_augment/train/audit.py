@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path
 from mama_augment.errors import MamaError, UsageError
+from mama_augment.manifest import ROW_GROUP_ROWS
 from mama_augment.train.runs import RunPaths
 
 PAIR_WEIGHTS_SCHEMA = pa.schema([
@@ -285,7 +286,8 @@ def write_pair_weights(run_dir: str | Path, workdir: str | Path, data, model, cr
     table = pair_weights_table(data, workdir, ids, losses, raw, recorder if meta is not None else None)
     path = RunPaths(Path(run_dir)).pair_weights
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        # Row groups bound the memory of readers that stream the file (``export``).
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     return path
 
 

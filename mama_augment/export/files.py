@@ -1,0 +1,72 @@
+"""Pictures of the work folder, read or placed into an export."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from mama_augment.errors import ItemError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
+
+
+def read_picture(workdir: Path | str, relative: str | None, what: str) -> bytes:
+    """The bytes of a picture of the work folder; ``ItemError`` when it is missing."""
+    if not relative:
+        raise ItemError("missing_image", f"no {what} recorded")
+    try:
+        with open(os.path.join(workdir, relative), "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ItemError("missing_image", f"cannot read the {what} {relative}: {exc.strerror or exc}") from None
+
+
+def safe_relative_path(video_id: str) -> str:
+    """A relative path for files named after ``video_id``: never absolute, no ``..``.
+
+    Ids are usually relative paths already (``sub/clip``) and stay as they are; any
+    other character becomes ``_`` and a short hash keeps changed ids distinct.
+    """
+    parts = [p for p in video_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    cleaned = [_UNSAFE.sub("_", p).lstrip(".") or "_" for p in parts] or ["_"]
+    safe = "/".join(cleaned)
+    if safe != video_id:
+        safe += "-" + hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:8]
+    return safe
+
+
+def place_picture(source: Path | str, target: Path | str, make_parent: bool = True) -> None:
+    """Put ``source`` at ``target`` atomically: a hard link when possible, else a copy.
+
+    A new hard link appears whole or not at all, so the first placement links straight
+    to ``target``; replacing an existing file, or copying, goes through a temporary name.
+    """
+    source, target = os.fspath(source), os.fspath(target)
+    if make_parent:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.link(source, target)
+        return
+    except FileNotFoundError:
+        raise ItemError("missing_image", f"cannot read {source}: no such file") from None
+    except OSError:
+        pass  # exists already (a shard written again), or another filesystem: below
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            try:
+                shutil.copyfile(source, tmp)
+            except OSError as exc:
+                raise ItemError("missing_image", f"cannot copy {source}: {exc.strerror or exc}") from None
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -1,0 +1,109 @@
+"""The filters of an export, applied caption by caption, every drop counted by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from mama_augment.errors import UsageError
+from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, SOURCES, ExportConfig
+from mama_augment.export.records import CaptionEntry, VideoItem
+from mama_augment.export.sources import RunWeights
+from mama_augment.quality import FLAG_NAMES
+
+
+@dataclass
+class SelectionCounts:
+    videos_in: int = 0
+    videos_out: int = 0
+    videos_without_captions: int = 0  # every caption filtered out (or none to begin with)
+    captions_in: Counter = field(default_factory=Counter)  # by source
+    captions_out: Counter = field(default_factory=Counter)  # by source
+    dropped: Counter = field(default_factory=Counter)  # by reason
+    kept_without_weight: int = 0  # a weight filter was on but the pair was not in the run
+    kept_without_flags: int = 0  # flag filters were on but the caption had no (current) flags
+
+    def as_dict(self) -> dict:
+        return {
+            "videos_in": self.videos_in,
+            "videos_out": self.videos_out,
+            "videos_without_captions": self.videos_without_captions,
+            "captions_in": dict(self.captions_in),
+            "captions_out": dict(self.captions_out),
+            "dropped": dict(sorted(self.dropped.items())),
+            "kept_without_weight": self.kept_without_weight,
+            "kept_without_flags": self.kept_without_flags,
+        }
+
+
+def validate_filters(config: ExportConfig) -> None:
+    unknown = [s for s in config.sources if s not in SOURCES]
+    if unknown or not config.sources:
+        raise UsageError(f"--sources takes a comma-separated list of {', '.join(SOURCES)}, not {','.join(config.sources)!r}")
+    flags = [f for f in config.drop_flags if f != ALL_FLAGS]
+    unknown = [f for f in flags if f not in FLAG_NAMES]
+    if unknown:
+        raise UsageError(f"unknown flag(s) {', '.join(unknown)} in --drop-flags; choose from {ALL_FLAGS}, {', '.join(FLAG_NAMES)}")
+    if config.drop_least_trusted is not None and not 0 <= config.drop_least_trusted < 100:
+        raise UsageError("--drop-least-trusted is a percentage in [0, 100)")
+    if (config.min_weight is not None or config.drop_least_trusted) and config.run is None:
+        raise UsageError("--min-weight and --drop-least-trusted need --run (a training run with pair_weights.parquet)")
+
+
+class Selector:
+    """Applies the filters of ``config`` to each video's captions, in place."""
+
+    def __init__(self, config: ExportConfig, weights: RunWeights | None):
+        self.config = config
+        self.weights = weights
+        self.sources = set(config.sources)
+        self.drop_all_flags = ALL_FLAGS in config.drop_flags
+        self.drop_flags = {f for f in config.drop_flags if f != ALL_FLAGS}
+        self.use_flags = bool(config.drop_flags) or config.dedupe
+        self.counts = SelectionCounts()
+
+    def select(self, item: VideoItem) -> VideoItem | None:
+        counts = self.counts
+        counts.videos_in += 1
+        for entry in item.captions:
+            counts.captions_in[entry.source] += 1
+        if self.config.split is not None and item.split != self.config.split:
+            counts.dropped["split"] += len(item.captions)
+            counts.videos_without_captions += 1
+            return None
+        kept = []
+        for entry in item.captions:
+            reason = self._drop_reason(entry)
+            if reason is None:
+                kept.append(entry)
+                counts.captions_out[entry.source] += 1
+            else:
+                counts.dropped[reason] += 1
+        item.captions = kept
+        if not kept:
+            counts.videos_without_captions += 1
+            return None
+        counts.videos_out += 1
+        return item
+
+    def _drop_reason(self, entry: CaptionEntry) -> str | None:
+        if entry.source not in self.sources:
+            return "source"
+        dropped = self.weights.dropped_pair_ids if self.weights is not None else None
+        if dropped is not None and entry.pair_id is not None and entry.pair_id < len(dropped) and dropped[entry.pair_id]:
+            return "least_trusted"
+        if self.config.min_weight is not None:
+            if entry.weight is None:
+                self.counts.kept_without_weight += 1
+            elif entry.weight < self.config.min_weight:
+                return "min_weight"
+        if self.use_flags and entry.source == SOURCE_GENERATED:
+            if entry.flags is None:
+                self.counts.kept_without_flags += 1
+                return None
+            raised = entry.flags if self.drop_all_flags else [f for f in entry.flags if f in self.drop_flags]
+            if raised:
+                return f"flag:{sorted(raised)[0]}"
+            if self.config.dedupe and "near_duplicate" in entry.flags and entry.duplicate_keep is False:
+                return "duplicate"
+        return None

@@ -1,0 +1,510 @@
+"""Streaming reads of everything an export joins, in ``video_id`` order.
+
+Memory stays bounded by batches, whatever the size of the work folder:
+
+* the manifests (``keyframes``, ``captions``, ``caption_flags``) are compacted tables
+  sorted by their key (``manifest.compact`` sorts them), read a Parquet batch at a time;
+  uncompacted parts left by a killed stage are compacted first, under that stage's lock;
+* the inputs that come in another order (the original captions file, a run's
+  ``pair_weights.parquet``) are sorted by ``video_id`` on disk: in runs of at most
+  ``sort_memory_rows`` rows, merged back as a stream (an external merge sort); an input
+  that fits in one run never touches the disk.
+
+:func:`iter_videos` walks ``keyframes.parquet`` and takes, for each video, the rows of
+every other source with the same ``video_id`` (a merge join of sorted streams).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mama_augment.errors import MamaError, UsageError
+from mama_augment.export.config import SOURCE_GENERATED, SOURCE_ORIGINAL
+from mama_augment.export.records import CaptionEntry, VideoItem
+from mama_augment.manifest import (
+    CAPTION_FLAGS,
+    CAPTIONS,
+    KEYFRAMES,
+    STATUS_OK,
+    ManifestSpec,
+    compact,
+    manifest_path,
+    parts_dir,
+    workdir_lock,
+)
+
+# The stage whose lock guards each manifest (the lock names the stages use).
+MANIFEST_LOCKS = {KEYFRAMES.name: "keyframes", CAPTIONS.name: "caption", CAPTION_FLAGS.name: "filter"}
+PAIR_WEIGHTS_FILE = "pair_weights.parquet"
+SEQ = "__seq"
+MERGE_BATCH_ROWS = 1024
+
+
+def caption_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def ensure_compacted(workdir: Path, spec: ManifestSpec) -> None:
+    """Fold parts a killed stage left behind into ``NAME.parquet`` (as its next run would).
+
+    Takes the stage's lock, so a stage still writing is never disturbed: the export
+    stops with a message instead.
+    """
+    directory = parts_dir(workdir, spec)
+    if not directory.is_dir() or not any(directory.glob("part-*.parquet")):
+        return
+    stage = MANIFEST_LOCKS[spec.name]
+    try:
+        with workdir_lock(workdir, stage):
+            compact(workdir, spec)
+    except MamaError as exc:
+        raise MamaError(f"{spec.filename} is still being written ({exc}); export when that run has ended") from None
+
+
+def manifest_rows(workdir: Path, spec: ManifestSpec, columns: Sequence[str], batch_rows: int) -> Iterator[dict]:
+    """Rows of a compacted manifest (sorted by its key), a batch at a time."""
+    path = manifest_path(workdir, spec)
+    if not path.exists():
+        return iter(())
+    return _parquet_rows(path, [*spec.key, *[c for c in columns if c not in spec.key]], batch_rows, spec.filename)
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file read as its pages are decoded (``pre_buffer`` off: memory stays at
+    about a batch per column, where pre-buffering holds ranges of the file ahead)."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
+def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int, label: str) -> Iterator[dict]:
+    try:
+        handle = open_parquet(path)
+        present = set(handle.schema_arrow.names)
+        wanted = [c for c in columns if c in present] if columns is not None else None
+        missing = [c for c in (columns or []) if c not in present]
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=wanted):
+            rows = batch.to_pylist()
+            if missing:
+                for row in rows:
+                    for name in missing:
+                        row[name] = None
+            yield from rows
+    except (OSError, pa.ArrowException) as exc:
+        raise MamaError(f"cannot read {label} ({path}): {exc}") from exc
+
+
+def file_fingerprint(path: Path | None) -> dict | None:
+    """Size and modification time: what decides whether a resumed export may continue."""
+    if path is None:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+# ----------------------------------------------------------------------------- external sort
+
+
+def sorted_rows(
+    batches: Iterable[pa.RecordBatch], key: str, tmpdir: Path, max_rows: int, batch_rows: int = 4096
+) -> Iterator[dict]:
+    """Rows of ``batches`` sorted by ``key`` (stable), holding at most ~``max_rows`` in memory.
+
+    Each run of ``max_rows`` rows is sorted with Arrow and, when the input does not fit
+    in one run, written to ``tmpdir`` as Parquet in row groups of ``batch_rows``; the
+    runs are then merged a row group at a time each. The files are removed when the
+    iterator is exhausted or closed.
+    """
+    runs: list[Path] = []
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    seq = 0
+
+    def sort_pending() -> pa.Table:
+        table = pa.Table.from_batches(pending)
+        return table.sort_by([(key, "ascending"), (SEQ, "ascending")])
+
+    try:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            batch = batch.append_column(SEQ, pa.array(np.arange(seq, seq + batch.num_rows, dtype=np.int64)))
+            seq += batch.num_rows
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= max_rows:
+                tmpdir.mkdir(parents=True, exist_ok=True)
+                path = tmpdir / f"sort-{key}-{uuid.uuid4().hex}.parquet"  # two sorts may share tmpdir
+                pq.write_table(sort_pending(), path, row_group_size=batch_rows)
+                runs.append(path)
+                pending, pending_rows = [], 0
+        if not runs:
+            if pending:
+                for batch in sort_pending().to_batches(max_chunksize=batch_rows):
+                    yield from batch.to_pylist()
+            return
+        if pending:
+            path = tmpdir / f"sort-{key}-{uuid.uuid4().hex}.parquet"  # two sorts may share tmpdir
+            pq.write_table(sort_pending(), path, row_group_size=batch_rows)
+            runs.append(path)
+            pending = []
+        # The merge holds a batch per run: small batches keep many runs cheap.
+        streams = [_parquet_rows(path, None, MERGE_BATCH_ROWS, "sort run") for path in runs]
+        yield from heapq.merge(*streams, key=lambda row: (row[key], row[SEQ]))
+    finally:
+        for path in runs:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+class KeyedCursor:
+    """Consume a stream of rows sorted by ``key``: ``take(k)`` returns the rows with key k.
+
+    Keys must be asked for in ascending order. Rows whose key is never asked for (a
+    caption of a video that is not in ``keyframes.parquet``) are skipped and counted.
+    """
+
+    def __init__(self, rows: Iterator[dict], key: str, label: str):
+        self._rows = iter(rows)
+        self._key = key
+        self._label = label
+        self._last: str | None = None
+        self.skipped = 0
+        self._pending = self._next()
+
+    def _next(self) -> dict | None:
+        row = next(self._rows, None)
+        if row is not None:
+            value = row[self._key]
+            if self._last is not None and value < self._last:
+                raise MamaError(
+                    f"{self._label} is not sorted by {self._key} ({value!r} after {self._last!r}); "
+                    "rerun the stage that wrote it to compact it"
+                )
+            self._last = value
+        return row
+
+    def take(self, value: str) -> list[dict]:
+        found = []
+        while self._pending is not None:
+            current = self._pending[self._key]
+            if current < value:
+                self.skipped += 1
+            elif current == value:
+                found.append(self._pending)
+            else:
+                break
+            self._pending = self._next()
+        return found
+
+    def rows(self) -> Iterator[dict]:
+        """Every row, in order (the cursor that drives the join)."""
+        while self._pending is not None:
+            row = self._pending
+            self._pending = self._next()
+            yield row
+
+    def drain(self) -> None:
+        while self._pending is not None:
+            self.skipped += 1
+            self._pending = self._next()
+
+
+# ----------------------------------------------------------------------------- original captions
+
+
+def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The original captions file as batches of ``video_id``, ``caption``, ``split``, ``concept``.
+
+    Same rules as training: text is stripped, empty captions are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"captions file not found: {path}")
+    suffix = path.suffix.lower()
+    names = ["video_id", "caption", "split", "concept"]
+    try:
+        if suffix == ".csv":
+            source: Iterable[pa.RecordBatch] = _csv_batches(path, names, batch_rows)
+        elif suffix in (".jsonl", ".ndjson"):
+            import pandas as pd
+
+            # One chunk of lines at a time; values are read as text whatever their JSON type.
+            chunks = pd.read_json(path, lines=True, dtype=False, chunksize=batch_rows)
+            source = (_frame_batch(chunk, names) for chunk in chunks)
+        elif suffix == ".parquet":
+            handle = open_parquet(path)
+            present = [n for n in names if n in handle.schema_arrow.names]
+            source = (_cast_batch(b, names) for b in handle.iter_batches(batch_size=batch_rows, columns=present))
+        else:
+            raise UsageError(f"captions file must be .csv, .jsonl or .parquet, not {path.name}")
+        first = True
+        for batch in source:
+            if first:
+                missing = [n for n in ("video_id", "caption") if batch.schema.field(n).type == pa.null()]
+                if missing and batch.num_rows:
+                    raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
+                first = False
+            yield _clean_batch(_cast_batch(batch, names))
+    except UsageError:
+        raise
+    except Exception as exc:  # the readers raise many kinds for malformed files
+        raise UsageError(f"cannot read captions file {path}: {exc}") from exc
+
+
+def _csv_batches(path: Path, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A CSV file a batch at a time, every value as text (Python's csv module: it holds
+    one batch, where Arrow's streaming CSV reader was seen to keep memory in proportion
+    to the file)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [n for n in ("video_id", "caption") if n not in (reader.fieldnames or [])]
+        if missing:
+            raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
+        rows: list[dict] = []
+        for row in reader:
+            rows.append(row)
+            if len(rows) >= batch_rows:
+                yield _rows_batch(rows, names)
+                rows = []
+        if rows:
+            yield _rows_batch(rows, names)
+
+
+def _rows_batch(rows: list[dict], names: Sequence[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({n: pa.array([r.get(n) for r in rows], type=pa.string()) for n in names})
+
+
+def _frame_batch(frame, names: Sequence[str]) -> pa.RecordBatch:
+    columns = {}
+    for name in names:
+        if name in frame.columns:
+            values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[name].tolist()]
+            columns[name] = pa.array(values, type=pa.string())
+        else:
+            columns[name] = pa.nulls(len(frame), type=pa.null())
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _cast_batch(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:
+    arrays = []
+    for name in names:
+        index = batch.schema.get_field_index(name)
+        if index < 0:
+            arrays.append(pa.nulls(batch.num_rows, type=pa.null()))
+            continue
+        column = batch.column(index)
+        if column.type not in (pa.string(), pa.null()):
+            column = column.cast(pa.string())
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=list(names))
+
+
+def _clean_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    import pyarrow.compute as pc
+
+    if batch.schema.field("video_id").type == pa.null():
+        raise UsageError("the captions file has no video_id values")
+    arrays = {}
+    for name in batch.schema.names:
+        column = batch.column(name)
+        if column.type == pa.null():
+            column = column.cast(pa.string())
+        else:
+            column = pc.utf8_trim_whitespace(column)
+            if name != "caption":
+                column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+        arrays[name] = column
+    table = pa.RecordBatch.from_pydict(arrays)
+    keep = pc.and_(pc.is_valid(table.column("video_id")), pc.not_equal(pc.fill_null(table.column("caption"), ""), ""))
+    return table.filter(keep)
+
+
+# ----------------------------------------------------------------------------- run weights
+
+
+@dataclass
+class RunWeights:
+    """A run's ``pair_weights.parquet``: whether it has weights, and the pairs to drop."""
+
+    path: Path
+    weighted: bool
+    dropped_pair_ids: np.ndarray | None = None  # bool mask by pair_id (--drop-least-trusted)
+    least_trusted_threshold: float | None = None
+    total_pairs: int = 0
+
+
+def load_run_weights(run: Path, drop_least_trusted: float | None, needs_weights: bool) -> RunWeights:
+    path = Path(run) / PAIR_WEIGHTS_FILE
+    if not path.is_file():
+        raise UsageError(f"{run} has no {PAIR_WEIGHTS_FILE}: is it a finished training run?")
+    try:
+        handle = pq.ParquetFile(path)
+        metadata = handle.schema_arrow.metadata or {}
+        if b"mama_augment.weighted" in metadata:
+            weighted = metadata[b"mama_augment.weighted"] == b"true"
+        else:  # a file without the flag: weighted when its first weights are not all null
+            first = handle.read_row_group(0, columns=["weight"]) if handle.num_row_groups else None
+            weighted = first is not None and first.column("weight").null_count < first.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if needs_weights and not weighted:
+        raise UsageError(
+            f"{run} was trained without meta-weighting: its pairs have no weights, so --min-weight and "
+            "--drop-least-trusted cannot apply"
+        )
+    result = RunWeights(path=path, weighted=weighted, total_pairs=handle.metadata.num_rows)
+    if drop_least_trusted:
+        # The ranking needs every pair's weight and loss: 24 bytes a pair.
+        table = handle.read(columns=["pair_id", "weight", "loss"])
+        weight = table.column("weight").to_numpy(zero_copy_only=False)
+        pair_id = table.column("pair_id").to_numpy()
+        loss = table.column("loss").to_numpy(zero_copy_only=False).astype(float)
+        weights = weight.astype(float)
+        # The audit's ranking: lowest weight first, ties broken by the higher loss.
+        order = np.lexsort((-loss, weights))
+        count = int(np.floor(len(order) * drop_least_trusted / 100.0))
+        mask = np.zeros(int(pair_id.max()) + 1 if len(pair_id) else 0, dtype=bool)
+        mask[pair_id[order[:count]]] = True
+        result.dropped_pair_ids = mask
+        result.least_trusted_threshold = float(weights[order[count - 1]]) if count else None
+    return result
+
+
+def pair_weight_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    columns = ["pair_id", "video_id", "caption", "caption_source", "caption_index", "weight", "loss"]
+    yield from open_parquet(path).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------- the join
+
+
+@dataclass
+class JoinCounts:
+    videos: int = 0
+    videos_failed: int = 0  # failed rows of keyframes.parquet (never exported)
+    generated_failed: int = 0  # failed rows of captions.parquet
+    flags_missing: int = 0  # generated captions without a flag row
+    flags_stale: int = 0  # flag rows of another caption text (captions redone after `filter`)
+    orphans: Counter = field(default_factory=Counter)  # rows of videos not in keyframes.parquet
+
+
+_KEYFRAME_COLUMNS = [
+    "status", "grid_path", "keyframe_paths", "keyframe_times_s", "grid_rows", "grid_cols", "media_type", "duration_s",
+]
+_CAPTION_COLUMNS = ["caption", "status", "model", "preset", "prompt_name", "prompt_sha256", "seed", "sampling"]
+_FLAG_COLUMNS = ["caption_sha256", "status", "flags", "duplicate_keep"]
+
+
+def iter_videos(
+    workdir: Path,
+    *,
+    originals: Iterator[dict] | None,
+    weights: Iterator[dict] | None,
+    with_flags: bool,
+    batch_rows: int,
+    counts: JoinCounts,
+) -> Iterator[VideoItem]:
+    """Every ``ok`` video of ``keyframes.parquet`` with all its captions, by ``video_id``."""
+    keyframes = KeyedCursor(manifest_rows(workdir, KEYFRAMES, _KEYFRAME_COLUMNS, batch_rows), "video_id", KEYFRAMES.filename)
+    generated = KeyedCursor(manifest_rows(workdir, CAPTIONS, _CAPTION_COLUMNS, batch_rows), "video_id", CAPTIONS.filename)
+    flags = (
+        KeyedCursor(manifest_rows(workdir, CAPTION_FLAGS, _FLAG_COLUMNS, batch_rows), "video_id", CAPTION_FLAGS.filename)
+        if with_flags else None
+    )
+    original = KeyedCursor(originals, "video_id", "the original captions") if originals is not None else None
+    weight = KeyedCursor(weights, "video_id", PAIR_WEIGHTS_FILE) if weights is not None else None
+
+    for row in keyframes.rows():
+        video_id = row["video_id"]
+        generated_rows = generated.take(video_id)
+        flag_rows = flags.take(video_id) if flags is not None else []
+        original_rows = original.take(video_id) if original is not None else []
+        weight_rows = weight.take(video_id) if weight is not None else []
+        if row["status"] != STATUS_OK:
+            counts.videos_failed += 1
+            continue
+        counts.videos += 1
+        item = VideoItem(
+            video_id=video_id,
+            grid_path=row["grid_path"],
+            keyframe_paths=[p for p in (row["keyframe_paths"] or []) if p],
+            keyframe_times_s=list(row["keyframe_times_s"] or []),
+            grid_rows=row["grid_rows"],
+            grid_cols=row["grid_cols"],
+            media_type=row["media_type"],
+            duration_s=row["duration_s"],
+        )
+        by_text: dict[str, list[dict]] = {}
+        by_index: dict[int, dict] = {}
+        for w in weight_rows:
+            if w["caption_source"] == SOURCE_ORIGINAL:
+                by_text.setdefault(w["caption"], []).append(w)
+            elif w["caption_index"] is not None:
+                by_index[int(w["caption_index"])] = w
+        for o in original_rows:
+            entry = CaptionEntry(text=o["caption"], source=SOURCE_ORIGINAL)
+            matches = by_text.get(entry.text)
+            if matches:
+                _set_weight(entry, matches.pop(0))
+            item.captions.append(entry)
+            if item.split is None and o.get("split"):
+                item.split = o["split"]
+            if item.concept is None and o.get("concept"):
+                item.concept = o["concept"]
+        flag_by_index = {int(f["caption_index"]): f for f in flag_rows}
+        for g in generated_rows:
+            if g["status"] != STATUS_OK or not g["caption"]:
+                counts.generated_failed += 1
+                continue
+            index = int(g["caption_index"])
+            entry = CaptionEntry(
+                text=g["caption"], source=SOURCE_GENERATED, caption_index=index, model=g["model"],
+                preset=g["preset"], prompt_name=g["prompt_name"], prompt_sha256=g["prompt_sha256"],
+                seed=g["seed"], sampling=g["sampling"],
+            )
+            if index in by_index:
+                _set_weight(entry, by_index[index])
+            if flags is not None:
+                flag = flag_by_index.get(index)
+                if flag is None:
+                    counts.flags_missing += 1
+                elif flag["caption_sha256"] != caption_sha256(entry.text):
+                    counts.flags_stale += 1
+                else:
+                    entry.flags = list(flag["flags"] or [])
+                    entry.duplicate_keep = flag["duplicate_keep"]
+            item.captions.append(entry)
+        yield item
+
+    for label, cursor in (("captions", generated), ("caption_flags", flags), ("original", original), ("weights", weight)):
+        if cursor is not None:
+            cursor.drain()
+            if cursor.skipped:
+                counts.orphans[label] += cursor.skipped
+
+
+def _set_weight(entry: CaptionEntry, row: dict) -> None:
+    weight = row.get("weight")
+    loss = row.get("loss")
+    entry.weight = None if weight is None or weight != weight else float(weight)
+    entry.loss = None if loss is None or loss != loss else float(loss)
+    entry.pair_id = int(row["pair_id"])

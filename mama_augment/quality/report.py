@@ -1,0 +1,41 @@
+"""The quality flags beside the captions in ``mama-augment report``.
+
+Kept apart from the report's own code: one call adds the raised flags to the caption
+rows the report already read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterable
+
+from mama_augment.errors import MamaError
+from mama_augment.manifest import CAPTION_FLAGS, manifest_path, parts_dir, read_manifest
+
+
+def attach_flags(workdir: Path, caption_rows: Iterable[dict]) -> int:
+    """Set ``row["flags"]`` (names of raised flags) on every caption row that has current
+    flags (same caption text as when `filter` ran); returns how many rows got them."""
+    workdir = Path(workdir)
+    if not manifest_path(workdir, CAPTION_FLAGS).exists() and not parts_dir(workdir, CAPTION_FLAGS).is_dir():
+        return 0
+    from mama_augment.export.sources import caption_sha256
+
+    table = None
+    with contextlib.suppress(MamaError):  # a damaged flags file hides the flags, not the report
+        table = read_manifest(workdir, CAPTION_FLAGS, columns=["caption_sha256", "flags"])
+    if table is None:
+        return 0
+    flags = {
+        (video_id, index): (sha, raised)
+        for video_id, index, sha, raised in zip(*(table.column(c).to_pylist() for c in
+                                                  ("video_id", "caption_index", "caption_sha256", "flags")))
+    }
+    count = 0
+    for row in caption_rows:
+        found = flags.get((row["video_id"], row["caption_index"]))
+        if found is not None and row.get("caption") is not None and found[0] == caption_sha256(row["caption"]):
+            row["flags"] = found[1] or []
+            count += 1
+    return count

@@ -1,0 +1,300 @@
+"""``run_filter``: flag every ``ok`` generated caption into ``caption_flags.parquet``.
+
+The flags that compare a caption with the rest of the dataset (generic phrases,
+near-duplicates) are measured over all captions at once, so every run recomputes
+every row from ``captions.parquet``; the costly parts are cached in ``WORKDIR/cache``
+(text embeddings, CLIP video embeddings), so a rerun or a resumed run is quick. Rows
+go through the manifest's part writer and are compacted at the end; flags of captions
+that no longer exist are dropped then. Nothing is ever removed from
+``captions.parquet``: exports read the flags and drop what the user asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mama_augment.configfile import record_run_config
+from mama_augment.errors import UsageError
+from mama_augment.export.sources import caption_sha256, ensure_compacted
+from mama_augment.fileio import atomic_path
+from mama_augment.manifest import (
+    CAPTION_FLAGS,
+    CAPTIONS,
+    KEYFRAMES,
+    STATUS_FAILED,
+    STATUS_OK,
+    PartWriter,
+    compact,
+    ensure_workdir,
+    manifest_path,
+    read_manifest,
+    utc_now,
+    workdir_lock,
+)
+from mama_augment.quality import FLAG_NAMES
+from mama_augment.quality.config import FilterConfig
+from mama_augment.quality.duplicates import NN_CHOICES, find_duplicates
+from mama_augment.quality.generic import GenericModel
+from mama_augment.quality.prompts import PromptBook
+from mama_augment.quality.text import PromptEcho, is_truncated, looks_like_instruction, tokens
+from mama_augment.stage import StageReport
+
+log = logging.getLogger(__name__)
+WRITE_CHUNK = 10_000
+
+
+def validate(config: FilterConfig) -> None:
+    checks = [
+        (config.min_words >= 0, "--min-words must be >= 0"),
+        (0 < config.common_word_df <= 1, "--common-word-df must be in (0, 1]"),
+        (0 < config.phrase_df <= 1, "--phrase-df must be in (0, 1]"),
+        (config.phrase_min_count >= 1, "--phrase-min-count must be at least 1"),
+        (0 < config.echo_threshold <= 1, "--echo-threshold must be in (0, 1]"),
+        (-1 <= config.duplicate_threshold <= 1, "--duplicate-threshold is a cosine similarity in [-1, 1]"),
+        (config.neighbours >= 1, "--neighbours must be at least 1"),
+        (config.nn_index in NN_CHOICES, f"--nn-index must be one of: {', '.join(NN_CHOICES)}"),
+        (config.clip_frames >= 1, "--clip-frames must be at least 1"),
+        (config.clip_others >= 1, "--clip-others must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def _text_embedder(config: FilterConfig, workdir: Path):
+    # The sentence encoders of training (same registry, same cache of embeddings).
+    from mama_augment.train.text import cached_text_embeddings, get_text_encoder
+
+    encoder = get_text_encoder(config.text_model, device="cpu" if config.device == "auto" else config.device)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        vectors = np.asarray(cached_text_embeddings(encoder, texts, workdir / "cache" / "text"), dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    return encoder.name, embed
+
+
+def _max_tokens(sampling: str | None) -> int | None:
+    try:
+        value = json.loads(sampling).get("max_tokens") if sampling else None
+    except (ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def run_filter(config: FilterConfig, workdir: str | os.PathLike, progress: bool = False) -> StageReport:
+    """Compute the quality flags of every ``ok`` caption of ``captions.parquet``."""
+    started = time.monotonic()
+    validate(config)
+    workdir = ensure_workdir(workdir)
+    if not manifest_path(workdir, CAPTIONS).exists() and not (workdir / ".parts" / CAPTIONS.name).is_dir():
+        raise UsageError(f"no captions manifest in {workdir}: run `mama-augment caption` first")
+    report = StageReport(stage="filter", output=manifest_path(workdir, CAPTION_FLAGS))
+    ensure_compacted(workdir, CAPTIONS)
+    ensure_compacted(workdir, KEYFRAMES)
+    with workdir_lock(workdir, "filter"):
+        record_run_config(workdir, "filter", config.as_dict())
+        ensure_compacted_own(workdir)
+        _run_locked(config, workdir, report, progress)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def ensure_compacted_own(workdir: Path) -> None:
+    """Parts of a killed filter run (we hold the filter lock)."""
+    if (workdir / ".parts" / CAPTION_FLAGS.name).is_dir():
+        compact(workdir, CAPTION_FLAGS)
+
+
+def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progress: bool) -> None:
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+    captions = read_manifest(
+        workdir, CAPTIONS, columns=["caption", "raw_output", "status", "prompt_sha256", "completion_tokens", "sampling"]
+    )
+    captions = captions.filter(pc.equal(captions.column("status"), STATUS_OK)).sort_by(
+        [("video_id", "ascending"), ("caption_index", "ascending")]
+    )
+    videos = read_manifest(workdir, KEYFRAMES, columns=["status", "grid_rows", "grid_cols", "keyframe_paths"])
+    grid = {
+        row["video_id"]: (row["grid_rows"] or 1, row["grid_cols"] or 1, row["keyframe_paths"] or [])
+        for row in videos.to_pylist()
+    }
+    data = {name: captions.column(name).to_pylist() for name in captions.column_names}
+    n = len(data["video_id"])
+    report.total = n
+    texts = [t or "" for t in data["caption"]]
+    words = [tokens(t) for t in texts]
+    timings["read_s"] = time.monotonic() - clock
+
+    # Per caption: length, truncation, echo of the prompt.
+    clock = time.monotonic()
+    prompts = PromptBook(workdir, extra=config.prompts)
+    echo = PromptEcho()
+    rendered: dict[tuple, list[str]] = {}
+    known = prompts.all()
+    word_counts = np.array([len(w) for w in words], dtype=np.int32)
+    too_short = word_counts < config.min_words
+    truncated = np.zeros(n, bool)
+    overlap = np.zeros(n)
+    prompt_echo = np.zeros(n, bool)
+    for i in range(n):
+        rows, cols, frames = grid.get(data["video_id"][i], (1, 1, []))
+        key = (data["prompt_sha256"][i], rows, cols, len(frames))
+        texts_to_compare = rendered.get(key)
+        if texts_to_compare is None:
+            own = prompts.get(data["prompt_sha256"][i])
+            candidates = ([own] if own else []) + [p for p in known if p is not own]
+            texts_to_compare = [p.render(rows, cols, len(frames) or rows * cols) for p in candidates]
+            rendered[key] = texts_to_compare
+        overlap[i] = echo.overlap(words[i], texts_to_compare)
+        prompt_echo[i] = overlap[i] >= config.echo_threshold or looks_like_instruction(words[i])
+        truncated[i] = is_truncated(texts[i], data["raw_output"][i], data["completion_tokens"][i],
+                                    _max_tokens(data["sampling"][i]))
+    timings["text_s"] = time.monotonic() - clock
+
+    # Near-duplicates across videos.
+    clock = time.monotonic()
+    # Only descriptions take part: an empty answer or an echo of the prompt is flagged for
+    # what it is, not also as the duplicate of every other one like it.
+    text_model, embed = _text_embedder(config, workdir)
+    described = np.flatnonzero(~too_short & ~prompt_echo)
+    duplicates = find_duplicates([texts[i] for i in described], [data["video_id"][i] for i in described], embed,
+                                 threshold=config.duplicate_threshold, k=config.neighbours, method=config.nn_index)
+    duplicates = duplicates.expand(described, n)
+    timings["duplicates_s"] = time.monotonic() - clock
+
+    # Generic: frequencies over distinct descriptions (one per near-duplicate group).
+    clock = time.monotonic()
+    first_of_group: dict[int, int] = {}
+    for i in described.tolist():
+        first_of_group.setdefault(int(duplicates.distinct_group[i]), i)
+    model = GenericModel(config.common_word_df, config.phrase_df, config.phrase_min_count)
+    model.fit([words[i] for i in first_of_group.values()])
+    generic_results = [model.check(w) for w in words]
+    timings["generic_s"] = time.monotonic() - clock
+
+    # Image-text agreement.
+    clip_score = np.full(n, np.nan)
+    clip_z = np.full(n, np.nan)
+    clip_errors: dict[str, str] = {}
+    if config.clip_model:
+        clock = time.monotonic()
+        from mama_augment.quality.clip import ClipAgreement, agreement
+
+        scorer = ClipAgreement(config.clip_model, device=config.device, batch_size=config.clip_batch_size,
+                               frames=config.clip_frames)
+        video_ids = sorted(set(data["video_id"]))
+        position = {v: k for k, v in enumerate(video_ids)}
+        video_vectors, clip_errors = scorer.embed_videos(
+            workdir, [(v, grid.get(v, (1, 1, []))[2]) for v in video_ids], progress=progress
+        )
+        usable = np.array([v not in clip_errors for v in video_ids])
+        text_vectors = scorer.embed_texts(texts)
+        caption_video = np.array([position[v] for v in data["video_id"]], dtype=np.int64)
+        clip_score, clip_z = agreement(video_vectors, text_vectors, caption_video, config.clip_others,
+                                       config.seed, usable)
+        timings["clip_s"] = time.monotonic() - clock
+
+    # Rows.
+    clock = time.monotonic()
+    config_hash = config.config_hash()
+    now = utc_now()
+    flag_counts: Counter = Counter()
+    flagged = 0
+    previous = set()
+    main = manifest_path(workdir, CAPTION_FLAGS)
+    if main.exists():
+        keys = pq.read_table(main, columns=["video_id", "caption_index"]).to_pydict()
+        previous = set(zip(keys["video_id"], keys["caption_index"]))
+    current = set()
+    with PartWriter(workdir, CAPTION_FLAGS) as writer:
+        rows = []
+        for i in range(n):
+            generic = generic_results[i]
+            clip_mismatch = None
+            if config.clip_model and not np.isnan(clip_z[i]):
+                clip_mismatch = bool(clip_z[i] < config.clip_min_z)
+            values = {
+                "too_short": bool(too_short[i]),
+                "truncated": bool(truncated[i]),
+                "generic": generic.generic and not too_short[i] and not prompt_echo[i],
+                "prompt_echo": bool(prompt_echo[i]),
+                "near_duplicate": bool(duplicates.near_duplicate[i]),
+                "clip_mismatch": clip_mismatch,
+            }
+            raised = [name for name in FLAG_NAMES if values.get(name)]
+            flag_counts.update(raised)
+            flagged += bool(raised)
+            video_id = data["video_id"][i]
+            error = clip_errors.get(video_id) if config.clip_model else None
+            row = {
+                "video_id": video_id,
+                "caption_index": data["caption_index"][i],
+                "caption_sha256": caption_sha256(texts[i]),
+                "status": STATUS_FAILED if error else STATUS_OK,
+                "error_kind": "clip_unreadable_frames" if error else None,
+                "error": error,
+                "flags": raised,
+                "flagged": bool(raised),
+                "words": int(word_counts[i]),
+                "informative_words": generic.informative,
+                "generic_phrases": list(generic.phrases),
+                "prompt_overlap": float(overlap[i]),
+                "duplicate_group": int(duplicates.group[i]) if duplicates.group[i] >= 0 else None,
+                "duplicate_videos": int(duplicates.group_videos[i]),
+                "duplicate_keep": bool(duplicates.keep[i]),
+                "nearest_similarity": None if np.isnan(duplicates.nearest_similarity[i]) else float(duplicates.nearest_similarity[i]),
+                "nearest_video_id": duplicates.nearest_video[i],
+                "clip_score": None if np.isnan(clip_score[i]) else float(clip_score[i]),
+                "clip_zscore": None if np.isnan(clip_z[i]) else float(clip_z[i]),
+                "clip_model": config.clip_model,
+                "text_model": text_model,
+                "config_hash": config_hash,
+                "created_at": now,
+                **values,
+            }
+            current.add((video_id, row["caption_index"]))
+            rows.append(row)
+            if error:
+                report.add_failure("clip_unreadable_frames", error, video_id)
+            else:
+                report.done += 1
+            if len(rows) >= WRITE_CHUNK:
+                writer.write(rows)
+                rows = []
+        writer.write(rows)
+    compact(workdir, CAPTION_FLAGS)
+    stale = previous - current
+    if stale:
+        _drop_rows(main, stale)
+    timings["write_s"] = time.monotonic() - clock
+
+    report.extra["flagged"] = flagged
+    for name in FLAG_NAMES:
+        if name != "clip_mismatch" or config.clip_model:
+            report.extra[name] = flag_counts.get(name, 0)
+    report.extra["text_model"] = text_model
+    report.extra["measured_filler_phrases"] = len(model.measured_phrases)
+    if stale:
+        report.extra["stale_rows_dropped"] = len(stale)
+    report.extra["timings"] = {k: round(v, 3) for k, v in timings.items()}
+
+
+def _drop_rows(path: Path, keys: set) -> None:
+    """Rewrite the compacted manifest without the rows of ``keys`` (captions gone since the last run)."""
+    table = pq.read_table(path)
+    pairs = zip(table.column("video_id").to_pylist(), table.column("caption_index").to_pylist())
+    keep = pa.array([pair not in keys for pair in pairs])
+    with atomic_path(path, fsync=True) as tmp:
+        pq.write_table(table.filter(keep), tmp, compression="zstd")
