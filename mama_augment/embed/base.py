@@ -21,6 +21,9 @@ class EmbedderOptions:
     # CUDA: float16 autocast); "fp32" is the model exactly as loaded, in float32;
     # "fp16" is float16 autocast (CUDA only).
     precision: str = "auto"  # auto | fp32 | fp16
+    # What executes a CPU network (``cnn``): "auto" is OpenVINO when it is installed
+    # (same float32 results, about 4x less CPU than PyTorch here), else PyTorch.
+    runtime: str = "auto"  # auto | torch | openvino
 
 
 class Embedder(Protocol):
@@ -31,6 +34,18 @@ class Embedder(Protocol):
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Return an array of shape (len(images), dim), float32, rows of unit norm."""
+        ...
+
+
+class ModelEmbedder(Embedder, Protocol):
+    """An embedder whose model can run apart from its preprocessing: the registry's
+    ``prepare`` turns frames into the model's input (N, ...) without torch, in the
+    decoding processes; ``embed_prepared`` runs the model once per device on batches
+    that may mix frames of many videos. ``embed(images)`` equals
+    ``embed_prepared(prepare(images))``."""
+
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
+        """Unit-norm float32 rows (N, dim) of prepared inputs (N, ...)."""
         ...
 
 

@@ -24,6 +24,20 @@ Numeric path (``EmbedderOptions.precision``):
 * ``fp32`` - the network exactly as loaded, in float32 (the reference), any device.
 * ``fp16`` - float16 autocast, CUDA only.
 
+Runtime of the folded network on the CPU (``EmbedderOptions.runtime``): ``auto`` runs it
+with OpenVINO when the ``openvino`` package is installed (``pip install
+'mama-augment[cpu]'``), else with PyTorch. The OpenVINO graph is built here, operation
+by operation, from the folded weights (no converter, no tracing, no file) and compiled
+with float32 inference precision: the same arithmetic as the PyTorch path (measured
+within 1e-7 per component of the unit vectors) at about a quarter of its CPU time
+(``benchmarks/cnn_speed.py``). OpenVINO's usage telemetry module is never loaded (see
+``_import_openvino``), so nothing leaves the machine.
+
+Preparation and model apart: :func:`prepare_frames` letterboxes frames into the
+model's uint8 input without torch, so decoding processes can prepare frames and one
+process per device runs the network on batches mixing many videos
+(``CnnEmbedder.embed_prepared``).
+
 Measured and not used (``benchmarks/cnn_speed.py``): smaller inputs (160 px: ~2.5x
 less CPU, but coverage of the keyframes it picks, scored with 224 px embeddings,
 worsens by 0.03); static int8 (FX graph mode: slower than float on x86/fbgemm; 1.9x
@@ -55,6 +69,7 @@ PAD_VALUE = 127  # maps to ~0 after (x / 255 - 0.498) / 0.502
 MEAN, STD = 0.498, 0.502
 MODEL_NAME = "efficientnet-lite0"
 PRECISIONS = ("auto", "fp32", "fp16")
+RUNTIMES = ("auto", "torch", "openvino")
 
 
 def letterbox(image: np.ndarray, size: int = INPUT_SIZE, pad_value: int = PAD_VALUE) -> np.ndarray:
@@ -62,6 +77,14 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE, pad_value: int = PAD_VA
     out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     _letterbox_into(as_rgb_uint8(image), out)
     return out
+
+
+def prepare_frames(images: Sequence[np.ndarray]) -> np.ndarray:
+    """The network's input for ``images``: letterboxed NHWC uint8 (N, 224, 224, 3)."""
+    canvas = np.full((len(images), INPUT_SIZE, INPUT_SIZE, 3), PAD_VALUE, dtype=np.uint8)
+    for slot, image in zip(canvas, images):
+        _letterbox_into(as_rgb_uint8(image), slot)
+    return canvas
 
 
 def _letterbox_into(rgb: np.ndarray, out: np.ndarray) -> None:
@@ -202,6 +225,14 @@ class CnnEmbedder:
         if precision == "auto":
             precision = "fp16" if self._cuda else "folded"
         self.precision = precision  # what runs: fp32 | fp16 | folded
+        runtime = (self.options.runtime or "auto").lower()
+        if runtime not in RUNTIMES:
+            raise UsageError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        if runtime == "openvino" and precision != "folded":
+            raise UsageError("the openvino runtime runs the folded network on the CPU (device cpu, precision auto)")
+        if runtime == "auto":
+            runtime = "openvino" if precision == "folded" and _openvino_installed() else "torch"
+        self.runtime = runtime  # what runs the network: torch | openvino
         self._torch = torch
         model = _load_efficientnet_lite0()
         # The batch arrives as NHWC memory (see _embed_batch), so channels_last weights
@@ -212,24 +243,31 @@ class CnnEmbedder:
             folded = _folded_lite0(model).to(self.device, memory_format=torch.channels_last)
             self.model = folded
             self._forward = folded
+            if runtime == "openvino":
+                self._openvino = _OpenVinoLite0(folded, self.options.threads)
         else:
             self.model = model.to(self.device, memory_format=torch.channels_last)
             self._forward = self.model.extract_features
 
+    _openvino = None
+
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if len(images) == 0:
             return empty_embeddings(self.dim)
-        rows = [self._embed_batch(batch) for batch in batches(images, self.options.batch_size)]
+        rows = [self._run(prepare_frames(batch)) for batch in batches(images, self.options.batch_size)]
         return l2_normalize_rows(np.concatenate(rows))
 
-    def _embed_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        canvas = np.full((len(images), INPUT_SIZE, INPUT_SIZE, 3), PAD_VALUE, dtype=np.uint8)
-        for slot, image in zip(canvas, images):
-            _letterbox_into(as_rgb_uint8(image), slot)
-        return self._run(canvas)
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
+        """Unit rows of frames already letterboxed by :func:`prepare_frames`."""
+        if len(inputs) == 0:
+            return empty_embeddings(self.dim)
+        rows = [self._run(batch) for batch in batches(inputs, self.options.batch_size)]
+        return l2_normalize_rows(np.concatenate(rows))
 
     def _run(self, canvas: np.ndarray) -> np.ndarray:
         """Pooled features (N, 1280), float32, of letterboxed NHWC uint8 frames."""
+        if self._openvino is not None:
+            return self._openvino(canvas)
         torch = self._torch
         with torch.inference_mode():
             pixels = torch.from_numpy(canvas).to(self.device, non_blocking=False)
@@ -244,3 +282,94 @@ class CnnEmbedder:
                 features = self._forward(x)
             pooled = features.float().mean(dim=(2, 3))
         return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+
+def _openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _import_openvino():
+    """``import openvino`` without its usage telemetry.
+
+    Importing the package loads its model-conversion tools, which send a usage event
+    to a web analytics service unless a consent file in the home folder says no. Those
+    tools fall back to a silent stub when the ``openvino_telemetry`` module cannot be
+    imported, so it is made unimportable (in this process) before the first import.
+    This project uses only the runtime API, never the converter.
+    """
+    import sys
+
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependency("openvino", extra="cpu", purpose="the openvino runtime of the cnn embedder") from None
+    return openvino
+
+
+class _OpenVinoLite0:
+    """The folded network as an OpenVINO model: uint8 NHWC frames -> pooled features.
+
+    Built op by op from the folded convolutions (the same graph: normalisation, padded
+    convolutions with bias, ReLU6 clamps, residual adds, spatial mean) and compiled for
+    the CPU with float32 inference precision, so results match the PyTorch path to
+    round-off. ``threads`` > 0 caps its threads (else OpenVINO uses every core).
+    """
+
+    def __init__(self, folded, threads: int = 0):
+        openvino = _import_openvino()
+        from openvino import opset13 as ops
+
+        def const(array) -> object:
+            return ops.constant(np.ascontiguousarray(array, dtype=np.float32))
+
+        def unit(x, module):
+            conv = module.conv
+            weight = conv.weight.detach().cpu().numpy()
+            pad_top, pad_left = conv.padding
+            pad_bottom, pad_right = pad_top, pad_left
+            if hasattr(module.pad, "padding"):
+                left, right, top, bottom = module.pad.padding
+                pad_top, pad_left, pad_bottom, pad_right = pad_top + top, pad_left + left, pad_bottom + bottom, pad_right + right
+            args = dict(strides=list(conv.stride), pads_begin=[pad_top, pad_left], pads_end=[pad_bottom, pad_right],
+                        dilations=list(conv.dilation))
+            if conv.groups == 1:
+                y = ops.convolution(x, const(weight), **args)
+            else:
+                out_c, in_per_group = weight.shape[0], weight.shape[1]
+                grouped = weight.reshape(conv.groups, out_c // conv.groups, in_per_group, *weight.shape[2:])
+                y = ops.group_convolution(x, const(grouped), **args)
+            y = ops.add(y, const(conv.bias.detach().cpu().numpy().reshape(1, -1, 1, 1)))
+            if type(module.act).__name__ == "ReLU6":
+                y = ops.clamp(y, 0.0, 6.0)
+            return y
+
+        frames = ops.parameter([-1, INPUT_SIZE, INPUT_SIZE, 3], openvino.Type.u8, name="frames")
+        x = ops.transpose(ops.convert(frames, "f32"), ops.constant(np.array([0, 3, 1, 2], dtype=np.int64)))
+        # The same float32 steps as the PyTorch path: x / 255, - mean, / std.
+        x = ops.divide(ops.subtract(ops.divide(x, const(255.0)), const(MEAN)), const(STD))
+        x = unit(x, folded.stem)
+        for block in folded.blocks:
+            y = x
+            if hasattr(block.expand, "conv"):
+                y = unit(y, block.expand)
+            y = unit(unit(y, block.depthwise), block.project)
+            x = ops.add(y, x) if block.skip else y
+        x = unit(x, folded.head)
+        pooled = ops.reduce_mean(x, ops.constant(np.array([2, 3], dtype=np.int64)), keep_dims=False)
+        model = openvino.Model([pooled], [frames], "efficientnet_lite0_folded")
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = openvino.Core().compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, canvas: np.ndarray) -> np.ndarray:
+        outputs = self.request.infer({0: np.ascontiguousarray(canvas)})
+        return np.array(outputs[0], dtype=np.float32, copy=True)
