@@ -23,7 +23,14 @@ from mama_augment.configfile import record_run_config
 from mama_augment.engines import get_engine
 from mama_augment.engines.base import Placement
 from mama_augment.keyframes.config import KeyframesConfig
-from mama_augment.keyframes.worker import FRAMES_DIR, GRIDS_DIR, Job, job_item, keyframes_task
+from mama_augment.keyframes.worker import (
+    FRAMES_DIR,
+    GRIDS_DIR,
+    Job,
+    job_item,
+    keyframes_model_task,
+    keyframes_task,
+)
 from mama_augment.manifest import (
     KEYFRAMES,
     STATUS_OK,
@@ -155,8 +162,12 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
     desc = "keyframes" if cfg.engine == "local" else f"keyframes ({cfg.engine})"
     bar = tqdm(total=len(jobs), unit="video", desc=desc, disable=not progress, dynamic_ncols=True)
     writer = PartWriter(workdir, KEYFRAMES)
-    results = engine.map_items([job_item(job) for job in jobs], keyframes_task(cfg, workdir), placement,
-                               KEYFRAMES.schema)
+    items = [job_item(job) for job in jobs]
+    model_task = keyframes_model_task(cfg, workdir)
+    if model_task is not None:  # decoding workers, the embedder's model once per device
+        results = engine.map_model_items(items, model_task, placement, KEYFRAMES.schema)
+    else:
+        results = engine.map_items(items, keyframes_task(cfg, workdir), placement, KEYFRAMES.schema)
     try:
         for table in results:
             writer.write_table(table)
