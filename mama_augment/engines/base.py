@@ -77,8 +77,6 @@ class Prepared:
 class DeviceModel(Protocol):
     """A model loaded on one device: ``model(inputs) -> outputs`` row for row."""
 
-    device: str  # where it runs: "cpu", "cuda:0", ...
-    devices: Sequence[str]  # every device of its kind here; the engine runs one model on each
     batch_size: int  # rows per call it prefers (the engine fills batches from many items)
 
     def __call__(self, inputs: Any) -> Any: ...
@@ -91,9 +89,11 @@ class ModelTask:
     * ``prepare(item) -> Prepared`` - CPU work (decoding), in worker processes, under
       ``timeout_s`` together with the wait for the model and ``finish``; never raises
       for a bad item (its failed row comes back as ``Prepared(row)``);
+    * ``devices(device) -> [device, ...]`` - which devices ``device`` ("auto", "cpu",
+      "cuda", "cuda:1") stands for here; run in the first model process before
+      anything loads, so the engine starts one model process per device at once;
     * ``load(device, threads) -> DeviceModel`` - in a process of its own per device
-      (local engine) or a Ray actor holding a GPU; ``device`` is "auto", "cpu" or
-      "cuda" for the first and a concrete device for the others;
+      (local engine) or a Ray actor holding a GPU;
     * ``finish(state, outputs) -> row`` - CPU work after the model (clustering, files);
     * ``failed(item, kind, exc) -> row`` - as for :class:`ItemTask`.
 
@@ -106,6 +106,7 @@ class ModelTask:
     failed: Callable[[dict, str, BaseException], dict]
     load: Callable[[str, int], DeviceModel]
     device: str = "auto"
+    devices: Callable[[str], Sequence[str]] | None = None  # None: just ``device``
     setup: Callable[[int], None] | None = None  # once in each worker process, with its thread budget
     timeout_s: float | None = None
 

@@ -11,8 +11,9 @@ as two kinds of process::
 * A model process (:func:`serve`) loads the model once, listens on a Unix socket in
   the run's folder, and fills each call of the model with rows of every request
   waiting (up to the model's ``batch_size``), so a GPU sees large batches mixing many
-  videos while CPUs decode. The first process loads on the task's device and says
-  which devices of its kind exist; the engine starts one more process per other device.
+  videos while CPUs decode. The first process first says which devices the task's
+  device stands for (``ModelTask.devices``: every GPU for "auto"), then loads on the
+  first; the engine starts one process for each other device at once.
 * A worker (:class:`ModelClient`) writes an item's inputs to a file in shared memory
   (``/dev/shm``), sends its name, and blocks until that item's outputs come back. It
   has at most one request in flight, so memory stays bounded by the number of workers
@@ -126,12 +127,17 @@ def _watch_parent(control: Connection) -> None:
     os._exit(0)
 
 
-def serve(load: Callable[[str, int], DeviceModel], device: str, threads: int, address: str,
-          authkey: bytes, control: Connection) -> None:
-    """The model process: listen, load the model, then batch requests until told to stop."""
+def serve(task: ModelTask, device: str, threads: int, address: str, authkey: bytes, control: Connection,
+          first: bool) -> None:
+    """The model process: listen, (the first one: say which devices there are), load
+    the model, then batch requests until told to stop."""
     listener = Listener(address, family="AF_UNIX", authkey=authkey)  # workers may queue up while loading
     try:
-        model = load(device, threads)
+        if first:
+            devices = list(task.devices(device)) if task.devices is not None else [device]
+            control.send(("devices", devices))
+            device = devices[0]
+        model = task.load(device, threads)
     except MamaError as exc:
         control.send(("error", exc))
         return
@@ -139,7 +145,7 @@ def serve(load: Callable[[str, int], DeviceModel], device: str, threads: int, ad
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         control.send(("error", MamaError(f"the model could not be loaded on {device}: {detail}")))
         return
-    control.send(("ready", model.device, list(model.devices)))
+    control.send(("ready", device))
     threading.Thread(target=_watch_parent, args=(control,), daemon=True).start()
     work: queue.Queue = queue.Queue()
     threading.Thread(target=_accept, args=(listener, work), daemon=True).start()
@@ -310,7 +316,7 @@ class ModelServers:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=serve, name=f"mama-model-{device}",
-            args=(self.task.load, device, self.threads, address, self.authkey, child_end), daemon=True,
+            args=(self.task, device, self.threads, address, self.authkey, child_end, index == 0), daemon=True,
         )
         process.start()
         child_end.close()
@@ -331,15 +337,13 @@ class ModelServers:
                 if message is None or message[0] == "error":
                     server.process.join(1.0)
                     raise message[1] if message else self._died(server)
-                _, device, devices = message
+                if message[0] == "devices":  # the first process: start one for each other device
+                    server.device = message[1][0]
+                    for other in message[1][1:]:
+                        self.start(other)
+                    continue
                 server.ready = True
-                server.device = device
-                self.info.setdefault("devices", [])
-                self.info["devices"].append(device)
-                if server is self.servers[0]:
-                    for other in devices:
-                        if other != device:
-                            self.start(other)
+                self.info.setdefault("devices", []).append(server.device)
             if server.ready and not server.process.is_alive():
                 raise self._died(server)
 

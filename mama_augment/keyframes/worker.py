@@ -298,23 +298,31 @@ class EmbedderModel:
         from mama_augment.embed import get_embedder
         from mama_augment.embed.base import EmbedderOptions
 
-        options = EmbedderOptions(device=device, batch_size=cfg.batch_size, model=cfg.embed_model, threads=threads)
+        cuda = device.startswith("cuda")
+        self.batch_size = max(cfg.batch_size, CUDA_MIN_BATCH) if cuda else cfg.batch_size
+        options = EmbedderOptions(device=device, batch_size=self.batch_size, model=cfg.embed_model, threads=threads)
         self.embedder = get_embedder(cfg.embedder, options)
-        resolved = str(getattr(self.embedder, "device", "cpu"))
-        self.devices: list[str] = [resolved]
-        if resolved.startswith("cuda"):
-            import torch
-
-            if resolved == "cuda":
-                resolved = f"cuda:{torch.cuda.current_device()}"
-            self.devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-            self.batch_size = max(cfg.batch_size, CUDA_MIN_BATCH)
-        else:
-            self.batch_size = cfg.batch_size
-        self.device = resolved
+        self.device = device
 
     def __call__(self, inputs):
         return self.embedder.embed_prepared(inputs)
+
+
+def model_devices(device: str) -> list[str]:
+    """The devices ``--device`` stands for: every GPU for "auto" (when CUDA works) and
+    "cuda", one for "cuda:N", else the CPU. Imports torch only when CUDA may be used."""
+    if device == "cpu":
+        return ["cpu"]
+    import torch
+
+    from mama_augment.embed.base import resolve_device
+
+    resolved = resolve_device(device)  # UsageError for "cuda" without CUDA
+    if resolved == "cpu":
+        return ["cpu"]
+    if resolved == "cuda":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [resolved]
 
 
 def load_model(cfg: KeyframesConfig, device: str, threads: int) -> EmbedderModel:
@@ -354,6 +362,7 @@ def keyframes_model_task(cfg: KeyframesConfig, workdir: str | os.PathLike) -> Mo
         failed=partial(failed_item_row, cfg=cfg, config_hash=config_hash),
         load=partial(load_model, cfg),
         device=cfg.device,
+        devices=model_devices,
         setup=worker_setup,
         timeout_s=cfg.timeout_s,
     )
