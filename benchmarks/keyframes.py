@@ -127,6 +127,12 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _have_scenedetect() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("scenedetect") is not None
+
+
 def _have_av() -> bool:
     import importlib.util
 
@@ -263,6 +269,9 @@ def main() -> None:
                 {"workers": workers, "embedder": embedder, "seconds": best, "floor_s": floor,
                  "ratio": best / floor, "all_runs": times, **counts}
             )
+        if workers == 1 and "scenedetect" not in results and not _have_scenedetect():
+            results["scenedetect"] = {"skipped": "scenedetect is not installed (pip install 'mama-augment[bench]')"}
+            print("  scenedetect: not installed, skipped")
         if workers == 1 and "scenedetect" not in results:
             sd = min(scenedetect_time(clips) for _ in range(args.repeat))
             results["scenedetect"] = {"seconds": sd, "ratio": sd / floor}

@@ -129,8 +129,11 @@ def test_a_dead_embedder_process_stops_the_run_and_a_rerun_resumes(tmp_path, mon
 
 
 def test_device_auto_means_every_gpu_and_cpu_means_one_process(monkeypatch):
+    from mama_augment.embed import base
+
     assert model_devices("cpu") == ["cpu"]
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(base, "cpu_only", lambda device: device == "cpu")  # as if a driver were there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert model_devices("auto") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -80,6 +82,19 @@ def l2_normalize_rows(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def cpu_only(device: str) -> bool:
+    """True when ``device`` can only mean the CPU: "cpu", or "auto" on a machine
+    without an NVIDIA driver (CUDA cannot work there), decided without importing torch:
+    no ``/proc/driver/nvidia``, no ``/dev/nvidiaN`` and no WSL GPU (``/dev/dxg``)."""
+    device = (device or "auto").lower()
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    return (not os.path.exists("/proc/driver/nvidia/version") and not glob.glob("/dev/nvidia[0-9]*")
+            and not os.path.exists("/dev/dxg"))
 
 
 def resolve_device(requested: str) -> str:

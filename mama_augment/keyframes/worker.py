@@ -311,11 +311,11 @@ class EmbedderModel:
 def model_devices(device: str) -> list[str]:
     """The devices ``--device`` stands for: every GPU for "auto" (when CUDA works) and
     "cuda", one for "cuda:N", else the CPU. Imports torch only when CUDA may be used."""
-    if device == "cpu":
+    from mama_augment.embed.base import cpu_only, resolve_device
+
+    if cpu_only(device):  # no NVIDIA driver: no need to import torch to know
         return ["cpu"]
     import torch
-
-    from mama_augment.embed.base import resolve_device
 
     resolved = resolve_device(device)  # UsageError for "cuda" without CUDA
     if resolved == "cpu":
