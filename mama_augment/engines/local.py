@@ -69,11 +69,18 @@ def map_items(items: Sequence[dict], task: ItemTask, placement: Placement, schem
     workers = min(placement.workers if placement.workers > 0 else cores, len(items))
     # Split the cores between workers so torch does not oversubscribe them.
     threads = max(1, cores // max(1, workers))
-    pool = process_pool(task, workers, threads)
-    try:
+    with _running(process_pool(task, workers, threads)) as pool:
         futures = {pool.schedule(task.run, args=(item,), timeout=task.timeout_s): item for item in items}
         for future in concurrent.futures.as_completed(futures):
             yield rows_to_table([result_row(future, futures[future], task)], schema)
+
+
+@contextlib.contextmanager
+def _running(pool):
+    """``pool`` for the block: stopped at once on an error (or a closed generator),
+    else closed; joined either way."""
+    try:
+        yield pool
     except BaseException:
         pool.stop()
         raise
@@ -101,7 +108,7 @@ def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement
         context = multiprocessing.get_context(start_method())
         pool = ProcessPool(max_workers=workers, context=context, initializer=worker_init,
                            initargs=(task.setup, 1, servers.folder, servers.authkey, servers.shm_prefix))
-        try:
+        with _running(pool):
             futures = {pool.schedule(run_model_item, args=(task, item), timeout=task.timeout_s): item
                        for item in items}
             waiting = set(futures)
@@ -116,12 +123,6 @@ def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement
                         servers.check(wait_s=2.0)  # the model process's own error says more
                         raise
                     yield rows_to_table([row], schema)
-        except BaseException:
-            pool.stop()
-            raise
-        finally:
-            pool.close()
-            pool.join()
 
 
 class _LocalPool:
