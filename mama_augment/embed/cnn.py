@@ -451,13 +451,25 @@ class _OpenVinoLite0:
             x = ops.add(y, x) if block["skip"] else y
         x = unit(x, layout["head"])
         pooled = ops.reduce_mean(x, ops.constant(np.array([2, 3], dtype=np.int64)), keep_dims=False)
-        model = openvino.Model([pooled], [frames], "efficientnet_lite0_folded")
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        self.model = model = openvino.Model([pooled], [frames], "efficientnet_lite0_folded")
+        # Throughput mode: one single-threaded stream per core, each running a slice of
+        # the batch (single-threaded convolutions cost ~10-15 % less CPU per frame
+        # than one request split over threads, measured here).
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = openvino.Core().compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.requests = [self.compiled.create_infer_request() for _ in range(streams)]
 
     def __call__(self, canvas: np.ndarray) -> np.ndarray:
-        outputs = self.request.infer({0: np.ascontiguousarray(canvas)})
-        return np.array(outputs[0], dtype=np.float32, copy=True)
+        canvas = np.ascontiguousarray(canvas)
+        slices = np.array_split(np.arange(len(canvas)), min(len(self.requests), max(1, len(canvas) // 4)))
+        slices = [part for part in slices if len(part)]
+        for request, part in zip(self.requests, slices):
+            request.start_async({0: canvas[part[0] : part[-1] + 1]})
+        outputs = []
+        for request, _ in zip(self.requests, slices):
+            request.wait()
+            outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        return np.concatenate(outputs)

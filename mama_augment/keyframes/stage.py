@@ -162,7 +162,10 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
     desc = "keyframes" if cfg.engine == "local" else f"keyframes ({cfg.engine})"
     bar = tqdm(total=len(jobs), unit="video", desc=desc, disable=not progress, dynamic_ncols=True)
     writer = PartWriter(workdir, KEYFRAMES)
-    items = [job_item(job) for job in jobs]
+    # Largest inputs first: a long video started last would leave the other workers
+    # idle at the end of the run (rows arrive in any order anyway).
+    ordered = sorted(jobs, key=lambda job: -(job.size_bytes or 0))
+    items = [job_item(job) for job in ordered]
     model_task = keyframes_model_task(cfg, workdir)
     if model_task is not None:  # decoding workers, the embedder's model once per device
         results = engine.map_model_items(items, model_task, placement, KEYFRAMES.schema)
