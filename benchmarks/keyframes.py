@@ -120,11 +120,16 @@ def scenedetect_time(clips: list[str]) -> float:
 
 
 def _cuda_available() -> bool:
+    """Asked in a child process: importing torch here would make the stage spawn its
+    workers instead of forking them, which the command line never does."""
+    import subprocess
+
+    code = "import torch; print(torch.cuda.is_available())"
     try:
-        import torch
-    except ImportError:
+        answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return bool(torch.cuda.is_available())
+    return answer.stdout.strip() == "True"
 
 
 def _have_scenedetect() -> bool:
