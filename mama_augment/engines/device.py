@@ -24,7 +24,8 @@ as two kinds of process::
   the run with a :class:`~mama_augment.errors.MamaError` (the engine watches it, and
   a worker waiting on it gets an error instead of hanging). A model process whose
   engine died exits by itself (its control pipe closes). Shared-memory files left by
-  killed workers are removed when the run ends.
+  killed workers are removed when the run ends. When ``/dev/shm`` is full (containers
+  often give it 64 MB), a worker hands its inputs over in a temporary file instead.
 """
 
 from __future__ import annotations
@@ -243,10 +244,17 @@ class ModelClient:
         address = sockets[self._turn % len(sockets)]
         name = Path(address).stem
         inputs = np.ascontiguousarray(inputs)
-        path = os.path.join(shared_memory_dir(), f"{self.shm_prefix}{os.getpid()}-{next(self._ids)}")
+        name_on_disk = f"{self.shm_prefix}{os.getpid()}-{next(self._ids)}"
+        path = os.path.join(shared_memory_dir(), name_on_disk)
         request_id = next(self._ids)
         try:
-            inputs.tofile(path)
+            try:
+                inputs.tofile(path)
+            except OSError:  # /dev/shm full (containers often give it 64 MB): a temporary file
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                path = os.path.join(tempfile.gettempdir(), name_on_disk)
+                inputs.tofile(path)
             try:
                 conn = self._conns.get(address)
                 if conn is None:
@@ -364,9 +372,10 @@ class ModelServers:
                 server.process.join(5)
             server.control.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-        for leftover in glob.glob(os.path.join(shared_memory_dir(), f"{self.shm_prefix}*")):
-            with contextlib.suppress(OSError):
-                os.unlink(leftover)  # inputs of workers killed mid-item
+        for folder in {shared_memory_dir(), tempfile.gettempdir()}:
+            for leftover in glob.glob(os.path.join(folder, f"{self.shm_prefix}*")):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)  # inputs of workers killed mid-item
 
 
 @contextlib.contextmanager
