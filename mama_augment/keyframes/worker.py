@@ -8,11 +8,11 @@ A video is two halves around its embeddings:
 * :func:`finish_video` - pick keyframes by DPC-KNN from the embeddings, write their
   JPEGs and the grid, and return the video's ``keyframes.parquet`` row.
 
-With a model embedder (``cnn``: the registry gives a ``prepare``),
+With a model embedder (``cnn``, ``clip``: the registry gives a ``prepare``),
 :func:`keyframes_model_task` hands both halves to an engine's ``map_model_items``:
 worker processes decode and finish videos under ``--timeout`` while the model runs
 once per device (:func:`load_model`) on batches mixing many videos. Otherwise
-(``pixels``, ``clip``) :func:`keyframes_task` runs :func:`process_video`, the whole
+(``pixels``) :func:`keyframes_task` runs :func:`process_video`, the whole
 video in one worker, which keeps its embedder across videos (:func:`cached_embedder`).
 :func:`process_video` is also the one-video reference the pipeline is tested against.
 """
@@ -337,10 +337,22 @@ def load_model(cfg: KeyframesConfig, device: str, threads: int) -> EmbedderModel
 
 def prepare_item(item: dict, cfg: KeyframesConfig, config_hash: str) -> Prepared:
     """``decode_video`` of an engine's item, frames prepared for the model."""
+    key = (cfg.embedder, cfg.embed_model)
+    cached = _WORKER_STATE.get("preparer")
+    if cached is None or cached[0] != key:
+        _WORKER_STATE["preparer"] = (key, _preparer(cfg))
+    return decode_video(Job(**item), cfg, config_hash, _WORKER_STATE["preparer"][1])
+
+
+def _preparer(cfg: KeyframesConfig):
     from mama_augment.embed import EmbedderOptions, get_preparer
 
-    prepare = get_preparer(cfg.embedder, EmbedderOptions(model=cfg.embed_model))
-    return decode_video(Job(**item), cfg, config_hash, prepare)
+    try:
+        return get_preparer(cfg.embedder, EmbedderOptions(model=cfg.embed_model))
+    except MamaError:
+        raise
+    except Exception as exc:  # every video would fail the same way: a run-level error
+        raise MamaError(f"cannot prepare frames for the {cfg.embedder} embedder: {exc}") from exc
 
 
 def finish_item(decoded: Decoded, embeddings, cfg: KeyframesConfig, workdir: str, config_hash: str) -> dict:
@@ -349,7 +361,7 @@ def finish_item(decoded: Decoded, embeddings, cfg: KeyframesConfig, workdir: str
 
 def keyframes_model_task(cfg: KeyframesConfig, workdir: str | os.PathLike) -> ModelTask | None:
     """The stage's work as decode -> a model once per device -> finish, for an
-    embedder with a model (``cnn``); None for one that runs whole in each worker."""
+    embedder with a model (``cnn``, ``clip``); None for one that runs whole in each worker."""
     from mama_augment.embed import EMBEDDERS
 
     if EMBEDDERS[cfg.embedder].prepare is None:
