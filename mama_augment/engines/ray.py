@@ -442,16 +442,19 @@ def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement
         else:
             model_actors, model_cpus = 1, min(1.0, resources.get("CPU", 1.0) / 2)
         free = resources.get("CPU", 0.0) - model_actors * model_cpus
-        if placement.workers > 0:
-            decoders = placement.workers
-        else:
-            decoders = int(free // placement.num_cpus)
-        decoders = max(1, min(decoders, int(max(placement.num_cpus, free) // placement.num_cpus), len(items)))
+        decode_cpus = min(placement.num_cpus, free)  # a small cluster: decoders share what is left
+        if decode_cpus <= 0:
+            raise UsageError(f"the Ray cluster has {resources.get('CPU', 0.0):g} CPUs: none left to decode videos")
+        fits = max(1, int(free // decode_cpus))
+        decoders = max(1, min(placement.workers if placement.workers > 0 else fits, fits, len(items)))
+        if placement.workers > decoders:
+            log.warning("the Ray cluster fits %d decode actors of %g CPUs beside the model, not %d",
+                        decoders, decode_cpus, placement.workers)
         log.info("%s on Ray: %d decode actors (%g CPUs each), %d model actors (%g GPUs, %g CPUs each)",
-                 placement.label, decoders, placement.num_cpus, model_actors, num_gpus, model_cpus)
+                 placement.label, decoders, decode_cpus, model_actors, num_gpus, model_cpus)
         decode = ItemTask(run=partial(_prepare_payload, task.prepare), failed=partial(_failed_payload, task.failed),
                           setup=task.setup, timeout_s=task.timeout_s)
-        threads = max(1, int(placement.num_cpus))
+        threads = max(1, int(decode_cpus))
         model_threads = max(1, int(model_cpus)) if num_gpus == 0 else 1
         device = "cuda" if num_gpus > 0 else "cpu"
         with _quiet_ray_data():
@@ -459,7 +462,7 @@ def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement
             dataset = dataset.map_batches(
                 ItemActor, batch_size=1, batch_format="pyarrow",
                 fn_constructor_kwargs=dict(task=decode, threads=threads, schema=_HANDOVER),
-                compute=ray.data.ActorPoolStrategy(size=decoders), num_cpus=placement.num_cpus,
+                compute=ray.data.ActorPoolStrategy(size=decoders), num_cpus=decode_cpus,
             )
             dataset = dataset.map_batches(
                 ModelActor, batch_size=_MODEL_ITEMS_PER_CALL, batch_format="pyarrow",
