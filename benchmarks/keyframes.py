@@ -69,6 +69,15 @@ def decode_all_opencv(path: str) -> int:
     return frames
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children: on a shared machine the
+    wall time grows with other people's load, this much less."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def decode_floor(clips: list[str], processes: int, decoder: str = "pyav") -> float:
     decode = decode_all_opencv if decoder == "opencv" else decode_all
     started = time.perf_counter()
@@ -98,13 +107,15 @@ def stage_time(clips: list[str], embedder: str, workers: int, device: str = "aut
     try:
         with tempfile.TemporaryDirectory() as workdir:
             config = KeyframesConfig(embedder=embedder, workers=workers, device=device, decoder=decoder)
+            cpu = cpu_seconds()
             started = time.perf_counter()
             report = run_keyframes(clips, workdir, config, progress=False)
             seconds = time.perf_counter() - started
+            cpu = cpu_seconds() - cpu
     finally:
         device_module.ModelServers.start = original
     return seconds, {"done": report.done, "failed": report.failed, "embedder_processes": len(started_devices),
-                     "failures": dict(report.failures_by_kind)}
+                     "failures": dict(report.failures_by_kind), "cpu_s": cpu}
 
 
 def scenedetect_time(clips: list[str]) -> float:
@@ -256,19 +267,28 @@ def main() -> None:
     print(f"{len(clips)} clips from {args.media}, cpu count {os.cpu_count()}")
     results: dict = {"clips": [Path(c).name for c in clips], "runs": []}
 
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    results["load_average"] = list(os.getloadavg())
     for workers in args.workers:
-        floor = min(decode_floor(clips, workers) for _ in range(args.repeat))
-        print(f"\nparallelism {workers}: decode floor {floor:.2f} s")
+        floors = []
+        for _ in range(args.repeat):
+            cpu = cpu_seconds()
+            floors.append((decode_floor(clips, workers), cpu_seconds() - cpu))
+        floor, floor_cpu = min(floors)
+        results.setdefault("floors", []).append({"workers": workers, "seconds": floor, "cpu_s": floor_cpu})
+        print(f"\nparallelism {workers}: decode floor {floor:.2f} s (CPU {floor_cpu:.2f} s)")
         for embedder in args.embedders:
-            times = []
+            times, cpus = [], []
             for _ in range(args.repeat):
                 seconds, counts = stage_time(clips, embedder, workers)
                 times.append(seconds)
+                cpus.append(counts["cpu_s"])
             best = min(times)
+            counts["cpu_s"] = min(cpus)
             print(
                 f"  keyframes --embedder {embedder:6s} --workers {workers}: {best:6.2f} s"
-                f"  = {best / floor:.2f}x floor  ({counts['done']} ok, {counts['failed']} failed;"
-                f" runs {', '.join(f'{t:.2f}' for t in times)})"
+                f"  = {best / floor:.2f}x floor  (CPU {counts['cpu_s']:.2f} s = {counts['cpu_s'] / floor_cpu:.2f}x;"
+                f" {counts['done']} ok, {counts['failed']} failed; runs {', '.join(f'{t:.2f}' for t in times)})"
             )
             results["runs"].append(
                 {"workers": workers, "embedder": embedder, "seconds": best, "floor_s": floor,
@@ -282,6 +302,8 @@ def main() -> None:
             results["scenedetect"] = {"seconds": sd, "ratio": sd / floor}
             print(f"  scenedetect ContentDetector (1 process): {sd:6.2f} s  = {sd / floor:.2f}x floor")
 
+    results["load_average_after"] = list(os.getloadavg())
+    print(f"load average after {os.getloadavg()[0]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
