@@ -97,13 +97,19 @@ def stage_time(clips: list[str], embedder: str, workers: int, device: str = "aut
     from mama_augment.keyframes.stage import run_keyframes
 
     started_devices: list[str] = []
-    original = device_module.ModelServers.start
+    ready_after: list[float] = []
+    original, original_stop = device_module.ModelServers.start, device_module.ModelServers.stop
 
     def counting_start(self, where):  # counts the embedder processes the run starts
         original(self, where)
         started_devices.append(where)
 
+    def noting_stop(self):  # how long the embedders took to load: a fixed cost of each run
+        ready_after.extend(self.info.get("ready_after_s", []))
+        original_stop(self)
+
     device_module.ModelServers.start = counting_start
+    device_module.ModelServers.stop = noting_stop
     try:
         with tempfile.TemporaryDirectory() as workdir:
             config = KeyframesConfig(embedder=embedder, workers=workers, device=device, decoder=decoder)
@@ -114,8 +120,9 @@ def stage_time(clips: list[str], embedder: str, workers: int, device: str = "aut
             cpu = cpu_seconds() - cpu
     finally:
         device_module.ModelServers.start = original
+        device_module.ModelServers.stop = original_stop
     return seconds, {"done": report.done, "failed": report.failed, "embedder_processes": len(started_devices),
-                     "failures": dict(report.failures_by_kind), "cpu_s": cpu}
+                     "embedder_ready_s": ready_after, "failures": dict(report.failures_by_kind), "cpu_s": cpu}
 
 
 def scenedetect_time(clips: list[str]) -> float:
@@ -196,8 +203,9 @@ def many_clips(args, clips: list[str]) -> dict:
             run = results["runs"][name]
             print(f"  {name:10s} {run['seconds']:7.2f} s  {run['clips_per_s']:7.2f} clips/s"
                   + (f"  {run['ratio_to_floor']:.2f}x floor" if "ratio_to_floor" in run else "")
-                  + (f"  ({run['done']} ok, {run['failed']} failed, {run['embedder_processes']} embedder processes)"
-                     if "done" in run else ""))
+                  + (f"  ({run['done']} ok, {run['failed']} failed, {run['embedder_processes']} embedder processes"
+                     + (f", ready after {max(run['embedder_ready_s']):.1f} s" if run.get("embedder_ready_s") else "")
+                     + ")" if "done" in run else ""))
 
         def floor() -> dict:
             seconds = min(decode_floor(many, workers, floor_decoder) for _ in range(args.repeat))

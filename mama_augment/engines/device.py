@@ -315,7 +315,8 @@ class ModelServers:
         self.authkey = os.urandom(32)
         self.shm_prefix = f"mama-{os.getpid()}-{os.urandom(4).hex()}-"
         self.servers: list[_Server] = []
-        self.info: dict = {}
+        self.info: dict = {}  # devices, and seconds from the start until each model was ready
+        self.started = time.monotonic()
         self._context = multiprocessing.get_context("spawn")  # a model process loads torch / CUDA
 
     def start(self, device: str) -> None:
@@ -352,6 +353,7 @@ class ModelServers:
                     continue
                 server.ready = True
                 self.info.setdefault("devices", []).append(server.device)
+                self.info.setdefault("ready_after_s", []).append(time.monotonic() - self.started)
             if server.ready and not server.process.is_alive():
                 raise self._died(server)
 
