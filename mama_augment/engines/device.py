@@ -234,6 +234,18 @@ class ModelClient:
                 return found
             time.sleep(0.02)
 
+    def _connect(self, address: str, wait_s: float = 10.0) -> Connection:
+        """Connect to a model process; its socket file exists from ``bind`` on, a
+        moment before it listens, so a refused connection is tried again briefly."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return Client(address, family="AF_UNIX", authkey=self.authkey)
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         if len(inputs) == 0:
             raise ValueError("a model request needs at least one row")
@@ -258,7 +270,7 @@ class ModelClient:
             try:
                 conn = self._conns.get(address)
                 if conn is None:
-                    conn = self._conns[address] = Client(address, family="AF_UNIX", authkey=self.authkey)
+                    conn = self._conns[address] = self._connect(address)
                 conn.send((request_id, path, inputs.shape, inputs.dtype.str))
                 while True:
                     reply_id, status, payload = conn.recv()
