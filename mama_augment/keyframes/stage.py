@@ -3,7 +3,9 @@
 ``run_keyframes`` is the one-call library API. It works out which inputs are pending
 (new, changed, made with other options, or failed with ``retry_failed``), hands them
 with the per-video work (``keyframes/worker.py``) to the engine of ``cfg.engine``
-(worker processes here, or Ray actors; ``mama_augment.engines``), and writes every
+(worker processes here, or Ray actors; ``mama_augment.engines``): with a model
+embedder (``cnn``, ``clip``) as decoding and finishing around one model per device
+(``map_model_items``), else whole videos per worker (``map_items``). It writes every
 result row to ``keyframes.parquet`` as soon as it arrives; a killed run loses only the
 videos in flight and the next run resumes. Planning, writing and the report stay
 here, so every engine shares one manifest and one resume logic.
