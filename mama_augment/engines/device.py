@@ -121,15 +121,18 @@ def _accept(listener: Listener, work: queue.Queue) -> None:
         threading.Thread(target=_read_requests, args=(conn, work, [True]), daemon=True).start()
 
 
-def _watch_parent(control: Connection) -> None:
-    """Exit when the engine says stop or goes away (its end of the pipe closes)."""
+def _watch_parent(control: Connection, parent: int) -> None:
+    """Exit when the engine says stop or goes away: its end of the pipe closes, or (a
+    forked process may hold a copy of that end) this process gets a new parent."""
     with contextlib.suppress(EOFError, OSError):
-        control.recv()
+        while not control.poll(1.0):
+            if os.getppid() != parent:
+                break
     os._exit(0)
 
 
 def serve(task: ModelTask, device: str, threads: int, address: str, authkey: bytes, control: Connection,
-          first: bool) -> None:
+          first: bool, parent: int) -> None:
     """The model process: listen, (the first one: say which devices there are), load
     the model, then batch requests until told to stop."""
     listener = Listener(address, family="AF_UNIX", authkey=authkey)  # workers may queue up while loading
@@ -147,7 +150,7 @@ def serve(task: ModelTask, device: str, threads: int, address: str, authkey: byt
         control.send(("error", MamaError(f"the model could not be loaded on {device}: {detail}")))
         return
     control.send(("ready", device))
-    threading.Thread(target=_watch_parent, args=(control,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(control, parent), daemon=True).start()
     work: queue.Queue = queue.Queue()
     threading.Thread(target=_accept, args=(listener, work), daemon=True).start()
     _batch_loop(model, work)
@@ -320,7 +323,7 @@ class _Server:
 class ModelServers:
     """The model processes of one run: started by :func:`model_servers`."""
 
-    def __init__(self, task: ModelTask, threads: int):
+    def __init__(self, task: ModelTask, threads: int, method: str = "spawn"):
         self.task = task
         self.threads = threads
         self.folder = tempfile.mkdtemp(prefix="mama-models-")
@@ -329,7 +332,9 @@ class ModelServers:
         self.servers: list[_Server] = []
         self.info: dict = {}  # devices, and seconds from the start until each model was ready
         self.started = time.monotonic()
-        self._context = multiprocessing.get_context("spawn")  # a model process loads torch / CUDA
+        # Forked (when the engine process has not loaded torch, so neither torch nor CUDA
+        # was ever set up here) it skips a new interpreter and its imports; else spawned.
+        self._context = multiprocessing.get_context(method)
 
     def start(self, device: str) -> None:
         index = len(self.servers)
@@ -337,7 +342,8 @@ class ModelServers:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=serve, name=f"mama-model-{device}",
-            args=(self.task, device, self.threads, address, self.authkey, child_end, index == 0), daemon=True,
+            args=(self.task, device, self.threads, address, self.authkey, child_end, index == 0, os.getpid()),
+            daemon=True,
         )
         process.start()
         child_end.close()
@@ -393,10 +399,10 @@ class ModelServers:
 
 
 @contextlib.contextmanager
-def model_servers(task: ModelTask, threads: int) -> Iterator[ModelServers]:
+def model_servers(task: ModelTask, threads: int, method: str = "spawn") -> Iterator[ModelServers]:
     """Start the model process of the task's device (the others follow once it says
-    which devices exist); stop them all, and clean up, at the end."""
-    servers = ModelServers(task, threads)
+    which devices exist), with start ``method``; stop them all, and clean up, at the end."""
+    servers = ModelServers(task, threads, method)
     try:
         servers.start(task.device)
         yield servers

@@ -104,8 +104,9 @@ def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement
 
     cores = os.cpu_count() or 1
     workers = min(placement.workers if placement.workers > 0 else cores, len(items))
-    with model_servers(task, threads=cores) as servers:
-        context = multiprocessing.get_context(start_method())
+    method = start_method()
+    with model_servers(task, threads=cores, method=method) as servers:
+        context = multiprocessing.get_context(method)
         pool = ProcessPool(max_workers=workers, context=context, initializer=worker_init,
                            initargs=(task.setup, 1, servers.folder, servers.authkey, servers.shm_prefix))
         with _running(pool):
