@@ -11,15 +11,18 @@ Frames: the clips of ../shared/media sampled at 2 fps as 320 px thumbnails (as i
   once in the variant's own embedding space and once with the keyframes the variant
   picks scored in the reference space ("in-ref": the honest one across input sizes).
 
-Variants: ``fp32`` (the network as loaded, the reference), ``auto`` (the default:
-BN folded into the convolutions), the folded network at 160 and 128 px, and with
-``--int8`` static int8 (FX graph mode, oneDNN engine, ReLU6 as a saturating
-conv+ReLU output range) calibrated on the bundled example clips.
+Variants: ``fp32`` (the network as loaded, the reference), the folded network (BN
+folded into the convolutions) run by PyTorch and by OpenVINO (the default when
+``openvino`` is installed; a runtime per thread count), with ``--onnxruntime`` the
+folded network exported to ONNX and run by ONNX Runtime (needs ``onnx`` and
+``onnxruntime``; skipped with a note when absent), the folded network at 160 and
+128 px, and with ``--int8`` static int8 (FX graph mode, oneDNN engine, ReLU6 as a
+saturating conv+ReLU output range) calibrated on the bundled example clips.
 
 Other jobs on the machine inflate wall times and, with 2 threads, CPU time too
 (threads spin while waiting for a core): ``uptime`` is printed before and after.
 
-    .venv/bin/python benchmarks/cnn_speed.py [--media DIR] [--int8] [--repeat 2]
+    .venv/bin/python benchmarks/cnn_speed.py [--media DIR] [--int8] [--onnxruntime] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -136,9 +139,45 @@ def coverage_ratios(embeddings: dict, reference: dict, keyframes: int = 12) -> t
     return float(np.mean(own)), float(np.mean(in_ref))
 
 
+def onnxruntime_embedders(folded, threads_list, path: Path) -> dict:
+    """threads -> ``embed(frames)`` running ``folded`` exported to ONNX in ONNX Runtime."""
+    import onnxruntime
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, network):
+            super().__init__()
+            self.network = network
+
+        def forward(self, x):
+            return self.network(x).mean(dim=(2, 3))
+
+    example = letterboxed([np.zeros((240, 320, 3), np.uint8)] * 2, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pooled(folded).eval(), (example,), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+    embedders = {}
+    for threads in threads_list:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def embed(frames, session=session):
+            rows = [session.run(None, {"x": letterboxed(frames[i : i + 32], 224).numpy()})[0]
+                    for i in range(0, len(frames), 32)]
+            vectors = np.concatenate(rows)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+        embedders[threads] = embed
+    return embedders
+
+
 def time_per_frame(embed, frames, threads: int, repeat: int) -> tuple[float, float]:
     import torch
 
+    if isinstance(embed, dict):  # a runtime whose threads are fixed when it is built
+        embed = embed[threads]
     torch.set_num_threads(threads)
     embed(frames[:4])  # warm-up
     best = (float("inf"), float("inf"))
@@ -157,6 +196,7 @@ def main() -> None:
     parser.add_argument("--timing-frames", type=int, default=64)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--int8", action="store_true", help="also the int8 variant (slow to build)")
+    parser.add_argument("--onnxruntime", action="store_true", help="also ONNX Runtime (needs onnx, onnxruntime)")
     args = parser.parse_args()
 
     import torch
@@ -182,16 +222,30 @@ def main() -> None:
     started = time.perf_counter()
     auto = get_embedder("cnn", EmbedderOptions(device="cpu"))
     load_auto = time.perf_counter() - started
-    print(f"load: fp32 {load_fp32:.2f} s, auto ({auto.precision}) {load_auto:.2f} s")
+    print(f"load: fp32 {load_fp32:.2f} s, auto ({auto.precision}, {auto.runtime}) {load_auto:.2f} s")
+    folded = get_embedder("cnn", EmbedderOptions(device="cpu", runtime="torch"))
 
-    variants = {"fp32 224 (reference)": fp32.embed, f"auto 224 ({auto.precision}, default)": auto.embed}
+    variants: dict = {"fp32 224 (reference)": fp32.embed, "folded 224, torch": folded.embed}
+    if auto.runtime == "openvino":
+        variants["folded 224, openvino (default)"] = {
+            t: get_embedder("cnn", EmbedderOptions(device="cpu", threads=t)).embed for t in args.threads}
+    else:
+        print("openvino is not installed: the default is the folded network in PyTorch")
+    if args.onnxruntime:
+        try:
+            import tempfile
+
+            path = Path(tempfile.mkdtemp()) / "lite0-folded.onnx"
+            variants["folded 224, onnxruntime"] = onnxruntime_embedders(folded.model, args.threads, path)
+        except ImportError as exc:
+            print(f"onnxruntime variant skipped: {exc}")
     for size in (160, 128):
-        variants[f"folded {size}"] = network_embedder(auto.model, size)
+        variants[f"folded {size}"] = network_embedder(folded.model, size)
     if args.int8:
         examples = REPO / "examples" / "videos"
         calibration = [f for p in sorted(examples.glob("*.mp4")) for f in sample_frames(p)]
         started = time.perf_counter()
-        int8 = int8_network(relu_variant(auto.model).to(memory_format=torch.contiguous_format), calibration)
+        int8 = int8_network(relu_variant(folded.model).to(memory_format=torch.contiguous_format), calibration)
         print(f"int8 build (calibration on {len(calibration)} example frames): {time.perf_counter() - started:.1f} s")
         variants["int8 224 (onednn)"] = network_embedder(int8, 224)
 
@@ -201,7 +255,8 @@ def main() -> None:
     print("\n" + header)
     for name, embed in variants.items():
         torch.set_num_threads(2)
-        embeddings = {clip: embed(frames) for clip, frames in clips.items()}
+        first = embed[max(embed)] if isinstance(embed, dict) else embed
+        embeddings = {clip: first(frames) for clip, frames in clips.items()}
         cosine = np.concatenate([(embeddings[c] * reference[c]).sum(axis=1) for c in clips])
         own, in_ref = coverage_ratios(embeddings, reference)
         cells = ""

@@ -168,14 +168,54 @@ def test_cover_labels_are_nearest_centre():
     np.testing.assert_array_equal(result.labels, nearest)
 
 
-def test_cover_picks_among_top_gamma_and_keeps_the_top_frame():
-    rng = np.random.default_rng(7)
-    x = np.cumsum(rng.standard_normal((120, 16)), axis=0).astype(np.float32)  # a drifting "video"
-    result = dpc_knn(x, 10, selection="cover")
-    order = np.lexsort((-result.rho, -result.gamma))
-    assert order[0] in result.centers
-    assert set(result.centers.tolist()) <= set(order[:20].tolist())
-    assert len(set(result.centers.tolist())) == 10
+def _coverage(x: np.ndarray, keyframes) -> float:
+    unit = x.astype(np.float64)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    dist = np.sqrt(np.clip(2.0 - 2.0 * unit @ unit[np.asarray(keyframes)].T, 0.0, None))
+    return float(dist.min(axis=1).mean())
+
+
+def _drifting_video(frames: int, seed: int, dim: int = 16) -> np.ndarray:
+    """A random walk with a few jumps: slow drift within shots, cuts between them."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((frames, dim)) * 0.3
+    steps[rng.random(frames) < 0.1] *= 12
+    return (np.cumsum(steps, axis=0) + rng.standard_normal(dim) * 3).astype(np.float32)
+
+
+@pytest.mark.parametrize("frames", [13, 15, 20, 28, 36, 60, 150])
+def test_cover_is_never_worse_than_uniform_nor_than_its_dpc_start(frames):
+    from mama_augment.keyframes.dpc import _scores, pick_centers, uniform_indices
+
+    for seed in range(8):
+        x = _drifting_video(frames, seed)
+        chosen = select_keyframes(x, 12, selection="cover")
+        assert len(set(chosen.tolist())) == 12 and list(chosen) == sorted(chosen)
+        cover = _coverage(x, chosen)
+        assert cover <= _coverage(x, uniform_indices(frames, 12)) * (1 + 1e-5)
+        scores = _scores(x, 5)
+        assert cover <= _coverage(x, pick_centers(scores.gamma, scores.rank, 12)) * (1 + 1e-5)
+
+
+def test_cover_is_a_swap_local_optimum():
+    x = _drifting_video(40, seed=3)
+    chosen = list(select_keyframes(x, 8, selection="cover"))
+    best = _coverage(x, chosen)
+    for slot in range(len(chosen)):
+        for frame in range(len(x)):
+            if frame not in chosen:
+                trial = chosen[:slot] + [frame] + chosen[slot + 1 :]
+                assert _coverage(x, trial) >= best * (1 - 1e-5)
+
+
+def test_cover_on_long_inputs_swaps_among_candidates_and_uniform_frames(monkeypatch):
+    import mama_augment.keyframes.dpc as dpc
+
+    x = _drifting_video(300, seed=5)
+    monkeypatch.setattr(dpc, "MEDOID_MAX_FRAMES", 100)  # take the path of inputs above the limit
+    limited = select_keyframes(x, 12, selection="cover")
+    assert len(limited) == 12
+    assert _coverage(x, limited) <= _coverage(x, dpc.uniform_indices(300, 12)) * (1 + 1e-5)
 
 
 # ------------------------------------------------------ degenerate inputs

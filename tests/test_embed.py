@@ -189,8 +189,38 @@ def natural_like_frames(count: int = 6) -> list[np.ndarray]:
 def test_cnn_default_cpu_path_is_the_folded_network(cnn, cnn_fp32):
     assert cnn.precision == "folded"
     assert cnn_fp32.precision == "fp32"
+    torch_runtime = get_embedder("cnn", EmbedderOptions(device="cpu", threads=1, runtime="torch"))
+    assert torch_runtime.runtime == "torch" and torch_runtime.precision == "folded"
     # Batch norm is folded away: no BatchNorm module is left in the network that runs.
-    assert not any("BatchNorm" in type(module).__name__ for module in cnn.model.modules())
+    assert not any("BatchNorm" in type(module).__name__ for module in torch_runtime.model.modules())
+
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+def test_cnn_openvino_runtime_gives_the_torch_embeddings(cnn, tmp_path, monkeypatch):
+    if not HAS_OPENVINO:
+        pytest.skip("openvino is not installed (pip install 'mama-augment[cpu]')")
+    monkeypatch.setenv("MAMA_CACHE_DIR", str(tmp_path / "cache"))
+    images = natural_like_frames() + [scene(kind) for kind in SCENES]
+    reference = get_embedder("cnn", EmbedderOptions(device="cpu", threads=1, runtime="torch")).embed(images)
+    first = get_embedder("cnn", EmbedderOptions(device="cpu", threads=1, runtime="openvino"))  # folds, caches
+    assert first.runtime == "openvino" and list((tmp_path / "cache").glob("*.safetensors"))
+    again = get_embedder("cnn", EmbedderOptions(device="cpu", threads=1))  # auto: from the cache
+    assert again.runtime == "openvino"
+    for embedder in (first, again):
+        np.testing.assert_allclose(embedder.embed(images), reference, atol=1e-5)
+    # Prepared inputs (as a model process receives them) give the same rows.
+    from mama_augment.embed.cnn import prepare_frames
+
+    np.testing.assert_allclose(again.embed_prepared(prepare_frames(images)), again.embed(images), atol=1e-6)
+
+
+def test_cnn_unknown_runtime_is_a_usage_error():
+    if not HAS_EFFICIENTNET:
+        pytest.skip("efficientnet packages not installed")
+    with pytest.raises(UsageError, match="runtime"):
+        get_embedder("cnn", EmbedderOptions(device="cpu", runtime="tensorrt"))
 
 
 def test_cnn_folded_agrees_with_fp32_reference(cnn, cnn_fp32):

@@ -13,10 +13,14 @@ the stage's checks and the CLI's ``--embedder`` help read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
-from mama_augment.embed.base import Embedder, EmbedderOptions
+import numpy as np
+
+from mama_augment.embed.base import Embedder, EmbedderOptions, ModelEmbedder
 from mama_augment.errors import UsageError
+
+Preparer = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,11 @@ class EmbedderFactory:
     make: Callable[[EmbedderOptions], Embedder]
     help: str
     needs_model: str = ""  # what --embed-model must name, when the embedder needs one
+    # For a model embedder (``ModelEmbedder``): options -> its torch-free preparation
+    # (frames -> the model's input array). The keyframes stage then prepares frames in
+    # the decoding processes and runs the model once per device on batches of many
+    # videos (``cnn``, ``clip``). None: the embedder runs whole in each worker (``pixels``).
+    prepare: Callable[[EmbedderOptions], Preparer] | None = None
 
     def __call__(self, options: EmbedderOptions) -> Embedder:
         return self.make(options)
@@ -44,18 +53,31 @@ def _make_cnn(options: EmbedderOptions) -> Embedder:
     return CnnEmbedder(options)
 
 
+def _cnn_prepare(options: EmbedderOptions) -> Preparer:
+    from mama_augment.embed.cnn import prepare_frames
+
+    return prepare_frames
+
+
 def _make_clip(options: EmbedderOptions) -> Embedder:
     from mama_augment.embed.clip import ClipEmbedder
 
     return ClipEmbedder(options)
 
 
+def _clip_prepare(options: EmbedderOptions) -> Preparer:
+    from mama_augment.embed.clip import clip_preparer
+
+    return clip_preparer(options.model or "")
+
+
 EMBEDDERS: dict[str, EmbedderFactory] = {
-    "cnn": EmbedderFactory(_make_cnn, "EfficientNet-Lite0"),
+    "cnn": EmbedderFactory(_make_cnn, "EfficientNet-Lite0", prepare=_cnn_prepare),
     "pixels": EmbedderFactory(_make_pixels, "fastest, no torch"),
     "clip": EmbedderFactory(
         _make_clip, "the image tower of --embed-model",
         needs_model="a Hugging Face CLIP id or a folder saved with save_pretrained",
+        prepare=_clip_prepare,
     ),
 }
 
@@ -77,6 +99,15 @@ def get_embedder(name: str, options: EmbedderOptions | None = None) -> Embedder:
     return EMBEDDERS[name](options)
 
 
+def get_preparer(name: str, options: EmbedderOptions | None = None) -> Preparer | None:
+    """The torch-free preparation of a model embedder, or None for one that runs whole
+    in each worker (see ``EmbedderFactory.prepare``)."""
+    options = options or EmbedderOptions()
+    check_embedder(name, options)
+    factory = EMBEDDERS[name]
+    return factory.prepare(options) if factory.prepare is not None else None
+
+
 def embedder_help() -> str:
     """``cnn (EfficientNet-Lite0), pixels (...) or clip (...)`` for the CLI's --help."""
     parts = [f"{name} ({factory.help})" for name, factory in EMBEDDERS.items()]
@@ -88,7 +119,10 @@ __all__ = [
     "Embedder",
     "EmbedderFactory",
     "EmbedderOptions",
+    "ModelEmbedder",
+    "Preparer",
     "check_embedder",
     "embedder_help",
     "get_embedder",
+    "get_preparer",
 ]

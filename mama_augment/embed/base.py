@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -21,6 +23,9 @@ class EmbedderOptions:
     # CUDA: float16 autocast); "fp32" is the model exactly as loaded, in float32;
     # "fp16" is float16 autocast (CUDA only).
     precision: str = "auto"  # auto | fp32 | fp16
+    # What executes a CPU network (``cnn``): "auto" is OpenVINO when it is installed
+    # (same float32 results, about 4x less CPU than PyTorch here), else PyTorch.
+    runtime: str = "auto"  # auto | torch | openvino
 
 
 class Embedder(Protocol):
@@ -31,6 +36,18 @@ class Embedder(Protocol):
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Return an array of shape (len(images), dim), float32, rows of unit norm."""
+        ...
+
+
+class ModelEmbedder(Embedder, Protocol):
+    """An embedder whose model can run apart from its preprocessing: the registry's
+    ``prepare`` turns frames into the model's input (N, ...) without torch, in the
+    decoding processes; ``embed_prepared`` runs the model once per device on batches
+    that may mix frames of many videos. ``embed(images)`` equals
+    ``embed_prepared(prepare(images))``."""
+
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
+        """Unit-norm float32 rows (N, dim) of prepared inputs (N, ...)."""
         ...
 
 
@@ -65,6 +82,19 @@ def l2_normalize_rows(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def cpu_only(device: str) -> bool:
+    """True when ``device`` can only mean the CPU: "cpu", or "auto" on a machine
+    without an NVIDIA driver (CUDA cannot work there), decided without importing torch:
+    no ``/proc/driver/nvidia``, no ``/dev/nvidiaN`` and no WSL GPU (``/dev/dxg``)."""
+    device = (device or "auto").lower()
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    return (not os.path.exists("/proc/driver/nvidia/version") and not glob.glob("/dev/nvidia[0-9]*")
+            and not os.path.exists("/dev/dxg"))
 
 
 def resolve_device(requested: str) -> str:

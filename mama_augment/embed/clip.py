@@ -9,6 +9,12 @@ Preprocessing follows the folder's ``preprocessor_config.json`` (the CLIPImagePr
 settings: shortest-edge resize with PIL bicubic, centre crop, rescale, mean/std) and is
 done here with Pillow and numpy, so neither torchvision nor transformers' image
 processor is needed; without that file, CLIP's defaults at the model's image size.
+
+Preparation and model apart: the resize and crop (``ClipPreprocess.geometry``, uint8,
+no torch) can run in the decoding processes (:func:`clip_preparer`, which reads the
+folder's JSON files only), and ``ClipEmbedder.embed_prepared`` rescales, normalises
+and runs the tower once per device on batches mixing many videos: the same steps in
+the same order as ``embed``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ class ClipPreprocess:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """One frame -> float32 (3, H, W) ready for the model."""
+        return self.normalize(self.geometry(image)[None])[0]
+
+    def geometry(self, image: np.ndarray) -> np.ndarray:
+        """The resize and centre crop: uint8 (H, W, 3)."""
         rgb = as_rgb_uint8(image)
         if self.do_resize:
             height, width = rgb.shape[:2]
@@ -74,9 +84,13 @@ class ClipPreprocess:
                 rgb = np.asarray(pil)
         if self.do_center_crop:
             rgb = _center_crop(rgb, *self.crop)
-        x = rgb.astype(np.float32) * np.float32(self.rescale)
+        return np.ascontiguousarray(rgb)
+
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) from ``geometry`` -> float32 (N, 3, H, W) for the model."""
+        x = frames.astype(np.float32) * np.float32(self.rescale)
         x = (x - self.mean) / self.std
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def _center_crop(rgb: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
@@ -165,9 +179,18 @@ class ClipEmbedder:
         rows = [self._embed_batch(batch) for batch in batches(images, self.options.batch_size)]
         return l2_normalize_rows(np.concatenate(rows))
 
+    def embed_prepared(self, inputs: np.ndarray) -> np.ndarray:
+        """Unit rows of frames already resized and cropped by :func:`clip_preparer`."""
+        if len(inputs) == 0:
+            return empty_embeddings(self.dim)
+        rows = [self._run(self.preprocess.normalize(batch)) for batch in batches(inputs, self.options.batch_size)]
+        return l2_normalize_rows(np.concatenate(rows))
+
     def _embed_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self._run(np.stack([self.preprocess(image) for image in images]))
+
+    def _run(self, pixel_values: np.ndarray) -> np.ndarray:
         torch = self._torch
-        pixel_values = np.stack([self.preprocess(image) for image in images])
         with torch.inference_mode():
             x = torch.from_numpy(pixel_values).to(self.device)
             autocast = (
@@ -177,6 +200,27 @@ class ClipEmbedder:
                 out = self.model(pixel_values=x)
             embeds = out.image_embeds.float()
         return embeds.cpu().numpy().astype(np.float32, copy=False)
+
+
+def clip_preparer(model_ref: str):
+    """The resize and crop of ``model_ref``'s preprocessing (frames -> uint8 (N, H, W,
+    3)), from its JSON files, without loading the model (or torch, for a folder)."""
+    if model_ref.startswith("~"):
+        model_ref = str(Path(model_ref).expanduser())
+    local = Path(model_ref).is_dir()
+    if local:
+        path = Path(model_ref) / "config.json"
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        vision = config.get("vision_config", config)
+        image_size = int(vision.get("image_size", 224))
+    else:
+        image_size = int(_vision_config(model_ref, local).image_size)
+    preprocess = ClipPreprocess(_read_processor_config(model_ref, local) or {}, image_size)
+
+    def prepare(images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([preprocess.geometry(image) for image in images])
+
+    return prepare
 
 
 def _vision_config(model_ref: str, local: bool):

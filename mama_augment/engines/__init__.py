@@ -2,9 +2,11 @@
 
 ``ENGINES`` is the registry, name -> :class:`EngineEntry`; the stages' options and
 the CLI's ``--engine`` choices and help read it, so adding an engine is adding one
-entry here (a module with ``map_items`` and ``batch_workers``, see ``engines/base.py``).
+entry here (a module with ``map_items``, ``map_model_items`` and ``batch_workers``, see
+``engines/base.py``).
 
-* ``local``: worker processes on this machine (``engines/local.py``);
+* ``local``: worker processes on this machine (``engines/local.py``), and for work
+  around a model one model process per device (``engines/device.py``);
 * ``ray``: Ray Data actors on a local or remote Ray cluster (``engines/ray.py``).
 
 An engine is infrastructure: the stage hands it the per-item callable and gets result

@@ -11,6 +11,10 @@ Two shapes of work:
 * :class:`ItemTask` - independent items that may hang or crash the process they run
   in (decoding a video). Each item runs in a worker process under a timeout; a worker
   that overruns or dies becomes the item's failed row, built by the task.
+* :class:`ModelTask` - items whose CPU work surrounds a model (decode, embed, cluster):
+  ``prepare`` runs per item in worker processes under the timeout, the model runs
+  once per device in its own process on batches that mix many items, and ``finish``
+  turns the item's state and its model outputs into the row (``map_model_items``).
 * a batch worker - a model loaded once per worker (a vLLM engine) that takes items in
   batches: ``make_worker(in_actor) -> worker``, ``worker(items) -> iterable of rows``,
   an optional ``worker.close()``. ``in_actor`` tells the worker it runs in a remote
@@ -60,6 +64,53 @@ class ItemTask:
     timeout_s: float | None = None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The CPU half of a model item: ``inputs`` for the model (an array, one row per
+    unit of work, e.g. a frame) and the ``state`` ``finish`` needs; with ``inputs``
+    None, ``state`` already is the item's row (it failed before the model)."""
+
+    state: Any
+    inputs: Any = None  # numpy array (N, ...) or None
+
+
+class DeviceModel(Protocol):
+    """A model loaded on one device: ``model(inputs) -> outputs`` row for row."""
+
+    batch_size: int  # rows per call it prefers (the engine fills batches from many items)
+
+    def __call__(self, inputs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    """Per-item work around a model that is loaded once per device.
+
+    * ``prepare(item) -> Prepared`` - CPU work (decoding), in worker processes, under
+      ``timeout_s`` together with the wait for the model and ``finish``; never raises
+      for a bad item (its failed row comes back as ``Prepared(row)``);
+    * ``devices(device) -> [device, ...]`` - which devices ``device`` ("auto", "cpu",
+      "cuda", "cuda:1") stands for here; run in the first model process before
+      anything loads, so the engine starts one model process per device at once;
+    * ``load(device, threads) -> DeviceModel`` - in a process of its own per device
+      (local engine) or a Ray actor holding a GPU;
+    * ``finish(state, outputs) -> row`` - CPU work after the model (clustering, files);
+    * ``failed(item, kind, exc) -> row`` - as for :class:`ItemTask`.
+
+    A :class:`~mama_augment.errors.MamaError` raised anywhere (a model that cannot
+    load, a model process that died) stops the run.
+    """
+
+    prepare: Callable[[dict], Prepared]
+    finish: Callable[[Any, Any], dict]
+    failed: Callable[[dict, str, BaseException], dict]
+    load: Callable[[str, int], DeviceModel]
+    device: str = "auto"
+    devices: Callable[[str], Sequence[str]] | None = None  # None: just ``device``
+    setup: Callable[[int], None] | None = None  # once in each worker process, with its thread budget
+    timeout_s: float | None = None
+
+
 class BatchPool(Protocol):
     """Started batch workers: ``map`` streams result tables; ``info`` says what started."""
 
@@ -74,6 +125,11 @@ class Engine(Protocol):
     def map_items(self, items: Sequence[dict], task: ItemTask, placement: Placement,
                   schema: pa.Schema) -> Iterator[pa.Table]:
         """Run ``task`` on every item; yield result tables as items finish (any order)."""
+        ...
+
+    def map_model_items(self, items: Sequence[dict], task: ModelTask, placement: Placement,
+                        schema: pa.Schema) -> Iterator[pa.Table]:
+        """Run ``task``: prepare/finish in worker processes, its model once per device."""
         ...
 
     def batch_workers(self, make_worker: Callable[[bool], Callable[[list[dict]], Iterable[dict]]],

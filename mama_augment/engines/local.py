@@ -18,10 +18,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from mama_augment.engines.base import ItemTask, Placement
+from mama_augment.engines.base import ItemTask, ModelTask, Placement
 from mama_augment.errors import MamaError
 from mama_augment.manifest import rows_to_table
-
 
 
 def start_method() -> str:
@@ -46,7 +45,7 @@ def process_pool(task: ItemTask, workers: int, threads: int, method: str | None 
     return ProcessPool(max_workers=workers, context=multiprocessing.get_context(method or start_method()), **setup)
 
 
-def result_row(future: Any, item: dict, task: ItemTask) -> dict:
+def result_row(future: Any, item: dict, task: ItemTask | ModelTask) -> dict:
     """The row of one scheduled item: its own, or the task's failed row when the
     worker timed out, died or could not run it. A MamaError stops the run."""
     from pebble import ProcessExpired
@@ -70,17 +69,61 @@ def map_items(items: Sequence[dict], task: ItemTask, placement: Placement, schem
     workers = min(placement.workers if placement.workers > 0 else cores, len(items))
     # Split the cores between workers so torch does not oversubscribe them.
     threads = max(1, cores // max(1, workers))
-    pool = process_pool(task, workers, threads)
-    try:
+    with _running(process_pool(task, workers, threads)) as pool:
         futures = {pool.schedule(task.run, args=(item,), timeout=task.timeout_s): item for item in items}
         for future in concurrent.futures.as_completed(futures):
             yield rows_to_table([result_row(future, futures[future], task)], schema)
+
+
+@contextlib.contextmanager
+def _running(pool):
+    """``pool`` for the block: stopped at once on an error (or a closed generator),
+    else closed; joined either way."""
+    try:
+        yield pool
     except BaseException:
         pool.stop()
         raise
     finally:
         pool.close()
         pool.join()
+
+
+def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement,
+                    schema: pa.Schema) -> Iterator[pa.Table]:
+    """Run a :class:`ModelTask`: ``placement.workers`` worker processes (0: one per
+    core) prepare and finish items, one model process per device runs the model on
+    batches of many items (``engines/device.py``); yield each row as its item ends.
+
+    The model process on the CPU gets every core's thread: it works while the
+    workers wait for it, and decodes overlap its batches.
+    """
+    from pebble import ProcessPool
+
+    from mama_augment.engines.device import model_servers, run_model_item, worker_init
+
+    cores = os.cpu_count() or 1
+    workers = min(placement.workers if placement.workers > 0 else cores, len(items))
+    method = start_method()
+    with model_servers(task, threads=cores, method=method) as servers:
+        context = multiprocessing.get_context(method)
+        pool = ProcessPool(max_workers=workers, context=context, initializer=worker_init,
+                           initargs=(task.setup, 1, servers.folder, servers.authkey, servers.shm_prefix))
+        with _running(pool):
+            futures = {pool.schedule(run_model_item, args=(task, item), timeout=task.timeout_s): item
+                       for item in items}
+            waiting = set(futures)
+            while waiting:
+                servers.check()
+                done, waiting = concurrent.futures.wait(waiting, timeout=0.5,
+                                                        return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        row = result_row(future, futures[future], task)
+                    except MamaError:
+                        servers.check(wait_s=2.0)  # the model process's own error says more
+                        raise
+                    yield rows_to_table([row], schema)
 
 
 class _LocalPool:

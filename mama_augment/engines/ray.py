@@ -10,6 +10,17 @@ driver; Ray only turns pending items into result rows::
 So the rows land as part files of the same manifest with the same schema as the local
 engine, and a run can stop on one engine and resume on the other.
 
+Model tasks (``map_model_items``): Ray Data's usual CPU -> GPU pipeline, three
+operators streaming into each other::
+
+    items --decode actors (CPU; each item in a child process under the timeout)-->
+          --model actors (num_gpus each; the model loaded once, batches of many items)-->
+          --finish tasks (CPU: clustering, files)--> result rows
+
+Items cross the operators as one binary column holding the item's state and arrays
+(an internal hand-over between this run's processes, never written to disk); Ray's
+object store and its back-pressure keep memory bounded.
+
 Item tasks (``map_items``): each actor keeps one worker process (the local engine's
 pebble pool, one process wide) that keeps its state (a loaded embedder) across
 items, and every item runs under the task's timeout, so a hung or crashing decoder
@@ -35,12 +46,13 @@ import logging
 import math
 import os
 import re
+from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
 from mama_augment import errors
-from mama_augment.engines.base import ItemTask, Placement, close_worker
+from mama_augment.engines.base import ItemTask, ModelTask, Placement, close_worker
 from mama_augment.engines.local import process_pool, result_row
 from mama_augment.errors import MamaError, MissingDependency, UsageError
 from mama_augment.manifest import rows_to_table
@@ -335,3 +347,137 @@ def batch_workers(make_worker: Callable[[bool], Any], placement: Placement, sche
     local_cpus = max(os.cpu_count() or 1, math.ceil(placement.workers * placement.num_cpus))
     with ray_session(placement.address, num_cpus=local_cpus):
         yield _RayPool(make_worker, placement, schema)
+
+
+# --------------------------------------------------------------------------- model tasks
+
+_HANDOVER = pa.schema([("payload", pa.binary())])  # one item between the operators
+_MODEL_ITEMS_PER_CALL = 16  # items a model actor takes per call (their rows are batched)
+
+
+def _pack(*parts: Any) -> dict:
+    import pickle
+
+    return {"payload": pickle.dumps(parts, protocol=5)}
+
+
+def _unpack(table: pa.Table) -> list[tuple]:
+    import pickle
+
+    return [pickle.loads(blob) for blob in table.column("payload").to_pylist()]
+
+
+def _prepare_payload(prepare: Callable[[dict], Any], item: dict) -> dict:
+    prepared = prepare(item)
+    if prepared.inputs is None:
+        return _pack("row", prepared.state)
+    return _pack("prepared", prepared.state, prepared.inputs)
+
+
+def _failed_payload(failed: Callable[[dict, str, BaseException], dict], item: dict, kind: str,
+                    exc: BaseException) -> dict:
+    return _pack("row", failed(item, kind, exc))
+
+
+class ModelActor:
+    """A Ray actor holding the task's model (on the GPU Ray gave it, or the CPU):
+    items in, their model outputs attached; rows of all the items of a call are
+    batched together."""
+
+    def __init__(self, load: Callable[[str, int], Any], device: str, threads: int):
+        self.model = load(device, threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import numpy as np
+
+        entries = _unpack(batch)
+        waiting = [entry for entry in entries if entry[0] == "prepared"]
+        outputs: list = []
+        if waiting:
+            inputs = np.concatenate([np.asarray(entry[2]) for entry in waiting])
+            size = max(1, int(self.model.batch_size))
+            done = np.concatenate([self.model(inputs[start:start + size]) for start in range(0, len(inputs), size)])
+            start = 0
+            for entry in waiting:
+                outputs.append(done[start:start + len(entry[2])])
+                start += len(entry[2])
+        out, position = [], 0
+        for entry in entries:
+            if entry[0] == "prepared":
+                out.append(_pack("done", entry[1], outputs[position]))
+                position += 1
+            else:
+                out.append(_pack(*entry))
+        return rows_to_table(out, _HANDOVER)
+
+
+def _finish_batch(batch: pa.Table, finish: Callable[[Any, Any], dict], schema: pa.Schema) -> pa.Table:
+    rows = []
+    for entry in _unpack(batch):
+        rows.append(finish(entry[1], entry[2]) if entry[0] == "done" else entry[1])
+    return rows_to_table(rows, schema)
+
+
+def map_model_items(items: Sequence[dict], task: ModelTask, placement: Placement,
+                    schema: pa.Schema) -> Iterator[pa.Table]:
+    """A :class:`ModelTask` on Ray: decode actors (``placement.workers``, ``num_cpus``
+    each), one model actor per GPU (``num_gpus`` each; on a cluster without GPUs, one
+    on the CPU), and finish tasks; rows as items finish.
+
+    Finish tasks reserve no CPU of their own, so they run whatever the actors hold.
+    """
+    import ray.data
+
+    local_cpus = (math.ceil(placement.workers * placement.num_cpus) + 1) if placement.workers > 0 else (os.cpu_count() or 1)
+    with ray_session(placement.address, num_cpus=local_cpus):
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0.0)
+        num_gpus = float(placement.num_gpus or 0.0)
+        if num_gpus == 0.0 and gpus > 0 and task.device != "cpu":
+            num_gpus = 1.0
+        if num_gpus > 0:
+            if gpus < num_gpus:
+                raise UsageError(f"--num-gpus {num_gpus:g} but the Ray cluster has {gpus:g} GPUs")
+            model_actors, model_cpus = max(1, int(gpus // num_gpus)), 0.0
+        else:
+            model_actors, model_cpus = 1, min(1.0, resources.get("CPU", 1.0) / 2)
+        free = resources.get("CPU", 0.0) - model_actors * model_cpus
+        decode_cpus = min(placement.num_cpus, free)  # a small cluster: decoders share what is left
+        if decode_cpus <= 0:
+            raise UsageError(f"the Ray cluster has {resources.get('CPU', 0.0):g} CPUs: none left to decode videos")
+        fits = max(1, int(free // decode_cpus))
+        decoders = max(1, min(placement.workers if placement.workers > 0 else fits, fits, len(items)))
+        if placement.workers > decoders:
+            log.warning("the Ray cluster fits %d decode actors of %g CPUs beside the model, not %d",
+                        decoders, decode_cpus, placement.workers)
+        log.info("%s on Ray: %d decode actors (%g CPUs each), %d model actors (%g GPUs, %g CPUs each)",
+                 placement.label, decoders, decode_cpus, model_actors, num_gpus, model_cpus)
+        decode = ItemTask(run=partial(_prepare_payload, task.prepare), failed=partial(_failed_payload, task.failed),
+                          setup=task.setup, timeout_s=task.timeout_s)
+        threads = max(1, int(decode_cpus))
+        model_threads = max(1, int(model_cpus)) if num_gpus == 0 else 1
+        device = "cuda" if num_gpus > 0 else "cpu"
+        with _quiet_ray_data():
+            dataset = ray.data.from_items(list(items), override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
+            dataset = dataset.map_batches(
+                ItemActor, batch_size=1, batch_format="pyarrow",
+                fn_constructor_kwargs=dict(task=decode, threads=threads, schema=_HANDOVER),
+                compute=ray.data.ActorPoolStrategy(size=decoders), num_cpus=decode_cpus,
+            )
+            dataset = dataset.map_batches(
+                ModelActor, batch_size=_MODEL_ITEMS_PER_CALL, batch_format="pyarrow",
+                fn_constructor_kwargs=dict(load=task.load, device=device, threads=model_threads),
+                compute=ray.data.ActorPoolStrategy(size=model_actors), num_cpus=model_cpus,
+                num_gpus=num_gpus if num_gpus > 0 else None,
+            )
+            dataset = dataset.map_batches(
+                _finish_batch, batch_size=1, batch_format="pyarrow",
+                fn_kwargs=dict(finish=task.finish, schema=schema), num_cpus=0,
+            )
+            batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+            try:
+                yield from _results(batches, placement.label)
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()

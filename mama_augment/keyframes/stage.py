@@ -3,7 +3,9 @@
 ``run_keyframes`` is the one-call library API. It works out which inputs are pending
 (new, changed, made with other options, or failed with ``retry_failed``), hands them
 with the per-video work (``keyframes/worker.py``) to the engine of ``cfg.engine``
-(worker processes here, or Ray actors; ``mama_augment.engines``), and writes every
+(worker processes here, or Ray actors; ``mama_augment.engines``): with a model
+embedder (``cnn``, ``clip``) as decoding and finishing around one model per device
+(``map_model_items``), else whole videos per worker (``map_items``). It writes every
 result row to ``keyframes.parquet`` as soon as it arrives; a killed run loses only the
 videos in flight and the next run resumes. Planning, writing and the report stay
 here, so every engine shares one manifest and one resume logic.
@@ -24,7 +26,14 @@ from mama_augment.errors import MamaError
 from mama_augment.engines import get_engine
 from mama_augment.engines.base import Placement
 from mama_augment.keyframes.config import KeyframesConfig
-from mama_augment.keyframes.worker import FRAMES_DIR, GRIDS_DIR, Job, job_item, keyframes_task
+from mama_augment.keyframes.worker import (
+    FRAMES_DIR,
+    GRIDS_DIR,
+    Job,
+    job_item,
+    keyframes_model_task,
+    keyframes_task,
+)
 from mama_augment.manifest import (
     KEYFRAMES,
     STATUS_OK,
@@ -206,8 +215,15 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
     desc = "keyframes" if cfg.engine == "local" else f"keyframes ({cfg.engine})"
     bar = tqdm(total=len(jobs), unit="video", desc=desc, disable=not progress, dynamic_ncols=True)
     writer = PartWriter(workdir, KEYFRAMES)
-    results = engine.map_items([job_item(job) for job in jobs], keyframes_task(cfg, workdir), placement,
-                               KEYFRAMES.schema)
+    # Largest inputs first: a long video started last would leave the other workers
+    # idle at the end of the run (rows arrive in any order anyway).
+    ordered = sorted(jobs, key=lambda job: -(job.size_bytes or 0))
+    items = [job_item(job) for job in ordered]
+    model_task = keyframes_model_task(cfg, workdir)
+    if model_task is not None:  # decoding workers, the embedder's model once per device
+        results = engine.map_model_items(items, model_task, placement, KEYFRAMES.schema)
+    else:
+        results = engine.map_items(items, keyframes_task(cfg, workdir), placement, KEYFRAMES.schema)
     try:
         for table in results:
             writer.write_table(table)
