@@ -388,6 +388,16 @@ def test_a_damaged_export_state_is_a_clear_error(tmp_path, damage):
     assert_clean_error(cli(*args), 1, str(state.name))
 
 
+def test_an_overwrite_with_unusable_captions_keeps_the_earlier_export(tmp_path):
+    args, out = _finished_export(tmp_path, "webdataset")
+    before = tree_state(out, skip=out / ".mama-export")
+    (tmp_path / "other.csv").write_text("video_id,caption\nnot-a-video,a caption of nothing here\n")
+    captions = args.index("--captions") + 1
+    args[captions] = tmp_path / "other.csv"
+    assert_clean_error(cli(*args, "--overwrite"), 2, "names a video in keyframes.parquet")
+    assert tree_state(out, skip=out / ".mama-export") == before
+
+
 # ------------------------------------------------------------------ 6. bad input files
 
 

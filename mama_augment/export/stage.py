@@ -145,11 +145,12 @@ def _inside(name) -> bool:
 
 
 def _clear(out: Path) -> None:
-    """Remove an earlier export from ``out`` (known to be ours), keeping the lock."""
+    """Remove an earlier export from ``out`` (known to be ours), keeping the lock and
+    the sort runs of this export's inputs."""
     for child in out.iterdir():
         if child.name == STATE_DIR:
             for inner in child.iterdir():
-                if inner.name != ".locks":
+                if inner.name not in (".locks", "tmp"):
                     shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
         elif child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -250,27 +251,21 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
     report = StageReport(stage="export", output=out)
     with workdir_lock(state_dir, "export"):
         state = _read_state(out)
-        if state is not None and (config.overwrite or state.get("identity_hash") != identity_hash):
-            if not config.overwrite:
-                raise UsageError(
-                    f"{out} holds an export made with other options or inputs; pass --overwrite to replace it, "
-                    "or choose another --out"
-                )
-            _clear(out)
-            state = None
-        elif state is None and config.overwrite:
-            _clear(out)  # an export whose state was damaged (see _check_out), or nothing
-        if state is not None and state.get("complete"):
+        replace = config.overwrite or (state is not None and state.get("identity_hash") != identity_hash)
+        if replace and state is not None and not config.overwrite:
+            raise UsageError(
+                f"{out} holds an export made with other options or inputs; pass --overwrite to replace it, "
+                "or choose another --out"
+            )
+        if not replace and state is not None and state.get("complete"):
             index = _read_json(out / INDEX_FILE) or {}
             report.total = report.skipped = int(index.get("counts", {}).get("samples", 0))
             report.extra.update({"format": fmt.name, "note": "already complete; nothing to do"})
             report.seconds = time.monotonic() - started
             return report
-        removed = _remove_temporaries(out)
-        if removed:
-            log.info("removed %d temporary file(s) of an interrupted export", removed)
-        # The original captions are read (and sorted) before anything is written, so a
-        # file that cannot be used leaves no export behind.
+        # The original captions are read (and sorted) before anything is written or
+        # replaced, so a file that cannot be used leaves the folder as it was.
+        shutil.rmtree(state_dir / "tmp", ignore_errors=True)  # sort runs of a killed export
         problems = Problems()
         try:
             original_rows = (
@@ -282,6 +277,11 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             raise
+        if replace:
+            _clear(out)  # an earlier export, or one whose state was damaged (see _check_out)
+        removed = _remove_temporaries(out)
+        if removed:
+            log.info("removed %d temporary file(s) of an interrupted export", removed)
         _write_json(state_dir / STATE_FILE, {
             "identity_hash": identity_hash,
             "format": fmt.name,
