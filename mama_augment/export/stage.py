@@ -133,7 +133,8 @@ def _shard_record(path: Path, out: Path, parts: Path) -> dict | None:
     if not fields_ok:
         log.warning("the record %s is damaged; its shard is written again", path)
         return None
-    if not all((out / f).is_file() for f in record["files"]) or not all((parts / p).is_file() for p in record.get("parts", [])):
+    present = [out / f for f in record["files"]] + [parts / p for p in record.get("parts", [])]
+    if not all(path.is_file() for path in present):
         log.warning("files of shard %d are missing; it is written again", index)
         return None
     return record
