@@ -128,3 +128,91 @@ def test_repeated_captions_reach_every_torchrun_process(monkeypatch, tmp_path):
     (train_args, *_), = calls
     assert train_args[:6] == ["--captions", "MSRVTT_data.json", "--captions", "MSRVTT_train.9k.csv",
                               "--captions-format", "msrvtt,split-list"]
+
+
+def _pairs(out):
+    return [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+
+
+def test_export_carries_the_original_captions_of_a_run_trained_on_msrvtt(tmp_path):
+    workdir, files = _msrvtt_files(tmp_path)
+    names = ("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "category.txt")
+    args = ["train", "--workdir", str(workdir), "--text-model", "hashing", "--epochs", "1", "--batch-size", "16",
+            "--meta-fraction", "0.1", "--name", "msrvtt", "-q"]
+    for name in names:
+        args += ["--captions", str(files / name)]
+    assert runner.invoke(app, args).exit_code == 0
+    run = workdir / "runs" / "msrvtt"
+    data = json.loads((files / "MSRVTT_data.json").read_text())
+    sentences: dict[int, list[str]] = {}
+    for sentence in data["sentences"]:
+        sentences.setdefault(int(sentence["video_id"][5:]), []).append(sentence["caption"])
+    test_queries = pd.read_csv(files / "MSRVTT_JSFUSION_test.csv")
+    query_of = {int(v[5:]): s for v, s in zip(test_queries["video_id"], test_queries["sentence"])}
+    # What training read: the 9k list's videos with both sentences, the test videos with the
+    # JSFusion query only, ids matched to the keyframes ids TrainValVideo/videoN.
+    expected = sorted(
+        [(f"TrainValVideo/video{i}", text, "train") for i in range(N_TRAIN) for text in sentences[i]]
+        + [(f"TrainValVideo/video{i}", query_of[i], "test") for i in range(N_TRAIN, N_VIDEOS)]
+    )
+
+    # Default: the captions the run was trained on, as its config.json records them.
+    result = runner.invoke(app, ["export", "-w", str(workdir), "--format", "jsonl", "--out", str(tmp_path / "run"),
+                                 "--run", str(run), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = _pairs(tmp_path / "run")
+    assert sorted((r["video_id"], r["caption"], r["split"]) for r in rows if r["source"] == "original") == expected
+    assert {r["concept"] for r in rows} <= {"dog", "car", "tree", "boat", "cake", "bird"}  # named by category.txt
+    # Every pair the run trained on (the meta set's videos are held out of it) has its weight.
+    weights = pd.read_parquet(run / "pair_weights.parquet")
+    weighted = {(r["video_id"], r["caption"]): r["weight"] for r in rows if r["weight"] is not None}
+    assert weighted == {(r.video_id, r.caption): pytest.approx(r.weight) for r in weights.itertuples()}
+
+    # Other files with a named format, and a split of theirs.
+    result = runner.invoke(app, ["export", "-w", str(workdir), "--format", "jsonl", "--out", str(tmp_path / "official"),
+                                 "--captions", str(files / "train_val_videodatainfo.json"), "--captions",
+                                 str(files / "test_videodatainfo.json"), "--captions-format", "msrvtt",
+                                 "--split", "test", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = _pairs(tmp_path / "official")
+    assert sorted((r["video_id"], r["caption"]) for r in rows) == sorted(
+        (f"TrainValVideo/video{i}", text) for i in range(N_TRAIN, N_VIDEOS) for text in sentences[i])
+
+
+def test_export_streams_a_captions_table_and_matches_its_ids_as_training_does(tmp_path):
+    from mama_augment.datasets import CaptionSpec
+    from mama_augment.export.config import ExportConfig
+    from mama_augment.export.sources import plain_table
+    from mama_augment.export.stage import run_export
+
+    workdir, files = _msrvtt_files(tmp_path)
+    data = json.loads((files / "MSRVTT_data.json").read_text())
+    table = pd.DataFrame([{"video_id": s["video_id"], "caption": s["caption"]} for s in data["sentences"]]
+                         + [{"video_id": "video9999", "caption": "a video that was never keyframed"}])
+    table = table.sample(frac=1.0, random_state=0)  # in no particular order
+    table.to_csv(tmp_path / "table.csv", index=False)
+    expected = sorted((f"TrainValVideo/{s['video_id']}", s["caption"]) for s in data["sentences"])
+    # Our own table is streamed; a benchmark's files are read whole.
+    assert plain_table(CaptionSpec.of(str(tmp_path / "table.csv"))) == tmp_path / "table.csv"
+    assert plain_table(CaptionSpec.of(str(files / "MSRVTT_data.json"))) is None
+    assert plain_table(CaptionSpec.of(str(files / "MSRVTT_train.9k.csv"))) is None  # a split list
+    outputs = []
+    for name, memory_rows in (("memory", 100_000), ("disk", 7)):  # sorted in memory, and in runs on disk
+        report = run_export(ExportConfig(format="jsonl", out=tmp_path / name, captions=str(tmp_path / "table.csv"),
+                                         sort_memory_rows=memory_rows, batch_rows=5), workdir)
+        assert report.extra["original_captions_unmatched_video_id"] == 1
+        rows = _pairs(tmp_path / name)
+        assert sorted((r["video_id"], r["caption"]) for r in rows) == expected
+        outputs.append((tmp_path / name / "pairs.jsonl").read_text())
+        index = json.loads((tmp_path / name / "index.json").read_text())
+        assert index["counts"]["original_captions"]["problems"] == {"unmatched_video_id": 1}
+        assert index["counts"]["rows_without_video"] == {"original": 1}
+    assert outputs[0] == outputs[1]
+    assert not (tmp_path / "disk" / ".mama-export" / "tmp").exists()
+
+    # Ids that name no video at all stop the export before it writes anything, as in train.
+    pd.DataFrame({"video_id": ["x1", "x2"], "caption": ["a", "b"]}).to_csv(tmp_path / "other.csv", index=False)
+    result = runner.invoke(app, ["export", "-w", str(workdir), "-f", "jsonl", "-o", str(tmp_path / "none"),
+                                 "--captions", str(tmp_path / "other.csv"), "--no-progress"])
+    assert result.exit_code == 2 and "names a video in keyframes.parquet" in result.output, result.output
+    assert not (tmp_path / "none").exists()

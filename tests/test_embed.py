@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -340,3 +341,28 @@ def test_tiny_clip_with_tokenizer(tmp_path):
         out = model.get_text_features(**batch)
     features = out if isinstance(out, torch.Tensor) else out.pooler_output
     assert features.shape == (2, TINY_CLIP_PROJECTION_DIM)
+
+
+def test_releasing_openvino_embedders_leaves_a_working_signal_stack(tmp_path):
+    """OpenVINO's CPU plugin swaps the loading thread's signal stack and puts the old
+    one back on release; releasing two networks in creation order used to leave the
+    thread on freed memory, and the next SIGCHLD with a Python handler killed the
+    process. Run in a child so a crash is a failed test, not a dead test session."""
+    if not HAS_OPENVINO:
+        pytest.skip("openvino is not installed (pip install 'mama-augment[cpu]')")
+    script = (
+        "import gc, signal, subprocess, sys\n"
+        "from mama_augment.embed import get_embedder\n"
+        "from mama_augment.embed.base import EmbedderOptions\n"
+        "first = get_embedder('cnn', EmbedderOptions(device='cpu', threads=1))\n"
+        "second = get_embedder('cnn', EmbedderOptions(device='cpu', threads=1))\n"
+        "assert first.runtime == second.runtime == 'openvino'\n"
+        "del first; gc.collect(); del second; gc.collect()\n"
+        "signal.signal(signal.SIGCHLD, lambda *args: None)\n"
+        "for _ in range(3):\n"
+        "    subprocess.run([sys.executable, '-c', 'pass'], check=True)\n"
+        "print('alive')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MAMA_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0 and "alive" in result.stdout, (result.returncode, result.stderr[-2000:])

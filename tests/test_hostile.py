@@ -29,6 +29,7 @@ from mama_augment.manifest import KEYFRAMES, WORKDIR_MARKER, CAPTIONS, read_mani
 from media import make_image
 from test_caption_server import FakeOpenAI
 from tiny_llava import make_keyframes_workdir
+from workdir_helpers import make_captioned_workdir
 from train_helpers import make_workdir as make_train_workdir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,9 +223,12 @@ def test_overwrite_deletes_only_what_the_manifest_lists(tmp_path):
 def test_an_empty_workdir_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_image(tmp_path / "in" / "a.png")
-    for command in (["keyframes", "in"], ["caption"], ["train", "--captions", "c.csv"], ["status"], ["report"]):
+    for command in (["keyframes", "in"], ["caption"], ["train", "--captions", "c.csv"], ["status"], ["report"],
+                    ["filter"], ["export", "-f", "csv", "-o", "out"]):
         result = cli(*command, "-w", "")
         assert result.exit_code == 2 and "must not be empty" in result.stderr, result.output
+    result = cli("export", "-w", "w", "-f", "csv", "-o", " ")
+    assert result.exit_code == 2 and "--out" in result.stderr and "must not be empty" in result.stderr, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
@@ -290,6 +294,108 @@ def test_damaged_weights_and_pair_weights(run_copy):
     assert_clean_error(cli("audit", "--run", run), 1, "pair_weights.parquet")
     pd.DataFrame({"x": [1]}).to_parquet(run / "pair_weights.parquet")
     assert_clean_error(cli("audit", "--run", run), 1, "not a pair_weights table")
+
+
+def test_a_damaged_caption_flags_manifest(tmp_path):
+    info = make_captioned_workdir(tmp_path, num_videos=4)
+    workdir, out = info["workdir"], tmp_path / "out"
+    filter_args = ["filter", "-w", workdir, "--text-model", "hashing", "--no-progress"]
+    assert cli(*filter_args).exit_code == 0
+    flags = workdir / "caption_flags.parquet"
+    rows = len(pd.read_parquet(flags))
+    flags.write_bytes(flags.read_bytes()[: flags.stat().st_size // 2])
+    export = ["export", "-w", workdir, "-f", "csv", "-o", out, "--drop-flags", "all", "--no-progress"]
+    assert_clean_error(cli(*export), 1, "run `mama-augment filter` again")
+    assert not out.exists()
+    # filter computes every row anew (nothing of the damaged file was needed), and says so.
+    result = cli(*filter_args)
+    assert result.exit_code == 0 and "computed again" in result.output, result.output
+    assert len(pd.read_parquet(flags)) == rows
+    assert cli(*export).exit_code == 0
+
+
+def _finished_export(tmp_path, fmt: str) -> tuple[list, Path]:
+    info = make_captioned_workdir(tmp_path, num_videos=5)
+    out = tmp_path / "out"
+    args = ["export", "-w", info["workdir"], "-f", fmt, "-o", out, "--captions", info["originals"], "--shard-size", "2",
+            "--no-progress"]
+    assert cli(*args).exit_code == 0
+    return args, out
+
+
+def _export_files(out: Path) -> dict:
+    """What an export holds (a tar by its members: their headers carry the time they were written)."""
+    import tarfile
+
+    files = {}
+    for path in sorted(p for p in out.glob("*") if p.is_file() and p.name != "index.json"):
+        if path.suffix == ".tar":
+            with tarfile.open(path) as tar:
+                files[path.name] = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        else:
+            files[path.name] = path.read_bytes()
+    return files
+
+
+def _as_if_killed(out: Path) -> None:
+    """The state of an export stopped before its end: not complete, no index.json."""
+    state_file = out / ".mama-export" / "state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "complete": False}))
+    (out / "index.json").unlink()
+
+
+@pytest.mark.parametrize("damage", ["record_cut_short", "record_without_fields", "shard_file_gone", "parts_gone"])
+def test_a_half_written_export_is_finished(tmp_path, damage):
+    fmt = "csv" if damage == "parts_gone" else "webdataset"
+    args, out = _finished_export(tmp_path, fmt)
+    finished = _export_files(out)
+    samples = json.loads((out / "index.json").read_text())["counts"]["written"]
+    _as_if_killed(out)
+    record = out / ".mama-export" / "shards" / "shard-000001.json"
+    if damage == "record_cut_short":
+        record.write_text(record.read_text()[:40])
+    elif damage == "record_without_fields":
+        record.write_text(json.dumps({"index": 1}))
+    elif damage == "shard_file_gone":
+        (out / "shard-000001.tar").unlink()
+    # parts_gone: a finished export removes the csv's parts; its records still name them.
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    # Shard 1 (two samples) is written again; without their parts, every shard of the csv.
+    rewritten = samples if damage == "parts_gone" else 2
+    assert f"export: {rewritten} done, {samples - rewritten} skipped" in result.output, result.output
+    assert _export_files(out) == finished
+    assert json.loads((out / "index.json").read_text())["counts"]["written"] == samples
+
+
+@pytest.mark.parametrize("damage", ["state_unreadable", "state_folder_is_a_file", "shards_folder_is_a_file"])
+def test_a_damaged_export_state_is_a_clear_error(tmp_path, damage):
+    args, out = _finished_export(tmp_path, "webdataset")
+    _as_if_killed(out)
+    state = out / ".mama-export"
+    if damage == "state_unreadable":
+        (state / "state.json").write_text('{"identity_hash": ')
+        assert_clean_error(cli(*args), 1, "--overwrite")
+        assert cli(*args, "--overwrite").exit_code == 0
+        assert json.loads((out / "index.json").read_text())["counts"]["written"] == 5
+        return
+    if damage == "state_folder_is_a_file":
+        shutil.rmtree(state)
+        state.write_text("not a folder")
+    else:
+        shutil.rmtree(state / "shards")
+        (state / "shards").write_text("not a folder")
+    assert_clean_error(cli(*args), 1, str(state.name))
+
+
+def test_an_overwrite_with_unusable_captions_keeps_the_earlier_export(tmp_path):
+    args, out = _finished_export(tmp_path, "webdataset")
+    before = tree_state(out, skip=out / ".mama-export")
+    (tmp_path / "other.csv").write_text("video_id,caption\nnot-a-video,a caption of nothing here\n")
+    captions = args.index("--captions") + 1
+    args[captions] = tmp_path / "other.csv"
+    assert_clean_error(cli(*args, "--overwrite"), 2, "names a video in keyframes.parquet")
+    assert tree_state(out, skip=out / ".mama-export") == before
 
 
 # ------------------------------------------------------------------ 6. bad input files
@@ -515,12 +621,14 @@ def _base(command: str, tmp: Path) -> list[str]:
         "audit": ["audit", "--run", str(tmp / "w" / "runs" / "r")],
         "report": ["report", "-w", str(tmp / "w")],
         "datasets": ["datasets", str(tmp / "missing.json"), "-w", str(tmp / "w")],
+        "filter": ["filter", "-w", str(tmp / "w"), "--text-model", "hashing"],
+        "export": ["export", "-w", str(tmp / "w"), "--format", "csv", "--out", str(tmp / "out")],
     }[command]
 
 
 def test_the_numeric_options_are_found():
     commands = {command for command, _, _ in NUMERIC_OPTIONS}
-    assert {"keyframes", "caption", "train", "audit", "report"} <= commands
+    assert {"keyframes", "caption", "train", "audit", "report", "filter", "export"} <= commands
     assert ("keyframes", "--fps", "float") in NUMERIC_OPTIONS and ("train", "--nproc-per-node", "integer") in NUMERIC_OPTIONS
     assert len(NUMERIC_OPTIONS) > 50
 
@@ -541,7 +649,7 @@ def test_fuzzed_numbers_are_one_clear_line(tmp_path, command, monkeypatch):
             must_refuse = value in ("nan", "inf", "-inf", str(10**30))
             assert line == reference or option in line, f"{command} {option} {value}: {line}"
             assert not must_refuse or option in line, f"{command} {option} {value} was accepted: {line}"
-            assert not (tmp_path / "w").exists(), f"{command} {option} {value} wrote the work folder"
+            assert not any(tmp_path.iterdir()), f"{command} {option} {value} wrote {list(tmp_path.iterdir())}"
 
 
 # ------------------------------------------------------------------ nothing written outside --workdir
@@ -577,6 +685,10 @@ def test_every_command_writes_only_inside_the_work_folder(tmp_path, monkeypatch,
         ["--config", "mama.toml", "status", "-w", "work"],
         ["report", "-w", "work", "--captions", captions],
         ["report", "-w", "work", "--copy-images"],
+        ["filter", "-w", "work", "--text-model", "hashing", "--no-progress"],
+        # --out is the one place export writes besides the work folder: here inside it.
+        ["export", "-w", "work", "--format", "webdataset", "--out", "work/exports/wds", "--run", run, "--no-progress"],
+        ["export", "-w", "work", "--format", "csv", "--out", "work/exports/csv", "--drop-flags", "all", "--no-progress"],
         ["config", "show"],
         ["keyframes", "videos", "-w", "work", "--embedder", "pixels", "--workers", "1", "-q", "--overwrite"],
         ["caption", "-w", "work", "--endpoint", endpoint, "--no-progress", "--overwrite"],
@@ -589,3 +701,5 @@ def test_every_command_writes_only_inside_the_work_folder(tmp_path, monkeypatch,
     assert codes[:3] == [0, 0, 0] and codes[3][0] == 2 and codes[4:] == [0] * (len(commands) - 4), codes
     assert tree_state(outer, skip=workdir) == before
     assert (workdir / "report" / "index.html").is_file() and (run / "eval.json").is_file()
+    assert (workdir / "caption_flags.parquet").is_file()
+    assert (workdir / "exports" / "wds" / "index.json").is_file() and (workdir / "exports" / "csv" / "pairs.csv").is_file()

@@ -62,6 +62,21 @@ def parse_workdir(value: str | Path) -> Path:
         raise typer.BadParameter("must not be empty (write . for the current folder)")
     return Path(value)
 
+
+CAPTIONS_FORMAT_HELP = (
+    "Format of the --captions files (default: recognised from each file's content): one name, or one per file "
+    "comma-separated; `mama-augment datasets` lists them."
+)
+
+
+def caption_paths(paths: Optional[list[Path]]) -> str | list[str] | None:
+    """Repeated ``--captions``: one file as a string (as a run's config.json always held
+    it), several as a list."""
+    if not paths:
+        return None
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+
+
 T = TypeVar("T")
 
 

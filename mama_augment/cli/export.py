@@ -7,9 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
+from mama_augment.cli._app import (
+    CAPTIONS_FORMAT_HELP,
+    DEFAULT_WORKDIR,
+    WORKDIR_HELP,
+    app,
+    call_library,
+    caption_paths,
+    fail,
+    finish,
+    parse_workdir,
+)
 from mama_augment.export import FORMATS
-from mama_augment.export.config import ALL_FLAGS, SOURCES, UNITS, ExportConfig
+from mama_augment.export.config import ALL_FLAGS, MAX_SHARD_SIZE, SOURCES, UNITS, ExportConfig
 from mama_augment.quality import FLAG_NAMES
 
 _D = ExportConfig(format="webdataset", out=Path("."))  # defaults live in ExportConfig
@@ -23,11 +33,12 @@ def _split_list(value: str | None) -> tuple[str, ...]:
 @app.command("export")
 def export_command(
     format: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(FORMATS)}.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (new or empty; an interrupted export there is resumed).", show_default=False)],
-    workdir: Annotated[Path, typer.Option("--workdir", "-w", help=WORKDIR_HELP)] = DEFAULT_WORKDIR,
+    out: Annotated[Path, typer.Option("--out", "-o", parser=parse_workdir, metavar="PATH", help="Export folder (new or empty; an interrupted export there is resumed).", show_default=False)],
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP)] = DEFAULT_WORKDIR,
     run: Annotated[Optional[Path], typer.Option("--run", help="A finished training run (WORKDIR/runs/NAME): its pair_weights.parquet gives each pair's learned weight.", show_default=False)] = None,
-    captions: Annotated[Optional[Path], typer.Option("--captions", help="Original captions (.csv, .jsonl or .parquet with video_id, caption, optional split, concept). Default: the --run's captions file.", show_default=False)] = None,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard (a tar, a Parquet file, a part).")] = _D.shard_size,
+    captions: Annotated[Optional[list[Path]], typer.Option("--captions", metavar="FILE", help="Original captions, repeatable, any --captions format of train: .csv/.jsonl/.parquet with video_id, caption [, split, concept], or a benchmark's own files. Default: the captions the --run was trained on.", show_default=False)] = None,
+    captions_format: Annotated[Optional[str], typer.Option("--captions-format", metavar="NAME", help=CAPTIONS_FORMAT_HELP, show_default=False)] = None,
+    shard_size: Annotated[int, typer.Option(help=f"Samples per shard (a tar, a Parquet file, a part); at most {MAX_SHARD_SIZE:,}.")] = _D.shard_size,
     unit: Annotated[Optional[str], typer.Option(help=f"Sample unit: {' or '.join(UNITS)} (webdataset only; default video there, pair elsewhere except clip-vip).", show_default=False)] = None,
     images: Annotated[bool, typer.Option("--images/--no-images", help="Copy the grids (and keyframes) into the export; without, exports point at the work folder's files.")] = _D.images,
     keyframes: Annotated[bool, typer.Option("--keyframes/--no-keyframes", help="Also carry the keyframe JPEGs (webdataset video unit).")] = _D.keyframes,
@@ -37,7 +48,7 @@ def export_command(
     drop_least_trusted: Annotated[Optional[float], typer.Option(help="Drop the P percent of the run's pairs with the lowest weight (the audit's ranking; needs --run).", rich_help_panel=_FILTERS, show_default=False)] = None,
     drop_flags: Annotated[Optional[str], typer.Option(help=f"Drop generated captions with these quality flags (from `mama-augment filter`), comma-separated, or '{ALL_FLAGS}': {', '.join(FLAG_NAMES)}.", rich_help_panel=_FILTERS, show_default=False)] = None,
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Keep one caption of every near-duplicate group (from `mama-augment filter`).", rich_help_panel=_FILTERS)] = False,
-    split: Annotated[Optional[str], typer.Option(help="Only videos of this split (the captions file's split column).", rich_help_panel=_FILTERS, show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only videos of this split, as the original captions give it (a split column, or a benchmark's split lists).", rich_help_panel=_FILTERS, show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an export already in --out (only an export made by this tool).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
@@ -48,13 +59,16 @@ def export_command(
     resumes where it stopped. OUT/index.json lists the options, shards and counts.
 
     Example: mama-augment export -w mama-work --format webdataset --out wds --run mama-work/runs/mama-features-seed0 --drop-least-trusted 10 --drop-flags all
+
+    Example: mama-augment export -w msrvtt-work --format hf --out msrvtt-hf --captions MSRVTT_data.json --captions MSRVTT_train.9k.csv --captions MSRVTT_JSFUSION_test.csv --split train
     """
     if format not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     if unit is not None and unit not in UNITS:
         raise fail(f"--unit must be one of {', '.join(UNITS)}, not {unit!r}")
     config = ExportConfig(
-        format=format, out=out, run=run, captions=captions, sources=_split_list(sources), min_weight=min_weight,
+        format=format, out=out, run=run, captions=caption_paths(captions), captions_format=captions_format,
+        sources=_split_list(sources), min_weight=min_weight,
         drop_least_trusted=drop_least_trusted, drop_flags=_split_list(drop_flags), dedupe=dedupe, split=split,
         unit=unit, shard_size=shard_size, images=images, keyframes=keyframes, prompt=prompt, overwrite=overwrite,
     )

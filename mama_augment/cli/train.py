@@ -7,7 +7,17 @@ from typing import List, Optional
 
 import typer
 
-from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish, parse_workdir
+from mama_augment.cli._app import (
+    CAPTIONS_FORMAT_HELP,
+    DEFAULT_WORKDIR,
+    WORKDIR_HELP,
+    app,
+    call_library,
+    caption_paths,
+    fail,
+    finish,
+    parse_workdir,
+)
 from mama_augment.train.backbones import backbone_help
 from mama_augment.train.config import DEVICES, FRAME_SOURCES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig, check_launch
 from mama_augment.train.runs import RunPaths
@@ -70,14 +80,6 @@ CAPTIONS_HELP = (
     "own files (MSR-VTT, MSVD, DiDeMo, ActivityNet, LSMDC, VATEX, WebVid, CLIP-ViP) with their split lists; "
     "see `mama-augment datasets`."
 )
-CAPTIONS_FORMAT_HELP = "Format of the --captions files (default: recognised from each file's content): one name, or one per file comma-separated; `mama-augment datasets` lists them."
-
-
-def _paths(paths: Optional[List[Path]]):
-    """One file as a string (as config.json always held it), several as a list."""
-    if not paths:
-        return None
-    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
 
 
 @app.command("train")
@@ -156,7 +158,7 @@ def train_command(
     # Every option named like a TrainConfig field is that field; checks are validate()'s.
     config = TrainConfig.from_dict({
         **ctx.params,
-        "captions": _paths(captions),
+        "captions": caption_paths(captions),
         "meta_set": str(meta_set) if meta_set else None,
         "progress": not quiet,
     })
@@ -208,7 +210,7 @@ def evaluate_command(
     from mama_augment.train.evaluate import evaluate_run, format_table
 
     result = call_library(
-        evaluate_run, run, captions=_paths(captions), split=split, device=device, workdir=workdir,
+        evaluate_run, run, captions=caption_paths(captions), split=split, device=device, workdir=workdir,
         protocol=protocol, dsl=dsl, multiple_choice=str(multiple_choice) if multiple_choice else None,
         captions_format=captions_format,
     )

@@ -18,8 +18,11 @@ from mama_augment.datasets.reader import (
     CaptionSpec,
     captions_by_video,
     combine,
+    count_unmatched,
     detect_format,
     load_captions,
+    locate_captions,
+    no_video_matches,
     parse_formats,
     read_annotations,
     read_file,
@@ -29,6 +32,6 @@ from mama_augment.datasets.registry import FORMATS, Format
 
 __all__ = [
     "FORMATS", "PICKLE_HINT", "CaptionSet", "CaptionSpec", "captions_by_video", "ChoiceItem", "Format", "IdMatch", "Part", "Problems",
-    "Source", "combine", "detect_format", "load_captions", "match_video_ids", "parse_formats", "read_annotations",
-    "read_file", "read_multiple_choice", "read_pairs_file", "split_from_name",
+    "Source", "combine", "count_unmatched", "detect_format", "load_captions", "locate_captions", "match_video_ids", "no_video_matches",
+    "parse_formats", "read_annotations", "read_file", "read_multiple_choice", "read_pairs_file", "split_from_name",
 ]  # fmt: skip

@@ -62,6 +62,26 @@ class CaptionSpec:
         return "+".join(Path(p).name for p in self.paths)
 
 
+def locate_captions(captions, formats, folders: Sequence[str | os.PathLike]) -> CaptionSpec | None:
+    """The captions a run recorded (``captions`` and ``captions_format`` of its config:
+    a path or a list of paths) as a :class:`CaptionSpec` of files that exist.
+
+    A relative path is tried as recorded (relative to the folder ``train`` ran in),
+    then relative to each of ``folders``. None when nothing is recorded or a file is
+    not found.
+    """
+    values = [captions] if isinstance(captions, str) else captions if isinstance(captions, list) else []
+    found = []
+    for value in values:
+        given = Path(str(value))
+        tries = [given] if given.is_absolute() else [given, *(Path(folder) / given for folder in folders)]
+        path = next((p for p in tries if p.is_file()), None)
+        if path is None:
+            return None
+        found.append(path)
+    return CaptionSpec.of(found, formats) if found else None
+
+
 @dataclass
 class FileInfo:
     path: str
@@ -299,19 +319,29 @@ def load_captions(spec, formats=None, video_ids: Sequence[str] | None = None) ->
     match = match_video_ids(distinct, video_ids)
     result.match = match
     if distinct and not match.mapping:
-        raise UsageError(
-            f"none of the {len(distinct)} video ids of {CaptionSpec.of(spec).label()} names a video in "
-            f"keyframes.parquet (captions: {', '.join(repr(v) for v in distinct[:3])}; keyframes: "
-            f"{', '.join(repr(v) for v in list(video_ids)[:3])}); see `mama-augment datasets FILES -w WORKDIR`"
-        )
-    if match.unmatched:
-        result.problems.add("unmatched_video_id", ", ".join(match.unmatched[:5]), len(match.unmatched))
-    if match.ambiguous:
-        first = next(iter(match.ambiguous.items()))
-        result.problems.add("ambiguous_video_id", f"{first[0]} -> {' | '.join(first[1][:3])}", len(match.ambiguous))
+        raise no_video_matches(CaptionSpec.of(spec), distinct, video_ids)
+    count_unmatched(match, result.problems)
     if any(k != v for k, v in match.mapping.items()):
         result.frame["video_id"] = result.frame["video_id"].map(lambda v: match.mapping.get(v, v))
     return result
+
+
+def count_unmatched(match: IdMatch, problems: Problems) -> None:
+    """The ids that match no video (``unmatched_video_id``) or several (``ambiguous_video_id``)."""
+    if match.unmatched:
+        problems.add("unmatched_video_id", ", ".join(match.unmatched[:5]), len(match.unmatched))
+    if match.ambiguous:
+        first = next(iter(match.ambiguous.items()))
+        problems.add("ambiguous_video_id", f"{first[0]} -> {' | '.join(first[1][:3])}", len(match.ambiguous))
+
+
+def no_video_matches(spec: CaptionSpec, annotation_ids: Sequence[str], video_ids: Sequence[str]) -> UsageError:
+    """The error of captions files none of whose ids names a video of ``keyframes.parquet``."""
+    return UsageError(
+        f"none of the {len(annotation_ids)} video ids of {spec.label()} names a video in "
+        f"keyframes.parquet (captions: {', '.join(repr(v) for v in list(annotation_ids)[:3])}; keyframes: "
+        f"{', '.join(repr(v) for v in list(video_ids)[:3])}); see `mama-augment datasets FILES -w WORKDIR`"
+    )
 
 
 def captions_by_video(spec, formats=None, video_ids=None) -> dict[str, list[str]]:

@@ -233,7 +233,7 @@ class CnnEmbedder:
                 and cpu_only(self.options.device)):
             self.device, self._cuda, self.precision, self.runtime = "cpu", False, "folded", "openvino"
             self.model = None
-            self._openvino = _OpenVinoLite0(*cached_folded_lite0(), threads=self.options.threads)
+            self._openvino = _openvino_lite0(self.options.threads, *cached_folded_lite0())
             return
         try:
             import torch
@@ -262,7 +262,7 @@ class CnnEmbedder:
             self.model = folded
             self._forward = folded
             if self.runtime == "openvino":
-                self._openvino = _OpenVinoLite0(*folded_layout(folded), threads=self.options.threads)
+                self._openvino = _openvino_lite0(self.options.threads, *folded_layout(folded))
         else:
             self.model = model.to(self.device, memory_format=torch.channels_last)
             self._forward = self.model.extract_features
@@ -409,6 +409,24 @@ def folded_layout(folded) -> tuple[dict, dict[str, np.ndarray]]:
         })
     layout = {"stem": unit("stem", folded.stem), "blocks": blocks, "head": unit("head", folded.head)}
     return layout, arrays
+
+
+# Compiled networks live as long as the process, one per thread count. OpenVINO's CPU
+# plugin installs its own signal stack (sigaltstack) for the thread that loads a
+# network and puts the previous one back when the network is released, so releasing
+# two networks in the order they were made leaves the thread on a freed signal stack:
+# the next signal with a Python handler (SIGCHLD after a DataLoader, say) then
+# crashes the process. Reusing one network per process never releases any.
+_OPENVINO_NETWORKS: dict[int, "_OpenVinoLite0"] = {}
+
+
+def _openvino_lite0(threads: int, layout: dict, arrays: dict[str, np.ndarray]) -> "_OpenVinoLite0":
+    """The process's compiled network for ``threads``, built from (layout, arrays) the
+    first time (every caller folds the same weights)."""
+    network = _OPENVINO_NETWORKS.get(threads)
+    if network is None:
+        network = _OPENVINO_NETWORKS[threads] = _OpenVinoLite0(layout, arrays, threads=threads)
+    return network
 
 
 class _OpenVinoLite0:

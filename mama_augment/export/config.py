@@ -7,12 +7,18 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mama_augment.checks import check_number, check_numbers
+from mama_augment.errors import UsageError
+from mama_augment.quality import FLAG_NAMES
+
 SOURCE_ORIGINAL = "original"
 SOURCE_GENERATED = "generated"
 SOURCES = (SOURCE_ORIGINAL, SOURCE_GENERATED)
 UNITS = ("video", "pair")
 # ``--drop-flags all`` drops a generated caption with any raised flag.
 ALL_FLAGS = "all"
+# Samples per shard: a shard's samples are held in memory until it is written.
+MAX_SHARD_SIZE = 1_000_000
 
 
 @dataclass
@@ -27,7 +33,10 @@ class ExportConfig:
     format: str
     out: Path
     run: Path | None = None  # a training run folder: its pair_weights.parquet gives weights
-    captions: Path | None = None  # original captions (.csv, .jsonl, .parquet); default: the run's
+    # Original captions: one file or several in any format of mama_augment.datasets (as
+    # train --captions); default: the run's own.
+    captions: str | list[str] | None = None
+    captions_format: str | None = None  # None: recognised from each file; a name, or one per file
     sources: tuple[str, ...] = SOURCES
     min_weight: float | None = None
     drop_least_trusted: float | None = None  # percent of the run's weighted pairs, lowest weights first
@@ -44,6 +53,40 @@ class ExportConfig:
     # before it is sorted on disk (the original captions file, the run's weights).
     batch_rows: int = 4096
     sort_memory_rows: int = 100_000
+
+    def validate(self) -> None:
+        """Every check of the options, before any work (UsageError names the option).
+
+        The format and the unit are checked against the format registry by the stage.
+        """
+        check_numbers(self)
+        check_number(self.shard_size, "--shard-size", minimum=1, maximum=MAX_SHARD_SIZE)
+        check_number(self.min_weight, "--min-weight", minimum=0)
+        check_number(self.drop_least_trusted, "--drop-least-trusted", minimum=0, maximum=100)
+        if self.drop_least_trusted == 100:
+            raise UsageError("--drop-least-trusted is a percentage below 100 (100 would drop every pair of the run)")
+        check_number(self.batch_rows, "batch_rows", minimum=1)
+        check_number(self.sort_memory_rows, "sort_memory_rows", minimum=1)
+        if not str(self.out).strip():
+            raise UsageError("--out must not be empty")
+        unknown = [s for s in self.sources if s not in SOURCES]
+        if unknown or not self.sources:
+            raise UsageError(
+                f"--sources takes a comma-separated list of {', '.join(SOURCES)}, not {','.join(self.sources)!r}"
+            )
+        unknown = [f for f in self.drop_flags if f != ALL_FLAGS and f not in FLAG_NAMES]
+        if unknown:
+            raise UsageError(
+                f"unknown flag(s) {', '.join(unknown)} in --drop-flags; choose from {ALL_FLAGS}, {', '.join(FLAG_NAMES)}"
+            )
+        if (self.min_weight is not None or self.drop_least_trusted) and self.run is None:
+            raise UsageError("--min-weight and --drop-least-trusted need --run (a training run with pair_weights.parquet)")
+        if self.captions_format:
+            if not self.captions:
+                raise UsageError("--captions-format names the format of --captions files: give them too")
+            from mama_augment.datasets import parse_formats
+
+            parse_formats(self.captions_format, len(self.captions) if isinstance(self.captions, list) else 1)
 
     def identity(self, unit: str, inputs: dict) -> dict:
         return {

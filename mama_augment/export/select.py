@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mama_augment.errors import UsageError
-from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, SOURCES, ExportConfig
+from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, ExportConfig
 from mama_augment.export.records import CaptionEntry, VideoItem
 from mama_augment.export.sources import RunWeights
-from mama_augment.quality import FLAG_NAMES
 
 
 @dataclass
@@ -34,20 +32,6 @@ class SelectionCounts:
             "kept_without_weight": self.kept_without_weight,
             "kept_without_flags": self.kept_without_flags,
         }
-
-
-def validate_filters(config: ExportConfig) -> None:
-    unknown = [s for s in config.sources if s not in SOURCES]
-    if unknown or not config.sources:
-        raise UsageError(f"--sources takes a comma-separated list of {', '.join(SOURCES)}, not {','.join(config.sources)!r}")
-    flags = [f for f in config.drop_flags if f != ALL_FLAGS]
-    unknown = [f for f in flags if f not in FLAG_NAMES]
-    if unknown:
-        raise UsageError(f"unknown flag(s) {', '.join(unknown)} in --drop-flags; choose from {ALL_FLAGS}, {', '.join(FLAG_NAMES)}")
-    if config.drop_least_trusted is not None and not 0 <= config.drop_least_trusted < 100:
-        raise UsageError("--drop-least-trusted is a percentage in [0, 100)")
-    if (config.min_weight is not None or config.drop_least_trusted) and config.run is None:
-        raise UsageError("--min-weight and --drop-least-trusted need --run (a training run with pair_weights.parquet)")
 
 
 class Selector:

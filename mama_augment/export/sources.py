@@ -10,6 +10,12 @@ Memory stays bounded by batches, whatever the size of the work folder:
   ``sort_memory_rows`` rows, merged back as a stream (an external merge sort); an input
   that fits in one run never touches the disk.
 
+The original captions are read as ``train`` reads them (:mod:`mama_augment.datasets`),
+their ids matched to the ``keyframes.parquet`` ids by the same rules. This project's
+own table (one ``.csv``, ``.jsonl`` or ``.parquet`` of ``video_id``, ``caption``) is
+streamed through the sort; the benchmarks' files (a JSON document, several files that
+decide splits together) are read whole, as training reads them, and then sorted.
+
 :func:`iter_videos` walks ``keyframes.parquet`` and takes, for each video, the rows of
 every other source with the same ``video_id`` (a merge join of sorted streams).
 """
@@ -19,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import itertools
 import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -30,6 +38,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mama_augment.datasets import (
+    CaptionSpec,
+    Problems,
+    Source,
+    count_unmatched,
+    detect_format,
+    load_captions,
+    match_video_ids,
+    no_video_matches,
+)
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.export.config import SOURCE_GENERATED, SOURCE_ORIGINAL
 from mama_augment.export.records import CaptionEntry, VideoItem
@@ -59,12 +77,22 @@ def caption_sha256(text: str) -> str:
 # ----------------------------------------------------------------------------- manifests
 
 
+# What to do about a manifest that cannot be read.
+_REPAIR = {
+    KEYFRAMES.name: "restore it from a backup, or start over with `mama-augment keyframes --overwrite`",
+    CAPTIONS.name: "restore it from a backup, or start over with `mama-augment caption --overwrite`",
+    CAPTION_FLAGS.name: "run `mama-augment filter` again: it computes every row anew",
+}
+
+
 def ensure_compacted(workdir: Path, spec: ManifestSpec) -> None:
-    """Fold parts a killed stage left behind into ``NAME.parquet`` (as its next run would).
+    """Check that ``NAME.parquet`` can be read, and fold parts a killed stage left
+    behind into it (as its next run would).
 
     Takes the stage's lock, so a stage still writing is never disturbed: the export
     stops with a message instead.
     """
+    check_readable(workdir, spec)
     directory = parts_dir(workdir, spec)
     if not directory.is_dir() or not any(directory.glob("part-*.parquet")):
         return
@@ -74,6 +102,23 @@ def ensure_compacted(workdir: Path, spec: ManifestSpec) -> None:
             compact(workdir, spec)
     except MamaError as exc:
         raise MamaError(f"{spec.filename} is still being written ({exc}); export when that run has ended") from None
+
+
+def check_readable(workdir: Path, spec: ManifestSpec) -> None:
+    """A compacted manifest that exists opens as Parquet with its key columns (a file
+    cut short by a full disk or a killed copy does not); MamaError saying what to do."""
+    path = manifest_path(workdir, spec)
+    if not path.exists():
+        return
+    try:
+        names = open_parquet(path).schema_arrow.names
+    except (OSError, pa.ArrowException) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise MamaError(f"{spec.filename} ({path}) cannot be read ({reason}); {_REPAIR[spec.name]}") from None
+    missing = [k for k in spec.key if k not in names]
+    if missing:
+        raise MamaError(f"{spec.filename} ({path}) is not a {spec.name} manifest (no {', '.join(missing)} column); "
+                        f"{_REPAIR[spec.name]}")
 
 
 def manifest_rows(workdir: Path, spec: ManifestSpec, columns: Sequence[str], batch_rows: int) -> Iterator[dict]:
@@ -228,6 +273,116 @@ class KeyedCursor:
 
 # ----------------------------------------------------------------------------- original captions
 
+ORIGINAL_COLUMNS = ("video_id", "caption", "split", "concept")
+_TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+# Bytes read to recognise a captions table, enough for any format's header.
+_HEAD_BYTES = 65536
+
+
+class _Head(Source):
+    """The first bytes of a file only: enough to recognise its format without reading it whole."""
+
+    @cached_property
+    def raw(self) -> bytes:
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read(_HEAD_BYTES)
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+
+def plain_table(spec: CaptionSpec) -> Path | None:
+    """The file of ``spec`` when it is one of this project's captions tables (``mama``
+    format, read as a stream); None for anything else."""
+    if len(spec.paths) != 1:
+        return None
+    path = Path(spec.paths[0])
+    named = spec.formats[0] if spec.formats else None
+    if path.suffix.lower() not in _TABLE_SUFFIXES or named not in (None, "auto", "mama"):
+        return None
+    if named == "mama":
+        return path
+    try:
+        return path if detect_format(_Head(path)) == "mama" else None
+    except UsageError:  # read whole below, which says what is wrong
+        return None
+
+
+def original_caption_rows(
+    spec: CaptionSpec, video_ids: Sequence[str], tmpdir: Path, batch_rows: int, max_rows: int, problems: Problems
+) -> Iterator[dict]:
+    """Rows (``video_id``, ``caption``, ``split``, ``concept``) of the original captions,
+    sorted by ``video_id``, each id matched to one of ``video_ids`` (the ``ok`` videos
+    of ``keyframes.parquet``) by the rules training uses.
+
+    The files are read (and a table sorted) before this returns, so a file that cannot
+    be used stops the export here. Ids that match no video keep their own and are
+    counted in ``problems`` (``unmatched_video_id``, ``ambiguous_video_id``); when no
+    id matches at all it is a UsageError, as in ``train``.
+    """
+    if not video_ids:
+        return iter(())
+    path = plain_table(spec)
+    if path is None:
+        loaded = load_captions(spec, video_ids=video_ids)
+        problems.merge(loaded.problems)
+        return _frame_rows(loaded.frame)
+    return _streamed_rows(spec, path, video_ids, tmpdir, batch_rows, max_rows, problems)
+
+
+def _frame_rows(frame) -> Iterator[dict]:
+    frame = frame.sort_values("video_id", kind="stable")
+    columns = [frame[name].tolist() if name in frame.columns else [None] * len(frame) for name in ORIGINAL_COLUMNS]
+    for values in zip(*columns):
+        yield {name: None if isinstance(value, float) and value != value else value
+               for name, value in zip(ORIGINAL_COLUMNS, values)}
+
+
+def _streamed_rows(spec: CaptionSpec, path: Path, video_ids: Sequence[str], tmpdir: Path, batch_rows: int,
+                   max_rows: int, problems: Problems) -> Iterator[dict]:
+    """A table sorted on disk. The ids are collected while it is sorted; only when some
+    id is not a keyframes id but matches one by a looser rule (``video7010`` for
+    ``all/video7010``) is the table read a second time, with those ids replaced."""
+    known = set(video_ids)
+    exact: set[str] = set()
+    others: set[str] = set()
+
+    def watched(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for video_id in batch.column("video_id").unique().to_pylist():
+                (exact if video_id in known else others).add(video_id)
+            yield batch
+
+    rows = sorted_rows(watched(original_caption_batches(path, batch_rows)), "video_id", tmpdir, max_rows)
+    first = next(rows, None)  # the whole table has been read and sorted
+    if first is None:
+        return iter(())
+    mapping: dict[str, str] = {}
+    if others:
+        # The exact ids take part so that a looser rule never claims a video that has its own id.
+        match = match_video_ids([*sorted(exact), *sorted(others)], video_ids)
+        count_unmatched(match, problems)
+        mapping = {v: match.mapping[v] for v in others if v in match.mapping}
+        if not exact and not mapping:
+            rows.close()
+            raise no_video_matches(spec, sorted(others), video_ids)
+    if not mapping:
+        return itertools.chain([first], rows)
+    rows.close()
+    renamed = (_rename_ids(batch, mapping) for batch in original_caption_batches(path, batch_rows))
+    rows = sorted_rows(renamed, "video_id", tmpdir, max_rows)
+    first = next(rows, None)
+    return itertools.chain([first], rows) if first is not None else iter(())
+
+
+def _rename_ids(batch: pa.RecordBatch, mapping: dict[str, str]) -> pa.RecordBatch:
+    ids = batch.column("video_id").to_pylist()
+    if not any(v in mapping for v in ids):
+        return batch
+    renamed = pa.array([mapping.get(v, v) for v in ids], type=pa.string())
+    columns = [renamed if name == "video_id" else batch.column(name) for name in batch.schema.names]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
 
 def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The original captions file as batches of ``video_id``, ``caption``, ``split``, ``concept``.
@@ -238,7 +393,7 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
     if not path.is_file():
         raise UsageError(f"captions file not found: {path}")
     suffix = path.suffix.lower()
-    names = ["video_id", "caption", "split", "concept"]
+    names = list(ORIGINAL_COLUMNS)
     try:
         if suffix == ".csv":
             source: Iterable[pa.RecordBatch] = _csv_batches(path, names, batch_rows)

@@ -26,14 +26,17 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow.compute as pc
+
 from mama_augment import __version__
 from mama_augment.caption.prompts import DEFAULT_PROMPT, load_prompt
-from mama_augment.errors import UsageError
+from mama_augment.datasets import CaptionSpec, Problems, locate_captions
+from mama_augment.errors import MamaError, UsageError
 from mama_augment.export.registry import get_format
 from mama_augment.export.base import ShardContext, finish_files
 from mama_augment.export.config import ExportConfig
 from mama_augment.export.records import Sample, VideoItem
-from mama_augment.export.select import Selector, validate_filters
+from mama_augment.export.select import Selector
 from mama_augment.export.sources import (
     PAIR_WEIGHTS_FILE,
     JoinCounts,
@@ -41,14 +44,25 @@ from mama_augment.export.sources import (
     file_fingerprint,
     iter_videos,
     load_run_weights,
-    original_caption_batches,
+    original_caption_rows,
     pair_weight_batches,
     sorted_rows,
 )
 from mama_augment.fileio import atomic_write_text
-from mama_augment.manifest import CAPTION_FLAGS, CAPTIONS, KEYFRAMES, manifest_path, parts_dir, workdir_lock
+from mama_augment.manifest import (
+    CAPTION_FLAGS,
+    CAPTIONS,
+    KEYFRAMES,
+    STATUS_OK,
+    make_folder,
+    manifest_path,
+    parts_dir,
+    read_manifest,
+    workdir_lock,
+)
 from mama_augment.quality.prompts import PromptBook
 from mama_augment.stage import StageReport
+from mama_augment.train.runs import RunPaths, load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +87,71 @@ def _write_json(path: Path, value: dict) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def _check_out(out: Path) -> dict | None:
-    """The state of an existing export in ``out``; refuse folders that are not exports."""
+def _read_state(out: Path) -> dict | None:
+    return _read_json(out / STATE_DIR / STATE_FILE)
+
+
+def _check_out(out: Path, overwrite: bool) -> dict | None:
+    """The state of an existing export in ``out``; refuse folders that are not exports.
+
+    A folder with our state folder but no readable state file is an export whose state
+    was damaged: only ``--overwrite`` may start it over.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    state = _read_json(out / STATE_DIR / STATE_FILE)
+    state_dir = out / STATE_DIR
+    if state_dir.exists() and not state_dir.is_dir():
+        raise MamaError(f"--out {out}: {STATE_DIR} is a file, not the folder where an export keeps its state; "
+                        "choose another --out")
+    state = _read_state(out)
     if state is None and out.is_dir() and any(p.name != STATE_DIR for p in out.iterdir()):
-        raise UsageError(f"--out {out} is not empty and holds no mama-augment export; choose a new or empty folder")
+        if not state_dir.is_dir():
+            raise UsageError(f"--out {out} is not empty and holds no mama-augment export; choose a new or empty folder")
+        if not overwrite:
+            raise MamaError(f"the export in {out} is damaged: {STATE_DIR}/{STATE_FILE} is missing or unreadable; "
+                            "pass --overwrite to start it over")
     return state
 
 
+def _shard_record(path: Path, out: Path, parts: Path) -> dict | None:
+    """A shard's record, when it is whole and every file it names is there; None means
+    the shard is written again."""
+    record = _read_json(path)
+    if record is None:
+        return None
+    index = record.get("index")
+    fields_ok = (
+        isinstance(index, int) and not isinstance(index, bool) and path.name == f"shard-{index:06d}.json"
+        and isinstance(record.get("samples"), int)
+        and all(isinstance(record.get(k), str) for k in ("first_key", "last_key", "first_video_id", "last_video_id"))
+        and isinstance(record.get("planned"), int)
+        and isinstance(record.get("files"), list) and all(_inside(f) for f in record["files"])
+        and isinstance(record.get("parts", []), list) and all(_inside(p) for p in record.get("parts", []))
+        and isinstance(record.get("failed"), list)
+        and all(isinstance(f, dict) and {"video_id", "error_kind", "error"} <= f.keys() for f in record["failed"])
+    )
+    if not fields_ok:
+        log.warning("the record %s is damaged; its shard is written again", path)
+        return None
+    present = [out / f for f in record["files"]] + [parts / p for p in record.get("parts", [])]
+    if not all(path.is_file() for path in present):
+        log.warning("files of shard %d are missing; it is written again", index)
+        return None
+    return record
+
+
+def _inside(name) -> bool:
+    """A relative path that stays in its folder."""
+    return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
 def _clear(out: Path) -> None:
-    """Remove an earlier export from ``out`` (known to be ours), keeping the lock."""
+    """Remove an earlier export from ``out`` (known to be ours), keeping the lock and
+    the sort runs of this export's inputs."""
     for child in out.iterdir():
         if child.name == STATE_DIR:
             for inner in child.iterdir():
-                if inner.name != ".locks":
+                if inner.name not in (".locks", "tmp"):
                     shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
         elif child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -111,25 +174,32 @@ def _remove_temporaries(out: Path) -> int:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _originals_path(config: ExportConfig, workdir: Path) -> Path | None:
-    if config.captions is not None:
-        path = Path(config.captions)
-        if not path.is_file():
-            raise UsageError(f"captions file not found: {path}")
-        return path
+def _originals_spec(config: ExportConfig, workdir: Path) -> CaptionSpec | None:
+    """The original captions: ``--captions`` (and ``--captions-format``), else the
+    captions the ``--run`` was trained on, as its config.json records them."""
+    if config.captions:
+        spec = CaptionSpec.of(config.captions, config.captions_format)
+        for path in spec.paths:
+            if not Path(path).is_file():
+                raise UsageError(f"--captions {path}: no such file")
+        return spec
     if config.run is None:
         return None
-    recorded = _read_json(Path(config.run) / "config.json") or {}
-    options = recorded.get("config") if isinstance(recorded.get("config"), dict) else recorded
-    value = options.get("captions")
-    if not isinstance(value, str) or not value:
+    paths = RunPaths(Path(config.run))
+    if not paths.config.is_file():
+        raise UsageError(f"--run {paths.root} is not a training run folder (no {RunPaths.CONFIG})")
+    recorded = load_run_config(paths)
+    if not recorded.captions:
         return None
-    given = Path(value)
-    for path in ([given] if given.is_absolute() else [given, Path(config.run) / given, workdir / given]):
-        if path.is_file():
-            return path
-    log.warning("the run's captions file %s is not found; exporting generated captions only", value)
-    return None
+    spec = locate_captions(recorded.captions, recorded.captions_format, [workdir, paths.root])
+    if spec is None:
+        log.warning("the run's captions %s are not found; exporting generated captions only", recorded.captions)
+    return spec
+
+
+def _ok_video_ids(workdir: Path) -> list[str]:
+    table = read_manifest(workdir, KEYFRAMES, columns=["status"])
+    return table.filter(pc.equal(table.column("status"), STATUS_OK)).column("video_id").to_pylist()
 
 
 def _samples(item: VideoItem, unit: str, start: int) -> list[Sample]:
@@ -144,14 +214,12 @@ def _samples(item: VideoItem, unit: str, start: int) -> list[Sample]:
 def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool = False) -> StageReport:
     """Export the work folder's videos and captions to ``config.out`` in ``config.format``."""
     started = time.monotonic()
+    config.validate()
     workdir = Path(workdir)
     fmt = get_format(config.format)
     unit = config.unit or fmt.units[0]
     if unit not in fmt.units:
         raise UsageError(f"--unit {unit} is not available for {fmt.name}; choose {' or '.join(fmt.units)}")
-    if config.shard_size < 1:
-        raise UsageError("--shard-size must be at least 1")
-    validate_filters(config)
     if not manifest_path(workdir, KEYFRAMES).exists() and not parts_dir(workdir, KEYFRAMES).is_dir():
         raise UsageError(f"no keyframes manifest in {workdir}: run `mama-augment keyframes` first")
     for spec in (KEYFRAMES, CAPTIONS, CAPTION_FLAGS):
@@ -160,7 +228,7 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
     if (config.drop_flags or config.dedupe) and not flags_path.exists():
         raise UsageError("--drop-flags and --dedupe need caption_flags.parquet: run `mama-augment filter` first")
     with_flags = flags_path.exists()
-    originals = _originals_path(config, workdir)
+    originals = _originals_spec(config, workdir)
     needs_weights = config.min_weight is not None or bool(config.drop_least_trusted)
     weights = load_run_weights(Path(config.run), config.drop_least_trusted, needs_weights) if config.run else None
     prompts = PromptBook(workdir, extra=[config.prompt] if config.prompt else [])
@@ -170,32 +238,48 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         "keyframes": file_fingerprint(manifest_path(workdir, KEYFRAMES)),
         "captions": file_fingerprint(manifest_path(workdir, CAPTIONS)),
         "caption_flags": file_fingerprint(flags_path) if with_flags else None,
-        "original_captions": file_fingerprint(originals),
+        "original_captions": None if originals is None else {
+            "files": [file_fingerprint(Path(p)) for p in originals.paths], "formats": originals.formats,
+        },
         "pair_weights": file_fingerprint(weights.path) if weights else None,
     }
     identity_hash = config.identity_hash(unit, inputs)
     out = Path(config.out)
-    state = _check_out(out)
-    state_dir = out / STATE_DIR
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state = _check_out(out, config.overwrite)
+    created = not out.exists()
+    state_dir = make_folder(out / STATE_DIR)
 
     report = StageReport(stage="export", output=out)
     with workdir_lock(state_dir, "export"):
-        state = _read_json(state_dir / STATE_FILE) or state
-        if state is not None and (config.overwrite or state.get("identity_hash") != identity_hash):
-            if not config.overwrite:
-                raise UsageError(
-                    f"{out} holds an export made with other options or inputs; pass --overwrite to replace it, "
-                    "or choose another --out"
-                )
-            _clear(out)
-            state = None
-        if state is not None and state.get("complete"):
+        state = _read_state(out)
+        replace = config.overwrite or (state is not None and state.get("identity_hash") != identity_hash)
+        if replace and state is not None and not config.overwrite:
+            raise UsageError(
+                f"{out} holds an export made with other options or inputs; pass --overwrite to replace it, "
+                "or choose another --out"
+            )
+        if not replace and state is not None and state.get("complete"):
             index = _read_json(out / INDEX_FILE) or {}
             report.total = report.skipped = int(index.get("counts", {}).get("samples", 0))
             report.extra.update({"format": fmt.name, "note": "already complete; nothing to do"})
             report.seconds = time.monotonic() - started
             return report
+        # The original captions are read (and sorted) before anything is written or
+        # replaced, so a file that cannot be used leaves the folder as it was.
+        shutil.rmtree(state_dir / "tmp", ignore_errors=True)  # sort runs of a killed export
+        problems = Problems()
+        try:
+            original_rows = (
+                original_caption_rows(originals, _ok_video_ids(workdir), state_dir / "tmp", config.batch_rows,
+                                      config.sort_memory_rows, problems)
+                if originals is not None else None
+            )
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        if replace:
+            _clear(out)  # an earlier export, or one whose state was damaged (see _check_out)
         removed = _remove_temporaries(out)
         if removed:
             log.info("removed %d temporary file(s) of an interrupted export", removed)
@@ -207,9 +291,16 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
             "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         })
         shards = _export_shards(
-            config, workdir, fmt, unit, out, state_dir, originals, weights, with_flags, prompts, fallback_prompt,
+            config, workdir, fmt, unit, out, state_dir, original_rows, weights, with_flags, prompts, fallback_prompt,
             report, progress,
         )
+        shards["counts"]["original_captions"] = None if originals is None else {
+            "files": [str(Path(p).resolve()) for p in originals.paths],
+            "formats": list(originals.formats) if originals.formats else None,
+            "problems": dict(problems.counts),
+        }
+        for kind, count in problems.counts.items():
+            report.extra[f"original_captions_{kind}"] = count
         files = [f for shard in shards["shards"] for f in shard["files"]]
         files += finish_files(fmt, out, state_dir / "parts", shards["shards"])
         index = {
@@ -251,25 +342,19 @@ def _count_failures(report: StageReport, failures: list[dict]) -> None:
         report.failure_examples.setdefault(failure["error_kind"], f"{failure['video_id']}: {failure['error']}")
 
 
-def _export_shards(config, workdir, fmt, unit, out, state_dir, originals, weights, with_flags, prompts,
+def _export_shards(config, workdir, fmt, unit, out, state_dir, original_rows, weights, with_flags, prompts,
                    fallback_prompt, report, progress) -> dict:
-    shard_dir = state_dir / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    parts = state_dir / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
+    shard_dir = make_folder(state_dir / "shards")
+    parts = make_folder(state_dir / "parts")
     tmp = state_dir / "tmp"
     recorded = {}
     for path in shard_dir.glob("shard-*.json"):
-        record = _read_json(path)
+        record = _shard_record(path, out, parts)
         if record is not None:
-            recorded[int(record["index"])] = record
+            recorded[record["index"]] = record
 
     join = JoinCounts()
     selector = Selector(config, weights)
-    original_rows = (
-        sorted_rows(original_caption_batches(originals, config.batch_rows), "video_id", tmp, config.sort_memory_rows)
-        if originals is not None else None
-    )
     weight_rows = (
         sorted_rows(pair_weight_batches(weights.path, config.batch_rows), "video_id", tmp, config.sort_memory_rows)
         if weights is not None else None
@@ -319,6 +404,7 @@ def _export_shards(config, workdir, fmt, unit, out, state_dir, originals, weight
             "captions": sum(len(s.captions) for s in samples),
             "failed": result.failed,
             "files": result.files,
+            "parts": sorted(p.name for p in parts.glob(f"part-{index:06d}.*")),
             "prompts_unknown": ctx.prompts_unknown,
         }
         _write_json(shard_dir / f"shard-{index:06d}.json", record)
@@ -364,7 +450,6 @@ def _export_shards(config, workdir, fmt, unit, out, state_dir, originals, weight
             "pairs_in_run": weights.total_pairs,
             "least_trusted_threshold": weights.least_trusted_threshold,
         },
-        "original_captions": str(Path(originals).resolve()) if originals is not None else None,
     }
     for key in ("flags_missing", "flags_stale", "videos_without_captions", "kept_without_weight", "kept_without_flags"):
         if counts.get(key):

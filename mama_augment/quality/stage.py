@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mama_augment.configfile import record_run_config
-from mama_augment.errors import UsageError
+from mama_augment.errors import MamaError, UsageError
 from mama_augment.export.sources import caption_sha256, ensure_compacted
 from mama_augment.fileio import atomic_path
 from mama_augment.manifest import (
@@ -37,13 +37,14 @@ from mama_augment.manifest import (
     compact,
     ensure_workdir,
     manifest_path,
+    parts_dir,
     read_manifest,
     utc_now,
     workdir_lock,
 )
 from mama_augment.quality import FLAG_NAMES
 from mama_augment.quality.config import FilterConfig
-from mama_augment.quality.duplicates import NN_CHOICES, find_duplicates
+from mama_augment.quality.duplicates import find_duplicates
 from mama_augment.quality.generic import GenericModel
 from mama_augment.quality.prompts import PromptBook
 from mama_augment.quality.text import PromptEcho, is_truncated, looks_like_instruction, tokens
@@ -51,24 +52,6 @@ from mama_augment.stage import StageReport
 
 log = logging.getLogger(__name__)
 WRITE_CHUNK = 10_000
-
-
-def validate(config: FilterConfig) -> None:
-    checks = [
-        (config.min_words >= 0, "--min-words must be >= 0"),
-        (0 < config.common_word_df <= 1, "--common-word-df must be in (0, 1]"),
-        (0 < config.phrase_df <= 1, "--phrase-df must be in (0, 1]"),
-        (config.phrase_min_count >= 1, "--phrase-min-count must be at least 1"),
-        (0 < config.echo_threshold <= 1, "--echo-threshold must be in (0, 1]"),
-        (-1 <= config.duplicate_threshold <= 1, "--duplicate-threshold is a cosine similarity in [-1, 1]"),
-        (config.neighbours >= 1, "--neighbours must be at least 1"),
-        (config.nn_index in NN_CHOICES, f"--nn-index must be one of: {', '.join(NN_CHOICES)}"),
-        (config.clip_frames >= 1, "--clip-frames must be at least 1"),
-        (config.clip_others >= 1, "--clip-others must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
 
 
 def _text_embedder(config: FilterConfig, workdir: Path):
@@ -95,19 +78,45 @@ def _max_tokens(sampling: str | None) -> int | None:
 def run_filter(config: FilterConfig, workdir: str | os.PathLike, progress: bool = False) -> StageReport:
     """Compute the quality flags of every ``ok`` caption of ``captions.parquet``."""
     started = time.monotonic()
-    validate(config)
-    workdir = ensure_workdir(workdir)
-    if not manifest_path(workdir, CAPTIONS).exists() and not (workdir / ".parts" / CAPTIONS.name).is_dir():
+    config.validate()
+    workdir = Path(workdir)
+    if not manifest_path(workdir, CAPTIONS).exists() and not parts_dir(workdir, CAPTIONS).is_dir():
         raise UsageError(f"no captions manifest in {workdir}: run `mama-augment caption` first")
+    workdir = ensure_workdir(workdir)
     report = StageReport(stage="filter", output=manifest_path(workdir, CAPTION_FLAGS))
     ensure_compacted(workdir, CAPTIONS)
     ensure_compacted(workdir, KEYFRAMES)
     with workdir_lock(workdir, "filter"):
         record_run_config(workdir, "filter", config.as_dict())
+        damage = _remove_damaged_flags(workdir)
+        if damage:
+            report.extra["note"] = f"{CAPTION_FLAGS.filename} could not be read ({damage}); every row is computed again"
         ensure_compacted_own(workdir)
         _run_locked(config, workdir, report, progress)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _remove_damaged_flags(workdir: Path) -> str | None:
+    """Delete a ``caption_flags.parquet`` that cannot be read; returns why, or None.
+
+    Every row of it is recomputed by this run from ``captions.parquet``, so a damaged
+    file (truncated by a full disk, say) holds nothing that would be lost.
+    """
+    main = manifest_path(workdir, CAPTION_FLAGS)
+    if not main.exists():
+        return None
+    try:
+        pq.read_table(main, columns=list(CAPTION_FLAGS.key))
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    log.warning("%s cannot be read (%s); computing every row again", main, reason)
+    try:
+        main.unlink()
+    except OSError as exc:
+        raise MamaError(f"{main} cannot be read ({reason}) nor removed: {exc.strerror or exc}") from None
+    return reason
 
 
 def ensure_compacted_own(workdir: Path) -> None:

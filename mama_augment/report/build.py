@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path, atomic_write_text
-from mama_augment.datasets import CaptionSpec
+from mama_augment.datasets import CaptionSpec, locate_captions
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
 from mama_augment.quality.report import attach_flags
@@ -82,21 +82,13 @@ def find_captions_file(workdir: Path, runs: list[dict]):
     if record:
         candidates.append((record.get("config") or {}, workdir))
     for config, base in candidates:
-        value = config.get("captions")
-        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-        found = [_existing(str(v), workdir, base) for v in values if v]
-        if found and all(found):
-            try:
-                return CaptionSpec.of(found, config.get("captions_format"))
-            except MamaError:
-                continue
+        try:
+            spec = locate_captions(config.get("captions"), config.get("captions_format"), [workdir, base])
+        except MamaError:
+            continue
+        if spec is not None:
+            return spec
     return None
-
-
-def _existing(value: str, workdir: Path, base: Path) -> Path | None:
-    given = Path(value)
-    tries = [given] if given.is_absolute() else [given, workdir / given, base / given]
-    return next((path for path in tries if path.is_file()), None)
 
 
 def _mtime(path: Path) -> float:
