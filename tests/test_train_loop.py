@@ -86,6 +86,12 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, loss):
         wa, wb = load_file(run_full / "weighting_net.safetensors"), load_file(run_resumed / "weighting_net.safetensors")
         for key in wa:
             torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+    # the best epoch's weights and record survive the kill too
+    best_a, best_b = load_file(run_full / "best_model.safetensors"), load_file(run_resumed / "best_model.safetensors")
+    for key in best_a:
+        torch.testing.assert_close(best_a[key], best_b[key], rtol=0, atol=0)
+    summary_a, summary_b = (json.loads((r / "summary.json").read_text()) for r in (run_full, run_resumed))
+    assert summary_a["best"] == summary_b["best"] and summary_a["best"] is not None
     rows_a = [json.loads(x) for x in (run_full / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (run_resumed / "metrics.jsonl").read_text().splitlines()]
     assert _strip_times(rows_a) == _strip_times(rows_b)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
-from mama_augment.train.config import AUGMENT_MODES, DEVICES, LOSSES, META_PARAMS, TrainConfig
+from mama_augment.train.config import AUGMENT_MODES, DEVICES, LOSSES, META_PARAMS, META_SELECT, TrainConfig
 
 _D = TrainConfig()
 # Registry keys for --help without importing torch at startup.
@@ -81,7 +81,10 @@ def train_command(
     meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam)."),
     meta_hidden: int = typer.Option(_D.meta_hidden, help="Hidden width of the weighting MLP."),
     meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (same format as --captions); default: drawn from the training pairs."),
-    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts."),
+    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of the training pairs drawn as the meta set (without --meta-set), evenly across concepts."),
+    meta_select: str = typer.Option(_D.meta_select, help=f"How the meta set is drawn without --meta-set: {', '.join(META_SELECT)}. agreement: the pairs whose video and caption agree most under a cross-fitted warm-up model (nearly clean even when the captions are not); random: a random draw."),
+    meta_holdout: bool = typer.Option(_D.meta_holdout, "--meta-holdout/--no-meta-holdout", help="Keep the meta set's videos out of the training stream."),
+    meta_by_source: bool = typer.Option(_D.meta_by_source, "--meta-by-source/--no-meta-by-source", help="The weighting net also sees whether a caption is generated, so generated captions get a weight curve of their own."),
     virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step."),
     meta_params: str = typer.Option(_D.meta_params, help="Parameters that take the virtual step: last (last projections + logit scale, cheapest), heads, all."),
     epochs: int = typer.Option(_D.epochs, help="Passes over the training videos."),
@@ -127,6 +130,7 @@ def train_command(
     _choice("loss", loss, LOSSES)
     _choice("device", device, DEVICES)
     _choice("meta-params", meta_params, META_PARAMS)
+    _choice("meta-select", meta_select, META_SELECT)
     _choice("backbone", backbone, tuple(b.strip() for b in _BACKBONES.split(",")))
     config = TrainConfig(
         captions=str(captions) if captions else None,
@@ -142,6 +146,9 @@ def train_command(
         meta_hidden=meta_hidden,
         meta_set=str(meta_set) if meta_set else None,
         meta_fraction=meta_fraction,
+        meta_select=meta_select,
+        meta_holdout=meta_holdout,
+        meta_by_source=meta_by_source,
         virtual_lr=virtual_lr,
         meta_params=meta_params,
         epochs=epochs,
@@ -187,11 +194,12 @@ def evaluate_command(
     split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Work folder of the videos (default: the run's own, two levels up)."),
     device: str = typer.Option("auto", help=f"Device: {', '.join(DEVICES)}."),
+    checkpoint: str = typer.Option("best", help="Weights to evaluate: best (the epoch with the best validation R@1; the last weights when the run has no validation split) or last (the final weights)."),
 ) -> None:
     """Text->video and video->text retrieval: R@1, R@5, R@10, median and mean rank.
 
     Prints a table (per concept too, when the captions have a concept column) and
-    writes eval.json into the run folder.
+    writes eval.json into the run folder, saying which checkpoint was evaluated.
 
     Example: mama-augment evaluate --run mama-work/runs/mama-features-seed0 --split test
     """
@@ -199,8 +207,10 @@ def evaluate_command(
 
     _choice("split", split, ("train", "val", "test"))
     _choice("device", device, DEVICES)
+    _choice("checkpoint", checkpoint, ("best", "last"))
     result = call_library(
-        evaluate_run, run, captions=str(captions) if captions else None, split=split, device=device, workdir=workdir
+        evaluate_run, run, captions=str(captions) if captions else None, split=split, device=device, workdir=workdir,
+        checkpoint=checkpoint,
     )
     typer.echo(format_table(result))
     typer.echo(f"\nwritten: {Path(run) / 'eval.json'}")

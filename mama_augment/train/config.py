@@ -16,6 +16,7 @@ LOSSES = ("mama", "infonce")
 AUGMENT_MODES = ("add", "none")
 DEVICES = ("auto", "cpu", "cuda")
 META_PARAMS = ("last", "heads", "all")
+META_SELECT = ("agreement", "random")  # how a meta set is drawn from the training pairs
 TEMPORAL_ENCODERS = ("mean", "attention")
 
 # CLIP's temperature 0.07, as open_clip initialises its log logit scale.
@@ -60,6 +61,9 @@ class TrainConfig:
     meta_hidden: int = 100  # width of the weighting MLP (Meta-Weight-Net's value)
     meta_set: str | None = None  # a file of clean pairs; else drawn from the training pairs
     meta_fraction: float = 0.05
+    meta_select: str = "random"  # without --meta-set: agreement | random, see data.py
+    meta_holdout: bool = True  # keep the meta set's videos out of the training stream
+    meta_by_source: bool = False  # the weighting net also sees whether a caption is generated
     meta_batch_size: int | None = None  # None: the training batch size (capped by the set)
     meta_params: str = "last"  # which parameters take the virtual step: last | heads | all
     # alpha of the virtual step. 1.0 separated shuffled from correct pairs (weights
@@ -118,6 +122,8 @@ class TrainConfig:
             raise bad(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.backbone not in BACKBONES:
             raise bad(f"--backbone must be one of {', '.join(BACKBONES)}, not {self.backbone!r}")
+        if self.meta_select not in META_SELECT:
+            raise bad(f"--meta-select must be one of {', '.join(META_SELECT)}, not {self.meta_select!r}")
         if self.meta_params not in META_PARAMS:
             raise bad(f"meta_params must be one of {', '.join(META_PARAMS)}")
         if self.temporal not in TEMPORAL_ENCODERS:

@@ -93,7 +93,12 @@ def evaluate_split(model, data, split: str, batch_size: int = 256) -> dict:
 
 def format_table(result: dict) -> str:
     """The overall rows and (if any) per-concept text->video rows as plain text."""
-    lines = [f"split {result.get('split', '?')}: {result['videos']} videos, {result['captions']} captions", ""]
+    head = f"split {result.get('split', '?')}: {result['videos']} videos, {result['captions']} captions"
+    if result.get("checkpoint") == "best":
+        head += f"; best checkpoint (epoch {result['checkpoint_epoch']}, by validation R@1)"
+    elif result.get("checkpoint") == "last":
+        head += "; last checkpoint"
+    lines = [head, ""]
     header = f"{'direction':<14}" + "".join(f"{k:>8}" for k in METRIC_KEYS)
     lines.append(header)
     for direction in ("text_to_video", "video_to_text"):
@@ -127,18 +132,32 @@ def evaluate_run(
     split: str = "test",
     device: str = "auto",
     workdir: str | Path | None = None,
+    checkpoint: str = "best",
 ) -> dict:
     """Load a finished (or checkpointed) run, evaluate it on ``split`` and write
-    ``eval.json`` in the run folder (one entry per split and captions file)."""
-    from mama_augment.train.loop import load_run
+    ``eval.json`` in the run folder (one entry per split, captions file and, for
+    ``checkpoint="last"``, ``@last``).
+
+    ``checkpoint``: ``best`` (default), the weights of the epoch with the best
+    validation R@1, as retrieval papers report; ``last``, the final weights. The
+    entry says which was used (``checkpoint``, and the best one's epoch and step).
+    """
+    from mama_augment.train.loop import load_run, run_weights
 
     run_dir = Path(run_dir)
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split must be train, val or test, not {split!r}")
-    config, model, data = load_run(run_dir, captions=captions, device=device, workdir=workdir)
+    chosen = run_weights(run_dir, checkpoint)
+    config, model, data = load_run(run_dir, captions=captions, device=device, workdir=workdir,
+                                   checkpoint=chosen["checkpoint"])
     result = evaluate_split(model, data, split)
     result["run"] = str(run_dir)
     result["captions_file"] = captions or config.captions
+    result["checkpoint"] = chosen["checkpoint"]
+    if chosen["checkpoint"] == "best":
+        result["checkpoint_epoch"] = chosen["epoch"]
+        result["checkpoint_step"] = chosen["step"]
+        result["checkpoint_val_R@1"] = chosen["val_R@1"]
     path = run_dir / "eval.json"
     existing = {}
     if path.exists():
@@ -147,6 +166,8 @@ def evaluate_run(
         except (OSError, json.JSONDecodeError):
             existing = {}
     key = split if not captions else f"{split}:{Path(captions).name}"
+    if checkpoint == "last":
+        key += "@last"
     existing[key] = _json_safe(result)
     atomic_write_text(path, json.dumps(existing, indent=2))
     return result

@@ -5,7 +5,8 @@ A run lives in ``<workdir>/runs/<name>/``::
     config.json              every option (TrainConfig) of the run
     checkpoint.safetensors   model + weighting net + both optimisers + RNG states +
                              step, as tensors; scalars as JSON in the header
-    model.safetensors        final model weights
+    model.safetensors        final model weights (the last epoch)
+    best_model.safetensors   the weights of the epoch with the best validation R@1
     weighting_net.safetensors
     metrics.jsonl            one JSON row per logged step / validation / weight curve
     pair_weights.parquet     loss and learned weight of every training pair at the end
@@ -38,6 +39,7 @@ from mama_augment.stage import StageReport
 from mama_augment.train import checkpoint as ckpt
 from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig
 from mama_augment.train.data import (
+    SOURCE_GENERATED,
     TrainData,
     build_data,
     describe_issues,
@@ -55,6 +57,16 @@ from mama_augment.train.models import NEEDS, build_model, cached_text_embeddings
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int], None]
+
+LAST_MODEL_FILE = "model.safetensors"
+BEST_MODEL_FILE = "best_model.safetensors"
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+def validation_score(metrics: dict) -> float:
+    """What picks the best epoch: the mean of text->video and video->text R@1 on the
+    validation split (both directions, so twice the queries decide)."""
+    return (metrics["text_to_video"]["R@1"] + metrics["video_to_text"]["R@1"]) / 2
 
 
 def select_device(name: str) -> torch.device:
@@ -101,7 +113,7 @@ class StepResult:
 
 def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
                   meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0,
-                  world_size: int = 1) -> StepResult:
+                  world_size: int = 1, generated: torch.Tensor | None = None) -> StepResult:
     """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
 
     The training forward is done once; the meta step reuses its graph and the real
@@ -119,10 +131,10 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
     per_sample = out.per_sample
     meta_result, raw = None, None
     if meta is not None and meta_inputs is not None:
-        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast)
+        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast, generated)
         weights, raw = meta_result.weights, meta_result.raw_weights
     elif meta is not None:
-        weights, raw = meta.weights(per_sample)
+        weights, raw = meta.weights(per_sample, generated)
     else:
         weights = torch.ones_like(per_sample)
     loss = (weights.detach() * per_sample).mean()
@@ -161,6 +173,7 @@ class TrainRecipe:
         self.step_callback = step_callback
         self.step = 0
         self.started = time.time()
+        self.best: dict | None = None  # epoch, step and validation R@1 of best_model.safetensors
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -213,7 +226,10 @@ class TrainRecipe:
             if len(self.data.meta_videos) < 2:
                 raise UsageError("the meta set has fewer than 2 pairs; raise --meta-fraction or pass --meta-set")
             self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params,
-                                      self.device, self.rank, self.world_size)
+                                      self.device, self.rank, self.world_size, config.meta_by_source)
+        # 1 for generated captions, 0 for the others: the weighting net's second input.
+        self._generated = torch.tensor([s == SOURCE_GENERATED for s in self.data.caption_source],
+                                       dtype=torch.float32, device=self.device)
         # Weights each pair gets in the last epoch's real steps (pair_weights.parquet).
         self.weight_record = WeightRecorder(len(self.data.texts))
         self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size)
@@ -279,13 +295,15 @@ class TrainRecipe:
                     group["lr"] = lr
                 videos, captions = batches[b]  # the global batch; this rank trains on its slice
                 mine = local_slice(len(videos), self.rank, self.world_size)
-                meta_inputs = None
+                meta_inputs, generated = None, None
                 if self.meta is not None and step % config.meta_every == 0:
                     meta_inputs = self._meta_inputs(step)
+                if self.meta is not None and config.meta_by_source:
+                    generated = self._generated[torch.as_tensor(captions[mine], device=self.device)]
                 result = training_step(
                     model, self.criterion, self.optimizer, params,
                     model.video_inputs(videos[mine]), model.text_inputs(captions[mine]),
-                    self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size,
+                    self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size, generated,
                 )
                 with torch.no_grad():
                     scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
@@ -344,8 +362,17 @@ class TrainRecipe:
         if self.data.split("val").videos.size:
             metrics = evaluate_split(self.model, self.data, "val")
             self.last_val = metrics
+            score = validation_score(metrics)
+            improved = self.best is None or score > self.best["val_R@1"]
+            if improved:
+                self.best = {"epoch": epoch, "step": self.step, "val_R@1": score,
+                             "val_t2v_R@1": metrics["text_to_video"]["R@1"],
+                             "val_v2t_R@1": metrics["video_to_text"]["R@1"]}
+                if self.is_writer:
+                    ckpt.atomic_save(dict(self.model.state_dict()), self.run_dir / BEST_MODEL_FILE,
+                                     {"backbone": self.config.backbone, **self.best})
             self._log({
-                "kind": "eval", "step": self.step, "epoch": epoch, "split": "val",
+                "kind": "eval", "step": self.step, "epoch": epoch, "split": "val", "best": improved,
                 **{f"t2v_{k}": v for k, v in metrics["text_to_video"].items()},
                 **{f"v2t_{k}": v for k, v in metrics["video_to_text"].items()},
             })
@@ -358,11 +385,14 @@ class TrainRecipe:
         grid = torch.linspace(0, top, 65, device=self.device)
         values = self.meta.curve(grid)
         recent = losses.detach().float().cpu().numpy()
-        self._log({
+        row = {
             "kind": "curve", "step": self.step, "epoch": epoch,
             "loss_grid": [round(float(x), 4) for x in grid], "weight": [float(x) for x in values],
             "loss_p5": float(np.percentile(recent, 5)), "loss_p95": float(np.percentile(recent, 95)),
-        })
+        }
+        if self.meta.net.by_source:  # the curve of generated captions
+            row["weight_generated"] = [float(x) for x in self.meta.curve(grid, torch.ones_like(grid))]
+        self._log(row)
 
     def _log(self, row: dict) -> None:
         if not self.is_writer:
@@ -376,7 +406,7 @@ class TrainRecipe:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_tensors, opt_desc = ckpt.flatten_optimizer(self.optimizer.state_dict(), "optim")
         tensors.update(opt_tensors)
-        state = {"step": self.step, "optimizer": opt_desc, "total_steps": self.total_steps}
+        state = {"step": self.step, "optimizer": opt_desc, "total_steps": self.total_steps, "best": self.best}
         if self.meta is not None:
             tensors.update({f"wnet.{k}": v for k, v in self.meta.net.state_dict().items()})
             meta_tensors, meta_desc = ckpt.flatten_optimizer(self.meta.optimizer.state_dict(), "meta_optim")
@@ -406,6 +436,7 @@ class TrainRecipe:
         ckpt.set_rng_state(tensors)
         self.weight_record.load_state_tensors(tensors)
         self.step = int(state["step"])
+        self.best = state.get("best")
         # Rows logged after the checkpoint are redone by the resumed run.
         metrics = self.run_dir / "metrics.jsonl"
         if self.is_writer:
@@ -420,7 +451,7 @@ class TrainRecipe:
 
         report = StageReport(stage="train")  # the run folder is in extra["run"]
         if self.is_writer:
-            ckpt.atomic_save(dict(self.model.state_dict()), self.run_dir / "model.safetensors",
+            ckpt.atomic_save(dict(self.model.state_dict()), self.run_dir / LAST_MODEL_FILE,
                              {"backbone": self.config.backbone, "step": self.step})
             if self.meta is not None:
                 ckpt.atomic_save(dict(self.meta.net.state_dict()), self.run_dir / "weighting_net.safetensors",
@@ -439,11 +470,15 @@ class TrainRecipe:
             "samples_per_s": round(self.samples_per_s, 1) if math.isfinite(getattr(self, "samples_per_s", float("nan"))) else None,
             "val_t2v_R@1": round(last["text_to_video"]["R@1"], 2) if last else None,
             "val_v2t_R@1": round(last["video_to_text"]["R@1"], 2) if last else None,
+            "best_epoch": self.best["epoch"] + 1 if self.best else None,  # counted from 1, as printed
+            "best_val_t2v_R@1": round(self.best["val_t2v_R@1"], 2) if self.best else None,
+            "best_val_v2t_R@1": round(self.best["val_v2t_R@1"], 2) if self.best else None,
             "input_problems": int(sum(self.data.issues.values())),
         }
         report.extra = {k: v for k, v in report.extra.items() if v is not None}
         if self.is_writer:
-            summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data)}
+            summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data),
+                       "best": self.best}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return report
 
@@ -473,26 +508,45 @@ def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_siz
     return recipe.save()
 
 
+def run_weights(run_dir: str | Path, checkpoint: str = "best") -> dict:
+    """Which weights of a run folder ``checkpoint`` means, as a dict: ``checkpoint``
+    (``best`` or ``last``, the one actually used), ``file`` and, for ``best``, the
+    epoch (counted from 1), step and validation R@1 it was kept for. ``best`` falls
+    back to ``last`` when the run has no best weights (no validation split); ``last``
+    is the final model, or the latest checkpoint of an unfinished run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise UsageError(f"{run_dir} is not a run folder (no config.json)")
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise UsageError(f"--checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, not {checkpoint!r}")
+    best = run_dir / BEST_MODEL_FILE
+    if checkpoint == "best" and best.exists():
+        _, state = ckpt.load_metadata(best)
+        return {"checkpoint": "best", "file": BEST_MODEL_FILE, "epoch": state.get("epoch", -1) + 1,
+                "step": state.get("step"), "val_R@1": state.get("val_R@1")}
+    for name in (LAST_MODEL_FILE, "checkpoint.safetensors"):
+        if (run_dir / name).exists():
+            return {"checkpoint": "last", "file": name}
+    raise UsageError(f"{run_dir} has no weights yet ({LAST_MODEL_FILE} or checkpoint.safetensors)")
+
+
 def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",
-             workdir: str | Path | None = None):
-    """(config, model with the run's final or latest weights, data) of a run folder."""
+             workdir: str | Path | None = None, checkpoint: str = "best"):
+    """(config, model, data) of a run folder; the model holds the weights
+    :func:`run_weights` picks for ``checkpoint`` (by default the best epoch's)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise UsageError(f"{run_dir} is not a run folder (no config.json)")
     config = TrainConfig.from_dict(json.loads(config_path.read_text()))
     workdir = Path(workdir) if workdir else run_dir.parent.parent
+    chosen = run_weights(run_dir, checkpoint)
     dev = select_device(device)
     data = build_data(_eval_config(config), workdir, need=NEEDS[config.backbone], captions_override=captions)
     model = build_model(config, data.videos, workdir, dev)
-    weights = run_dir / "model.safetensors"
-    if weights.exists():
-        tensors, _ = ckpt.load(weights)
-    elif (run_dir / "checkpoint.safetensors").exists():
-        all_tensors, _ = ckpt.load(run_dir / "checkpoint.safetensors")
-        tensors = {k[len("model."):]: v for k, v in all_tensors.items() if k.startswith("model.")}
-    else:
-        raise UsageError(f"{run_dir} has no weights yet (model.safetensors or checkpoint.safetensors)")
+    tensors, _ = ckpt.load(run_dir / chosen["file"])
+    if chosen["file"] == "checkpoint.safetensors":
+        tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(tensors)
     model.set_videos(data.videos)
     model.set_texts(data.texts)
