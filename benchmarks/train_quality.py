@@ -5,12 +5,16 @@ OpenMoji, different artwork and annotations), in the settings users meet:
 * ``noisy30``: 30 % of the training captions shuffled among themselves and no clean
   meta file, so the meta set is drawn from the noisy training pairs (``--meta-file``
   passes the data set's clean ``meta_set.csv`` instead);
-* the paper's own setting: clean originals plus one generated caption per image
-  (keywords of the image, not words of its name). ``gen-wrong30`` gives 30 % of the
-  training images' generated captions to another image; ``gen-right`` has none wrong
-  and shows whether the generated captions carry information at all. Compared:
-  InfoNCE on originals only (``clean``), InfoNCE with the generated captions added,
-  MAMA with them added;
+* the paper's own setting: clean originals plus one generated caption per image, from
+  a weak captioner (``gen-*``: keywords of the image, not words of its name) or a
+  better one (``named-*``: the other source's name of the picture plus keywords).
+  ``*-wrong30`` gives 30 % of the training images' generated captions to another
+  image; ``*-right`` has none wrong and shows whether the generated captions carry
+  information at all. Compared: InfoNCE on originals only (``clean``), InfoNCE with the
+  generated captions added, MAMA with them added. The ``half50`` settings do the same
+  with the original captions of half the training images removed
+  (``captions_half50.csv``): there the generated captions are the only text of those
+  images, so right ones carry information;
 * ``clean``: originals only, all correct.
 
     python benchmarks/data/emoji_workdir.py ...     # once per data set, see its help
@@ -49,7 +53,15 @@ SETTINGS = {
     "noisy30": ("captions_noisy30.csv", "work", "none"),
     "gen-right": ("captions_clean.csv", "gen-right", "add"),
     "gen-wrong30": ("captions_clean.csv", "gen-wrong30", "add"),
+    "named-right": ("captions_clean.csv", "named-right", "add"),
+    "named-wrong30": ("captions_clean.csv", "named-wrong30", "add"),
+    "half50": ("captions_half50.csv", "work", "none"),
+    "half50-gen-right": ("captions_half50.csv", "gen-right", "add"),
+    "half50-gen-wrong30": ("captions_half50.csv", "gen-wrong30", "add"),
+    "half50-named-right": ("captions_half50.csv", "named-right", "add"),
+    "half50-named-wrong30": ("captions_half50.csv", "named-wrong30", "add"),
 }
+GENERATED_TRUTH = {"gen-": "generated.csv", "named-": "generated_named.csv"}
 METHODS = {
     # name: (loss, margin (None: --margins, else the library default), meta-weighting)
     "infonce": ("infonce", 0.0, False),
@@ -96,8 +108,9 @@ def paired(a: list[float], b: list[float]) -> dict:
 def weight_ratios(run_dir: Path, data_dir: Path, setting: str, captions_path: Path) -> dict:
     """Mean weight of wrong over right training pairs under the final weighting net."""
     pw = pd.read_parquet(run_dir / "pair_weights.parquet")
-    if setting.startswith("gen-"):
-        truth = pd.read_csv(data_dir / "generated.csv", dtype={"video_id": str})[["video_id", "wrong"]]
+    truth_file = next((f for key, f in GENERATED_TRUTH.items() if key in setting), None)
+    if truth_file:
+        truth = pd.read_csv(data_dir / truth_file, dtype={"video_id": str})[["video_id", "wrong"]]
         generated = pw[pw.caption_source == "generated"].merge(truth, on="video_id", how="left")
         wrong, right = generated[generated.wrong == True], generated[generated.wrong == False]  # noqa: E712
         original = pw[pw.caption_source == "original"]
@@ -192,18 +205,22 @@ def summarise(rows: list[dict]) -> dict:
             comparisons.append({"data": data, "comparison": label, "metric": metric, **result})
 
     for data in sorted({r["data"] for r in rows}):
-        for setting in ("noisy30", "clean", "gen-right", "gen-wrong30"):
+        for setting in SETTINGS:
             for metric in ("t2v_R@1", "v2t_R@1", "last_t2v_R@1"):
                 compare(f"{setting}: mama - infonce", data, runs(data, setting, "mama"), runs(data, setting, "infonce"), metric)
-        base = runs(data, "clean", "infonce")
-        for setting in ("gen-right", "gen-wrong30"):
-            compare(f"infonce {setting} - infonce originals only", data, runs(data, setting, "infonce"), base)
-            compare(f"mama {setting} - infonce originals only", data, runs(data, setting, "mama"), base)
-        added = runs(data, "gen-wrong30", "infonce")
-        if base and added:
-            better = max((base, added), key=lambda g: statistics.mean(r["t2v_R@1"] for r in g.values()))
-            label = "originals only" if better is base else "gen-wrong30"
-            compare(f"mama gen-wrong30 - the better InfoNCE ({label})", data, runs(data, "gen-wrong30", "mama"), better)
+        for prefix, originals in (("", "clean"), ("half50-", "half50")):
+            base = runs(data, originals, "infonce")
+            for captioner in ("gen", "named"):
+                for setting in (f"{prefix}{captioner}-right", f"{prefix}{captioner}-wrong30"):
+                    compare(f"infonce {setting} - infonce originals only", data, runs(data, setting, "infonce"), base)
+                    compare(f"mama {setting} - infonce originals only", data, runs(data, setting, "mama"), base)
+                added = runs(data, f"{prefix}{captioner}-wrong30", "infonce")
+                for metric in ("t2v_R@1", "v2t_R@1"):
+                    if base and added:
+                        better = max((base, added), key=lambda g: statistics.mean(r[metric] for r in g.values()))
+                        label = "originals only" if better is base else "with generated"
+                        compare(f"mama {prefix}{captioner}-wrong30 - the better InfoNCE ({label})", data,
+                                runs(data, f"{prefix}{captioner}-wrong30", "mama"), better, metric)
         for mu in sorted({r["margin"] for r in rows if r["method"] in ("margin", "mama") and r["margin"]}):
             for setting in ("clean", "noisy30", "gen-wrong30"):
                 compare(f"{setting}: margin {mu:g} - infonce", data, runs(data, setting, "margin", mu), runs(data, setting, "infonce"))
@@ -212,29 +229,30 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"{'data':<10}{'setting':<13}{'method':<10}{'mu':>5}{'n':>4}  {'t2v R@1':>13}  {'v2t R@1':>13}  "
+    print(f"{'data':<10}{'setting':<22}{'method':<10}{'mu':>5}{'n':>4}  {'t2v R@1':>13}  {'v2t R@1':>13}  "
           f"{'t2v last':>8}  {'rare':>6}  {'freq':>6}  {'w wrong/right':>13}")
     for e in summary["table"]:
         def cell(k):
             return f"{e[k]:6.2f} ± {e[k + '_sd']:4.2f}" if k in e else f"{'-':>13}"
         ratio = f"{e['weight_ratio']:.2f}" if "weight_ratio" in e else "-"
-        print(f"{e['data']:<10}{e['setting']:<13}{e['method']:<10}{e['margin']:5.2f}{e['seeds']:4d}  {cell('t2v_R@1')}  "
+        print(f"{e['data']:<10}{e['setting']:<22}{e['method']:<10}{e['margin']:5.2f}{e['seeds']:4d}  {cell('t2v_R@1')}  "
               f"{cell('v2t_R@1')}  {e.get('last_t2v_R@1', math.nan):8.2f}  {e.get('rare_t2v_R@1', math.nan):6.2f}  "
               f"{e.get('frequent_t2v_R@1', math.nan):6.2f}  {ratio:>13}")
     print()
     for c in summary["comparisons"]:
-        print(f"{c['data']:<10}{c['comparison']:<58}{c['metric']:<14}{c['mean']:+6.2f}  [{c['low']:+6.2f}, {c['high']:+6.2f}]  n={c['n']}")
+        print(f"{c['data']:<10}{c['comparison']:<68}{c['metric']:<14}{c['mean']:+6.2f}  [{c['low']:+6.2f}, {c['high']:+6.2f}]  n={c['n']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dirs", default="benchmarks/out/emoji", help="comma list of emoji_workdir.py outputs")
-    parser.add_argument("--settings", default="noisy30,clean,gen-right,gen-wrong30")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--methods", default="infonce,mama")
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--margins", default="", help="comma list: margins for the margin and mama methods")
     parser.add_argument("--meta-file", action="store_true", help="weighted runs use the data set's clean meta_set.csv")
-    parser.add_argument("--skip", default="gen-right:mama", help="setting:method pairs not to run")
+    parser.add_argument("--skip", default="gen-right:mama,named-right:mama,half50-gen-right:mama,half50-named-right:mama",
+                        help="setting:method pairs not to run")
     # Library options a run may override; unset ones keep TrainConfig's defaults.
     for flag, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
                        ("head-hidden", int), ("virtual-lr", float), ("meta-lr", float), ("meta-every", int),

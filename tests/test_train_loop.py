@@ -1,5 +1,5 @@
 """End to end: training on generated data learns, a killed run resumes exactly, the
-inputs' problems are reported, the meta set is held out, the real MiniLM works."""
+inputs' problems are reported, the meta set is spread over concepts, the real MiniLM works."""
 
 import json
 from pathlib import Path
@@ -129,9 +129,10 @@ def test_input_problems_are_reported_not_fatal_and_splits_do_not_leak(tmp_path):
     for c, source in enumerate(data.caption_source):
         if source == "generated" and data.video_split[data.caption_video[c]] != "train":
             assert c not in train_caption_ids
-    # the meta set is held out of the training stream and spread over concepts
+    # the meta set is spread over concepts; by default its videos are trained on too
+    # (meta_holdout, see test_train_meta_set.py)
     assert len(data.meta_videos) >= 2
-    assert not set(data.meta_videos.tolist()) & set(data.train_videos.tolist())
+    assert set(data.meta_videos.tolist()) <= set(data.train_videos.tolist())
     meta_concepts = {data.videos.concepts[v] for v in data.meta_videos}
     assert len(meta_concepts) >= min(3, len(data.meta_videos))
     # batches are a pure function of (seed, epoch)

@@ -86,3 +86,28 @@ def test_meta_holdout_decides_whether_meta_videos_are_trained_on(tmp_path):
 def test_bad_meta_select_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="--meta-select"):
         TrainConfig(captions="x.csv", meta_select="best").validate()
+
+
+def test_an_epoch_of_all_captions_holds_each_pair_at_most_once_and_no_video_twice_in_a_batch(tmp_path):
+    from mama_augment.train.data import epoch_batches, steps_per_epoch
+
+    workdir, captions = make_workdir(tmp_path, n_videos=200, generated=True)
+    data = build_data(_config(captions, epoch_captions="all"), workdir)
+    pairs = np.concatenate(data.train_captions)
+    rounds = max(len(c) for c in data.train_captions)
+    assert rounds == 2 and len(pairs) > len(data.train_videos)  # generated captions add pairs
+    seen = []
+    for epoch in (0, 1):
+        batches = epoch_batches(data, epoch, 3, 16, "all")
+        assert len(batches) == steps_per_epoch(data, 16, "all")
+        assert len(batches) > steps_per_epoch(data, 16, "one")
+        used = np.concatenate([c for _, c in batches])
+        assert len(set(used.tolist())) == len(used) and set(used.tolist()) <= set(pairs.tolist())
+        assert len(pairs) - len(used) < 16 * rounds  # at most a partial batch per round waits
+        for videos, caption_ids in batches:
+            assert len(videos) == 16 and len(set(videos.tolist())) == len(videos)
+            np.testing.assert_array_equal(videos, data.caption_video[caption_ids])
+        seen.append(batches)
+    again = epoch_batches(data, 1, 3, 16, "all")
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(seen[1], again))  # a pure function of (seed, epoch)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(seen[0], again))

@@ -9,10 +9,11 @@ keyword lists, so a conclusion drawn on one can be checked on the other:
   country flags, one amphibian). Keywords for the generated captions come from the
   npm package ``emojilib`` (community keyword lists, MIT)::
 
-      npm install --prefix /tmp/emoji emoji-datasource-twitter@16.0.0 emojilib@4.0.3
+      npm install --prefix /tmp/emoji emoji-datasource-twitter@16.0.0 emojilib@4.0.3 openmoji@17.0.0
       python benchmarks/data/emoji_workdir.py --source twemoji \\
           --package /tmp/emoji/node_modules/emoji-datasource-twitter \\
-          --keywords /tmp/emoji/node_modules/emojilib/dist/emoji-en-US.json
+          --keywords /tmp/emoji/node_modules/emojilib/dist/emoji-en-US.json \\
+          --other-names /tmp/emoji/node_modules/openmoji/data/openmoji.json
 
 * ``openmoji``: the npm package ``openmoji`` (OpenMoji artwork, CC-BY-SA 4.0, its own
   ``data/openmoji.json``). Captions are OpenMoji's annotations (CLDR short names plus
@@ -21,9 +22,9 @@ keyword lists, so a conclusion drawn on one can be checked on the other:
   SVG only: PNGs are rendered with ``cairosvg`` (``pip install cairosvg``) or taken
   from ``--png-dir`` (one ``HEXCODE.png`` per pictogram, any renderer)::
 
-      npm install --prefix /tmp/emoji openmoji@17.0.0
       python benchmarks/data/emoji_workdir.py --source openmoji \\
-          --package /tmp/emoji/node_modules/openmoji --out benchmarks/out/openmoji
+          --package /tmp/emoji/node_modules/openmoji --out benchmarks/out/openmoji \\
+          --other-names /tmp/emoji/node_modules/emoji-datasource-twitter/emoji.json
 
 Skin-tone variants and OpenMoji's "component" swatches are left out (near copies).
 Every image (64 px on white) is a one-frame video: its EfficientNet-Lite0 embedding
@@ -38,6 +39,10 @@ Writes into --out:
                              the meta set) shuffled among themselves
   meta_set.csv               --meta-fraction of the training pairs, evenly across
                              concepts, always clean (the "small unbiased meta-data")
+  captions_half50.csv        captions_clean.csv without the captions of half of the
+                             training images outside the meta set: with a gen-* work
+                             folder, half the training images have only generated
+                             captions, so right ones must help
   generated.csv              the generated caption of every image that has keywords,
                              and what each variant gave it (video_id, split, right,
                              wrong30, wrong)
@@ -48,11 +53,16 @@ Writes into --out:
   gen-wrong30/               the same with --noise of the training images' generated
                              captions given to another training image (``caption_index``
                              0; ``generated.csv`` says which are wrong)
+  generated_named.csv, named-right/, named-wrong30/   the same for the named captioner
 
 A generated caption is "KW1, KW2, ..., KWn": the first --keywords-per-caption keywords
 of the image that are not words of its own name, so it adds words the original caption
-lacks rather than repeating it. Images without such keywords get no generated caption
-(a captioner does fail on some inputs).
+lacks rather than repeating it (a weak captioner). Images without such keywords get no
+generated caption (a captioner does fail on some inputs). With --other-names, a second
+captioner names the picture as the other source does (Twemoji: OpenMoji's CLDR
+annotation; OpenMoji: the Unicode name; the same words as the original for about 60 %
+of the pictures) and adds three such keywords: "NAME, KW1, KW2, KW3". It writes
+``generated_named.csv``, ``named-right/`` and ``named-wrong30/`` like the above.
 """
 
 from __future__ import annotations
@@ -106,6 +116,22 @@ def openmoji_entries(package: Path, png_dir: Path | None) -> list[dict]:
     return entries
 
 
+def _code(hexcode: str) -> str:
+    """A code point sequence without variation selectors, to match the two sources."""
+    return "-".join(p for p in hexcode.upper().split("-") if p != "FE0F")
+
+
+def other_names(path: Path) -> dict[str, str]:
+    """Code point sequence -> name, from OpenMoji's openmoji.json or emoji-datasource's emoji.json."""
+    names = {}
+    for e in json.loads(Path(path).read_text()):
+        if "annotation" in e and e.get("skintone", "") == "":
+            names[_code(e["hexcode"])] = e["annotation"]
+        elif "unified" in e:
+            names[_code(e["unified"])] = e["name"].lower()
+    return names
+
+
 def load_image(entry: dict) -> np.ndarray | None:
     """The picture as RGB uint8 on white, 64 px, or None when it cannot be read."""
     import io
@@ -130,8 +156,8 @@ def load_image(entry: dict) -> np.ndarray | None:
     return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
 
 
-def generated_caption(entry: dict, per_caption: int) -> str | None:
-    own = set(re.findall(r"[a-z0-9]+", entry["caption"].lower()))
+def generated_caption(entry: dict, per_caption: int, name: str | None = None) -> str | None:
+    own = set(re.findall(r"[a-z0-9]+", (entry["caption"] + " " + (name or "")).lower()))
     picked: list[str] = []
     for keyword in entry["keywords"]:
         words = re.findall(r"[a-z0-9]+", keyword.lower())
@@ -140,6 +166,7 @@ def generated_caption(entry: dict, per_caption: int) -> str | None:
         picked.append(keyword.lower())
         if len(picked) == per_caption:
             break
+    picked = ([name.lower()] if name else []) + picked
     return ", ".join(picked) if picked else None
 
 
@@ -163,6 +190,8 @@ def main() -> None:
     parser.add_argument("--package", default="/tmp/emoji/node_modules/emoji-datasource-twitter")
     parser.add_argument("--keywords", type=Path, default=None, help="twemoji: emojilib's dist/emoji-en-US.json")
     parser.add_argument("--png-dir", type=Path, default=None, help="openmoji: pre-rendered HEXCODE.png files")
+    parser.add_argument("--other-names", type=Path, default=None,
+                        help="the other source's openmoji.json or emoji.json: also write the named variant")
     parser.add_argument("--out", default="benchmarks/out/emoji")
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--meta-fraction", type=float, default=0.05)
@@ -231,31 +260,41 @@ def main() -> None:
     noisy.loc[pick, "caption"] = rng.permutation(noisy.loc[pick, "caption"].to_numpy())
     noisy["noisy"] = noisy["caption"] != frame["caption"]
     noisy.to_csv(out / f"captions_noisy{int(args.noise * 100)}.csv", index=False)
+    half_rng = np.random.default_rng([args.seed, 2])
+    frame.drop(index=half_rng.choice(candidates, size=len(candidates) // 2, replace=False)).to_csv(
+        out / "captions_half50.csv", index=False)
 
     # Generated captions: right ones, then the same with a share of the training
-    # images' captions given to another training image. A separate RNG keeps the
-    # files above identical to what earlier versions of this script wrote.
-    gen_rng = np.random.default_rng([args.seed, 1])
-    gen = pd.DataFrame({"video_id": frame.video_id, "split": frame.split,
-                        "right": [generated_caption(e, args.keywords_per_caption) for e in kept]})
-    gen = gen[gen.right.notna()].reset_index(drop=True)
-    gen_train = gen.index[gen.split == "train"].to_numpy()
-    moved = gen_rng.choice(gen_train, size=int(round(args.noise * len(gen_train))), replace=False)
+    # images' captions given to another training image. Separate RNGs keep the files
+    # above identical to what earlier versions of this script wrote.
     wrong = f"wrong{int(args.noise * 100)}"
-    gen[wrong] = gen["right"]
-    gen.loc[moved, wrong] = gen_rng.permutation(gen.loc[moved, "right"].to_numpy())
-    gen["wrong"] = gen[wrong] != gen["right"]
-    gen.to_csv(out / "generated.csv", index=False)
-    for variant, column in (("gen-right", "right"), (f"gen-{wrong}", wrong)):
-        write_generated(out / variant, workdir, [
-            {"video_id": v, "caption_index": 0, "caption": c, "status": "ok"} for v, c in zip(gen.video_id, gen[column])
-        ])
+    captioners = {"gen": ("generated.csv", [generated_caption(e, args.keywords_per_caption) for e in kept], 1)}
+    if args.other_names:
+        names = other_names(args.other_names)
+        captioners["named"] = ("generated_named.csv", [
+            generated_caption(e, 3, names.get(_code(e["video_id"]))) for e in kept], 3)
+    counts = {}
+    for prefix, (file_name, texts, stream) in captioners.items():
+        gen_rng = np.random.default_rng([args.seed, stream])
+        gen = pd.DataFrame({"video_id": frame.video_id, "split": frame.split, "right": texts})
+        gen = gen[gen.right.notna()].reset_index(drop=True)
+        gen_train = gen.index[gen.split == "train"].to_numpy()
+        moved = gen_rng.choice(gen_train, size=int(round(args.noise * len(gen_train))), replace=False)
+        gen[wrong] = gen["right"]
+        gen.loc[moved, wrong] = gen_rng.permutation(gen.loc[moved, "right"].to_numpy())
+        gen["wrong"] = gen[wrong] != gen["right"]
+        gen.to_csv(out / file_name, index=False)
+        for variant, column in ((f"{prefix}-right", "right"), (f"{prefix}-{wrong}", wrong)):
+            write_generated(out / variant, workdir, [
+                {"video_id": v, "caption_index": 0, "caption": c, "status": "ok"} for v, c in zip(gen.video_id, gen[column])
+            ])
+        counts[prefix] = {"captions": len(gen), "train": int(len(gen_train)), "wrong": int(gen.wrong.sum())}
     print(json.dumps({
         "source": args.source, "images": len(frame), "train": int((frame.split == "train").sum()),
         "val": int((frame.split == "val").sum()), "test": int((frame.split == "test").sum()),
         "meta_set": len(meta_index), "concepts": frame.concept.nunique(),
         "shuffled_train_captions": int(noisy.noisy.sum()), "embedding_dim": int(embeddings.shape[1]),
-        "generated": len(gen), "generated_train": int(len(gen_train)), "generated_wrong": int(gen.wrong.sum()),
+        "generated": counts,
     }))
 
 

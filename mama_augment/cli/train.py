@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, fail, finish
-from mama_augment.train.config import AUGMENT_MODES, DEVICES, LOSSES, META_PARAMS, META_SELECT, TrainConfig
+from mama_augment.train.config import AUGMENT_MODES, DEVICES, EPOCH_CAPTIONS, LOSSES, META_PARAMS, META_SELECT, TrainConfig
 
 _D = TrainConfig()
 # Registry keys for --help without importing torch at startup.
@@ -75,7 +75,7 @@ def train_command(
     backbone_model: Optional[str] = typer.Option(None, help="clip: Hugging Face CLIP id or folder (loaded offline)."),
     text_model: str = typer.Option(_D.text_model, help="features: sentence encoder (all-MiniLM-L6-v2, hashing, or a sentence-transformers folder)."),
     loss: str = typer.Option(_D.loss, help=f"Objective: {', '.join(LOSSES)}."),
-    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama)."),
+    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama). Off by default: on two real image-caption sets (frozen features, trained heads) 0.05 and 0.1 lowered R@1 under caption noise and weakened the weighting, and did not help on clean captions (benchmarks/RESULTS.md); benchmarks/train_quality.py --backbone clip measures it for a pretrained CLIP."),
     meta_weighting: Optional[bool] = typer.Option(None, "--meta-weighting/--no-meta-weighting", help="Meta-learned per-sample weights (default: on with mama, off with infonce).", show_default=False),
     meta_every: int = typer.Option(_D.meta_every, help="A meta step every K training steps."),
     meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam)."),
@@ -84,10 +84,10 @@ def train_command(
     meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of the training pairs drawn as the meta set (without --meta-set), evenly across concepts."),
     meta_select: str = typer.Option(_D.meta_select, help=f"How the meta set is drawn without --meta-set: {', '.join(META_SELECT)}. agreement: the pairs whose video and caption agree most under a cross-fitted warm-up model (nearly clean even when the captions are not); random: a random draw."),
     meta_holdout: bool = typer.Option(_D.meta_holdout, "--meta-holdout/--no-meta-holdout", help="Keep the meta set's videos out of the training stream."),
-    meta_by_source: bool = typer.Option(_D.meta_by_source, "--meta-by-source/--no-meta-by-source", help="The weighting net also sees whether a caption is generated, so generated captions get a weight curve of their own."),
     virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step."),
     meta_params: str = typer.Option(_D.meta_params, help="Parameters that take the virtual step: last (last projections + logit scale, cheapest), heads, all."),
-    epochs: int = typer.Option(_D.epochs, help="Passes over the training videos."),
+    epochs: int = typer.Option(_D.epochs, help="Passes over the training pairs."),
+    epoch_captions: str = typer.Option(_D.epoch_captions, help=f"What one epoch holds: {', '.join(EPOCH_CAPTIONS)}. all: every (video, caption) pair once, batched so that no video appears twice in a batch; one: every training video once, with one of its captions drawn at random."),
     batch_size: int = typer.Option(_D.batch_size, help="Pairs per step (also the meta batch size, capped by the meta set)."),
     lr: float = typer.Option(_D.lr, help="Peak learning rate (AdamW)."),
     weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (not on biases, norms, logit scale)."),
@@ -110,7 +110,8 @@ def train_command(
 
     Pairs every keyframed video in WORKDIR with its original captions (--captions) and,
     with --augment add, its generated captions (WORKDIR/captions.parquet). Writes
-    WORKDIR/runs/NAME/: config.json, model.safetensors, weighting_net.safetensors,
+    WORKDIR/runs/NAME/: config.json, model.safetensors (last epoch),
+    best_model.safetensors (best validation R@1), weighting_net.safetensors,
     checkpoint.safetensors, metrics.jsonl, pair_weights.parquet, training.png and
     loss_weight.png.
 
@@ -131,6 +132,7 @@ def train_command(
     _choice("device", device, DEVICES)
     _choice("meta-params", meta_params, META_PARAMS)
     _choice("meta-select", meta_select, META_SELECT)
+    _choice("epoch-captions", epoch_captions, EPOCH_CAPTIONS)
     _choice("backbone", backbone, tuple(b.strip() for b in _BACKBONES.split(",")))
     config = TrainConfig(
         captions=str(captions) if captions else None,
@@ -148,10 +150,10 @@ def train_command(
         meta_fraction=meta_fraction,
         meta_select=meta_select,
         meta_holdout=meta_holdout,
-        meta_by_source=meta_by_source,
         virtual_lr=virtual_lr,
         meta_params=meta_params,
         epochs=epochs,
+        epoch_captions=epoch_captions,
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,

@@ -174,9 +174,7 @@ def score_pairs(model, criterion, meta, data, batch_size: int, seed: int,
                 ids.append(caption_ids[batch])
                 losses.append(loss.cpu().numpy().astype(np.float64))
                 if meta is not None:
-                    generated = torch.as_tensor([data.caption_source[c] == "generated" for c in caption_ids[batch]],
-                                                dtype=torch.float32, device=loss.device)
-                    raws.append(meta.curve(loss, generated).float().cpu().numpy().astype(np.float64))
+                    raws.append(meta.curve(loss).float().cpu().numpy().astype(np.float64))
     finally:
         model.train(was_training)
     ids_all = np.concatenate(ids) if ids else np.zeros(0, np.int64)

@@ -9,13 +9,13 @@ Sources:
   (``--augment add``), used for training videos only.
 
 Without a ``split`` column a video's split comes from a hash of its id, so it never
-changes between runs or machines. Each epoch every training video is paired with one
-of its captions (original or generated), chosen by an RNG seeded with (seed, epoch):
-no state to save for an exact resume. The meta set is a few original pairs, taken
-evenly across concepts and held out of the training stream (its videos are not
-trained on): a ``--meta-set`` file, or drawn from the training pairs. Drawn pairs are
-by default the ones whose video and caption agree most (:func:`agreement_losses`), so
-a meta set drawn from noisy captions is nearly clean. Problems with the inputs are
+changes between runs or machines. An epoch holds every training (video, caption) pair,
+or every training video with one of its captions (``epoch_captions``), batched by an
+RNG seeded with (seed, epoch): no state to save for an exact resume. The meta set is a
+few original pairs, taken evenly across concepts: a ``--meta-set`` file, or drawn from
+the training pairs, by default the ones whose video and caption agree most
+(:func:`agreement_losses`), so a meta set drawn from noisy captions is nearly clean.
+Its videos are trained on too unless ``meta_holdout``. Problems with the inputs are
 counted in ``issues`` and reported; they do not stop the run.
 """
 
@@ -287,7 +287,7 @@ def build_data(
     caption_embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
     captions_override: str | None = None,
 ) -> TrainData:
-    """Join videos and captions, split them and hold out the meta set."""
+    """Join videos and captions, split them and choose the meta set."""
     workdir = Path(workdir)
     videos, issues, examples = load_videos(workdir, need)
     index_of = {v: i for i, v in enumerate(videos.video_ids)}
@@ -498,13 +498,38 @@ def _kmeans_groups(caption_ids, features, count, seed) -> dict[str, list[int]]:
     return groups
 
 
-def steps_per_epoch(data: TrainData, batch_size: int) -> int:
+def steps_per_epoch(data: TrainData, batch_size: int, captions: str = "one") -> int:
+    if captions == "all":
+        size = min(batch_size, len(data.train_videos))
+        per_round = np.bincount(np.asarray([len(c) for c in data.train_captions]))[::-1].cumsum()[::-1][1:]
+        return max(1, int(sum(n // size for n in per_round)))
     return max(1, len(data.train_videos) // batch_size)
 
 
-def epoch_batches(data: TrainData, epoch: int, seed: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def epoch_batches(data: TrainData, epoch: int, seed: int, batch_size: int,
+                  captions: str = "one") -> list[tuple[np.ndarray, np.ndarray]]:
     """(video indices, caption ids) of every batch of ``epoch``, a pure function of
-    (seed, epoch): a resumed run sees the same batches."""
+    (seed, epoch): a resumed run sees the same batches. Every batch has the same size.
+
+    ``captions="one"``: every training video once, with one of its captions drawn at
+    random. ``"all"``: every (video, caption) pair once, in rounds: round k holds the
+    k-th caption (in a random order) of every video with more than k, so no batch
+    holds a video twice (its other caption would be a false negative); each round is
+    shuffled and cut into full batches, and the batches of all rounds are shuffled.
+    As with ``one``, what does not fill a last batch of a round waits for the next
+    epoch."""
+    if captions == "all":
+        rng = np.random.default_rng([seed, epoch, 1])
+        size = min(batch_size, len(data.train_videos))
+        rounds: dict[int, list[int]] = {}
+        for caps in data.train_captions:
+            for k, c in enumerate(caps[rng.permutation(len(caps))]):
+                rounds.setdefault(k, []).append(int(c))
+        batches = []
+        for k in sorted(rounds):
+            members = np.asarray(rounds[k], dtype=np.int64)[rng.permutation(len(rounds[k]))]
+            batches += [members[i * size : (i + 1) * size] for i in range(len(members) // size)]
+        return [(data.caption_video[batches[i]], batches[i]) for i in rng.permutation(len(batches))]
     rng = np.random.default_rng([seed, epoch, 1])
     order = rng.permutation(len(data.train_videos))
     pick = rng.random(len(order))

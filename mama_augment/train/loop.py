@@ -39,7 +39,6 @@ from mama_augment.stage import StageReport
 from mama_augment.train import checkpoint as ckpt
 from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig
 from mama_augment.train.data import (
-    SOURCE_GENERATED,
     TrainData,
     build_data,
     describe_issues,
@@ -113,7 +112,7 @@ class StepResult:
 
 def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
                   meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0,
-                  world_size: int = 1, generated: torch.Tensor | None = None) -> StepResult:
+                  world_size: int = 1) -> StepResult:
     """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
 
     The training forward is done once; the meta step reuses its graph and the real
@@ -131,10 +130,10 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
     per_sample = out.per_sample
     meta_result, raw = None, None
     if meta is not None and meta_inputs is not None:
-        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast, generated)
+        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast)
         weights, raw = meta_result.weights, meta_result.raw_weights
     elif meta is not None:
-        weights, raw = meta.weights(per_sample, generated)
+        weights, raw = meta.weights(per_sample)
     else:
         weights = torch.ones_like(per_sample)
     loss = (weights.detach() * per_sample).mean()
@@ -226,13 +225,10 @@ class TrainRecipe:
             if len(self.data.meta_videos) < 2:
                 raise UsageError("the meta set has fewer than 2 pairs; raise --meta-fraction or pass --meta-set")
             self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params,
-                                      self.device, self.rank, self.world_size, config.meta_by_source)
-        # 1 for generated captions, 0 for the others: the weighting net's second input.
-        self._generated = torch.tensor([s == SOURCE_GENERATED for s in self.data.caption_source],
-                                       dtype=torch.float32, device=self.device)
+                                      self.device, self.rank, self.world_size)
         # Weights each pair gets in the last epoch's real steps (pair_weights.parquet).
         self.weight_record = WeightRecorder(len(self.data.texts))
-        self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size)
+        self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size, config.epoch_captions)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.meta_batch_size = min(config.meta_batch_size or config.batch_size, max(2, len(self.data.meta_videos)))
         if self.world_size > 1:
@@ -286,7 +282,7 @@ class TrainRecipe:
         self.samples_per_s = float("nan")
         start_epoch = self.step // self.steps_per_epoch
         for epoch in range(start_epoch, config.epochs):
-            batches = epoch_batches(data, epoch, config.seed, config.batch_size)
+            batches = epoch_batches(data, epoch, config.seed, config.batch_size, config.epoch_captions)
             first = self.step - epoch * self.steps_per_epoch if epoch == start_epoch else 0
             for b in range(first, len(batches)):
                 step = epoch * self.steps_per_epoch + b
@@ -295,15 +291,13 @@ class TrainRecipe:
                     group["lr"] = lr
                 videos, captions = batches[b]  # the global batch; this rank trains on its slice
                 mine = local_slice(len(videos), self.rank, self.world_size)
-                meta_inputs, generated = None, None
+                meta_inputs = None
                 if self.meta is not None and step % config.meta_every == 0:
                     meta_inputs = self._meta_inputs(step)
-                if self.meta is not None and config.meta_by_source:
-                    generated = self._generated[torch.as_tensor(captions[mine], device=self.device)]
                 result = training_step(
                     model, self.criterion, self.optimizer, params,
                     model.video_inputs(videos[mine]), model.text_inputs(captions[mine]),
-                    self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size, generated,
+                    self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size,
                 )
                 with torch.no_grad():
                     scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
@@ -385,14 +379,11 @@ class TrainRecipe:
         grid = torch.linspace(0, top, 65, device=self.device)
         values = self.meta.curve(grid)
         recent = losses.detach().float().cpu().numpy()
-        row = {
+        self._log({
             "kind": "curve", "step": self.step, "epoch": epoch,
             "loss_grid": [round(float(x), 4) for x in grid], "weight": [float(x) for x in values],
             "loss_p5": float(np.percentile(recent, 5)), "loss_p95": float(np.percentile(recent, 95)),
-        }
-        if self.meta.net.by_source:  # the curve of generated captions
-            row["weight_generated"] = [float(x) for x in self.meta.curve(grid, torch.ones_like(grid))]
-        self._log(row)
+        })
 
     def _log(self, row: dict) -> None:
         if not self.is_writer:

@@ -41,18 +41,11 @@ from mama_augment.train.config import META_PARAMS
 
 
 class WeightingNet(nn.Module):
-    """V(l; phi) = sigmoid(W2 relu(W1 l + b1) + b2): per-sample loss -> weight in (0, 1).
+    """V(l; phi) = sigmoid(W2 relu(W1 l + b1) + b2): per-sample loss -> weight in (0, 1)."""
 
-    With ``by_source`` the input is (loss, 1 if the caption is generated else 0), so
-    generated captions get a curve of their own (as CMW-Net feeds task information
-    next to the loss): the meta step learns how much they help the meta set at all.
-    """
-
-    def __init__(self, hidden: int = 100, neutral_init: bool = True, by_source: bool = False):
+    def __init__(self, hidden: int = 100, neutral_init: bool = True):
         super().__init__()
-        self.by_source = by_source
-        inputs = 2 if by_source else 1
-        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
         if neutral_init:
             # Start flat (V = 0.5 for every loss, i.e. plain unweighted training) rather
             # than with the random slope of a default init: on the emoji benchmark that
@@ -61,12 +54,8 @@ class WeightingNet(nn.Module):
             nn.init.zeros_(self.net[2].weight)
             nn.init.zeros_(self.net[2].bias)
 
-    def forward(self, losses: torch.Tensor, generated: torch.Tensor | None = None) -> torch.Tensor:
-        x = losses.reshape(-1, 1).to(self.net[0].weight.dtype)
-        if self.by_source:
-            flag = torch.zeros_like(x) if generated is None else generated.reshape(-1, 1).to(x.dtype)
-            x = torch.cat([x, flag], dim=1)
-        return self.net(x).reshape(-1)
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        return self.net(losses.reshape(-1, 1).to(self.net[0].weight.dtype)).reshape(-1)
 
 
 def normalise_weights(weights: torch.Tensor, eps: float = 1e-12, world_size: int = 1) -> torch.Tensor:
@@ -130,11 +119,10 @@ class MetaWeighting:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        by_source: bool = False,
     ):
         self.rank = rank
         self.world_size = world_size
-        self.net = WeightingNet(hidden, by_source=by_source).to(device)
+        self.net = WeightingNet(hidden).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=meta_lr)
         self.virtual_lr = virtual_lr
         if meta_params not in META_PARAMS:
@@ -142,10 +130,9 @@ class MetaWeighting:
         self.meta_params = meta_params
 
     @torch.no_grad()
-    def weights(self, losses: torch.Tensor, generated: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised, raw) weights of detached losses under the current ``phi``
-        (``generated``: 1 for generated captions, 0 for originals; used ``by_source``)."""
-        raw = self.net(losses.detach().float(), generated)
+    def weights(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised, raw) weights of detached losses under the current ``phi``."""
+        raw = self.net(losses.detach().float())
         return normalise_weights(raw, world_size=self.world_size), raw
 
     def meta_loss(
@@ -155,7 +142,6 @@ class MetaWeighting:
         per_sample: torch.Tensor,
         meta_inputs: tuple[Any, Any],
         autocast: Callable[[], Any],
-        generated: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Steps 1-3 up to the meta loss, a differentiable function of ``phi``.
 
@@ -163,7 +149,7 @@ class MetaWeighting:
         recomputed. The virtual gradient of a parameter subset flows from it without
         entering the layers below that subset.
         """
-        weights = self.net(per_sample.detach().float(), generated)
+        weights = self.net(per_sample.detach().float())
         weighted = (weights * per_sample).mean()
         module, inputs = self._level(model, meta_inputs, autocast)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
@@ -191,10 +177,9 @@ class MetaWeighting:
         per_sample: torch.Tensor,
         meta_inputs: tuple[Any, Any],
         autocast: Callable[[], Any],
-        generated: torch.Tensor | None = None,
     ) -> MetaStepResult:
         """Update ``phi`` once and return the real step's weights (no grad)."""
-        meta_loss = self.meta_loss(model, criterion, per_sample, meta_inputs, autocast, generated)
+        meta_loss = self.meta_loss(model, criterion, per_sample, meta_inputs, autocast)
         phi = list(self.net.parameters())
         # retain_graph: the real step backpropagates through the same training forward.
         grads = torch.autograd.grad(meta_loss, phi, retain_graph=True)
@@ -210,9 +195,9 @@ class MetaWeighting:
             p.grad = g
         grad_norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
         self.optimizer.step()
-        normalised, raw = self.weights(per_sample, generated)
+        normalised, raw = self.weights(per_sample)
         return MetaStepResult(normalised, raw, float(meta_value), grad_norm)
 
     @torch.no_grad()
-    def curve(self, losses: torch.Tensor, generated: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(losses.float(), generated)
+    def curve(self, losses: torch.Tensor) -> torch.Tensor:
+        return self.net(losses.float())
