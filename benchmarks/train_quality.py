@@ -192,7 +192,14 @@ def summarise(rows: list[dict]) -> dict:
                 entry[metric + "_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
         table.append(entry)
 
+    from mama_augment.train.config import TrainConfig
+
+    default_margin = TrainConfig().margin
+
     def runs(data, setting, method, mu=None):
+        """Runs of a method by seed; ``mama`` without ``mu`` means at the default margin."""
+        if mu is None and method == "mama":
+            mu = default_margin
         found = [g for k, g in groups.items() if k[:3] == (data, setting, method) and (mu is None or k[3] == mu)]
         return {r["seed"]: r for r in found[0]} if found else {}
 
@@ -222,9 +229,13 @@ def summarise(rows: list[dict]) -> dict:
                         compare(f"mama {prefix}{captioner}-wrong30 - the better InfoNCE ({label})", data,
                                 runs(data, f"{prefix}{captioner}-wrong30", "mama"), better, metric)
         for mu in sorted({r["margin"] for r in rows if r["method"] in ("margin", "mama") and r["margin"]}):
-            for setting in ("clean", "noisy30", "gen-wrong30"):
-                compare(f"{setting}: margin {mu:g} - infonce", data, runs(data, setting, "margin", mu), runs(data, setting, "infonce"))
-                compare(f"{setting}: mama margin {mu:g} - weighting", data, runs(data, setting, "mama", mu), runs(data, setting, "weighting"))
+            for setting in SETTINGS:
+                for metric in ("t2v_R@1", "v2t_R@1"):
+                    compare(f"{setting}: margin {mu:g} - infonce", data, runs(data, setting, "margin", mu),
+                            runs(data, setting, "infonce"), metric)
+                    weighted = runs(data, setting, "weighting") or runs(data, setting, "mama", 0.0)
+                    compare(f"{setting}: mama margin {mu:g} - mama margin 0", data, runs(data, setting, "mama", mu),
+                            weighted, metric)
     return {"table": table, "comparisons": comparisons}
 
 
@@ -264,6 +275,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of run names (separates explorations)")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/train_quality.json"))
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="an earlier output whose runs join this one's summary (e.g. margin runs next to the main ones)")
     args = parser.parse_args()
     import torch
 
@@ -292,6 +305,8 @@ def main() -> None:
                         row = run_one(args, data_dir, setting, method, seed, mu)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+    for earlier in args.merge:
+        rows = json.loads(earlier.read_text())["runs"] + rows
     summary = summarise(rows)
     print()
     print_summary(summary)
