@@ -1,9 +1,10 @@
 """Does ``mama-augment audit`` find wrong captions in real data?
 
-On the Twemoji set of benchmarks/data/emoji_workdir.py, variant ``noisy30`` (30 % of
-the training captions outside the meta set shuffled among themselves; the ``noisy``
-column says which), train with the library defaults (``mama``, meta-weighting, clean
-``meta_set.csv``), then audit the run and measure against the truth:
+On a set of benchmarks/data/emoji_workdir.py (Twemoji, OpenMoji), variant ``noisy30``
+(30 % of the training captions outside the meta set shuffled among themselves; the
+``noisy`` column says which), train with the library defaults (``mama``,
+meta-weighting, the meta set drawn from those noisy captions; ``--meta-file`` uses the
+clean ``meta_set.csv`` instead), then audit the run and measure against the truth:
 
 * mean weight of shuffled over correct training pairs, from ``weight`` (final
   weighting net, mean 1 over all pairs) and from ``mean_weight_last_epoch`` (what
@@ -15,7 +16,7 @@ column says which), train with the library defaults (``mama``, meta-weighting, c
   weights is ranked by loss alone, i.e. what the weighting adds over the loss.
 
     python benchmarks/data/emoji_workdir.py        # once: builds benchmarks/out/emoji
-    python benchmarks/audit.py --seeds 0,1,2 --reference
+    python benchmarks/audit.py --seeds 0,1,2 --reference [--data-dir benchmarks/out/openmoji]
 
 Runs already in the work folder are audited again, not retrained (``--fresh``
 retrains).
@@ -38,7 +39,8 @@ def train_and_audit(args, seed: int, weighted: bool) -> dict:
     from mama_augment.train.config import TrainConfig
     from mama_augment.train.loop import run_train
 
-    name = f"audit-{args.data}-{'mama' if weighted else 'infonce'}-s{seed}{args.tag}"
+    meta = "-metafile" if weighted and args.meta_file else ""
+    name = f"audit-{args.data}-{'mama' if weighted else 'infonce'}{meta}-s{seed}{args.tag}"
     run_dir = args.workdir / "runs" / name
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -48,7 +50,7 @@ def train_and_audit(args, seed: int, weighted: bool) -> dict:
             shutil.rmtree(run_dir)
         config = TrainConfig(
             captions=str(args.captions), augment="none", loss="mama" if weighted else "infonce",
-            meta_weighting=weighted, meta_set=str(args.meta_set) if weighted else None,
+            meta_weighting=weighted, meta_set=str(args.meta_set) if weighted and args.meta_file else None,
             seed=seed, name=name, progress=False, text_model=args.text_model,
         )
         run_train(config, args.workdir)
@@ -84,13 +86,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=100)
     parser.add_argument("--reference", action="store_true", help="also rank an InfoNCE run by loss")
     parser.add_argument("--text-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--meta-file", action="store_true", help="use the clean meta_set.csv as the meta set")
     parser.add_argument("--tag", default="")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/audit.json"))
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     args.workdir = args.data_dir / "work"
     args.captions = args.data_dir / f"captions_{args.data}.csv"
     args.meta_set = args.data_dir / "meta_set.csv"

@@ -1,26 +1,44 @@
-"""Retrieval quality of InfoNCE, margin only, weighting only and full MAMA on a real
-captioned image set (Twemoji artwork + Unicode names, see benchmarks/data/emoji_workdir.py),
-with clean captions and with a known fraction of shuffled training captions.
+"""Does MAMA pay off with the defaults a user has? Retrieval quality of InfoNCE and
+MAMA on real captioned image sets (see benchmarks/data/emoji_workdir.py: Twemoji and
+OpenMoji, different artwork and annotations), in the settings users meet:
 
-    python benchmarks/data/emoji_workdir.py            # once: builds benchmarks/out/emoji
-    python benchmarks/train_quality.py --seeds 0,1,2   # the comparison
-    python benchmarks/train_quality.py --sweep-margins 0.05,0.1,0.2,0.3 --methods margin
+* ``noisy30``: 30 % of the training captions shuffled among themselves and no clean
+  meta file, so the meta set is drawn from the noisy training pairs (``--meta-file``
+  passes the data set's clean ``meta_set.csv`` instead);
+* the paper's own setting: clean originals plus one generated caption per image, from
+  a weak captioner (``gen-*``: keywords of the image, not words of its name) or a
+  better one (``named-*``: the other source's name of the picture plus keywords).
+  ``*-wrong30`` gives 30 % of the training images' generated captions to another
+  image; ``*-right`` has none wrong and shows whether the generated captions carry
+  information at all. Compared: InfoNCE on originals only (``clean``), InfoNCE with the
+  generated captions added, MAMA with them added. The ``half50`` settings do the same
+  with the original captions of half the training images removed
+  (``captions_half50.csv``): there the generated captions are the only text of those
+  images, so right ones carry information;
+* ``clean``: originals only, all correct.
 
-Every run is a plain ``run_train`` with the ``features`` backbone (frozen
-EfficientNet-Lite0 image features, frozen all-MiniLM-L6-v2 caption features, trained
-heads) and is evaluated with ``evaluate_split`` on the test split (clean captions in
-both variants). Runs already in the work folder are evaluated again, not retrained
-(``--fresh`` retrains). Reported per (data, method): mean and standard deviation over
-seeds of text->video and video->text R@1, R@1 on the rarest and on the most frequent
-concepts (subcategories holding the rarest / most frequent third of the test captions,
-by training frequency), and for weighted runs the mean learned weight of shuffled
-versus correct training pairs under the final weighting net.
+    python benchmarks/data/emoji_workdir.py ...     # once per data set, see its help
+    python benchmarks/train_quality.py --data-dirs benchmarks/out/emoji,benchmarks/out/openmoji \\
+        --seeds 0,1,2,3,4,5,6,7,8,9
+    python benchmarks/train_quality.py --settings clean,noisy30 --methods weighting,mama --margins 0.05,0.1
+    python benchmarks/train_quality.py --backbone clip --backbone-model DIR ...   # a pretrained CLIP
+
+Every run is a plain ``run_train`` with the library defaults (``TrainConfig()``)
+unless an option here overrides one; ``features`` is frozen EfficientNet-Lite0 image
+features and frozen all-MiniLM-L6-v2 caption features with trained heads. Each run is
+evaluated with ``evaluate_split`` on the test split (clean captions), once with the
+weights of its best validation epoch (what ``evaluate`` uses by default) and once with
+the last ones. Runs already in a work folder are evaluated again, not retrained
+(``--fresh`` retrains). Comparisons are paired by seed: mean difference and its 95 %
+t interval. Weighted runs also report the mean learned weight (``pair_weights.parquet``,
+final weighting net) of the wrong training pairs over the right ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import time
@@ -29,13 +47,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# name: (captions file, work folder under the data dir, --augment)
+SETTINGS = {
+    "clean": ("captions_clean.csv", "work", "none"),
+    "noisy30": ("captions_noisy30.csv", "work", "none"),
+    "gen-right": ("captions_clean.csv", "gen-right", "add"),
+    "gen-wrong30": ("captions_clean.csv", "gen-wrong30", "add"),
+    "named-right": ("captions_clean.csv", "named-right", "add"),
+    "named-wrong30": ("captions_clean.csv", "named-wrong30", "add"),
+    "half50": ("captions_half50.csv", "work", "none"),
+    "half50-gen-right": ("captions_half50.csv", "gen-right", "add"),
+    "half50-gen-wrong30": ("captions_half50.csv", "gen-wrong30", "add"),
+    "half50-named-right": ("captions_half50.csv", "named-right", "add"),
+    "half50-named-wrong30": ("captions_half50.csv", "named-wrong30", "add"),
+}
+GENERATED_TRUTH = {"gen-": "generated.csv", "named-": "generated_named.csv"}
 METHODS = {
-    # name: (loss, margin or None for the default, meta-weighting)
+    # name: (loss, margin (None: --margins, else the library default), meta-weighting)
     "infonce": ("infonce", 0.0, False),
     "margin": ("mama", None, False),
     "weighting": ("mama", 0.0, True),
-    "mama": ("mama", None, True),
+    "mama": ("mama", "default", True),
 }
+METRICS = ("t2v_R@1", "v2t_R@1", "last_t2v_R@1", "last_v2t_R@1", "rare_t2v_R@1", "frequent_t2v_R@1")
 
 
 def concept_groups(captions: pd.DataFrame) -> tuple[set, set]:
@@ -60,137 +94,226 @@ def concept_groups(captions: pd.DataFrame) -> tuple[set, set]:
     return rare, frequent
 
 
-def run_one(args, data_name: str, captions_path: Path, method: str, seed: int, margin: float | None, tag: str) -> dict:
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean of a - b (paired) and its 95 % t interval."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def weight_ratios(run_dir: Path, data_dir: Path, setting: str, captions_path: Path) -> dict:
+    """Mean weight of wrong over right training pairs under the final weighting net."""
+    pw = pd.read_parquet(run_dir / "pair_weights.parquet")
+    truth_file = next((f for key, f in GENERATED_TRUTH.items() if key in setting), None)
+    if truth_file:
+        truth = pd.read_csv(data_dir / truth_file, dtype={"video_id": str})[["video_id", "wrong"]]
+        generated = pw[pw.caption_source == "generated"].merge(truth, on="video_id", how="left")
+        wrong, right = generated[generated.wrong == True], generated[generated.wrong == False]  # noqa: E712
+        original = pw[pw.caption_source == "original"]
+        out = {"weight_original": float(original.weight.mean()), "weight_right": float(right.weight.mean())}
+    else:
+        truth = pd.read_csv(captions_path, dtype={"video_id": str})[["video_id", "caption", "noisy"]]
+        merged = pw.merge(truth, on=["video_id", "caption"], how="left")
+        wrong, right = merged[merged.noisy == True], merged[merged.noisy == False]  # noqa: E712
+        out = {"weight_right": float(right.weight.mean())}
+    if len(wrong) == 0:
+        return {}
+    out["weight_wrong"] = float(wrong.weight.mean())
+    out["weight_ratio"] = out["weight_wrong"] / out["weight_right"]
+    return out
+
+
+def run_one(args, data_dir: Path, setting: str, method: str, seed: int, margin: float | None) -> dict:
     from mama_augment.train.config import TrainConfig
     from mama_augment.train.evaluate import evaluate_split, retrieval_ranks
     from mama_augment.train.loop import run_train
     from mama_augment.train.runs import load_run
 
+    captions_name, work_name, augment = SETTINGS[setting]
+    captions_path, workdir = data_dir / captions_name, data_dir / work_name
     loss, method_margin, weighting = METHODS[method]
-    mu = method_margin if method_margin is not None else (margin if margin is not None else TrainConfig().margin)
-    name = f"{data_name}-{method}-mu{mu:g}-s{seed}{tag}"
-    run_dir = args.workdir / "runs" / name
+    if method_margin == "default":
+        mu = TrainConfig().margin if margin is None else margin
+    else:
+        mu = method_margin if method_margin is not None else margin
+    name = f"q-{setting}-{method}-mu{mu:g}-s{seed}{args.tag}"
+    run_dir = workdir / "runs" / name
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.time()
     if not (run_dir / "model.safetensors").exists():
         if run_dir.exists():
             shutil.rmtree(run_dir)
+        options = {k: v for k, v in args.overrides.items() if v is not None}
         config = TrainConfig(
-            captions=str(captions_path), augment="none", loss=loss, margin=mu, meta_weighting=weighting,
-            meta_set=str(args.meta_set) if weighting and args.meta_set else None,
-            meta_fraction=args.meta_fraction, virtual_lr=args.virtual_lr, meta_lr=args.meta_lr,
-            meta_every=args.meta_every, meta_params=args.meta_params,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            head_hidden=args.head_hidden,
-            seed=seed, name=name, progress=False, text_model=args.text_model,
+            captions=str(captions_path), augment=augment, loss=loss, margin=mu, meta_weighting=weighting,
+            meta_set=str(data_dir / "meta_set.csv") if weighting and args.meta_file else None,
+            seed=seed, name=name, progress=False, **options,
         )
-        run_train(config, args.workdir)
+        run_train(config, workdir)
     seconds = time.time() - started
-    _, model, data = load_run(run_dir, device="cpu")
-    result = evaluate_split(model, data, "test")
-    # Rare / frequent concept R@1 from the raw ranks.
-    pairs = data.split("test")
-    video_emb = model.encode_videos(pairs.videos)
-    text_emb = model.encode_texts(pairs.captions)
-    t2v, _ = retrieval_ranks(video_emb, text_emb, pairs.caption_video)
-    concepts = np.asarray([data.caption_concept[c] for c in pairs.captions])
-    row = {
-        "data": data_name, "method": method, "margin": mu, "seed": seed, "seconds": round(seconds, 1),
-        "t2v_R@1": result["text_to_video"]["R@1"], "v2t_R@1": result["video_to_text"]["R@1"],
-        "t2v_R@5": result["text_to_video"]["R@5"], "t2v_MdR": result["text_to_video"]["MdR"],
-        "rare_t2v_R@1": float(np.mean(t2v[np.isin(concepts, list(args.rare))] <= 1) * 100),
-        "frequent_t2v_R@1": float(np.mean(t2v[np.isin(concepts, list(args.frequent))] <= 1) * 100),
-    }
-    weights_path = run_dir / "pair_weights.parquet"
-    if weighting and weights_path.exists():
-        pw = pd.read_parquet(weights_path)
-        truth = pd.read_csv(captions_path, dtype={"video_id": str})[["video_id", "caption", "noisy"]]
-        pw = pw.merge(truth, on=["video_id", "caption"], how="left")
-        if pw.noisy.any():
-            noisy, clean = pw[pw.noisy == True], pw[pw.noisy == False]  # noqa: E712
-            weight = "weight_normalised" if "weight_normalised" in pw else "weight"  # runs from before the audit schema
-            row["weight_shuffled"] = float(noisy[weight].mean())
-            row["weight_correct"] = float(clean[weight].mean())
-            row["weight_ratio"] = row["weight_shuffled"] / row["weight_correct"]
+    row = {"data": data_dir.name, "setting": setting, "method": method, "margin": mu, "seed": seed,
+           "seconds": round(seconds, 1)}
+    for checkpoint in ("best", "last"):
+        _, model, data = load_run(run_dir, device="cpu", checkpoint=checkpoint)
+        result = evaluate_split(model, data, "test")
+        prefix = "" if checkpoint == "best" else "last_"
+        row[prefix + "t2v_R@1"] = result["text_to_video"]["R@1"]
+        row[prefix + "v2t_R@1"] = result["video_to_text"]["R@1"]
+        if checkpoint == "best":
+            pairs = data.split("test")
+            t2v, _ = retrieval_ranks(model.encode_videos(pairs.videos), model.encode_texts(pairs.captions), pairs.caption_video)
+            concepts = np.asarray([data.caption_concept[c] for c in pairs.captions])
+            rare, frequent = args.groups[data_dir.name]
+            row["rare_t2v_R@1"] = float(np.mean(t2v[np.isin(concepts, list(rare))] <= 1) * 100)
+            row["frequent_t2v_R@1"] = float(np.mean(t2v[np.isin(concepts, list(frequent))] <= 1) * 100)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    row["best_epoch"] = (summary.get("best") or {}).get("epoch", -1) + 1
+    if weighting:
+        row.update(weight_ratios(run_dir, data_dir, setting, captions_path))
     return row
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def summarise(rows: list[dict]) -> dict:
+    """Means per (data, setting, method, margin) and the paired comparisons of the targets."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["setting"], r["method"], r["margin"]), []).append(r)
     table = []
-    keys = sorted({(r["data"], r["method"], r["margin"]) for r in rows}, key=lambda k: (k[0], list(METHODS).index(k[1]), k[2]))
-    for data_name, method, mu in keys:
-        group = [r for r in rows if (r["data"], r["method"], r["margin"]) == (data_name, method, mu)]
-        entry = {"data": data_name, "method": method, "margin": mu, "seeds": len(group)}
-        for metric in ("t2v_R@1", "v2t_R@1", "rare_t2v_R@1", "frequent_t2v_R@1", "weight_ratio", "weight_shuffled", "weight_correct"):
+    for (data, setting, method, mu), group in groups.items():
+        entry = {"data": data, "setting": setting, "method": method, "margin": mu, "seeds": len(group)}
+        for metric in (*METRICS, "weight_ratio", "weight_wrong", "weight_right", "weight_original", "best_epoch"):
             values = [r[metric] for r in group if r.get(metric) is not None]
             if values:
                 entry[metric] = statistics.mean(values)
                 entry[metric + "_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
         table.append(entry)
-    return table
+
+    from mama_augment.train.config import TrainConfig
+
+    default_margin = TrainConfig().margin
+
+    def runs(data, setting, method, mu=None):
+        """Runs of a method by seed; ``mama`` without ``mu`` means at the default margin."""
+        if mu is None and method == "mama":
+            mu = default_margin
+        found = [g for k, g in groups.items() if k[:3] == (data, setting, method) and (mu is None or k[3] == mu)]
+        return {r["seed"]: r for r in found[0]} if found else {}
+
+    comparisons = []
+
+    def compare(label, data, a, b, metric="t2v_R@1"):
+        seeds = sorted(set(a) & set(b))
+        if seeds:
+            result = paired([a[s][metric] for s in seeds], [b[s][metric] for s in seeds])
+            comparisons.append({"data": data, "comparison": label, "metric": metric, **result})
+
+    for data in sorted({r["data"] for r in rows}):
+        for setting in SETTINGS:
+            for metric in ("t2v_R@1", "v2t_R@1", "last_t2v_R@1"):
+                compare(f"{setting}: mama - infonce", data, runs(data, setting, "mama"), runs(data, setting, "infonce"), metric)
+        for prefix, originals in (("", "clean"), ("half50-", "half50")):
+            base = runs(data, originals, "infonce")
+            for captioner in ("gen", "named"):
+                for setting in (f"{prefix}{captioner}-right", f"{prefix}{captioner}-wrong30"):
+                    compare(f"infonce {setting} - infonce originals only", data, runs(data, setting, "infonce"), base)
+                    compare(f"mama {setting} - infonce originals only", data, runs(data, setting, "mama"), base)
+                added = runs(data, f"{prefix}{captioner}-wrong30", "infonce")
+                for metric in ("t2v_R@1", "v2t_R@1"):
+                    if base and added:
+                        better = max((base, added), key=lambda g: statistics.mean(r[metric] for r in g.values()))
+                        label = "originals only" if better is base else "with generated"
+                        compare(f"mama {prefix}{captioner}-wrong30 - the better InfoNCE ({label})", data,
+                                runs(data, f"{prefix}{captioner}-wrong30", "mama"), better, metric)
+        for mu in sorted({r["margin"] for r in rows if r["method"] in ("margin", "mama") and r["margin"]}):
+            for setting in SETTINGS:
+                for metric in ("t2v_R@1", "v2t_R@1"):
+                    compare(f"{setting}: margin {mu:g} - infonce", data, runs(data, setting, "margin", mu),
+                            runs(data, setting, "infonce"), metric)
+                    weighted = runs(data, setting, "weighting") or runs(data, setting, "mama", 0.0)
+                    compare(f"{setting}: mama margin {mu:g} - mama margin 0", data, runs(data, setting, "mama", mu),
+                            weighted, metric)
+    return {"table": table, "comparisons": comparisons}
 
 
-def print_table(table: list[dict]) -> None:
-    print(f"{'data':<8}{'method':<10}{'mu':>5}{'n':>3}  {'t2v R@1':>13}  {'v2t R@1':>13}  {'rare R@1':>13}  {'freq R@1':>13}  {'w shuf/corr':>11}")
-    for e in table:
+def print_summary(summary: dict) -> None:
+    print(f"{'data':<10}{'setting':<22}{'method':<10}{'mu':>5}{'n':>4}  {'t2v R@1':>13}  {'v2t R@1':>13}  "
+          f"{'t2v last':>8}  {'rare':>6}  {'freq':>6}  {'w wrong/right':>13}")
+    for e in summary["table"]:
         def cell(k):
             return f"{e[k]:6.2f} ± {e[k + '_sd']:4.2f}" if k in e else f"{'-':>13}"
-        ratio = f"{e['weight_shuffled']:.2f}/{e['weight_correct']:.2f}" if "weight_shuffled" in e else "-"
-        print(f"{e['data']:<8}{e['method']:<10}{e['margin']:5.2f}{e['seeds']:3d}  {cell('t2v_R@1')}  {cell('v2t_R@1')}  "
-              f"{cell('rare_t2v_R@1')}  {cell('frequent_t2v_R@1')}  {ratio:>11}")
+        ratio = f"{e['weight_ratio']:.2f}" if "weight_ratio" in e else "-"
+        print(f"{e['data']:<10}{e['setting']:<22}{e['method']:<10}{e['margin']:5.2f}{e['seeds']:4d}  {cell('t2v_R@1')}  "
+              f"{cell('v2t_R@1')}  {e.get('last_t2v_R@1', math.nan):8.2f}  {e.get('rare_t2v_R@1', math.nan):6.2f}  "
+              f"{e.get('frequent_t2v_R@1', math.nan):6.2f}  {ratio:>13}")
+    print()
+    for c in summary["comparisons"]:
+        print(f"{c['data']:<10}{c['comparison']:<68}{c['metric']:<14}{c['mean']:+6.2f}  [{c['low']:+6.2f}, {c['high']:+6.2f}]  n={c['n']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path("benchmarks/out/emoji"))
-    parser.add_argument("--data", default="clean,noisy30", help="captions_<NAME>.csv files to use")
-    parser.add_argument("--methods", default="infonce,margin,weighting,mama")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--sweep-margins", default="", help="comma list: run margin-using methods at each")
-    from mama_augment.train.config import TrainConfig
-
-    d = TrainConfig()  # the library's defaults are the benchmark's defaults
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--head-hidden", type=int, default=d.head_hidden, help="0: linear projection heads")
-    parser.add_argument("--virtual-lr", type=float, default=d.virtual_lr)
-    parser.add_argument("--meta-lr", type=float, default=d.meta_lr)
-    parser.add_argument("--meta-every", type=int, default=d.meta_every)
-    parser.add_argument("--meta-params", default=d.meta_params)
-    parser.add_argument("--meta-fraction", type=float, default=d.meta_fraction)
-    parser.add_argument("--no-meta-file", action="store_true", help="draw the meta set from the (noisy) training pairs")
-    parser.add_argument("--text-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--data-dirs", default="benchmarks/out/emoji", help="comma list of emoji_workdir.py outputs")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--methods", default="infonce,mama")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--margins", default="", help="comma list: margins for the margin and mama methods")
+    parser.add_argument("--meta-file", action="store_true", help="weighted runs use the data set's clean meta_set.csv")
+    parser.add_argument("--skip", default="gen-right:mama,named-right:mama,half50-gen-right:mama,half50-named-right:mama",
+                        help="setting:method pairs not to run")
+    # Library options a run may override; unset ones keep TrainConfig's defaults.
+    for flag, kind in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                       ("head-hidden", int), ("virtual-lr", float), ("meta-lr", float), ("meta-every", int),
+                       ("meta-params", str), ("meta-fraction", float), ("meta-select", str), ("text-model", str),
+                       ("backbone", str), ("backbone-model", str), ("device", str)):
+        parser.add_argument(f"--{flag}", type=kind, default=None)
+    parser.add_argument("--meta-holdout", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--tag", default="", help="suffix of run names (separates explorations)")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/train_quality.json"))
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="an earlier output whose runs join this one's summary (e.g. margin runs next to the main ones)")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(2)
-    args.workdir = args.data_dir / "work"
-    args.meta_set = None if args.no_meta_file else args.data_dir / "meta_set.csv"
-    clean = pd.read_csv(args.data_dir / "captions_clean.csv", dtype={"video_id": str})
-    args.rare, args.frequent = concept_groups(clean)
-    margins = [float(m) for m in args.sweep_margins.split(",") if m] or [None]
+    torch.set_num_threads(args.threads)
+    names = ("epochs", "batch_size", "lr", "weight_decay", "head_hidden", "virtual_lr", "meta_lr", "meta_every",
+             "meta_params", "meta_fraction", "meta_select", "text_model", "backbone", "backbone_model", "device",
+             "meta_holdout")
+    args.overrides = {n: getattr(args, n) for n in names}
+    data_dirs = [Path(d) for d in args.data_dirs.split(",") if d]
+    args.groups = {}
+    for d in data_dirs:
+        args.groups[d.name] = concept_groups(pd.read_csv(d / "captions_clean.csv", dtype={"video_id": str}))
+    margins = [float(m) for m in args.margins.split(",") if m]
+    if "margin" in args.methods.split(",") and not margins:
+        parser.error("the margin method needs --margins")
+    skip = {tuple(s.split(":")) for s in args.skip.split(",") if s}
     rows = []
-    for data_name in args.data.split(","):
-        path = args.data_dir / f"captions_{data_name}.csv"
-        for method in args.methods.split(","):
-            method_margins = margins if METHODS[method][1] is None else [None]
-            for mu in method_margins:
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    row = run_one(args, data_name, path, method, seed, mu, args.tag)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-    table = summarise(rows)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for data_dir in data_dirs:
+            for setting in args.settings.split(","):
+                for method in args.methods.split(","):
+                    if (setting, method) in skip:
+                        continue
+                    mus = margins if (METHODS[method][1] is None or (margins and method == "mama")) else [None]
+                    for mu in mus:
+                        row = run_one(args, data_dir, setting, method, seed, mu)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    for earlier in args.merge:
+        rows = json.loads(earlier.read_text())["runs"] + rows
+    summary = summarise(rows)
     print()
-    print_table(table)
+    print_summary(summary)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: (str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}
-    args.out.write_text(json.dumps({"settings": settings, "runs": rows, "summary": table}, indent=2))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "groups"}
+    args.out.write_text(json.dumps({"settings": settings, "runs": rows, **summary}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -289,7 +289,12 @@ def test_a_broken_run_config(run_copy):
 def test_damaged_weights_and_pair_weights(run_copy):
     run = run_copy / "runs" / "r"
     (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:100])
-    assert_clean_error(cli("evaluate", "--run", run), 1, "model.safetensors")
+    assert_clean_error(cli("evaluate", "--run", run, "--checkpoint", "last"), 1, "model.safetensors")
+    best = run / "best_model.safetensors"
+    assert best.exists()
+    assert cli("evaluate", "--run", run).exit_code == 0  # the best epoch's weights are intact
+    best.write_bytes(best.read_bytes()[:100])
+    assert_clean_error(cli("evaluate", "--run", run), 1, "best_model.safetensors")
     (run / "pair_weights.parquet").write_bytes(b"PAR1 not really")
     assert_clean_error(cli("audit", "--run", run), 1, "pair_weights.parquet")
     pd.DataFrame({"x": [1]}).to_parquet(run / "pair_weights.parquet")

@@ -38,6 +38,10 @@ if not (dist.is_available() and dist.is_gloo_available()):
 
 WORLD = 2
 RTOL, ATOL = 1e-5, 1e-6
+# The meta-gradient's norm is a second-order quantity summed in a different order on 2
+# ranks: with every parameter in the virtual step it was seen 2e-5 apart in float32
+# (loss 1e-6 and weights 1e-7 apart in the same run), so it gets a looser tolerance.
+LOOSER = {"meta_grad_norm": 1e-4}
 KILL_AT = 5
 
 # name -> options; each runs on one process here and on 2 processes in the spawn.
@@ -105,7 +109,7 @@ def _compare_runs(one: Path, two: Path) -> dict[str, float]:
         assert a.keys() == b.keys()
         for key, value in a.items():
             if isinstance(value, float):
-                assert b[key] == pytest.approx(value, rel=RTOL, abs=ATOL), (a["kind"], a["step"], key)
+                assert b[key] == pytest.approx(value, rel=LOOSER.get(key, RTOL), abs=ATOL), (a["kind"], a["step"], key)
                 if key == "loss":
                     loss_diff = max(loss_diff, abs(value - b[key]))
             elif isinstance(value, list):

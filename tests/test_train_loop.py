@@ -1,5 +1,5 @@
 """End to end: training on generated data learns, a killed run resumes exactly, the
-inputs' problems are reported, the meta set is held out, the real MiniLM works."""
+inputs' problems are reported, the meta set is spread over concepts, the real MiniLM works."""
 
 import json
 from pathlib import Path
@@ -87,6 +87,12 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, loss):
         wa, wb = load_file(run_full / "weighting_net.safetensors"), load_file(run_resumed / "weighting_net.safetensors")
         for key in wa:
             torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+    # the best epoch's weights and record survive the kill too
+    best_a, best_b = load_file(run_full / "best_model.safetensors"), load_file(run_resumed / "best_model.safetensors")
+    for key in best_a:
+        torch.testing.assert_close(best_a[key], best_b[key], rtol=0, atol=0)
+    summary_a, summary_b = (json.loads((r / "summary.json").read_text()) for r in (run_full, run_resumed))
+    assert summary_a["best"] == summary_b["best"] and summary_a["best"] is not None
     rows_a = [json.loads(x) for x in (run_full / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (run_resumed / "metrics.jsonl").read_text().splitlines()]
     assert _strip_times(rows_a) == _strip_times(rows_b)
@@ -124,9 +130,10 @@ def test_input_problems_are_reported_not_fatal_and_splits_do_not_leak(tmp_path):
     for c, source in enumerate(data.caption_source):
         if source == "generated" and data.video_split[data.caption_video[c]] != "train":
             assert c not in train_caption_ids
-    # the meta set is held out of the training stream and spread over concepts
+    # the meta set is spread over concepts; by default its videos are trained on too
+    # (meta_holdout, see test_train_meta_set.py)
     assert len(data.meta_videos) >= 2
-    assert not set(data.meta_videos.tolist()) & set(data.train_videos.tolist())
+    assert set(data.meta_videos.tolist()) <= set(data.train_videos.tolist())
     meta_concepts = {data.videos.concepts[v] for v in data.meta_videos}
     assert len(meta_concepts) >= min(3, len(data.meta_videos))
     # batches are a pure function of (seed, epoch)

@@ -19,7 +19,17 @@ from mama_augment.cli._app import (
     parse_workdir,
 )
 from mama_augment.train.backbones import backbone_help
-from mama_augment.train.config import DEVICES, FRAME_SOURCES, LOSSES, META_PARAMS, TEMPORAL_ENCODERS, TrainConfig, check_launch
+from mama_augment.train.config import (
+    DEVICES,
+    EPOCH_CAPTIONS,
+    FRAME_SOURCES,
+    LOSSES,
+    META_PARAMS,
+    META_SELECT,
+    TEMPORAL_ENCODERS,
+    TrainConfig,
+    check_launch,
+)
 from mama_augment.train.runs import RunPaths
 
 _D = TrainConfig()
@@ -99,19 +109,22 @@ def train_command(
     frame_source: str = typer.Option(_D.frame_source, help="clip: where keyframe pixels come from: " + "; ".join(f"{k} = {v}" for k, v in FRAME_SOURCES.items()) + ".", rich_help_panel=_MODEL),
     logit_scale_init: Optional[float] = typer.Option(_D.logit_scale_init, help="Initial log logit scale (default: ln(1/0.07) for features, the CLIP's own for clip).", show_default=False, rich_help_panel=_MODEL),
     loss: str = typer.Option(_D.loss, help="Objective: " + "; ".join(f"{k} = {v}" for k, v in LOSSES.items()) + ".", rich_help_panel=_OBJECTIVE),
-    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama).", rich_help_panel=_OBJECTIVE),
+    margin: float = typer.Option(_D.margin, help="Subtractive angular margin in radians on positive pairs (mama). Off by default: on two real image-caption sets (frozen features, trained heads) 0.05 and 0.1 lowered R@1 under caption noise and weakened the weighting, and did not help on clean captions (benchmarks/RESULTS.md); benchmarks/train_quality.py --backbone clip measures it for a pretrained CLIP.", rich_help_panel=_OBJECTIVE),
     eps: float = typer.Option(_D.eps, help="Clamp of cosines before the margin's angle is taken.", rich_help_panel=_OBJECTIVE),
     meta_weighting: Optional[bool] = typer.Option(None, "--meta-weighting/--no-meta-weighting", help="Meta-learned per-sample weights (default: on with mama, off with infonce).", show_default=False, rich_help_panel=_OBJECTIVE),
     meta_every: int = typer.Option(_D.meta_every, help="A meta step every K training steps.", rich_help_panel=_OBJECTIVE),
     meta_lr: float = typer.Option(_D.meta_lr, help="Learning rate of the weighting net (Adam).", rich_help_panel=_OBJECTIVE),
     meta_hidden: int = typer.Option(_D.meta_hidden, help="Hidden width of the weighting MLP.", rich_help_panel=_OBJECTIVE),
     meta_set: Optional[Path] = typer.Option(None, help="File of clean meta pairs (any --captions format, recognised from its content); default: drawn from the training pairs.", rich_help_panel=_OBJECTIVE),
-    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of training pairs held out as the meta set, evenly across concepts.", rich_help_panel=_OBJECTIVE),
+    meta_fraction: float = typer.Option(_D.meta_fraction, help="Fraction of the training pairs drawn as the meta set (without --meta-set), evenly across concepts.", rich_help_panel=_OBJECTIVE),
+    meta_select: str = typer.Option(_D.meta_select, help=f"How the meta set is drawn without --meta-set: {', '.join(META_SELECT)}. agreement: the pairs whose video and caption agree most under a cross-fitted warm-up model (nearly clean even when the captions are not); random: a random draw.", rich_help_panel=_OBJECTIVE),
+    meta_holdout: bool = typer.Option(_D.meta_holdout, "--meta-holdout/--no-meta-holdout", help="Keep the meta set's videos out of the training stream.", rich_help_panel=_OBJECTIVE),
     virtual_lr: float = typer.Option(_D.virtual_lr, help="Step size of the virtual (look-ahead) step.", rich_help_panel=_OBJECTIVE),
     meta_params: str = typer.Option(_D.meta_params, help=f"Parameters that take the virtual step: {', '.join(META_PARAMS)} (last: last projections + logit scale, cheapest).", rich_help_panel=_OBJECTIVE),
     cuda_graphs: bool = typer.Option(_D.cuda_graphs, "--cuda-graphs/--no-cuda-graphs", help="CUDA: run the meta step (--meta-params last or heads, one process) as one captured CUDA graph, checked against the eager step at its first replay.", rich_help_panel=_OBJECTIVE),
     meta_batch_size: Optional[int] = typer.Option(_D.meta_batch_size, help="Pairs per meta step (default: --batch-size, capped by the meta set).", show_default=False, rich_help_panel=_OBJECTIVE),
-    epochs: int = typer.Option(_D.epochs, help="Passes over the training videos.", rich_help_panel=_OPTIM),
+    epochs: int = typer.Option(_D.epochs, help="Passes over the training pairs.", rich_help_panel=_OPTIM),
+    epoch_captions: str = typer.Option(_D.epoch_captions, help=f"What one epoch holds: {', '.join(EPOCH_CAPTIONS)}. all: every (video, caption) pair once, batched so that no video appears twice in a batch; one: every training video once, with one of its captions drawn at random.", rich_help_panel=_OPTIM),
     batch_size: int = typer.Option(_D.batch_size, help="Pairs per step (also the meta batch size, capped by the meta set).", rich_help_panel=_OPTIM),
     lr: float = typer.Option(_D.lr, help="Peak learning rate (AdamW).", rich_help_panel=_OPTIM),
     weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (not on biases, norms, logit scale).", rich_help_panel=_OPTIM),
@@ -137,7 +150,8 @@ def train_command(
 
     Pairs every keyframed video in WORKDIR with its original captions (--captions) and,
     with --augment add, its generated captions (WORKDIR/captions.parquet). Writes
-    WORKDIR/runs/NAME/: config.json, model.safetensors, weighting_net.safetensors,
+    WORKDIR/runs/NAME/: config.json, model.safetensors (last epoch),
+    best_model.safetensors (best validation R@1), weighting_net.safetensors,
     checkpoint.safetensors, metrics.jsonl, pair_weights.parquet, training.png and
     loss_weight.png.
 
@@ -195,13 +209,14 @@ def evaluate_command(
     multiple_choice: Optional[Path] = typer.Option(None, "--multiple-choice", help="Also score a multiple-choice file: JSON(L) items of video_id, candidates (or options), answer (index)."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help="Work folder of the videos (default: the run's own, two levels up)."),
     device: str = typer.Option("auto", help=f"Device: {', '.join(DEVICES)}."),
+    checkpoint: str = typer.Option("best", help="Weights to evaluate: best (the epoch with the best validation R@1; the last weights when the run has no validation split) or last (the final weights)."),
 ) -> None:
     """Text->video and video->text retrieval: R@1, R@5, R@10, median and mean rank.
 
     Prints a table labelled with its protocol (plain and DSL rows; per concept and per
     rare / medium / frequent third of concepts when the captions have concepts; the
     multiple-choice accuracy with --multiple-choice) and writes eval.json into the run
-    folder.
+    folder, saying which checkpoint was evaluated.
 
     Example: mama-augment evaluate --run mama-work/runs/mama-features-seed0 --split test
 
@@ -212,7 +227,7 @@ def evaluate_command(
     result = call_library(
         evaluate_run, run, captions=caption_paths(captions), split=split, device=device, workdir=workdir,
         protocol=protocol, dsl=dsl, multiple_choice=str(multiple_choice) if multiple_choice else None,
-        captions_format=captions_format,
+        captions_format=captions_format, checkpoint=checkpoint,
     )
     typer.echo(format_table(result))
     typer.echo(f"\nwritten: {RunPaths(Path(run)).eval}")

@@ -35,6 +35,16 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(header["state"]) if "state" in header else {}
 
 
+def load_metadata(path: Path) -> tuple[list[str], dict]:
+    """(tensor names, JSON state of the header) without reading the tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+        names = list(handle.keys())
+    return names, json.loads(header["state"]) if "state" in header else {}
+
+
 def flatten_optimizer(state_dict: dict, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}

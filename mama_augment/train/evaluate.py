@@ -21,7 +21,7 @@ from mama_augment.fileio import atomic_write_text
 from mama_augment.errors import UsageError
 from mama_augment.train import protocols
 from mama_augment.train.protocols import METRIC_KEYS  # noqa: F401  (re-exported)
-from mama_augment.train.runs import RunPaths, load_run
+from mama_augment.train.runs import RunPaths, load_run, run_weights
 
 DSL_NOTE = "dual softmax re-scoring over the whole query set (transductive): reported next to the plain numbers, not comparable with them"
 
@@ -33,6 +33,22 @@ def retrieval_ranks(video_emb: torch.Tensor, text_emb: torch.Tensor, caption_vid
     t2v = protocols.text_to_video_counts(sim, caption_video)
     v2t = protocols.video_to_text_counts(sim, caption_video)
     return protocols.expected_ranks(*t2v), protocols.expected_ranks(*v2t)
+
+
+def ranks_for(model, data, split: str) -> tuple[np.ndarray, np.ndarray, object]:
+    """(text->video ranks of every caption of ``split``, video->text ranks of its
+    videos, the split's pairs): raw ranks for benchmarks that slice the queries
+    themselves (every caption a query, as the multi-sentence protocol)."""
+    pairs = data.split(split)
+    was_training = model.training
+    model.eval()
+    try:
+        video_emb = model.encode_videos(pairs.videos)
+        text_emb = model.encode_texts(pairs.captions)
+    finally:
+        model.train(was_training)
+    t2v, v2t = retrieval_ranks(video_emb, text_emb, pairs.caption_video)
+    return t2v, v2t, pairs
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:
@@ -145,7 +161,12 @@ def _metric_row(label: str, metrics: dict) -> str:
 def format_table(result: dict) -> str:
     """The overall rows (plain, then DSL), per-concept and per-third text->video rows
     and the multiple-choice accuracy, as plain text."""
-    lines = [f"split {result.get('split', '?')}: {result['videos']} videos, {result['captions']} captions"]
+    head = f"split {result.get('split', '?')}: {result['videos']} videos, {result['captions']} captions"
+    if result.get("checkpoint") == "best":
+        head += f"; best checkpoint (epoch {result['checkpoint_epoch']}, by validation R@1)"
+    elif result.get("checkpoint") == "last":
+        head += "; last checkpoint"
+    lines = [head]
     if result.get("protocol"):
         lines.append(f"protocol: {result['protocol_description']}")
         if result.get("captions_left_out"):
@@ -203,9 +224,15 @@ def evaluate_run(
     dsl: bool = True,
     multiple_choice: str | None = None,
     captions_format: str | None = None,
+    checkpoint: str = "best",
 ) -> dict:
     """Load a finished (or checkpointed) run, evaluate it on ``split`` and write
-    ``eval.json`` in the run folder (one entry per split and captions file).
+    ``eval.json`` in the run folder (one entry per split and captions file, and for
+    ``checkpoint="last"`` a key ending in ``@last``).
+
+    ``checkpoint``: ``best`` (default), the weights of the epoch with the best
+    validation R@1, as retrieval papers report; ``last``, the final weights. The
+    entry says which were used (``checkpoint``, and the best one's epoch and step).
 
     ``captions`` (one file or several, any format of :mod:`mama_augment.datasets`)
     replace the run's own; ``multiple_choice`` adds the accuracy on a file of
@@ -220,7 +247,9 @@ def evaluate_run(
     if captions_format and not captions:
         raise UsageError("--captions-format names the format of --captions files: give them too")
     spec = CaptionSpec.of(captions, captions_format) if captions else None
-    config, model, data = load_run(run_dir, captions=spec, device=device, workdir=workdir)
+    chosen = run_weights(run_dir, checkpoint)
+    config, model, data = load_run(run_dir, captions=spec, device=device, workdir=workdir,
+                                   checkpoint=chosen["checkpoint"])
     source = spec or (CaptionSpec.of(config.captions, getattr(config, "captions_format", None)) if config.captions else None)
     paragraph = read_annotations(source).paragraph if source else False  # read once already: cached
     if len(data.split(split).videos) or not multiple_choice:
@@ -231,6 +260,11 @@ def evaluate_run(
         result["multiple_choice"] = evaluate_multiple_choice(model, data, multiple_choice)
     result["run"] = str(run_dir)
     result["captions_file"] = list(source.paths) if source and len(source.paths) > 1 else (source.paths[0] if source else None)
+    result["checkpoint"] = chosen["checkpoint"]
+    if chosen["checkpoint"] == "best":
+        result["checkpoint_epoch"] = chosen["epoch"]
+        result["checkpoint_step"] = chosen["step"]
+        result["checkpoint_val_R@1"] = chosen["val_R@1"]
     path = RunPaths(run_dir).eval
     existing = {}
     if path.exists():
@@ -241,6 +275,8 @@ def evaluate_run(
     key = split if not spec else f"{split}:{spec.label()}"
     if protocol != "auto":
         key += f" ({protocol})"
+    if checkpoint == "last":
+        key += "@last"
     existing[key] = _json_safe(result)
     atomic_write_text(path, json.dumps(existing, indent=2))
     return result

@@ -74,6 +74,7 @@ class BatchPlan:
     # first meta step from ``first_step`` (where this process starts).
     meta_whole: bool = False
     first_step: int = 0
+    epoch_captions: str = "one"  # what an epoch holds: see data.epoch_batches
     _epochs: dict = field(default_factory=dict, compare=False, repr=False)
 
     def batch(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -81,7 +82,7 @@ class BatchPlan:
         epoch, b = divmod(step, self.steps_per_epoch)
         if epoch not in self._epochs:
             self._epochs.clear()  # one epoch at a time per process
-            self._epochs[epoch] = epoch_batches(self.data, epoch, self.seed, self.batch_size)
+            self._epochs[epoch] = epoch_batches(self.data, epoch, self.seed, self.batch_size, self.epoch_captions)
         videos, captions = self._epochs[epoch][b]
         return epoch, videos, captions
 

@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int], None]
 
+def validation_score(metrics: dict) -> float:
+    """What picks the best epoch: the mean of text->video and video->text R@1 on the
+    validation split (both directions, so twice the queries decide)."""
+    return (metrics["text_to_video"]["R@1"] + metrics["video_to_text"]["R@1"]) / 2
+
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup: float) -> float:
     """Linear warmup, then cosine decay to zero."""
@@ -170,6 +175,7 @@ class TrainRecipe:
         self.step = 0
         self._cached_meta_inputs = None
         self.started = time.time()
+        self.best: dict | None = None  # epoch, step and validation R@1 of best_model.safetensors
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -242,7 +248,7 @@ class TrainRecipe:
                 log.info("the meta step runs without a CUDA graph: %s", reason)
         # Weights each pair gets in the last epoch's real steps (pair_weights.parquet).
         self.weight_record = WeightRecorder(len(self.data.texts))
-        self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size)
+        self.steps_per_epoch = steps_per_epoch(self.data, config.batch_size, config.epoch_captions)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.meta_batch_size = min(config.meta_batch_size or config.batch_size, max(2, len(self.data.meta_videos)))
         if self.world_size > 1:
@@ -367,6 +373,7 @@ class TrainRecipe:
             meta_every=config.meta_every if self.meta is not None else 0,
             meta_batch_size=self.meta_batch_size, rank=self.rank, world_size=self.world_size,
             meta_whole=self.meta_batch_size >= len(self.data.meta_videos), first_step=self.step,
+            epoch_captions=config.epoch_captions,
         )
         dataset = StepBatches(plan, self.model.input_builder(), self.total_steps)
         return BatchStream(dataset, self.step, self.total_steps, self.num_workers, pin_memory=self.device.type == "cuda")
@@ -400,8 +407,17 @@ class TrainRecipe:
         if self.data.split("val").videos.size:
             metrics = evaluate_split(self.model, self.data, "val")
             self.last_val = metrics
+            score = validation_score(metrics)
+            improved = self.best is None or score > self.best["val_R@1"]
+            if improved:
+                self.best = {"epoch": epoch, "step": self.step, "val_R@1": score,
+                             "val_t2v_R@1": metrics["text_to_video"]["R@1"],
+                             "val_v2t_R@1": metrics["video_to_text"]["R@1"]}
+                if self.is_writer:
+                    ckpt.atomic_save(dict(self.model.state_dict()), self.paths.best_model,
+                                     {"backbone": self.config.backbone, **self.best})
             self._log({
-                "kind": "eval", "step": self.step, "epoch": epoch, "split": "val",
+                "kind": "eval", "step": self.step, "epoch": epoch, "split": "val", "best": improved,
                 **{f"t2v_{k}": v for k, v in metrics["text_to_video"].items()},
                 **{f"v2t_{k}": v for k, v in metrics["video_to_text"].items()},
             })
@@ -432,7 +448,7 @@ class TrainRecipe:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_tensors, opt_desc = ckpt.flatten_optimizer(self.optimizer.state_dict(), "optim")
         tensors.update(opt_tensors)
-        state = {"step": self.step, "optimizer": opt_desc, "total_steps": self.total_steps}
+        state = {"step": self.step, "optimizer": opt_desc, "total_steps": self.total_steps, "best": self.best}
         if self.meta is not None:
             tensors.update({f"wnet.{k}": v for k, v in self.meta.net.state_dict().items()})
             meta_tensors, meta_desc = ckpt.flatten_optimizer(self.meta.optimizer.state_dict(), "meta_optim")
@@ -462,6 +478,7 @@ class TrainRecipe:
         ckpt.set_rng_state(tensors)
         self.weight_record.load_state_tensors(tensors)
         self.step = int(state["step"])
+        self.best = state.get("best")
         # Rows logged after the checkpoint are redone by the resumed run.
         metrics = self.paths.metrics
         if self.is_writer:
@@ -495,11 +512,15 @@ class TrainRecipe:
             "samples_per_s": round(self.samples_per_s, 1) if math.isfinite(getattr(self, "samples_per_s", float("nan"))) else None,
             "val_t2v_R@1": round(last["text_to_video"]["R@1"], 2) if last else None,
             "val_v2t_R@1": round(last["video_to_text"]["R@1"], 2) if last else None,
+            "best_epoch": self.best["epoch"] + 1 if self.best else None,  # counted from 1, as printed
+            "best_val_t2v_R@1": round(self.best["val_t2v_R@1"], 2) if self.best else None,
+            "best_val_v2t_R@1": round(self.best["val_v2t_R@1"], 2) if self.best else None,
             "input_problems": int(sum(self.data.issues.values())),
         }
         report.extra = {k: v for k, v in report.extra.items() if v is not None}
         if self.is_writer:
-            summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data)}
+            summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data),
+                       "best": self.best}
             self.paths.summary.write_text(json.dumps(summary, indent=2, default=str))
         return report
 

@@ -6,7 +6,8 @@ audit, the plots, ``status`` and the report) takes its file names from
 
     config.json              every option (TrainConfig) of the run
     checkpoint.safetensors   model + weighting net + both optimisers + RNG states + step
-    model.safetensors        final model weights
+    model.safetensors        final model weights (the last epoch)
+    best_model.safetensors   the weights of the epoch with the best validation R@1
     weighting_net.safetensors
     metrics.jsonl            one JSON row per logged step / validation / weight curve
     pair_weights.parquet     loss and learned weight of every training pair at the end
@@ -28,6 +29,7 @@ from pathlib import Path
 from mama_augment.errors import MamaError, UsageError
 
 RUNS_DIR = "runs"
+CHECKPOINT_CHOICES = ("best", "last")
 
 
 def _file(name: str) -> property:
@@ -43,6 +45,7 @@ class RunPaths:
     CONFIG = "config.json"
     CHECKPOINT = "checkpoint.safetensors"
     MODEL = "model.safetensors"
+    BEST_MODEL = "best_model.safetensors"
     WEIGHTING_NET = "weighting_net.safetensors"
     METRICS = "metrics.jsonl"
     PAIR_WEIGHTS = "pair_weights.parquet"
@@ -59,6 +62,7 @@ class RunPaths:
     config = _file(CONFIG)
     checkpoint = _file(CHECKPOINT)
     model = _file(MODEL)
+    best_model = _file(BEST_MODEL)
     weighting_net = _file(WEIGHTING_NET)
     metrics = _file(METRICS)
     pair_weights = _file(PAIR_WEIGHTS)
@@ -102,9 +106,36 @@ def load_run_config(paths: RunPaths):
     return config
 
 
+def run_weights(run_dir: str | Path, checkpoint: str = "best") -> dict:
+    """Which weights of a run folder ``checkpoint`` means, as a dict: ``checkpoint``
+    (``best`` or ``last``, the one actually used), ``file`` and, for ``best``, the
+    epoch (counted from 1), step and validation R@1 it was kept for. ``best`` falls
+    back to ``last`` when the run has no best weights (no validation split); ``last``
+    is the final model, or the latest checkpoint of an unfinished run."""
+    from mama_augment.train import checkpoint as ckpt
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise UsageError(f"{paths.root} is not a run folder (no {RunPaths.CONFIG})")
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise UsageError(f"--checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, not {checkpoint!r}")
+    if checkpoint == "best" and paths.best_model.exists():
+        try:
+            _, state = ckpt.load_metadata(paths.best_model)
+        except Exception as exc:  # a damaged header: say so, do not guess
+            raise MamaError(f"cannot read the weights {paths.best_model}: {exc}") from None
+        return {"checkpoint": "best", "file": paths.best_model, "epoch": state.get("epoch", -1) + 1,
+                "step": state.get("step"), "val_R@1": state.get("val_R@1")}
+    for weights in (paths.model, paths.checkpoint):
+        if weights.exists():
+            return {"checkpoint": "last", "file": weights}
+    raise UsageError(f"{paths.root} has no weights yet ({RunPaths.MODEL} or {RunPaths.CHECKPOINT})")
+
+
 def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",
-             workdir: str | Path | None = None):
-    """(config, model with the run's final or latest weights, data) of a run folder."""
+             workdir: str | Path | None = None, checkpoint: str = "best"):
+    """(config, model, data) of a run folder; the model holds the weights
+    :func:`run_weights` picks for ``checkpoint`` (by default the best epoch's)."""
     from mama_augment.train import checkpoint as ckpt
     from mama_augment.train.backbones import BACKBONES, build_model
     from mama_augment.train.data import build_data
@@ -113,14 +144,12 @@ def load_run(run_dir: str | Path, captions: str | None = None, device: str = "au
     if not paths.config.exists():
         raise UsageError(f"{paths.root} is not a run folder (no {RunPaths.CONFIG})")
     config = load_run_config(paths)
+    weights = run_weights(paths.root, checkpoint)["file"]
     workdir = Path(workdir) if workdir else paths.root.parent.parent
     dev = select_device(device)
     data = build_data(_eval_config(config), workdir, need=BACKBONES[config.backbone].needs,
                       captions_override=captions)
     model = build_model(config, data.videos, workdir, dev)
-    weights = paths.model if paths.model.exists() else paths.checkpoint
-    if not weights.exists():
-        raise UsageError(f"{paths.root} has no weights yet ({RunPaths.MODEL} or {RunPaths.CHECKPOINT})")
     try:
         tensors, _ = ckpt.load(weights)
         if weights == paths.checkpoint:

@@ -1,0 +1,160 @@
+"""How the training defaults were chosen: on validation folds only, never on the test split.
+
+For a data set of benchmarks/data/emoji_workdir.py the test images stay out; the rest
+is cut into 4 folds by a hash of the image id. A run with seed s validates on fold
+s % 4 (clean captions, about 450-590 queries, so differences of one point are
+visible) and trains on the other three, whose captions are the variant's: ``clean``,
+``noisy30`` (30 % of them shuffled afresh for the fold) or a generated-caption work
+folder (``gen-wrong30`` ...; that folder's captions, for training images only).
+Reported per run: validation R@1 of the epoch chosen on the other half of the
+validation queries (queries split by parity, both halves averaged: the score of
+"keep the best epoch" without choosing and scoring on the same queries), text->video
+and video->text and their mean; for weighted runs the mean weight of wrong over right
+training pairs (final weighting net) and the share of wrong pairs in a drawn meta set.
+Variants are paired by seed: mean difference to ``--reference`` with a 95 % t interval.
+
+    python benchmarks/train_selection.py --data-dir benchmarks/out/emoji --setting noisy30 \\
+        --variants '{"infonce": {"loss": "infonce"}, "mama": {}, "random": {"meta_select": "random"}}' \\
+        --reference infonce --seeds 0,1,2,3,4,5,6,7
+
+Each variant is a dict of TrainConfig fields over the library defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FOLDS = 4
+
+
+def fold_captions(data_dir: Path, setting: str, fold: int) -> Path:
+    """The captions file of one validation fold (written once under DATA_DIR/selection/)."""
+    out = data_dir / "selection" / f"{setting if setting == 'noisy30' else 'clean'}_fold{fold}.csv"
+    if out.exists():
+        return out
+    clean = pd.read_csv(data_dir / "captions_clean.csv", dtype={"video_id": str}, keep_default_na=False)
+    which = clean.video_id.map(lambda v: int(hashlib.sha256(("cv" + v).encode()).hexdigest()[:8], 16) % FOLDS)
+    frame = clean.copy()
+    rest = frame.split != "test"
+    frame.loc[rest, "split"] = np.where(which[rest] == fold, "val", "train")
+    frame["noisy"] = False
+    if setting == "noisy30":
+        rng = np.random.default_rng([fold, 5])
+        train = frame.index[frame.split == "train"].to_numpy()
+        pick = rng.choice(train, size=int(round(0.3 * len(train))), replace=False)
+        frame.loc[pick, "caption"] = rng.permutation(frame.loc[pick, "caption"].to_numpy())
+        frame["noisy"] = frame.caption != clean.caption
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    return out
+
+
+def held_out_best(ranks: list[np.ndarray]) -> float:
+    """R@1 of the epoch chosen on the other half of the queries, both halves averaged."""
+    hits = (np.stack(ranks) <= 1).astype(float)  # epochs x queries
+    a, b = hits[:, 0::2], hits[:, 1::2]
+    return float(100 * (b[int(np.argmax(a.mean(1)))].mean() + a[int(np.argmax(b.mean(1)))].mean()) / 2)
+
+
+def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: int) -> dict:
+    from mama_augment.train import loop
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.evaluate import ranks_for
+
+    class Recipe(loop.TrainRecipe):
+        """The library's recipe, also keeping each epoch's validation ranks."""
+
+        def _end_of_epoch(self, epoch, last_losses):
+            t2v, v2t, _ = ranks_for(self.model, self.data, "val")
+            self.model.train()
+            self.ranks.append((t2v, v2t))
+            super()._end_of_epoch(epoch, last_losses)
+
+    captions = fold_captions(data_dir, setting, seed % FOLDS)
+    generated = setting not in ("clean", "noisy30")
+    workdir = data_dir / (setting if generated else "work")
+    config = TrainConfig(**{"captions": str(captions), "augment": "add" if generated else "none", "seed": seed,
+                            "progress": False, "name": f"select-{setting}-{name}-s{seed}", **overrides})
+    run_dir = workdir / "runs" / config.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    recipe = Recipe(config, workdir)
+    recipe.ranks = []
+    recipe.setup()
+    recipe.train()
+    recipe.save()
+    row = {"setting": setting, "variant": name, "seed": seed,
+           "t2v": held_out_best([r[0] for r in recipe.ranks]), "v2t": held_out_best([r[1] for r in recipe.ranks])}
+    row["mean"] = (row["t2v"] + row["v2t"]) / 2
+    if recipe.meta is not None:
+        pairs = pd.read_parquet(run_dir / "pair_weights.parquet")
+        if generated:
+            truth = pd.read_csv(data_dir / ("generated_named.csv" if "named" in setting else "generated.csv"),
+                                dtype={"video_id": str})
+            pairs = pairs[pairs.caption_source == "generated"].merge(truth[["video_id", "wrong"]], on="video_id")
+        else:
+            truth = pd.read_csv(captions, dtype={"video_id": str})[["video_id", "caption", "noisy"]]
+            pairs = pairs.merge(truth, on=["video_id", "caption"]).rename(columns={"noisy": "wrong"})
+        if pairs.wrong.any():
+            row["weight_ratio"] = float(pairs[pairs.wrong].weight.mean() / pairs[~pairs.wrong].weight.mean())
+        if setting == "noisy30" and not config.meta_set:
+            truth = pd.read_csv(captions, dtype={"video_id": str})
+            wrong = dict(zip(zip(truth.video_id, truth.caption), truth.noisy))
+            data = recipe.data
+            row["meta_wrong"] = float(np.mean([wrong[(data.videos.video_ids[v], data.texts[c])]
+                                               for v, c in zip(data.meta_videos, data.meta_captions)]))
+    shutil.rmtree(run_dir)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("benchmarks/out/emoji"))
+    parser.add_argument("--setting", default="noisy30", help="clean, noisy30 or a generated-caption work folder")
+    parser.add_argument("--variants", required=True, help="JSON: name -> TrainConfig overrides")
+    parser.add_argument("--reference", required=True, help="the variant the others are compared with")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/train_selection.jsonl"))
+    args = parser.parse_args()
+    import torch
+    from scipy import stats
+
+    torch.set_num_threads(1)
+    variants = json.loads(args.variants)
+    rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name, overrides in variants.items():
+            row = {"data": args.data_dir.name, **run_variant(args.data_dir, args.setting, name, overrides, seed)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    reference = {r["seed"]: r for r in rows if r["variant"] == args.reference}
+    print()
+    for name in variants:
+        mine = {r["seed"]: r for r in rows if r["variant"] == name}
+        line = f"{args.setting:<14}{name:<24}" + "  ".join(f"{k} {np.mean([r[k] for r in mine.values()]):6.2f}"
+                                                           for k in ("t2v", "v2t", "mean"))
+        seeds = sorted(set(mine) & set(reference))
+        if name != args.reference and len(seeds) > 1:
+            d = np.asarray([mine[s]["mean"] - reference[s]["mean"] for s in seeds])
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+            line += f"  mean - {args.reference} {d.mean():+5.2f} [{d.mean() - half:+5.2f}, {d.mean() + half:+5.2f}]"
+        for key in ("weight_ratio", "meta_wrong"):
+            values = [r[key] for r in mine.values() if key in r]
+            if values:
+                line += f"  {key} {np.mean(values):.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
