@@ -111,3 +111,18 @@ def test_an_epoch_of_all_captions_holds_each_pair_at_most_once_and_no_video_twic
     again = epoch_batches(data, 1, 3, 16, "all")
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(seen[1], again))  # a pure function of (seed, epoch)
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(seen[0], again))
+
+
+def test_a_meta_set_file_never_brings_in_val_or_test_videos(tmp_path):
+    """A curated meta-set file that also lists evaluation videos: their pairs are left out
+    and counted (the weighting must not be tuned on what the run is judged on)."""
+    workdir, captions = make_workdir(tmp_path, n_videos=120, with_split=True)
+    frame = pd.read_csv(captions, dtype=str, keep_default_na=False)
+    held = frame[frame.split != "train"].head(4)
+    train = frame[frame.split == "train"].head(6)
+    meta_file = tmp_path / "meta.csv"
+    pd.concat([train, held])[["video_id", "caption"]].to_csv(meta_file, index=False)
+    data = build_data(_config(captions, meta_set=str(meta_file)), workdir)
+    names = {data.videos.video_ids[int(v)] for v in data.meta_videos}
+    assert names == set(train.video_id)
+    assert data.issues["meta_pair_of_val_or_test_video"] == len(held)

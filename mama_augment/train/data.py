@@ -377,7 +377,7 @@ def build_data(
 
     meta_videos, meta_captions = _select_meta(
         config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
-        caption_embedder, issues, examples,
+        caption_embedder, issues, examples, video_split,
     )
     caption_index += [None] * (len(texts) - len(caption_index))  # meta-set captions
     held_out = set(int(v) for v in meta_videos) if config.meta_holdout else set()
@@ -406,7 +406,7 @@ def build_data(
 
 
 def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
-                 caption_embedder, issues, examples) -> tuple[list[int], list[int]]:
+                 caption_embedder, issues, examples, video_split) -> tuple[list[int], list[int]]:
     if not config.use_meta_weighting:
         return [], []
     if config.meta_set:
@@ -415,6 +415,10 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
         for row in frame.itertuples(index=False):
             if not row.caption or row.video_id not in index_of:
                 _note(issues, examples, "meta_pair_without_video", 1, row.video_id)
+                continue
+            if video_split[index_of[row.video_id]] != "train":
+                # The meta step would tune the weighting on a video the run is judged on.
+                _note(issues, examples, "meta_pair_of_val_or_test_video", 1, row.video_id)
                 continue
             meta_v.append(index_of[row.video_id])
             texts.append(row.caption)
