@@ -63,11 +63,12 @@ SETTINGS = {
 }
 GENERATED_TRUTH = {"gen-": "generated.csv", "named-": "generated_named.csv"}
 METHODS = {
-    # name: (loss, margin (None: --margins, else the library default), meta-weighting)
+    # name: (loss, margin (None: --margins, else the library default), meta-weighting
+    # (None: the library default, on when the training pairs look noisy))
     "infonce": ("infonce", 0.0, False),
     "margin": ("mama", None, False),
     "weighting": ("mama", 0.0, True),
-    "mama": ("mama", "default", True),
+    "mama": ("mama", "default", None),
 }
 METRICS = ("t2v_R@1", "v2t_R@1", "last_t2v_R@1", "last_v2t_R@1", "rare_t2v_R@1", "frequent_t2v_R@1")
 
@@ -151,7 +152,7 @@ def run_one(args, data_dir: Path, setting: str, method: str, seed: int, margin: 
         options = {k: v for k, v in args.overrides.items() if v is not None}
         config = TrainConfig(
             captions=str(captions_path), augment=augment, loss=loss, margin=mu, meta_weighting=weighting,
-            meta_set=str(data_dir / "meta_set.csv") if weighting and args.meta_file else None,
+            meta_set=str(data_dir / "meta_set.csv") if weighting is not False and args.meta_file else None,
             seed=seed, name=name, progress=False, **options,
         )
         run_train(config, workdir)
@@ -173,7 +174,11 @@ def run_one(args, data_dir: Path, setting: str, method: str, seed: int, margin: 
             row["frequent_t2v_R@1"] = float(np.mean(t2v[np.isin(concepts, list(frequent))] <= 1) * 100)
     summary = json.loads((run_dir / "summary.json").read_text())
     row["best_epoch"] = (summary.get("best") or {}).get("epoch", -1) + 1
-    if weighting:
+    stored = json.loads((run_dir / "config.json").read_text())
+    row["weighting"] = bool(stored.get("meta_weighting"))  # as decided by the run
+    if "estimated_wrong_share" in summary.get("data", {}):
+        row["estimated_wrong_share"] = summary["data"]["estimated_wrong_share"]
+    if row["weighting"]:
         row.update(weight_ratios(run_dir, data_dir, setting, captions_path))
     return row
 
@@ -186,7 +191,8 @@ def summarise(rows: list[dict]) -> dict:
     table = []
     for (data, setting, method, mu), group in groups.items():
         entry = {"data": data, "setting": setting, "method": method, "margin": mu, "seeds": len(group)}
-        for metric in (*METRICS, "weight_ratio", "weight_wrong", "weight_right", "weight_original", "best_epoch"):
+        for metric in (*METRICS, "weight_ratio", "weight_wrong", "weight_right", "weight_original", "best_epoch",
+                       "estimated_wrong_share"):
             values = [r[metric] for r in group if r.get(metric) is not None]
             if values:
                 entry[metric] = statistics.mean(values)

@@ -94,6 +94,9 @@ def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: 
     row = {"setting": setting, "variant": name, "seed": seed,
            "t2v": held_out_best([r[0] for r in recipe.ranks]), "v2t": held_out_best([r[1] for r in recipe.ranks])}
     row["mean"] = (row["t2v"] + row["v2t"]) / 2
+    row["weighting"] = recipe.meta is not None
+    if recipe.data.wrong_share is not None:
+        row["estimated_wrong_share"] = recipe.data.wrong_share
     if recipe.meta is not None:
         pairs = pd.read_parquet(run_dir / "pair_weights.parquet")
         if generated:

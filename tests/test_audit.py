@@ -27,6 +27,8 @@ def _config(captions, **overrides):
     base = dict(captions=str(captions), text_model="hashing", epochs=8, batch_size=32, lr=3e-3,
                 progress=False, meta_fraction=0.1, embed_dim=64, head_hidden=128)
     base.update(overrides)
+    if base.get("loss", "mama") == "mama":  # these tests are about the weighting: on whatever the data
+        base.setdefault("meta_weighting", True)
     return TrainConfig(**base)
 
 

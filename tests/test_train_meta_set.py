@@ -2,18 +2,21 @@
 even when the captions are not, it stays spread over concepts, and with
 ``meta_holdout=False`` its videos stay in the training stream."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from mama_augment.errors import UsageError
 from mama_augment.train.config import TrainConfig
-from mama_augment.train.data import agreement_losses, build_data
+from mama_augment.train.data import agreement_losses, build_data, wrong_share
 from train_helpers import make_workdir
 
 
 def _config(captions, **overrides):
-    base = dict(captions=str(captions), text_model="hashing", progress=False, meta_fraction=0.1)
+    # The meta set exists only with the weighting: on here unless a test says otherwise.
+    base = dict(captions=str(captions), text_model="hashing", progress=False, meta_fraction=0.1, meta_weighting=True)
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -126,3 +129,67 @@ def test_a_meta_set_file_never_brings_in_val_or_test_videos(tmp_path):
     names = {data.videos.video_ids[int(v)] for v in data.meta_videos}
     assert names == set(train.video_id)
     assert data.issues["meta_pair_of_val_or_test_video"] == len(held)
+
+
+def _paired_features(n: int, shuffled_fraction: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cause = rng.normal(size=(n, 12))
+    video = cause @ rng.normal(size=(12, 48)) + 0.5 * rng.normal(size=(n, 48))
+    text = cause @ rng.normal(size=(12, 24)) + 0.5 * rng.normal(size=(n, 24))
+    picked = np.flatnonzero(rng.random(n) < shuffled_fraction)
+    text[picked] = text[rng.permutation(picked)]
+    return video.astype(np.float32), text.astype(np.float32), len(picked) / n
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3, 0.5])
+def test_wrong_share_estimates_the_share_of_shuffled_pairs(fraction):
+    """Measured on these features, seeds 0-1: 0.00, 0.10, 0.28, 0.49 for 0 %, 10 %, 30 %
+    and 50 % shuffled; on the emoji sets 0.01-0.03 clean and 0.31-0.36 for 30 %."""
+    video, text, truth = _paired_features(800, fraction)
+    scores, null = agreement_losses(video, text, seed=0, with_null=True)
+    assert np.isfinite(null).all() and null.shape == scores.shape
+    assert abs(wrong_share(scores, null) - truth) <= 0.06
+
+
+def test_scoring_pairs_leaves_the_global_torch_rng_alone():
+    import torch
+
+    video, text, _ = _paired_features(200, 0.3)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    agreement_losses(video, text, seed=0, with_null=True)
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("shuffled, weighted", [(0.0, False), (0.4, True)])
+def test_auto_weighting_follows_the_estimated_share_of_wrong_pairs(tmp_path, shuffled, weighted):
+    """``--loss mama`` without --meta-weighting/--no-meta-weighting weights only noisy
+    data; the decision and the estimate are recorded in the run, and on clean data the
+    run is exactly InfoNCE (same weights for the same seed)."""
+    import json
+
+    from mama_augment.train.loop import run_train
+    from safetensors.numpy import load_file
+
+    workdir, captions = make_workdir(tmp_path, n_videos=300, shuffled_fraction=shuffled)
+    common = dict(epochs=2, batch_size=32, embed_dim=32, meta_weighting=None)
+    run = Path(run_train(_config(captions, name="auto", **common), workdir).extra["run"])
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["meta_weighting"] is weighted
+    estimate = stored["extra"]["estimated_wrong_share"]
+    assert (estimate >= 0.1) is weighted
+    assert json.loads((run / "summary.json").read_text())["data"]["estimated_wrong_share"] == pytest.approx(estimate, abs=1e-4)
+    assert (run / "weighting_net.safetensors").exists() is weighted
+    if not weighted:
+        plain = Path(run_train(_config(captions, name="plain", loss="infonce", **common), workdir).extra["run"])
+        ours, theirs = load_file(run / "model.safetensors"), load_file(plain / "model.safetensors")
+        for key in theirs:
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+        forced = Path(run_train(_config(captions, name="forced", **{**common, "meta_weighting": True}), workdir).extra["run"])
+        assert (forced / "weighting_net.safetensors").exists()
+
+
+def test_meta_noise_threshold_is_checked():
+    with pytest.raises(UsageError, match="--meta-noise-threshold"):
+        TrainConfig(captions="x.csv", meta_noise_threshold=1.5).validate()

@@ -113,6 +113,9 @@ class TrainData:
     issue_examples: dict[str, str] = field(default_factory=dict)
     # caption id -> caption_index in captions.parquet (generated captions), else None
     caption_index: list[int | None] = field(default_factory=list)
+    # Estimated share of wrong training pairs (meta-weighting "auto"), None when not estimated
+    wrong_share: float | None = None
+    meta_weighting: bool = False  # whether the meta set was chosen for meta-weighting
 
     def split(self, name: str) -> SplitPairs:
         """Videos of ``name`` with at least one original caption, and those captions."""
@@ -145,6 +148,7 @@ class TrainData:
             "original_captions": sources.get(SOURCE_ORIGINAL, 0),
             "generated_captions": sources.get(SOURCE_GENERATED, 0),
             "train_pairs": self.num_train_pairs,
+            **({"estimated_wrong_share": round(self.wrong_share, 4)} if self.wrong_share is not None else {}),
             **{f"issue_{k}": v for k, v in sorted(self.issues.items())},
         }
 
@@ -211,20 +215,34 @@ def _even_sample(groups: dict[str, list[int]], count: int, rng: np.random.Genera
 
 
 def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed: int, folds: int = 5,
-                     epochs: int = 2, dim: int = 256, batch_size: int = 128, gallery: int = 4096) -> np.ndarray:
+                     epochs: int = 2, dim: int = 256, batch_size: int = 128, gallery: int = 4096,
+                     with_null: bool = False):
     """How badly each (video, caption) pair agrees: lower is better.
 
     Cross-fitted small-loss scoring, as the noisy-label literature picks clean samples
     by their loss under a warm-up model, with one change: a model scores only pairs it
     did not train on. The pairs are split into ``folds``; for each, linear projections
     of the two feature sets are trained with InfoNCE for ``epochs`` on the other folds,
-    and each held-out pair's score is its symmetric InfoNCE loss against (at most
-    ``gallery``) pairs of its own fold. A wrong caption cannot be memorised by the model
-    that scores it, so it scores badly; a warm-up model scoring its own training pairs
-    learns the wrong ones within a few epochs (on the emoji benchmarks the AUC of its
-    losses for finding shuffled captions falls from 0.86 after one epoch to 0.48 after
-    ten, while the cross-fitted score stays at 0.88-0.91; benchmarks/RESULTS.md).
+    and each held-out pair's score is its symmetric InfoNCE loss against the other
+    pairs of its own fold (in blocks of at most ``gallery``). A wrong caption cannot be
+    memorised by the model that scores it, so it scores badly; a warm-up model scoring
+    its own training pairs learns the wrong ones within a few epochs.
+
+    ``with_null=True`` also returns, for every pair, the same score of a deliberately
+    wrong pair (its video with another caption of its block) under the same model: the
+    scores wrong pairs get, which :func:`wrong_share` compares the real pairs with.
     """
+    import torch
+    import torch.nn.functional as F
+
+    # Built under a forked RNG: scoring must not move the global torch RNG that seeds
+    # the model (a run's initialisation does not depend on whether pairs were scored).
+    with torch.random.fork_rng(devices=[]):
+        return _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery,
+                                 with_null)
+
+
+def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery, with_null):
     import torch
     import torch.nn.functional as F
 
@@ -234,6 +252,7 @@ def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed
     video = torch.as_tensor(np.asarray(video_features, dtype=np.float32))
     text = torch.as_tensor(np.asarray(text_features, dtype=np.float32))
     scores = np.zeros(n, dtype=np.float64)
+    null = np.full(n, np.nan, dtype=np.float64)
     generator = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
     for fold in range(folds):
         train = np.flatnonzero(fold_of != fold)
@@ -267,17 +286,31 @@ def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed
             t = F.normalize(text_head(text[held]), dim=-1)
             scale = log_scale.exp()
             for start in range(0, len(held), gallery):
-                rows = np.arange(start, min(start + gallery, len(held)))
-                # the pair's own fold is its gallery; a large fold is cut into blocks
-                block = np.arange(len(held)) if len(held) <= gallery else rows
-                logits = scale * v[rows] @ t[block].T
-                own = torch.as_tensor(rows - block[0])
-                index = torch.arange(len(rows))
-                positive = logits[index, own]
-                logits_back = scale * t[rows] @ v[block].T
-                loss = (torch.logsumexp(logits, 1) - positive) + (torch.logsumexp(logits_back, 1) - positive)
-                scores[held[rows]] = loss.double().numpy()
-    return scores
+                block = np.arange(start, min(start + gallery, len(held)))
+                logits = scale * v[block] @ t[block].T  # (videos, captions) of the block
+                row_lse, col_lse = torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
+                index = torch.arange(len(block))
+                positive = logits[index, index]
+                scores[held[block]] = ((row_lse - positive) + (col_lse - positive)).double().numpy()
+                if with_null and len(block) > 1:
+                    other = torch.as_tensor((np.arange(len(block)) + 1 + rng.integers(len(block) - 1, size=len(block)))
+                                            % len(block))
+                    wrong = logits[index, other]
+                    null[held[block]] = ((row_lse - wrong) + (col_lse[other] - wrong)).double().numpy()
+    return (scores, null) if with_null else scores
+
+
+def wrong_share(scores: np.ndarray, null: np.ndarray) -> float:
+    """Estimated share of wrong pairs among scored ones, from :func:`agreement_losses`
+    with ``with_null``: a wrong pair scores above the median of the deliberately wrong
+    pairs half the time and a right pair rarely, so the share above that median,
+    doubled, estimates the share of wrong pairs (the estimator of Storey's false
+    discovery rate work, with the null drawn rather than assumed). Right pairs that the
+    scoring model cannot tell apart from wrong ones count as wrong."""
+    null = null[np.isfinite(null)]
+    if len(null) == 0:
+        return float("nan")
+    return float(min(1.0, 2.0 * np.mean(scores > np.median(null))))
 
 
 def build_data(
@@ -375,10 +408,22 @@ def build_data(
         if video_split[v] == "train":
             train_caps.setdefault(v, []).append(c)
 
-    meta_videos, meta_captions = _select_meta(
-        config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
-        caption_embedder, issues, examples, video_split,
-    )
+    use_weighting, wrong = config.use_meta_weighting, None
+    if config.meta_weighting is None and config.loss == "mama" and config.meta_noise_threshold > 0:
+        # "auto": the weighting is there for wrong pairs, and costs where there are none.
+        wrong = _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder)
+        if wrong is not None and wrong < config.meta_noise_threshold:
+            use_weighting = False
+            log.info("estimated share of wrong training pairs %.1f %% < %.1f %% (--meta-noise-threshold): "
+                     "no meta-weighting (--meta-weighting turns it on)", 100 * wrong, 100 * config.meta_noise_threshold)
+        elif wrong is not None:
+            log.info("estimated share of wrong training pairs %.1f %%: meta-weighting on", 100 * wrong)
+    meta_videos, meta_captions = [], []
+    if use_weighting:
+        meta_videos, meta_captions = _select_meta(
+            config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
+            caption_embedder, issues, examples, video_split,
+        )
     caption_index += [None] * (len(texts) - len(caption_index))  # meta-set captions
     held_out = set(int(v) for v in meta_videos) if config.meta_holdout else set()
     train_videos = np.asarray(sorted(v for v in train_caps if v not in held_out), dtype=np.int64)
@@ -396,6 +441,8 @@ def build_data(
         issues=issues,
         issue_examples=examples,
         caption_index=caption_index,
+        wrong_share=wrong,
+        meta_weighting=use_weighting,
     )
     if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
@@ -407,8 +454,6 @@ def build_data(
 
 def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
                  caption_embedder, issues, examples, video_split) -> tuple[list[int], list[int]]:
-    if not config.use_meta_weighting:
-        return [], []
     if config.meta_set:
         frame = _read_captions(config.meta_set, None, videos.video_ids, issues, examples, prefix="meta_set_")
         meta_v, meta_c = [], []
@@ -469,6 +514,30 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
     log.info("meta set: %d pairs from %d %s groups, %s", len(chosen), len(groups), method,
              "most agreeing first" if scores is not None else "at random")
     return [caption_video[c] for c in chosen], chosen
+
+
+WRONG_SHARE_SAMPLE = 50_000  # pairs scored for the estimate: a share needs no more
+
+
+def _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder) -> float | None:
+    """The share of wrong (video, caption) pairs among the training pairs, original and
+    generated, estimated with :func:`wrong_share` (at most ``WRONG_SHARE_SAMPLE`` pairs,
+    drawn by the seed); None when videos have no keyframe embeddings to score with."""
+    pairs = [c for v in sorted(train_caps) for c in train_caps[v]]
+    if len(pairs) < 20:
+        return None
+    if len(pairs) > WRONG_SHARE_SAMPLE:
+        rng = np.random.default_rng([config.seed, 13])
+        pairs = sorted(rng.choice(pairs, size=WRONG_SHARE_SAMPLE, replace=False).tolist())
+    embeddings = videos.keyframe_embeddings
+    if embeddings is None or any(len(embeddings[caption_video[c]]) == 0 for c in pairs):
+        log.warning("meta-weighting: some videos have no keyframe embeddings, so the share of wrong pairs "
+                    "cannot be estimated; the weighting stays on")
+        return None
+    pooled = np.stack([np.asarray(embeddings[caption_video[c]], dtype=np.float32).mean(axis=0) for c in pairs])
+    text_features = _dense(_text_features(pairs, texts, caption_embedder))
+    scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True)
+    return wrong_share(scores, null)
 
 
 def _text_features(caption_ids, texts, caption_embedder):

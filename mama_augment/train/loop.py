@@ -194,6 +194,8 @@ class TrainRecipe:
             # The saved options define the run; only how it is watched may change.
             stored.resume, stored.progress, stored.device = True, config.progress, config.device
             stored.num_workers = config.num_workers
+            if stored.meta_weighting is None:  # a run from before the "auto" decision was recorded
+                stored.meta_weighting = stored.loss == "mama"
             self.config = config = stored
         elif saved.exists():
             raise UsageError(
@@ -213,9 +215,16 @@ class TrainRecipe:
 
         backbone = get_backbone(config.backbone)
         embedder = None
-        if backbone.caption_embedder is not None and config.use_meta_weighting and not config.meta_set:
-            embedder = backbone.caption_embedder(config, self.workdir, self.device)  # groups the meta set
+        auto_weighting = config.meta_weighting is None and config.loss == "mama" and config.meta_noise_threshold > 0
+        if backbone.caption_embedder is not None and config.use_meta_weighting and (not config.meta_set or auto_weighting):
+            # groups and scores the meta set, and scores the pairs for the "auto" decision
+            embedder = backbone.caption_embedder(config, self.workdir, self.device)
         self.data: TrainData = build_data(config, self.workdir, need=backbone.needs, caption_embedder=embedder)
+        if config.meta_weighting is None:
+            # The "auto" decision is part of the run: config.json (and a resume) record it.
+            config.meta_weighting = self.data.meta_weighting
+            if self.data.wrong_share is not None:
+                config.extra = {**config.extra, "estimated_wrong_share": round(self.data.wrong_share, 4)}
         for line in describe_issues(self.data):
             log.warning("input problem: %s", line)
 
@@ -508,6 +517,8 @@ class TrainRecipe:
         report.extra = {
             "run": str(self.run_dir),
             "train_pairs": self.data.num_train_pairs,
+            "meta_weighting": "on" if self.meta is not None else "off",
+            "estimated_wrong_share": round(self.data.wrong_share, 3) if self.data.wrong_share is not None else None,
             "meta_pairs": int(len(self.data.meta_videos)),
             "samples_per_s": round(self.samples_per_s, 1) if math.isfinite(getattr(self, "samples_per_s", float("nan"))) else None,
             "val_t2v_R@1": round(last["text_to_video"]["R@1"], 2) if last else None,
