@@ -136,6 +136,12 @@ class TrainConfig:
         return self.meta_weighting
 
     @property
+    def meta_weighting_decided_by_data(self) -> bool:
+        """mama without --meta-weighting/--no-meta-weighting: the run weights only when
+        the estimated share of wrong pairs reaches ``meta_noise_threshold``."""
+        return self.meta_weighting is None and self.loss == "mama" and self.meta_noise_threshold > 0
+
+    @property
     def effective_margin(self) -> float:
         return self.margin if self.loss == "mama" else 0.0
 

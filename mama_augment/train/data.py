@@ -409,7 +409,7 @@ def build_data(
             train_caps.setdefault(v, []).append(c)
 
     use_weighting, wrong = config.use_meta_weighting, None
-    if config.meta_weighting is None and config.loss == "mama" and config.meta_noise_threshold > 0:
+    if config.meta_weighting_decided_by_data:
         # "auto": the weighting is there for wrong pairs, and costs where there are none.
         wrong = _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder)
         if wrong is not None and wrong < config.meta_noise_threshold:

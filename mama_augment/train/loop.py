@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int], None]
 
+
 def validation_score(metrics: dict) -> float:
     """What picks the best epoch: the mean of text->video and video->text R@1 on the
     validation split (both directions, so twice the queries decide)."""
@@ -215,8 +216,8 @@ class TrainRecipe:
 
         backbone = get_backbone(config.backbone)
         embedder = None
-        auto_weighting = config.meta_weighting is None and config.loss == "mama" and config.meta_noise_threshold > 0
-        if backbone.caption_embedder is not None and config.use_meta_weighting and (not config.meta_set or auto_weighting):
+        if backbone.caption_embedder is not None and config.use_meta_weighting and (
+                not config.meta_set or config.meta_weighting_decided_by_data):
             # groups and scores the meta set, and scores the pairs for the "auto" decision
             embedder = backbone.caption_embedder(config, self.workdir, self.device)
         self.data: TrainData = build_data(config, self.workdir, need=backbone.needs, caption_embedder=embedder)
