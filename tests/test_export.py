@@ -185,6 +185,18 @@ def test_sources_and_split_filters(work, tmp_path):
     assert {r["video_id"] for r in rows} == test_ids and {r["split"] for r in rows} == {"test"}
 
 
+def test_unknown_split_is_a_usage_error_naming_the_splits(work, tmp_path):
+    out = tmp_path / "bogus"
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
+                                 "--captions", str(work["originals"]), "--split", "bogus", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "bogus" in result.output and "test, train" in result.output
+    assert not out.exists()  # nothing written, not an empty export
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
+                                 "--split", "train", "--no-progress"])
+    assert result.exit_code == 2 and "--captions" in result.output, result.output
+
+
 def test_weight_filters_drop_exactly_the_low_weight_pairs(work, tmp_path):
     import pandas as pd
 

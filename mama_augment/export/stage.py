@@ -202,6 +202,21 @@ def _ok_video_ids(workdir: Path) -> list[str]:
     return table.filter(pc.equal(table.column("status"), STATUS_OK)).column("video_id").to_pylist()
 
 
+def _check_split(split: str | None, originals: CaptionSpec | None, splits: set[str]) -> None:
+    """``--split`` must name a split of the original captions: an unknown one would
+    drop every video and leave an empty export."""
+    if split is None or split in splits:
+        return
+    if originals is None:
+        raise UsageError(f"--split {split} selects videos by the split of the original captions: "
+                         "give --captions (or a --run trained on captions)")
+    if not splits:
+        raise UsageError(f"--split {split}: the original captions ({', '.join(map(str, originals.paths))}) "
+                         "give no split to any video")
+    raise UsageError(f"--split {split!r} is not a split of the original captions; "
+                     f"choose one of: {', '.join(sorted(splits))}")
+
+
 def _samples(item: VideoItem, unit: str, start: int) -> list[Sample]:
     if unit == "video":
         return [Sample(key=f"{start:09d}", video=item)]
@@ -268,12 +283,14 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         # replaced, so a file that cannot be used leaves the folder as it was.
         shutil.rmtree(state_dir / "tmp", ignore_errors=True)  # sort runs of a killed export
         problems = Problems()
+        splits: set[str] = set()
         try:
             original_rows = (
                 original_caption_rows(originals, _ok_video_ids(workdir), state_dir / "tmp", config.batch_rows,
-                                      config.sort_memory_rows, problems)
+                                      config.sort_memory_rows, problems, splits)
                 if originals is not None else None
             )
+            _check_split(config.split, originals, splits)
         except BaseException:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
