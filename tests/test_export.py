@@ -312,6 +312,23 @@ def test_out_folder_rules(work, tmp_path):
     assert replaced.done == 12
 
 
+def test_overwrite_deletes_only_what_the_export_wrote(work, tmp_path):
+    out = tmp_path / "o"
+    assert export(work, "llava", out).exit_code == 0
+    assert len(list((out / "images").rglob("*.jpg"))) == 6
+    (out / "notes.txt").write_text("mine")
+    (out / "images" / "mine.jpg").write_bytes(b"mine")
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "csv", "-o", str(out),
+                                 "--captions", str(work["originals"]), "--overwrite", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "images" / "mine.jpg").read_bytes() == b"mine"
+    assert "2 file(s) the export did not write were left" in result.output
+    # The earlier export's own files are gone: its JSON and every grid it placed.
+    assert not (out / "llava.json").exists()
+    assert [p.name for p in (out / "images").rglob("*") if p.is_file()] == ["mine.jpg"]
+    assert (out / "pairs.csv").is_file() and json.loads((out / "index.json").read_text())["format"] == "csv"
+
+
 def test_no_keyframes_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["export", "-w", str(tmp_path / "empty"), "-f", "csv", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "run `mama-augment keyframes` first" in result.output
