@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -170,6 +171,48 @@ def test_every_registered_format_exports(work, tmp_path):
         report = export(work, name, tmp_path / f"all-{name}")
         assert report.exit_code == 0, name
         assert report.total > 0, name
+
+
+def _rename_video(workdir: Path, old: str, new: str) -> None:
+    """Give one video of the work folder another id in every manifest (its pictures stay)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("keyframes", "captions"):
+        path = workdir / f"{name}.parquet"
+        table = pq.read_table(path)
+        ids = [new if v == old else v for v in table.column("video_id").to_pylist()]
+        index = table.schema.get_field_index("video_id")
+        pq.write_table(table.set_column(index, table.schema.field(index), pa.array(ids, pa.string())), path)
+
+
+@pytest.mark.parametrize("fmt", ["llava", "clip-vip"])
+def test_long_video_id_gets_a_file_name_that_fits(work, tmp_path, monkeypatch, fmt):
+    long_id = "clips/" + "a" * 230
+    _rename_video(work["workdir"], work["ok_ids"][0], long_id)
+
+    def no_link(*args, **kwargs):  # export and work folder on different file systems: copies via temporary names
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    out = tmp_path / fmt
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", fmt, "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    names = [p.name for p in out.rglob("*")]
+    assert max(len(n.encode()) for n in names) <= 255
+    long_names = [n for n in names if n.startswith("a" * 100)]
+    assert long_names  # a readable prefix of the id survives
+    assert len(long_names[0]) < 230
+
+
+def test_safe_relative_path_shortens_long_components_deterministically():
+    from mama_augment.export.files import safe_relative_path
+
+    first, second = "x/" + "b" * 300, "x/" + "b" * 299 + "c"
+    assert safe_relative_path(first) == safe_relative_path(first)
+    assert safe_relative_path(first) != safe_relative_path(second)
+    assert all(len(part) <= 200 for part in safe_relative_path(first).split("/"))
+    assert safe_relative_path("sub/clip") == "sub/clip"
 
 
 # ----------------------------------------------------------------------------- filters
