@@ -101,3 +101,34 @@ def test_missing_inputs_are_clean_errors(tmp_path):
     assert result.exit_code == 2 and "nothing to resume" in result.output
     result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "w" / "runs" / "nope")])
     assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One short finished run, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("small-run")
+    workdir, captions = make_workdir(root, n_videos=40)
+    result = runner.invoke(app, ["train", "--captions", str(captions), "--workdir", str(workdir), "--text-model",
+                                 "hashing", "--epochs", "1", "--batch-size", "8", "--name", "small", "-q"])
+    assert result.exit_code == 0, result.output
+    return workdir / "runs" / "small"
+
+
+def test_multiple_choice_with_rejected_items_says_so_and_exits_1(small_run, tmp_path):
+    good = {"video_id": "v0000", "candidates": ["a red dog", "a blue car"], "answer": 0}
+    bad = [{"video_id": "v0001", "candidates": ["only one"], "answer": 0}] * 6
+    bad += [{"video_id": "v0002", "candidates": ["a", "b"], "answer": 7}] * 3
+    bad += [{"video_id": "not-a-video", "candidates": ["a", "b"], "answer": 0}]
+    choice = tmp_path / "choice.jsonl"
+    choice.write_text("".join(json.dumps(item) + "\n" for item in [good, *bad]))
+    result = runner.invoke(app, ["evaluate", "--run", str(small_run), "--multiple-choice", str(choice)])
+    assert result.exit_code == 1, result.output
+    assert "10 of 11 items rejected" in result.output
+    assert "malformed_record: 9" in result.output and "video_not_in_keyframes: 1" in result.output
+    entry = json.loads((small_run / "eval.json").read_text())["test"]["multiple_choice"]
+    assert entry["items"] == 1 and entry["rejected_items"] == 10
+
+    choice.write_text(json.dumps(good) + "\n")
+    result = runner.invoke(app, ["evaluate", "--run", str(small_run), "--multiple-choice", str(choice)])
+    assert result.exit_code == 0, result.output
+    assert "rejected" not in result.output

@@ -217,7 +217,8 @@ def evaluate_command(
     Prints a table labelled with its protocol (plain and DSL rows; per concept and per
     rare / medium / frequent third of concepts when the captions have concepts; the
     multiple-choice accuracy with --multiple-choice) and writes eval.json into the run
-    folder, saying which checkpoint was evaluated.
+    folder, saying which checkpoint was evaluated. Exit code 1 when items of the
+    --multiple-choice file were rejected (counted by kind in the table).
 
     Example: mama-augment evaluate --run mama-work/runs/mama-features-seed0 --split test
 
@@ -232,3 +233,5 @@ def evaluate_command(
     )
     typer.echo(format_table(result))
     typer.echo(f"\nwritten: {RunPaths(Path(run)).eval}")
+    if (result.get("multiple_choice") or {}).get("rejected_items"):
+        raise typer.Exit(1)  # some items failed: the accuracy does not cover the whole file
