@@ -132,3 +132,14 @@ def test_multiple_choice_with_rejected_items_says_so_and_exits_1(small_run, tmp_
     result = runner.invoke(app, ["evaluate", "--run", str(small_run), "--multiple-choice", str(choice)])
     assert result.exit_code == 0, result.output
     assert "rejected" not in result.output
+
+
+def test_audit_of_a_run_with_a_damaged_config_exits_1(small_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(small_run, run)
+    (run / "config.json").write_text("{not json")
+    result = runner.invoke(app, ["audit", "--run", str(run)])
+    assert result.exit_code == 1, result.output
+    assert "config.json" in result.output and "damaged" in result.output and "Traceback" not in result.output
