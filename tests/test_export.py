@@ -372,6 +372,14 @@ def test_overwrite_deletes_only_what_the_export_wrote(work, tmp_path):
     assert (out / "pairs.csv").is_file() and json.loads((out / "index.json").read_text())["format"] == "csv"
 
 
+def test_unwritable_out_is_a_usage_error(work, tmp_path):
+    (tmp_path / "plain-file").write_text("x")
+    out = tmp_path / "plain-file" / "export"  # its parent is a file: no folder can be made there
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "csv", "-o", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.output and "cannot be written" in result.output
+
+
 def test_no_keyframes_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["export", "-w", str(tmp_path / "empty"), "-f", "csv", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "run `mama-augment keyframes` first" in result.output

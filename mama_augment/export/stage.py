@@ -301,7 +301,12 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
     out = Path(config.out)
     state = _check_out(out, config.overwrite)
     created = not out.exists()
-    state_dir = make_folder(out / STATE_DIR)
+    state_dir = out / STATE_DIR
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder the user named that cannot be written: their choice to change
+        raise UsageError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to") \
+            from None
 
     report = StageReport(stage="export", output=out)
     with workdir_lock(state_dir, "export"):
