@@ -143,3 +143,10 @@ def test_audit_of_a_run_with_a_damaged_config_exits_1(small_run, tmp_path):
     result = runner.invoke(app, ["audit", "--run", str(run)])
     assert result.exit_code == 1, result.output
     assert "config.json" in result.output and "damaged" in result.output and "Traceback" not in result.output
+
+
+def test_resume_refuses_options_it_would_ignore(small_run):
+    workdir = small_run.parent.parent
+    result = runner.invoke(app, ["train", "--resume", "--name", "small", "-w", str(workdir), "--epochs", "2", "-q"])
+    assert result.exit_code == 2, result.output
+    assert "--epochs" in result.output and "config.json" in result.output

@@ -39,6 +39,23 @@ _OPTIM = "Optimisation"
 
 
 _LAUNCH_PARAMS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
+# What --resume may be given: which run, and how it is watched and run. Every other
+# option is the run's own (its config.json), and the run continues exactly as it began.
+_RESUME_OPTIONS = ("name", "workdir", "resume", "progress", "quiet", "device", "num_workers", *_LAUNCH_PARAMS)
+
+
+def _options_resume_keeps(ctx: typer.Context) -> list[str]:
+    """Options given on the command line (or in the environment) that --resume would
+    ignore, as their flags. Values of a --config file are left out: the same file
+    serves the run's first start and its resume."""
+    given = []
+    for param in ctx.command.params:
+        if param.name in _RESUME_OPTIONS or param.name not in ctx.params:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.append(next((o for o in param.opts if o.startswith("--")), param.opts[0]))
+    return given
 
 
 def _forwarded_arguments(ctx: typer.Context) -> list[str]:
@@ -169,6 +186,14 @@ def train_command(
     """
     from mama_augment.train.distributed import env_from_environ, launch, launched_by_torchrun
     from mama_augment.train.loop import run_train
+
+    ignored = _options_resume_keeps(ctx) if resume and not launched_by_torchrun() else []
+    if ignored:
+        raise fail(
+            f"--resume continues the run with the options it was started with (its config.json), so it does not "
+            f"take {', '.join(ignored)}; only --name, --workdir, --device, --num-workers, the progress option and "
+            "the launch options may be given. To train with other options, start a new run with another --name."
+        )
 
     # Every option named like a TrainConfig field is that field; checks are validate()'s.
     config = TrainConfig.from_dict({
