@@ -56,7 +56,7 @@ def test_train_then_evaluate(tmp_path):
 def test_every_train_config_field_is_an_option_and_a_config_file_key(tmp_path):
     command = next(c for c in app.registered_commands if c.name == "train")
     options = set(inspect.signature(command.callback).parameters)
-    # progress is --quiet; extra holds free-form notes of library callers.
+    # progress is --progress/--no-progress; extra holds free-form notes of library callers.
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in options | {"progress", "extra"}]
     assert missing == []
 
@@ -109,7 +109,7 @@ def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("small-run")
     workdir, captions = make_workdir(root, n_videos=40)
     result = runner.invoke(app, ["train", "--captions", str(captions), "--workdir", str(workdir), "--text-model",
-                                 "hashing", "--epochs", "1", "--batch-size", "8", "--name", "small", "-q"])
+                                 "hashing", "--epochs", "1", "--batch-size", "8", "--name", "small", "--no-progress"])
     assert result.exit_code == 0, result.output
     return workdir / "runs" / "small"
 

@@ -157,7 +157,8 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its last checkpoint."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, help="Steps between checkpoints (also at each epoch end)."),
     log_every: int = typer.Option(_D.log_every, help="Steps between rows of metrics.jsonl."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", hidden=True, help="Same as --no-progress."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Training processes on this node (one per GPU): above 1, starts them with torchrun; --batch-size is the global batch, split across all processes."),
     nnodes: int = typer.Option(1, "--nnodes", help="Nodes of a multi-node run (each runs this command with its --node-rank)."),
     node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0 to NNODES-1."),
@@ -200,7 +201,7 @@ def train_command(
         **ctx.params,
         "captions": caption_paths(captions),
         "meta_set": str(meta_set) if meta_set else None,
-        "progress": not quiet,
+        "progress": progress and not quiet,
     })
     call_library(config.validate)
     call_library(check_launch, nproc_per_node, nnodes, node_rank, master_port)
