@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -111,6 +112,18 @@ def read_text_file(path: str | os.PathLike, what: str, max_bytes: int) -> str:
     """The text of a small user file: at most ``max_bytes`` read (a device or a huge
     file is refused, not read), UTF-8, no NUL bytes; UsageError otherwise."""
     path = Path(path)
+    # Opening a FIFO blocks until a writer appears, and a device may never end: only a
+    # regular file (or a link to one) is opened at all.
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{what} {path} is not a regular file (a pipe, socket or device): give a file")
     try:
         with open(path, "rb") as handle:
             data = handle.read(max_bytes + 1)

@@ -46,6 +46,7 @@ class ManifestSpec:
     name: str
     key: tuple[str, ...]
     schema: pa.Schema
+    stage: str = ""  # the command that writes it, named in errors about its contents
 
     @property
     def filename(self) -> str:
@@ -54,6 +55,7 @@ class ManifestSpec:
 
 KEYFRAMES = ManifestSpec(
     name="keyframes",
+    stage="keyframes",
     key=("video_id",),
     schema=pa.schema(
         [
@@ -90,6 +92,7 @@ KEYFRAMES = ManifestSpec(
 
 CAPTIONS = ManifestSpec(
     name="captions",
+    stage="caption",
     key=("video_id", "caption_index"),
     schema=pa.schema(
         [
@@ -121,6 +124,7 @@ CAPTIONS = ManifestSpec(
 # ``captions.parquet``, same key. Rows are never deleted; exports read the flags to filter.
 CAPTION_FLAGS = ManifestSpec(
     name="caption_flags",
+    stage="filter",
     key=("video_id", "caption_index"),
     schema=pa.schema(
         [
@@ -211,13 +215,29 @@ def _part_files(workdir: str | os.PathLike, spec: ManifestSpec) -> list[Path]:
     return sorted(p for p in directory.glob("part-*.parquet"))
 
 
-def _read_one(path: Path, schema: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
+def _read_one(path: Path, spec: ManifestSpec, columns: Sequence[str] | None) -> pa.Table:
+    schema = spec.schema
     try:
+        if columns is not None:
+            # Arrow's own error for an absent column prints the file's whole schema and
+            # names neither the manifest nor what writes it.
+            present = set(pq.read_schema(path).names)
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise UsageError(missing_columns_message(path, spec, missing))
         table = pq.read_table(path, columns=list(columns) if columns is not None else None)
     except (OSError, pa.ArrowException) as exc:
         raise MamaError(f"cannot read manifest file {path}: {exc}") from exc
     target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
     return conform(table, target)
+
+
+def missing_columns_message(path: str | os.PathLike, spec: ManifestSpec, missing: Sequence[str]) -> str:
+    """What to say when a manifest lacks columns its reader needs."""
+    noun = "column" if len(missing) == 1 else "columns"
+    writer = f"`mama-augment {spec.stage}`" if spec.stage else "this tool"
+    return (f"the {spec.name} manifest {path} lacks the {noun} {', '.join(missing)} that {writer} writes; "
+            f"write it again with {writer} (or restore it from a backup)")
 
 
 def dedupe_latest(table: pa.Table, key: Sequence[str]) -> pa.Table:
@@ -245,10 +265,10 @@ def read_manifest(
     tables = []
     main = manifest_path(workdir, spec)
     if main.exists():
-        tables.append(_read_one(main, spec.schema, columns))
+        tables.append(_read_one(main, spec, columns))
     for part in _part_files(workdir, spec):
         try:
-            tables.append(_read_one(part, spec.schema, columns))
+            tables.append(_read_one(part, spec, columns))
         except MamaError:
             # A part is renamed into place only when complete; an unreadable one was
             # damaged from outside. Its rows are simply redone.

@@ -3,7 +3,10 @@ the shipped example, and the per-run configuration records."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import threading
 import json
 import pkgutil
 import tomllib
@@ -155,6 +158,30 @@ def test_bad_config_file_exits_2(tmp_path, captured, text, expected):
 def test_missing_config_file_exits_2(tmp_path):
     result = run(["--config", str(tmp_path / "none.toml"), "status", "-w", str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_config_that_is_a_pipe_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock():
+        # Were the pipe opened for reading, the command would wait for a writer
+        # forever: after a while this writer releases it so that the test ends.
+        if not done.wait(20):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    helper = threading.Thread(target=unblock, daemon=True)
+    helper.start()
+    try:
+        result = run(["--config", str(fifo), "status", "-w", str(tmp_path)])
+    finally:
+        done.set()
+        helper.join()
+    assert result.exit_code == 2, result.output
+    assert "not a regular file" in result.output and str(fifo) in result.output
 
 
 def test_config_show(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -172,6 +173,48 @@ def test_every_registered_format_exports(work, tmp_path):
         assert report.total > 0, name
 
 
+def _rename_video(workdir: Path, old: str, new: str) -> None:
+    """Give one video of the work folder another id in every manifest (its pictures stay)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("keyframes", "captions"):
+        path = workdir / f"{name}.parquet"
+        table = pq.read_table(path)
+        ids = [new if v == old else v for v in table.column("video_id").to_pylist()]
+        index = table.schema.get_field_index("video_id")
+        pq.write_table(table.set_column(index, table.schema.field(index), pa.array(ids, pa.string())), path)
+
+
+@pytest.mark.parametrize("fmt", ["llava", "clip-vip"])
+def test_long_video_id_gets_a_file_name_that_fits(work, tmp_path, monkeypatch, fmt):
+    long_id = "clips/" + "a" * 230
+    _rename_video(work["workdir"], work["ok_ids"][0], long_id)
+
+    def no_link(*args, **kwargs):  # export and work folder on different file systems: copies via temporary names
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    out = tmp_path / fmt
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", fmt, "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    names = [p.name for p in out.rglob("*")]
+    assert max(len(n.encode()) for n in names) <= 255
+    long_names = [n for n in names if n.startswith("a" * 100)]
+    assert long_names  # a readable prefix of the id survives
+    assert len(long_names[0]) < 230
+
+
+def test_safe_relative_path_shortens_long_components_deterministically():
+    from mama_augment.export.files import safe_relative_path
+
+    first, second = "x/" + "b" * 300, "x/" + "b" * 299 + "c"
+    assert safe_relative_path(first) == safe_relative_path(first)
+    assert safe_relative_path(first) != safe_relative_path(second)
+    assert all(len(part) <= 200 for part in safe_relative_path(first).split("/"))
+    assert safe_relative_path("sub/clip") == "sub/clip"
+
+
 # ----------------------------------------------------------------------------- filters
 
 
@@ -183,6 +226,18 @@ def test_sources_and_split_filters(work, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "test-split" / "pairs.jsonl").read_text().splitlines()]
     test_ids = {o["video_id"] for o in work["original_rows"] if o["split"] == "test"} & set(work["ok_ids"])
     assert {r["video_id"] for r in rows} == test_ids and {r["split"] for r in rows} == {"test"}
+
+
+def test_unknown_split_is_a_usage_error_naming_the_splits(work, tmp_path):
+    out = tmp_path / "bogus"
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
+                                 "--captions", str(work["originals"]), "--split", "bogus", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "bogus" in result.output and "test, train" in result.output
+    assert not out.exists()  # nothing written, not an empty export
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
+                                 "--split", "train", "--no-progress"])
+    assert result.exit_code == 2 and "--captions" in result.output, result.output
 
 
 def test_weight_filters_drop_exactly_the_low_weight_pairs(work, tmp_path):
@@ -298,6 +353,31 @@ def test_out_folder_rules(work, tmp_path):
         export(work, "csv", out, sources=("generated",))
     replaced = export(work, "csv", out, sources=("generated",), overwrite=True)
     assert replaced.done == 12
+
+
+def test_overwrite_deletes_only_what_the_export_wrote(work, tmp_path):
+    out = tmp_path / "o"
+    assert export(work, "llava", out).exit_code == 0
+    assert len(list((out / "images").rglob("*.jpg"))) == 6
+    (out / "notes.txt").write_text("mine")
+    (out / "images" / "mine.jpg").write_bytes(b"mine")
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "csv", "-o", str(out),
+                                 "--captions", str(work["originals"]), "--overwrite", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "images" / "mine.jpg").read_bytes() == b"mine"
+    assert "2 file(s) the export did not write were left" in result.output
+    # The earlier export's own files are gone: its JSON and every grid it placed.
+    assert not (out / "llava.json").exists()
+    assert [p.name for p in (out / "images").rglob("*") if p.is_file()] == ["mine.jpg"]
+    assert (out / "pairs.csv").is_file() and json.loads((out / "index.json").read_text())["format"] == "csv"
+
+
+def test_unwritable_out_is_a_usage_error(work, tmp_path):
+    (tmp_path / "plain-file").write_text("x")
+    out = tmp_path / "plain-file" / "export"  # its parent is a file: no folder can be made there
+    result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "csv", "-o", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.output and "cannot be written" in result.output
 
 
 def test_no_keyframes_is_a_usage_error(tmp_path):

@@ -254,3 +254,18 @@ def test_report_shows_the_flags_next_to_the_captions(tmp_path):
     assert shown[(ids[0], 0)] == ["too_short"] and shown[(ids[2], 1)] == ["prompt_echo"]
     assert shown[(ids[0], 1)] == []  # checked, nothing raised
     assert "flags" in text and "no flags" in text  # the page script renders them
+
+
+def test_captions_table_missing_a_documented_column_names_it(tmp_path):
+    import pyarrow.parquet as pq
+
+    from mama_augment.manifest import manifest_path
+
+    info = make_captioned_workdir(tmp_path, num_videos=3)
+    path = manifest_path(info["workdir"], CAPTIONS)
+    pq.write_table(pq.read_table(path).drop_columns(["prompt_sha256"]), path)
+    result = runner.invoke(app, ["filter", "-w", str(info["workdir"]), "--text-model", "hashing", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "FieldRef" not in result.output and "not null" not in result.output  # no raw Arrow schema dump
+    assert "prompt_sha256" in result.output and str(path) in result.output
+    assert "mama-augment caption" in result.output

@@ -422,7 +422,11 @@ def test_bad_list_files(tmp_path, name, content, message):
 def test_bad_config_files(tmp_path):
     (tmp_path / "latin1.toml").write_bytes(b'[keyframes]\nembedder = "caf\xe9"\n')
     assert_clean_error(cli("--config", tmp_path / "latin1.toml", "status", "-w", tmp_path), 2, "not UTF-8")
-    assert_clean_error(cli("--config", "/dev/zero", "status", "-w", tmp_path), 2, "larger than")
+    assert_clean_error(cli("--config", "/dev/zero", "status", "-w", tmp_path), 2, "not a regular file")
+    from mama_augment.configfile import MAX_CONFIG_BYTES
+
+    (tmp_path / "huge.toml").write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    assert_clean_error(cli("--config", tmp_path / "huge.toml", "status", "-w", tmp_path), 2, "larger than")
 
 
 # ------------------------------------------------------------------ 7. and 8. run-wide mistakes

@@ -56,7 +56,7 @@ def test_train_then_evaluate(tmp_path):
 def test_every_train_config_field_is_an_option_and_a_config_file_key(tmp_path):
     command = next(c for c in app.registered_commands if c.name == "train")
     options = set(inspect.signature(command.callback).parameters)
-    # progress is --quiet; extra holds free-form notes of library callers.
+    # progress is --progress/--no-progress; extra holds free-form notes of library callers.
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in options | {"progress", "extra"}]
     assert missing == []
 
@@ -101,3 +101,52 @@ def test_missing_inputs_are_clean_errors(tmp_path):
     assert result.exit_code == 2 and "nothing to resume" in result.output
     result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "w" / "runs" / "nope")])
     assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One short finished run, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("small-run")
+    workdir, captions = make_workdir(root, n_videos=40)
+    result = runner.invoke(app, ["train", "--captions", str(captions), "--workdir", str(workdir), "--text-model",
+                                 "hashing", "--epochs", "1", "--batch-size", "8", "--name", "small", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return workdir / "runs" / "small"
+
+
+def test_multiple_choice_with_rejected_items_says_so_and_exits_1(small_run, tmp_path):
+    good = {"video_id": "v0000", "candidates": ["a red dog", "a blue car"], "answer": 0}
+    bad = [{"video_id": "v0001", "candidates": ["only one"], "answer": 0}] * 6
+    bad += [{"video_id": "v0002", "candidates": ["a", "b"], "answer": 7}] * 3
+    bad += [{"video_id": "not-a-video", "candidates": ["a", "b"], "answer": 0}]
+    choice = tmp_path / "choice.jsonl"
+    choice.write_text("".join(json.dumps(item) + "\n" for item in [good, *bad]))
+    result = runner.invoke(app, ["evaluate", "--run", str(small_run), "--multiple-choice", str(choice)])
+    assert result.exit_code == 1, result.output
+    assert "10 of 11 items rejected" in result.output
+    assert "malformed_record: 9" in result.output and "video_not_in_keyframes: 1" in result.output
+    entry = json.loads((small_run / "eval.json").read_text())["test"]["multiple_choice"]
+    assert entry["items"] == 1 and entry["rejected_items"] == 10
+
+    choice.write_text(json.dumps(good) + "\n")
+    result = runner.invoke(app, ["evaluate", "--run", str(small_run), "--multiple-choice", str(choice)])
+    assert result.exit_code == 0, result.output
+    assert "rejected" not in result.output
+
+
+def test_audit_of_a_run_with_a_damaged_config_exits_1(small_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(small_run, run)
+    (run / "config.json").write_text("{not json")
+    result = runner.invoke(app, ["audit", "--run", str(run)])
+    assert result.exit_code == 1, result.output
+    assert "config.json" in result.output and "damaged" in result.output and "Traceback" not in result.output
+
+
+def test_resume_refuses_options_it_would_ignore(small_run):
+    workdir = small_run.parent.parent
+    result = runner.invoke(app, ["train", "--resume", "--name", "small", "-w", str(workdir), "--epochs", "2", "-q"])
+    assert result.exit_code == 2, result.output
+    assert "--epochs" in result.output and "config.json" in result.output

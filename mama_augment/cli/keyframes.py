@@ -61,7 +61,8 @@ def keyframes_command(
     num_gpus: float = typer.Option(_D.num_gpus, help="GPUs reserved per Ray actor for the embedder (--engine ray); fractions share a GPU."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Process again inputs that failed in an earlier run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete this stage's earlier output and start over."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", hidden=True, help="Same as --no-progress."),
 ) -> None:
     """Pick keyframes of every video by DPC-KNN and tile them into grid images.
 
@@ -82,5 +83,5 @@ def keyframes_command(
         "num_keyframes": _parse_num_keyframes(num_keyframes),
         "timeout_s": timeout,
     })
-    report = call_library(run_keyframes, inputs, workdir, config, progress=not quiet)
+    report = call_library(run_keyframes, inputs, workdir, config, progress=progress and not quiet)
     finish(report)

@@ -39,6 +39,23 @@ _OPTIM = "Optimisation"
 
 
 _LAUNCH_PARAMS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
+# What --resume may be given: which run, and how it is watched and run. Every other
+# option is the run's own (its config.json), and the run continues exactly as it began.
+_RESUME_OPTIONS = ("name", "workdir", "resume", "progress", "quiet", "device", "num_workers", *_LAUNCH_PARAMS)
+
+
+def _options_resume_keeps(ctx: typer.Context) -> list[str]:
+    """Options given on the command line (or in the environment) that --resume would
+    ignore, as their flags. Values of a --config file are left out: the same file
+    serves the run's first start and its resume."""
+    given = []
+    for param in ctx.command.params:
+        if param.name in _RESUME_OPTIONS or param.name not in ctx.params:
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.append(next((o for o in param.opts if o.startswith("--")), param.opts[0]))
+    return given
 
 
 def _forwarded_arguments(ctx: typer.Context) -> list[str]:
@@ -140,7 +157,8 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run NAME from its last checkpoint."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, help="Steps between checkpoints (also at each epoch end)."),
     log_every: int = typer.Option(_D.log_every, help="Steps between rows of metrics.jsonl."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", hidden=True, help="Same as --no-progress."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Training processes on this node (one per GPU): above 1, starts them with torchrun; --batch-size is the global batch, split across all processes."),
     nnodes: int = typer.Option(1, "--nnodes", help="Nodes of a multi-node run (each runs this command with its --node-rank)."),
     node_rank: int = typer.Option(0, "--node-rank", help="This node's rank, 0 to NNODES-1."),
@@ -170,12 +188,20 @@ def train_command(
     from mama_augment.train.distributed import env_from_environ, launch, launched_by_torchrun
     from mama_augment.train.loop import run_train
 
+    ignored = _options_resume_keeps(ctx) if resume and not launched_by_torchrun() else []
+    if ignored:
+        raise fail(
+            f"--resume continues the run with the options it was started with (its config.json), so it does not "
+            f"take {', '.join(ignored)}; only --name, --workdir, --device, --num-workers, the progress option and "
+            "the launch options may be given. To train with other options, start a new run with another --name."
+        )
+
     # Every option named like a TrainConfig field is that field; checks are validate()'s.
     config = TrainConfig.from_dict({
         **ctx.params,
         "captions": caption_paths(captions),
         "meta_set": str(meta_set) if meta_set else None,
-        "progress": not quiet,
+        "progress": progress and not quiet,
     })
     call_library(config.validate)
     call_library(check_launch, nproc_per_node, nnodes, node_rank, master_port)
@@ -217,7 +243,8 @@ def evaluate_command(
     Prints a table labelled with its protocol (plain and DSL rows; per concept and per
     rare / medium / frequent third of concepts when the captions have concepts; the
     multiple-choice accuracy with --multiple-choice) and writes eval.json into the run
-    folder, saying which checkpoint was evaluated.
+    folder, saying which checkpoint was evaluated. Exit code 1 when items of the
+    --multiple-choice file were rejected (counted by kind in the table).
 
     Example: mama-augment evaluate --run mama-work/runs/mama-features-seed0 --split test
 
@@ -232,3 +259,5 @@ def evaluate_command(
     )
     typer.echo(format_table(result))
     typer.echo(f"\nwritten: {RunPaths(Path(run)).eval}")
+    if (result.get("multiple_choice") or {}).get("rejected_items"):
+        raise typer.Exit(1)  # some items failed: the accuracy does not cover the whole file

@@ -54,6 +54,9 @@ class ShardContext:
 class ShardResult:
     written: int = 0
     files: list[str] = field(default_factory=list)  # relative to the export folder
+    # Pictures placed beside the files (relative to the export folder): recorded so that
+    # --overwrite removes exactly what the export wrote, and nothing else in the folder.
+    pictures: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)  # {"key", "video_id", "error_kind", "error"}
 
     def fail(self, sample: Sample, error: ItemError) -> None:

@@ -55,6 +55,7 @@ class ClipVipFormat:
                     for rank, path in enumerate(video.keyframe_paths):
                         target = os.path.join(folder, f"{name}_{rank:03d}.jpg")
                         place_picture(os.path.join(ctx.workdir, path), target, make_parent=False)
+                        result.pictures.append(f"frames/{clip_id}/{name}_{rank:03d}.jpg")
                 except ItemError as exc:
                     result.fail(sample, exc)
                     continue

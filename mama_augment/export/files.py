@@ -10,6 +10,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from mama_augment.checks import MAX_NAME_BYTES
 from mama_augment.errors import ItemError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
@@ -27,17 +28,28 @@ def read_picture(workdir: Path | str, relative: str | None, what: str) -> bytes:
 
 
 def safe_relative_path(video_id: str) -> str:
-    """A relative path for files named after ``video_id``: never absolute, no ``..``.
+    """A relative path for files named after ``video_id``: never absolute, no ``..``,
+    no component longer than ``MAX_NAME_BYTES``.
 
     Ids are usually relative paths already (``sub/clip``) and stay as they are; any
-    other character becomes ``_`` and a short hash keeps changed ids distinct.
+    other character becomes ``_`` and a short hash keeps changed ids distinct. A
+    component too long for common file systems (255 bytes, with room left for the
+    suffixes and temporary names of the files named after it) keeps a readable
+    prefix and ends in a hash of the whole component, so names stay distinct.
     """
     parts = [p for p in video_id.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     cleaned = [_UNSAFE.sub("_", p).lstrip(".") or "_" for p in parts] or ["_"]
     safe = "/".join(cleaned)
     if safe != video_id:
         safe += "-" + hashlib.sha256(video_id.encode("utf-8")).hexdigest()[:8]
-    return safe
+    return "/".join(_fit_name(part) for part in safe.split("/"))
+
+
+def _fit_name(part: str) -> str:
+    if len(part) <= MAX_NAME_BYTES:  # ASCII only here: characters are bytes
+        return part
+    digest = hashlib.sha256(part.encode("utf-8")).hexdigest()[:16]
+    return f"{part[: MAX_NAME_BYTES - len(digest) - 1]}-{digest}"
 
 
 def place_picture(source: Path | str, target: Path | str, make_parent: bool = True) -> None:

@@ -52,6 +52,7 @@ class LlavaFormat:
                     if image not in placed:
                         place_picture(os.path.join(ctx.workdir, video.grid_path), os.path.join(ctx.out, image))
                         placed.add(image)
+                        result.pictures.append(image)
                 else:
                     image = os.path.join(ctx.workdir_resolved, video.grid_path)
             except ItemError as exc:

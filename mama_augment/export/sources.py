@@ -309,7 +309,8 @@ def plain_table(spec: CaptionSpec) -> Path | None:
 
 
 def original_caption_rows(
-    spec: CaptionSpec, video_ids: Sequence[str], tmpdir: Path, batch_rows: int, max_rows: int, problems: Problems
+    spec: CaptionSpec, video_ids: Sequence[str], tmpdir: Path, batch_rows: int, max_rows: int, problems: Problems,
+    splits: set[str] | None = None,
 ) -> Iterator[dict]:
     """Rows (``video_id``, ``caption``, ``split``, ``concept``) of the original captions,
     sorted by ``video_id``, each id matched to one of ``video_ids`` (the ``ok`` videos
@@ -318,16 +319,20 @@ def original_caption_rows(
     The files are read (and a table sorted) before this returns, so a file that cannot
     be used stops the export here. Ids that match no video keep their own and are
     counted in ``problems`` (``unmatched_video_id``, ``ambiguous_video_id``); when no
-    id matches at all it is a UsageError, as in ``train``.
+    id matches at all it is a UsageError, as in ``train``. ``splits``, when given,
+    receives every split name the captions hold (known once this returns).
     """
     if not video_ids:
         return iter(())
+    splits = splits if splits is not None else set()
     path = plain_table(spec)
     if path is None:
         loaded = load_captions(spec, video_ids=video_ids)
         problems.merge(loaded.problems)
+        if "split" in loaded.frame.columns:
+            splits.update(str(v) for v in loaded.frame["split"].dropna().unique())
         return _frame_rows(loaded.frame)
-    return _streamed_rows(spec, path, video_ids, tmpdir, batch_rows, max_rows, problems)
+    return _streamed_rows(spec, path, video_ids, tmpdir, batch_rows, max_rows, problems, splits)
 
 
 def _frame_rows(frame) -> Iterator[dict]:
@@ -339,7 +344,7 @@ def _frame_rows(frame) -> Iterator[dict]:
 
 
 def _streamed_rows(spec: CaptionSpec, path: Path, video_ids: Sequence[str], tmpdir: Path, batch_rows: int,
-                   max_rows: int, problems: Problems) -> Iterator[dict]:
+                   max_rows: int, problems: Problems, splits: set[str]) -> Iterator[dict]:
     """A table sorted on disk. The ids are collected while it is sorted; only when some
     id is not a keyframes id but matches one by a looser rule (``video7010`` for
     ``all/video7010``) is the table read a second time, with those ids replaced."""
@@ -351,6 +356,7 @@ def _streamed_rows(spec: CaptionSpec, path: Path, video_ids: Sequence[str], tmpd
         for batch in batches:
             for video_id in batch.column("video_id").unique().to_pylist():
                 (exact if video_id in known else others).add(video_id)
+            splits.update(v for v in batch.column("split").unique().to_pylist() if v is not None)
             yield batch
 
     rows = sorted_rows(watched(original_caption_batches(path, batch_rows)), "video_id", tmpdir, max_rows)

@@ -127,6 +127,7 @@ def _shard_record(path: Path, out: Path, parts: Path) -> dict | None:
         and isinstance(record.get("planned"), int)
         and isinstance(record.get("files"), list) and all(_inside(f) for f in record["files"])
         and isinstance(record.get("parts", []), list) and all(_inside(p) for p in record.get("parts", []))
+        and isinstance(record.get("pictures", []), list) and all(_inside(p) for p in record.get("pictures", []))
         and isinstance(record.get("failed"), list)
         and all(isinstance(f, dict) and {"video_id", "error_kind", "error"} <= f.keys() for f in record["failed"])
     )
@@ -145,18 +146,56 @@ def _inside(name) -> bool:
     return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
 
 
-def _clear(out: Path) -> None:
-    """Remove an earlier export from ``out`` (known to be ours), keeping the lock and
-    the sort runs of this export's inputs."""
-    for child in out.iterdir():
-        if child.name == STATE_DIR:
-            for inner in child.iterdir():
-                if inner.name not in (".locks", "tmp"):
-                    shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
-        elif child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def _owned_files(out: Path) -> set[str]:
+    """The files (relative to ``out``) that the export's own records say it wrote:
+    ``index.json`` and the files it lists, and every shard record's files and pictures."""
+    owned = {INDEX_FILE}
+    index = _read_json(out / INDEX_FILE) or {}
+    if isinstance(index.get("files"), list):
+        owned.update(f for f in index["files"] if _inside(f))
+    shard_dir = out / STATE_DIR / "shards"
+    for path in sorted(shard_dir.glob("shard-*.json")) if shard_dir.is_dir() else ():
+        record = _read_json(path) or {}
+        for key in ("files", "pictures"):
+            if isinstance(record.get(key), list):
+                owned.update(f for f in record[key] if _inside(f))
+    return owned
+
+
+def _clear(out: Path) -> list[str]:
+    """Remove an earlier export from ``out`` (known to be ours): only the files its
+    records name, then the folders this left empty, keeping the lock and the sort runs
+    of this export's inputs. Returns the files left in place (relative to ``out``):
+    the export did not write them, so they are not its to delete."""
+    root = os.path.realpath(out)
+    for rel in sorted(_owned_files(out)):
+        path = out / rel
+        # A recorded name under a folder that now leads elsewhere (a link) is not ours.
+        if os.path.commonpath([root, os.path.realpath(path.parent)]) != root:
+            continue
+        if path.is_symlink() or path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            _remove_empty_parents(path.parent, out)
+    state_dir = out / STATE_DIR
+    for inner in state_dir.iterdir() if state_dir.is_dir() else ():
+        if inner.name not in (".locks", "tmp"):
+            shutil.rmtree(inner) if inner.is_dir() and not inner.is_symlink() else inner.unlink()
+    left = []
+    for folder, dirs, files in os.walk(out):
+        if Path(folder) == out:
+            dirs[:] = [d for d in dirs if d != STATE_DIR]
+        left += [os.path.relpath(os.path.join(folder, name), out) for name in files]
+    return sorted(left)
+
+
+def _remove_empty_parents(folder: Path, out: Path) -> None:
+    while folder != out and out in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): everything above stays too
+            return
+        folder = folder.parent
 
 
 def _remove_temporaries(out: Path) -> int:
@@ -200,6 +239,21 @@ def _originals_spec(config: ExportConfig, workdir: Path) -> CaptionSpec | None:
 def _ok_video_ids(workdir: Path) -> list[str]:
     table = read_manifest(workdir, KEYFRAMES, columns=["status"])
     return table.filter(pc.equal(table.column("status"), STATUS_OK)).column("video_id").to_pylist()
+
+
+def _check_split(split: str | None, originals: CaptionSpec | None, splits: set[str]) -> None:
+    """``--split`` must name a split of the original captions: an unknown one would
+    drop every video and leave an empty export."""
+    if split is None or split in splits:
+        return
+    if originals is None:
+        raise UsageError(f"--split {split} selects videos by the split of the original captions: "
+                         "give --captions (or a --run trained on captions)")
+    if not splits:
+        raise UsageError(f"--split {split}: the original captions ({', '.join(map(str, originals.paths))}) "
+                         "give no split to any video")
+    raise UsageError(f"--split {split!r} is not a split of the original captions; "
+                     f"choose one of: {', '.join(sorted(splits))}")
 
 
 def _samples(item: VideoItem, unit: str, start: int) -> list[Sample]:
@@ -247,7 +301,12 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
     out = Path(config.out)
     state = _check_out(out, config.overwrite)
     created = not out.exists()
-    state_dir = make_folder(out / STATE_DIR)
+    state_dir = out / STATE_DIR
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder the user named that cannot be written: their choice to change
+        raise UsageError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to") \
+            from None
 
     report = StageReport(stage="export", output=out)
     with workdir_lock(state_dir, "export"):
@@ -268,18 +327,25 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         # replaced, so a file that cannot be used leaves the folder as it was.
         shutil.rmtree(state_dir / "tmp", ignore_errors=True)  # sort runs of a killed export
         problems = Problems()
+        splits: set[str] = set()
         try:
             original_rows = (
                 original_caption_rows(originals, _ok_video_ids(workdir), state_dir / "tmp", config.batch_rows,
-                                      config.sort_memory_rows, problems)
+                                      config.sort_memory_rows, problems, splits)
                 if originals is not None else None
             )
+            _check_split(config.split, originals, splits)
         except BaseException:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             raise
         if replace:
-            _clear(out)  # an earlier export, or one whose state was damaged (see _check_out)
+            kept = _clear(out)  # an earlier export, or one whose state was damaged (see _check_out)
+            if kept:
+                log.warning("--overwrite left %d file(s) in %s that the export did not write, e.g. %s",
+                            len(kept), out, kept[0])
+                report.extra["kept_files"] = (
+                    f"{len(kept)} file(s) the export did not write were left in {out}, e.g. {kept[0]}")
         removed = _remove_temporaries(out)
         if removed:
             log.info("removed %d temporary file(s) of an interrupted export", removed)
@@ -404,6 +470,7 @@ def _export_shards(config, workdir, fmt, unit, out, state_dir, original_rows, we
             "captions": sum(len(s.captions) for s in samples),
             "failed": result.failed,
             "files": result.files,
+            "pictures": result.pictures,
             "parts": sorted(p.name for p in parts.glob(f"part-{index:06d}.*")),
             "prompts_unknown": ctx.prompts_unknown,
         }

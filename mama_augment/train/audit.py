@@ -36,7 +36,7 @@ from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import ROW_GROUP_ROWS
-from mama_augment.train.runs import RunPaths
+from mama_augment.train.runs import RunPaths, load_run_config
 
 PAIR_WEIGHTS_SCHEMA = pa.schema([
     pa.field("pair_id", pa.int64(), nullable=False),  # caption id in the run (stable for the same inputs)
@@ -384,6 +384,11 @@ def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold
         raise UsageError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
     check_number(top, "--top", minimum=0)
     check_number(threshold, "--threshold")
+    paths = RunPaths(Path(run_dir))
+    if paths.config.is_file():
+        # A damaged config.json is one error line (exit 1), as from evaluate and
+        # train --resume: a folder whose record of the run is unreadable is not a run to report on.
+        load_run_config(paths)
     frame, weighted, note = read_pair_weights(run_dir)
     if source != "all":
         frame = frame[frame["caption_source"] == source]

@@ -198,9 +198,14 @@ def format_table(result: dict) -> str:
     if choice:
         lines += ["", f"multiple choice: {choice['items']} items, accuracy {choice['accuracy']:.1f} % "
                       f"(chance {choice['chance']:.1f} %; ties share the credit)"]
+        if choice.get("rejected_items"):
+            total = choice["items"] + choice["rejected_items"]
+            lines.append(f"  {choice['rejected_items']} of {total} items rejected (not scored; the accuracy is over "
+                         f"the other {choice['items']}):")
+            for line in choice.get("input_problems", []):
+                lines.append(f"    {line}")
         if choice.get("unmatched_items"):
-            lines.append(f"  {choice['unmatched_items']} items left out: their video is not in keyframes.parquet "
-                         f"(e.g. {choice['unmatched_example']})")
+            lines.append(f"    video_not_in_keyframes: {choice['unmatched_items']} (e.g. {choice['unmatched_example']})")
     return "\n".join(lines)
 
 
@@ -324,4 +329,10 @@ def evaluate_multiple_choice(model, data, path: str | Path, batch_size: int = 25
         result["unmatched_example"] = unmatched[0]
     if problems:
         result["input_problems"] = problems.lines()
+    # Every item of the file that was not scored, by kind: the accuracy is over the rest.
+    rejected = dict(problems.counts)
+    if unmatched:
+        rejected["video_not_in_keyframes"] = len(unmatched)
+    result["rejected_items"] = sum(rejected.values())
+    result["rejected_by_kind"] = rejected
     return result

@@ -71,6 +71,8 @@ def draw(run_dir: Path) -> list[Path]:
         ax.plot([r["step"] for r in evals], [r["t2v_R@1"] for r in evals], marker="o", label="text->video")
         ax.plot([r["step"] for r in evals], [r["v2t_R@1"] for r in evals], marker="o", label="video->text")
         ax.legend(fontsize=8)
+    else:  # an empty panel would read as a plot that failed to draw
+        ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("validation R@1 (%)")
     ax.set_xlabel("step")
     fig.tight_layout()
