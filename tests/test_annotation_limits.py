@@ -217,3 +217,24 @@ def test_what_is_echoed_from_a_file_is_capped(tmp_path, trained_run):
     result = runner.invoke(app, ["datasets", str(captions), "-w", str(workdir)])
     assert result.exit_code == 1 and "unmatched ids: 1" in result.output, result.output
     assert max(len(line) for line in result.output.splitlines()) < 400
+
+
+# ----------------------------------------------------------------------------- export reads them alike
+
+
+def test_export_reads_the_captions_table_as_train_does(tmp_path):
+    from mama_augment.export.config import ExportConfig
+    from mama_augment.export.stage import run_export
+    from workdir_helpers import make_captioned_workdir
+
+    info = make_captioned_workdir(tmp_path, num_videos=3, captions_per_video=1)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(info["originals"].read_bytes() + f"{info['ids'][0]},un caf\xe9\n".encode("latin-1"))
+    report = run_export(ExportConfig(format="jsonl", out=tmp_path / "out", captions=latin1), info["workdir"])
+    assert report.extra["original_captions_non_utf8_text"] == 1
+    assert "un caf\ufffd" in (tmp_path / "out" / "pairs.jsonl").read_text(encoding="utf-8")
+
+    header_only = write(tmp_path / "header.csv", "video_id,caption\n")
+    with pytest.raises(UsageError, match="holds no caption rows"):
+        run_export(ExportConfig(format="jsonl", out=tmp_path / "out2", captions=header_only), info["workdir"])
+    assert not (tmp_path / "out2").exists()

@@ -353,10 +353,11 @@ def _streamed_rows(spec: CaptionSpec, path: Path, video_ids: Sequence[str], tmpd
                 (exact if video_id in known else others).add(video_id)
             yield batch
 
-    rows = sorted_rows(watched(original_caption_batches(path, batch_rows)), "video_id", tmpdir, max_rows)
+    rows = sorted_rows(watched(original_caption_batches(path, batch_rows, problems)), "video_id", tmpdir, max_rows)
     first = next(rows, None)  # the whole table has been read and sorted
-    if first is None:
-        return iter(())
+    if first is None:  # as in train: a given file that holds nothing is a mistake, not "no originals"
+        raise UsageError(f"{path} holds no caption rows (a header only, or only empty captions): "
+                         "give a file with captions, or leave it out")
     mapping: dict[str, str] = {}
     if others:
         # The exact ids take part so that a looser rule never claims a video that has its own id.
@@ -384,10 +385,13 @@ def _rename_ids(batch: pa.RecordBatch, mapping: dict[str, str]) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
-def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def original_caption_batches(path: Path, batch_rows: int, problems: Problems | None = None) -> Iterator[pa.RecordBatch]:
     """The original captions file as batches of ``video_id``, ``caption``, ``split``, ``concept``.
 
-    Same rules as training: text is stripped, empty captions are skipped.
+    Same rules as training: text is stripped, empty captions are skipped; CSV and JSON
+    Lines are read line by line as training reads them, so a byte that is not UTF-8
+    (``non_utf8_text``) or a bad JSON line (``malformed_line``) is counted in
+    ``problems``, not fatal.
     """
     path = Path(path)
     if not path.is_file():
@@ -396,13 +400,9 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
     names = list(ORIGINAL_COLUMNS)
     try:
         if suffix == ".csv":
-            source: Iterable[pa.RecordBatch] = _csv_batches(path, names, batch_rows)
+            source: Iterable[pa.RecordBatch] = _csv_batches(Source(path, problems), names, batch_rows)
         elif suffix in (".jsonl", ".ndjson"):
-            import pandas as pd
-
-            # One chunk of lines at a time; values are read as text whatever their JSON type.
-            chunks = pd.read_json(path, lines=True, dtype=False, chunksize=batch_rows)
-            source = (_frame_batch(chunk, names) for chunk in chunks)
+            source = _json_lines_batches(Source(path, problems), names, batch_rows)
         elif suffix == ".parquet":
             handle = open_parquet(path)
             present = [n for n in names if n in handle.schema_arrow.names]
@@ -423,25 +423,41 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
         raise UsageError(f"cannot read captions file {path}: {exc}") from exc
 
 
-def _csv_batches(path: Path, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _csv_batches(source: Source, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """A CSV file a batch at a time, every value as text (Python's csv module: it holds
     one batch, where Arrow's streaming CSV reader was seen to keep memory in proportion
     to the file)."""
     import csv
 
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [n for n in ("video_id", "caption") if n not in (reader.fieldnames or [])]
-        if missing:
-            raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
-        rows: list[dict] = []
-        for row in reader:
-            rows.append(row)
-            if len(rows) >= batch_rows:
-                yield _rows_batch(rows, names)
-                rows = []
-        if rows:
+    reader = csv.DictReader(line + "\n" for line in source.lines())
+    missing = [n for n in ("video_id", "caption") if n not in (reader.fieldnames or [])]
+    if missing:
+        raise UsageError(f"captions file {source.path} lacks column(s) {', '.join(missing)}")
+    rows: list[dict] = []
+    for row in reader:
+        rows.append(row)
+        if len(rows) >= batch_rows:
             yield _rows_batch(rows, names)
+            rows = []
+    if rows:
+        yield _rows_batch(rows, names)
+
+
+def _json_lines_batches(source: Source, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A JSON Lines file a batch at a time; values are read as text whatever their JSON type."""
+    import pandas as pd
+
+    records: list[dict] = []
+    for number, record in source.json_lines():
+        if not isinstance(record, dict):
+            source.problems.add("malformed_line", f"{source.name} line {number}: not a JSON object")
+            continue
+        records.append(record)
+        if len(records) >= batch_rows:
+            yield _frame_batch(pd.DataFrame.from_records(records), names)
+            records = []
+    if records:
+        yield _frame_batch(pd.DataFrame.from_records(records), names)
 
 
 def _rows_batch(rows: list[dict], names: Sequence[str]) -> pa.RecordBatch:
