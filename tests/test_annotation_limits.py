@@ -238,3 +238,22 @@ def test_export_reads_the_captions_table_as_train_does(tmp_path):
     with pytest.raises(UsageError, match="holds no caption rows"):
         run_export(ExportConfig(format="jsonl", out=tmp_path / "out2", captions=header_only), info["workdir"])
     assert not (tmp_path / "out2").exists()
+
+
+def test_train_and_evaluate_store_capped_examples(tmp_path, trained_run):
+    workdir, run = trained_run
+    huge_id = "z" * 20_000
+    rows = "".join(f"v{n:04d},a caption of video {n}\n" for n in range(30))
+    captions = write(tmp_path / "captions.csv", f"video_id,caption\n{rows}{huge_id},{'y' * 20_000}\n")
+    result = runner.invoke(app, ["train", "--captions", str(captions), "--workdir", str(workdir), "--text-model", "hashing",
+                                 "--epochs", "1", "--batch-size", "8", "--name", "echo", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = (workdir / "runs" / "echo" / "summary.json").read_text()
+    assert "unmatched_video_id" in summary and huge_id not in summary
+    mc = write(tmp_path / "msrvtt_mc_test.jsonl",
+               '{"video_id": "v0000", "candidates": ["a caption of video 0", "other"], "answer": 0}\n'
+               + json.dumps({"video_id": huge_id, "candidates": ["x", "y"], "answer": 9}) + "\n"
+               + json.dumps({"video_id": huge_id, "candidates": ["x", "y"], "answer": 1}) + "\n")
+    runner.invoke(app, ["evaluate", "--run", str(run), "--multiple-choice", str(mc)])
+    stored = (run / "eval.json").read_text()
+    assert "multiple_choice" in stored and huge_id not in stored
