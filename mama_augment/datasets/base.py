@@ -163,9 +163,8 @@ class Source:
     def head_is_whole(self) -> bool:
         return self.size <= len(self.head_bytes)
 
-    def head_lines(self) -> list[str]:
-        """The complete lines of the head (for format detection); when the first line
-        runs past the head, the first few lines read whole."""
+    @cached_property
+    def _head_lines(self) -> list[str]:
         lines = self.head.splitlines()
         if self.head_is_whole():
             return lines
@@ -173,6 +172,11 @@ class Source:
         if sum(1 for line in lines if line.strip()) < 2:
             return self.first_lines(5)
         return lines
+
+    def head_lines(self) -> list[str]:
+        """The complete lines of the head (for format detection); when the first line
+        runs past the head, the first few lines read whole."""
+        return self._head_lines
 
     def is_utf16(self) -> bool:
         return self.head_bytes.startswith((b"\xff\xfe", b"\xfe\xff"))
@@ -562,6 +566,8 @@ def read_table(source: Source, sep: str = ",", header: bool = True):
 
 def header_fields(source: Source) -> list[str]:
     """The first non-empty line's comma-separated fields, lower-cased and stripped."""
+    if source.looks_like_json():  # no header to read (and its first line may be the whole file)
+        return []
     for line in source.head_lines():
         if line.strip():
             return [f.strip().strip('"').lower() for f in line.split(",")]
