@@ -30,7 +30,6 @@ import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -275,20 +274,6 @@ class KeyedCursor:
 
 ORIGINAL_COLUMNS = ("video_id", "caption", "split", "concept")
 _TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
-# Bytes read to recognise a captions table, enough for any format's header.
-_HEAD_BYTES = 65536
-
-
-class _Head(Source):
-    """The first bytes of a file only: enough to recognise its format without reading it whole."""
-
-    @cached_property
-    def raw(self) -> bytes:
-        try:
-            with open(self.path, "rb") as handle:
-                return handle.read(_HEAD_BYTES)
-        except OSError as exc:
-            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
 
 
 def plain_table(spec: CaptionSpec) -> Path | None:
@@ -303,7 +288,8 @@ def plain_table(spec: CaptionSpec) -> Path | None:
     if named == "mama":
         return path
     try:
-        return path if detect_format(_Head(path)) == "mama" else None
+        # Recognised from the file's head: nothing is read whole here.
+        return path if detect_format(Source(path)) == "mama" else None
     except UsageError:  # read whole below, which says what is wrong
         return None
 
