@@ -11,7 +11,10 @@ used at all (not the format named, truncated JSON, a pickle) raises
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +37,37 @@ _SPLIT_WORDS = {
     "test": "test", "testing": "test", "publictect": "test",  # LSMDC's test file spells it so
 }  # fmt: skip
 _SPLIT_TOKEN = re.compile(r"^([a-z]+?)(\d[a-z0-9]*)?$")
+_UTF8_BOM = b"\xef\xbb\xbf"
+_HEAD_BYTES = 65536
+_BLOCK_BYTES = 1 << 20
+_EXAMPLE_CHARS = 200  # what a problem example may echo of a user's file
+LIMIT_ENV = "MAMA_MAX_ANNOTATION_MB"
+DEFAULT_LIMIT_MB = 256
+
+
+def annotation_limit_bytes() -> int:
+    """The most an annotation file may hold of what must be read whole (a JSON
+    document, or one line): ``$MAMA_MAX_ANNOTATION_MB`` megabytes, 256 by default."""
+    value = os.environ.get(LIMIT_ENV, "").strip()
+    if not value:
+        return DEFAULT_LIMIT_MB * 1_000_000
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        raise UsageError(f"{LIMIT_ENV}={value!r} must be a positive number of megabytes")
+    return int(megabytes * 1_000_000)
+
+
+def clip_text(text: str, limit: int = _EXAMPLE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def too_deep(path) -> UsageError:
+    return UsageError(f"{path} is not valid JSON: nested too deeply to read (a damaged or hostile file)")
 
 PICKLE_HINT = (
     "mama-augment never unpickles a file (unpickling runs code from the file). Convert it once, "
@@ -54,7 +88,8 @@ class Problems:
         if count <= 0:
             return
         self.counts[kind] += count
-        self.examples.setdefault(kind, example)
+        # An example quotes the user's file: never a whole line of any length.
+        self.examples.setdefault(kind, clip_text(example))
 
     def merge(self, other: "Problems") -> None:
         for kind, count in other.counts.items():
@@ -93,7 +128,9 @@ class Part:
 
 
 class Source:
-    """One input file, decoded and parsed lazily and at most once."""
+    """One input file, read lazily: its head for recognising the format, then either
+    line by line (line-based formats, any size) or whole (a JSON document, up to
+    :func:`annotation_limit_bytes`)."""
 
     def __init__(self, path: str | Path, problems: Problems | None = None):
         self.path = Path(path)
@@ -108,20 +145,50 @@ class Source:
         return self.path.name
 
     @cached_property
-    def raw(self) -> bytes:
+    def size(self) -> int:
         try:
-            return self.path.read_bytes()
+            return self.path.stat().st_size
         except OSError as exc:
             raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
 
+    @cached_property
+    def head_bytes(self) -> bytes:
+        """The first bytes of the file: enough to recognise its format."""
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read(_HEAD_BYTES)
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+    def head_is_whole(self) -> bool:
+        return self.size <= len(self.head_bytes)
+
+    @cached_property
+    def _head_lines(self) -> list[str]:
+        lines = self.head.splitlines()
+        if self.head_is_whole():
+            return lines
+        lines = lines[:-1]  # cut by the end of the head
+        if sum(1 for line in lines if line.strip()) < 2:
+            return self.first_lines(5)
+        return lines
+
+    def head_lines(self) -> list[str]:
+        """The complete lines of the head (for format detection); when the first line
+        runs past the head, the first few lines read whole."""
+        return self._head_lines
+
+    def is_utf16(self) -> bool:
+        return self.head_bytes.startswith((b"\xff\xfe", b"\xfe\xff"))
+
     def is_pickle(self) -> bool:
-        head = self.raw[:2]
+        head = self.head_bytes[:2]
         return self.path.suffix.lower() in (".pkl", ".pickle") or (
             len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
         )
 
     def is_parquet(self) -> bool:
-        return self.raw[:4] == b"PAR1"
+        return self.head_bytes[:4] == b"PAR1"
 
     def refuse_pickle(self) -> None:
         if self.is_pickle():
@@ -129,50 +196,64 @@ class Source:
             raise UsageError(f"{self.path} is a Python pickle. " + PICKLE_HINT.format(name=self.path.name, stem=stem))
 
     def refuse_binary(self) -> None:
-        raw = self.raw
-        if b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not self.is_parquet():
+        head = self.head_bytes
+        if b"\x00" in head[:4096] and not self.is_utf16() and not self.is_parquet():
             raise UsageError(f"{self.path} is a binary file, not a captions or annotation file")
+
+    def refuse_oversized(self, what: str = "a JSON document") -> None:
+        """A file that must be held whole is refused above the cap, before it is read."""
+        limit = annotation_limit_bytes()
+        if self.size > limit:
+            raise UsageError(
+                f"{self.path} is {self.size / 1e6:,.0f} MB: over the {limit / 1e6:g} MB cap on an annotation file "
+                f"read whole ({what}); set {LIMIT_ENV} to a larger number of megabytes to read it"
+            )
 
     @cached_property
     def text(self) -> str:
-        """The file as text: UTF-8 (a BOM is dropped), or UTF-16 with a BOM. Bytes that
-        are not UTF-8 are replaced by U+FFFD and counted (``non_utf8_text``)."""
+        """The whole file as text (refused above the cap): UTF-8 (a BOM is dropped), or
+        UTF-16 with a BOM. Bytes that are not UTF-8 are replaced by U+FFFD and counted
+        (``non_utf8_text``)."""
         self.refuse_pickle()
-        raw = self.raw
+        self.refuse_oversized()
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
             try:
                 return raw.decode("utf-16")
             except UnicodeDecodeError as exc:
                 raise UsageError(f"{self.path}: bad UTF-16 text at byte {exc.start}") from None
-        if raw.startswith(b"\xef\xbb\xbf"):
+        if raw.startswith(_UTF8_BOM):
             raw = raw[3:]
         self.refuse_binary()
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             pass
-        bad_lines = []
         for number, line in enumerate(raw.split(b"\n"), 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad_lines.append((number, line[exc.start : exc.start + 1].hex()))
-        first_line, first_byte = bad_lines[0]
-        self.problems.add(
-            "non_utf8_text",
-            f"{self.name} line {first_line}: byte 0x{first_byte} is not UTF-8; such bytes read as U+FFFD "
-            "(save the file as UTF-8 to keep them)",
-            len(bad_lines),
-        )
+            self._decode_line(line, number)
         return raw.decode("utf-8", errors="replace")
+
+    def _decode_line(self, line: bytes, number: int) -> str:
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problems.add(
+                "non_utf8_text",
+                f"{self.name} line {number}: byte 0x{line[exc.start : exc.start + 1].hex()} is not UTF-8; such bytes "
+                "read as U+FFFD (save the file as UTF-8 to keep them)",
+            )
+            return line.decode("utf-8", errors="replace")
 
     @cached_property
     def head(self) -> str:
         """The first few kilobytes as text, for format detection (no counting)."""
-        raw = self.raw[:65536]
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            return self.text[:65536]
-        if raw.startswith(b"\xef\xbb\xbf"):
+        raw = self.head_bytes
+        if self.is_utf16():
+            return raw[: len(raw) - len(raw) % 2].decode("utf-16", errors="replace")
+        if raw.startswith(_UTF8_BOM):
             raw = raw[3:]
         return raw.decode("utf-8", errors="replace")
 
@@ -181,7 +262,7 @@ class Source:
 
     @cached_property
     def json(self) -> Any:
-        """The whole file parsed as one JSON document."""
+        """The whole file parsed as one JSON document (refused above the cap)."""
         text = self.text
         try:
             return json.loads(text)
@@ -192,27 +273,148 @@ class Source:
             raise UsageError(
                 f"{self.path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){hint}"
             ) from None
+        except RecursionError:
+            raise too_deep(self.path) from None
+
+    def _byte_lines(self, strict: bool = True) -> Iterator[bytes]:
+        """The lines of a UTF-8 file as bytes, without the ``\\n``, read in blocks: a
+        line longer than the cap, or a NUL byte (a binary or zero-padded file), is an
+        error (``strict``) or ends the lines early (format detection)."""
+        limit = annotation_limit_bytes()
+        pending: list[bytes] = []  # the start of a line that runs past a block
+        pending_size = 0
+        offset = 0
+        try:
+            handle = open(self.path, "rb")
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        with handle:
+            while True:
+                block = handle.read(_BLOCK_BYTES)
+                if not block:
+                    break
+                if b"\x00" in block:
+                    if not strict:
+                        return
+                    where = offset + block.index(b"\x00")
+                    raise UsageError(
+                        f"{self.path} holds a NUL byte at byte {where:,}: a binary or damaged file (a copy padded "
+                        "with zeros?), not a text annotation file"
+                    )
+                offset += len(block)
+                pieces = block.split(b"\n")
+                for piece in pieces[:-1]:
+                    line = b"".join((*pending, piece)) if pending else piece
+                    pending, pending_size = [], 0
+                    if len(line) > limit:
+                        if not strict:  # detection: the beginning of the line is enough
+                            yield line[:limit]
+                            return
+                        raise self._long_line(limit)
+                    yield line
+                if pieces[-1]:
+                    pending.append(pieces[-1])
+                    pending_size += len(pieces[-1])
+                if pending_size > limit:
+                    if not strict:
+                        yield b"".join(pending)[:limit]
+                        return
+                    raise self._long_line(limit)
+        if pending:
+            yield b"".join(pending)
+
+    def _long_line(self, limit: int) -> UsageError:
+        return UsageError(f"{self.path} has a line longer than the {limit / 1e6:g} MB cap on what is read whole; "
+                          f"set {LIMIT_ENV} to a larger number of megabytes to read it")
+
+    def _utf16_lines(self, strict: bool = True) -> Iterator[str]:
+        limit = annotation_limit_bytes() // 2
+        try:
+            handle = open(self.path, encoding="utf-16", newline="")
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        with handle:
+            while True:
+                try:
+                    line = handle.readline(limit + 1)
+                except UnicodeDecodeError as exc:
+                    if not strict:
+                        return
+                    raise UsageError(f"{self.path}: bad UTF-16 text ({exc.reason})") from None
+                if not line:
+                    return
+                if len(line) > limit and not line.endswith("\n"):
+                    if not strict:
+                        yield line
+                        return
+                    raise self._long_line(limit * 2)
+                yield line[:-1] if line.endswith("\n") else line
+
+    def lines(self, strict: bool = True) -> Iterator[str]:
+        """Every line of the file as text, without its line end, read as a stream (any
+        file size). Bytes that are not UTF-8 read as U+FFFD and are counted
+        (``non_utf8_text``); ``strict=False`` (format detection) counts nothing and
+        stops quietly where a strict read would fail."""
+        self.refuse_pickle()
+        if self.is_utf16():
+            for line in self._utf16_lines(strict):
+                yield line.rstrip("\r")
+            return
+        self.refuse_binary()
+        for number, raw in enumerate(self._byte_lines(strict), 1):
+            if number == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[3:]
+            line = self._decode_line(raw, number) if strict else raw.decode("utf-8", errors="replace")
+            yield line.rstrip("\r")
+
+    def text_stream(self) -> "io.TextIOBase":
+        """The lines of the file as one text stream (for a table reader), read lazily."""
+        return _LineStream(self.lines())
+
+    def first_lines(self, count: int) -> list[str]:
+        """The first ``count`` non-empty lines, each read whole (for format detection)."""
+        found = []
+        for line in self.lines(strict=False):
+            if line.strip():
+                found.append(line)
+                if len(found) == count:
+                    break
+        return found
 
     def json_lines(self) -> Iterator[tuple[int, Any]]:
-        """(line number, value) of every JSON line; unreadable lines are counted."""
-        for number, line in enumerate(self.text.splitlines(), 1):
+        """(line number, value) of every JSON line; unreadable lines are counted
+        (``malformed_line``, with the line number) and the others used."""
+        for number, line in enumerate(self.lines(), 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                yield number, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
-                self.problems.add("malformed_line", f"{self.name} line {number}: {exc.msg}")
+                self.problems.add("malformed_line", f"{self.name} line {number}: not valid JSON: {exc.msg}")
+                continue
+            except RecursionError:
+                self.problems.add("malformed_line", f"{self.name} line {number}: not valid JSON: nested too deeply")
+                continue
+            yield number, value
+
+    @cached_property
+    def _json_lines_layout(self) -> bool:
+        lines = self.first_lines(2)
+        if len(lines) < 2 or lines[0].lstrip().startswith("["):  # one line, or a JSON list: one document
+            return False
+        for line in lines:  # the first may be a bad line of a JSON Lines file
+            try:
+                if isinstance(json.loads(line), dict):
+                    return True
+            except (ValueError, RecursionError):
+                continue
+        return False
 
     def is_json_lines(self) -> bool:
-        """Two or more lines, each a complete JSON object (JSON Lines, not one document)."""
-        lines = [line for line in self.head.splitlines()[:3] if line.strip()]
-        if len(lines) < 2:  # a one-line file is one JSON document
-            return False
-        try:
-            return all(isinstance(json.loads(line), dict) for line in lines[:2])
-        except json.JSONDecodeError:
-            return False
+        """Two or more lines, the first or second a complete JSON object (JSON Lines,
+        not one document). Lines of any length are read whole."""
+        return self.looks_like_json() and self._json_lines_layout
 
     def records(self) -> Iterator[tuple[int, Any]]:
         """(number, record) of a JSON Lines file, a JSON list, or a lone JSON object."""
@@ -222,8 +424,54 @@ class Source:
         data = self.json
         yield from enumerate(data if isinstance(data, list) else [data])
 
-    def lines(self) -> list[str]:
-        return self.text.splitlines()
+
+class _LineStream(io.TextIOBase):
+    """Lines joined back into a readable text stream, a few at a time."""
+
+    def __init__(self, lines: Iterator[str]):
+        self._lines = lines
+        self._buffer = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self, size: int) -> None:
+        pieces = [self._buffer]
+        have = len(self._buffer)
+        while size < 0 or have < size:
+            line = next(self._lines, None)
+            if line is None:
+                break
+            pieces.append(line + "\n")
+            have += len(line) + 1
+        self._buffer = "".join(pieces)
+
+    def read(self, size: int | None = -1) -> str:
+        size = -1 if size is None else size
+        self._fill(size)
+        if size < 0:
+            out, self._buffer = self._buffer, ""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def readline(self, size: int | None = -1) -> str:
+        if "\n" not in self._buffer:
+            line = next(self._lines, None)
+            if line is not None:
+                self._buffer += line + "\n"
+        end = self._buffer.find("\n") + 1 or len(self._buffer)
+        out, self._buffer = self._buffer[:end], self._buffer[end:]
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
 
 
 def split_from_name(name: str) -> str | None:
@@ -300,25 +548,27 @@ def unusable(source: Source, what: str) -> UsageError:
 
 
 def read_table(source: Source, sep: str = ",", header: bool = True):
-    """A delimited text file as a DataFrame of strings (empty cells are empty strings)."""
-    import io
-
+    """A delimited text file as a DataFrame of strings (empty cells are empty strings),
+    read as a stream of lines (any file size; bytes that are not UTF-8 are counted)."""
     import pandas as pd
 
     try:
         return pd.read_csv(
-            io.StringIO(source.text), sep=sep, dtype=str, keep_default_na=False,
+            source.text_stream(), sep=sep, dtype=str, keep_default_na=False,
             header=0 if header else None, quoting=3 if sep == "\t" else 0,  # 3: QUOTE_NONE (tab files quote nothing)
         )
     except pd.errors.EmptyDataError:
         raise UsageError(f"{source.path} is empty") from None
     except (pd.errors.ParserError, ValueError) as exc:
-        raise UsageError(f"{source.path}: cannot read it as a {'tab' if sep == chr(9) else 'comma'}-separated table: {exc}") from None
+        what = "tab" if sep == "\t" else "comma"
+        raise UsageError(f"{source.path}: cannot read it as a {what}-separated table: {clip_text(str(exc))}") from None
 
 
 def header_fields(source: Source) -> list[str]:
     """The first non-empty line's comma-separated fields, lower-cased and stripped."""
-    for line in source.head.splitlines():
+    if source.looks_like_json():  # no header to read (and its first line may be the whole file)
+        return []
+    for line in source.head_lines():
         if line.strip():
             return [f.strip().strip('"').lower() for f in line.split(",")]
     return []

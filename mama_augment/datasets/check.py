@@ -60,9 +60,9 @@ class DatasetCheck:
 
 
 def check_files(paths: Sequence[str | Path], formats=None, video_ids: Sequence[str] | None = None) -> DatasetCheck:
-    from mama_augment.train.protocols import choose_protocol
-
-    loaded = load_captions([str(p) for p in paths], formats, video_ids=video_ids)
+    # A file without caption rows is reported as a problem here, not refused as in train.
+    loaded = load_captions([str(p) for p in paths], formats, video_ids=video_ids, allow_empty=True)
+    from mama_augment.train.protocols import choose_protocol  # imports torch: only once the files are read
     frame = loaded.frame
     check = DatasetCheck(loaded)
     if "split" in frame.columns:

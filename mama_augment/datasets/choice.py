@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mama_augment.datasets.base import Problems, Source, id_value, text_value
+from mama_augment.datasets.base import Problems, Source, id_value, text_value, too_deep
 from mama_augment.errors import UsageError
 
 _VIDEO_KEYS = ("video_id", "clip_name", "clip_id", "video", "videoID")
@@ -32,6 +32,13 @@ class ChoiceItem:
 
 def read_multiple_choice(path: str | Path, problems: Problems | None = None) -> list[ChoiceItem]:
     source = Source(path, problems)
+    try:
+        return _read_items(source)
+    except RecursionError:
+        raise too_deep(source.path) from None
+
+
+def _read_items(source: Source) -> list[ChoiceItem]:
     source.refuse_pickle()
     if not source.looks_like_json():
         raise UsageError(f"{source.path}: a multiple-choice file is JSON Lines or a JSON list of "

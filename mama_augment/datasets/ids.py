@@ -46,6 +46,11 @@ def _loose_keys(video_id: str) -> list[str]:
     return list(dict.fromkeys(k for k in keys if k))
 
 
+def _clip(video_id: str, limit: int = 80) -> str:
+    """An id as echoed in a summary: an id read from a user's file may be a whole line."""
+    return video_id if len(video_id) <= limit else f"{video_id[:limit]}... ({len(video_id) - limit} more characters)"
+
+
 def _toggle_v(key: str) -> str:
     return key[2:] if key.startswith("v_") and len(key) > 2 else f"v_{key}"
 
@@ -67,9 +72,10 @@ class IdMatch:
         lines = [f"video ids matched: {len(self.mapping)} of {self.total}"
                  + (" (" + ", ".join(f"{rule} {n}" for rule, n in self.by_rule.items() if n) + ")" if self.mapping else "")]
         if self.unmatched:
-            lines.append(f"unmatched ids: {len(self.unmatched)} (e.g. {', '.join(self.unmatched[:show])})")
+            shown = [_clip(v) for v in self.unmatched[:show]]
+            lines.append(f"unmatched ids: {len(self.unmatched)} (e.g. {', '.join(shown)})")
         if self.ambiguous:
-            shown = [f"{k} -> {' | '.join(v[:3])}" for k, v in list(self.ambiguous.items())[:show]]
+            shown = [f"{_clip(k)} -> {' | '.join(_clip(c) for c in v[:3])}" for k, v in list(self.ambiguous.items())[:show]]
             lines.append(f"ambiguous ids: {len(self.ambiguous)} (e.g. {'; '.join(shown)})")
         return lines
 

@@ -43,11 +43,9 @@ def _split_of(source: Source, mapping: dict[str, str] | None = None) -> str:
 def detect_text_list(source: Source) -> bool:
     if source.looks_like_json():
         return False
-    lines = [line.strip() for line in source.head.splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line.strip() for line in source.head_lines() if line.strip() and not line.startswith("#")]
     if not lines:
         return False
-    if len(source.raw) > 65536:
-        lines = lines[:-1]  # the last line of the head may be cut
     fields = header_fields(source)
     if "video_id" in fields and not (_TEXT_COLUMNS & set(fields)) and len(fields) <= 2:
         return True  # MSRVTT_train.9k.csv, with or without an index column

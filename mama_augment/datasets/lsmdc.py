@@ -21,7 +21,7 @@ _TIME = re.compile(r"^\d+([.:]\d+)*$")
 def detect(source: Source) -> bool:
     if source.looks_like_json():
         return False
-    for line in source.head.splitlines():
+    for line in source.head_lines():
         if line.strip():
             fields = line.rstrip("\r\n").split("\t")
             return len(fields) == 6 and all(_TIME.match(f.strip()) for f in fields[1:5])

@@ -131,7 +131,7 @@ def read_jsfusion(source: Source) -> Part:
 
 def detect_categories(source: Source) -> bool:
     lines = [line for line in source.head.splitlines() if line.strip()]
-    return 0 < len(lines) <= 1000 and len(source.raw) < 65536 and all(_CATEGORY_LINE.match(line) for line in lines)
+    return 0 < len(lines) <= 1000 and source.size < 65536 and all(_CATEGORY_LINE.match(line) for line in lines)
 
 
 def read_categories(source: Source) -> Part:

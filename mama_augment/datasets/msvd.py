@@ -23,9 +23,7 @@ from mama_augment.errors import UsageError
 def detect_descriptions(source: Source) -> bool:
     if source.looks_like_json() or "\t" in source.head[:4096]:
         return False
-    lines = source.head.splitlines()
-    if len(source.raw) > 65536:
-        lines = lines[:-1]
+    lines = source.head_lines()
     comments = sum(1 for line in lines if line.startswith("#"))
     body = [line for line in lines if line.strip() and not line.startswith("#")]
     if not body or "," in body[0].split(" ", 1)[0]:

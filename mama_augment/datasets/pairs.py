@@ -22,9 +22,12 @@ import pandas as pd
 
 from mama_augment.datasets.base import (
     Part,
+    Problems,
     Source,
+    clip_text,
     header_fields,
     id_value,
+    read_table,
     split_from_name,
     text_value,
     unusable,
@@ -38,12 +41,12 @@ _KEY_PAIRS = (
 
 def _first_record(source: Source):
     if source.is_json_lines():
-        for line in source.head.splitlines():
-            if line.strip():
-                try:
-                    return json.loads(line)
-                except ValueError:
-                    return None
+        for line in source.first_lines(2):  # read whole: a line may be longer than the head
+            try:
+                return json.loads(line)
+            except (ValueError, RecursionError):
+                continue  # a bad first line of a JSON Lines file: the second decides
+        return None
     data = source.json
     if isinstance(data, list):
         return data[0] if data else None
@@ -104,7 +107,7 @@ def read_mama(source: Source) -> Part:
             f"{source.path}: a video_id/caption table must be named .csv, .jsonl or .parquet (the extension picks the reader)"
         )
     source.refuse_pickle()
-    frame = read_pairs_file(source.path)
+    frame = _pairs_frame(source)
     part = Part(source.path, "mama")
     part.video_ids = frame["video_id"].tolist()
     part.captions = frame["caption"].tolist()
@@ -113,25 +116,44 @@ def read_mama(source: Source) -> Part:
     return part
 
 
-def read_pairs_file(path: str | Path) -> pd.DataFrame:
+def read_pairs_file(path: str | Path, problems: Problems | None = None) -> pd.DataFrame:
     """A user's captions file as a DataFrame with ``video_id``, ``caption`` (stripped
     strings) and, when present, ``split`` and ``concept`` (strings or None).
 
     The one reader of that file (``--captions``, ``--meta-set``, the report's original
     captions): ``.csv``, ``.jsonl`` / ``.ndjson``, ``.json`` (an array of records) or
-    ``.parquet``. Missing captions read as empty strings.
+    ``.parquet``. Missing captions read as empty strings. CSV and JSON Lines are read
+    line by line, as the other annotation formats: a bad line or a byte that is not
+    UTF-8 is counted in ``problems`` (``malformed_line``, ``non_utf8_text``), not fatal.
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"captions file {path} does not exist")
+    return _pairs_frame(Source(path, problems))
+
+
+def _pairs_frame(source: Source) -> pd.DataFrame:
+    path = source.path
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame = read_table(source)
         elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
+            records = []
+            for number, record in source.json_lines():
+                if isinstance(record, dict):
+                    records.append(record)
+                else:
+                    source.problems.add("malformed_line", f"{source.name} line {number}: not a JSON object")
+            if not records:
+                raise unusable(source, "JSON lines")
+            frame = pd.DataFrame.from_records(records)
         elif suffix == ".json":
-            frame = pd.read_json(path, dtype=False)
+            data = source.json
+            if isinstance(data, list):
+                frame = pd.DataFrame.from_records([r for r in data if isinstance(r, dict)])
+            else:
+                frame = pd.DataFrame(data)
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
@@ -139,12 +161,12 @@ def read_pairs_file(path: str | Path) -> pd.DataFrame:
     except UsageError:
         raise
     except Exception as exc:  # pandas raises many kinds for malformed files
-        raise UsageError(f"cannot read captions file {path}: {exc}") from exc
+        raise UsageError(f"cannot read captions file {path}: {clip_text(str(exc))}") from exc
     missing = [c for c in ("video_id", "caption") if c not in frame.columns]
     if missing:
         raise UsageError(
             f"captions file {path} needs the columns video_id and caption; missing: {', '.join(missing)} "
-            f"(it has {', '.join(map(str, frame.columns))})"
+            f"(it has {clip_text(', '.join(map(str, frame.columns)))})"
         )
     frame = frame.copy()
     frame["video_id"] = frame["video_id"].astype(str)

@@ -35,6 +35,8 @@ from mama_augment.datasets.base import (
     Part,
     Problems,
     Source,
+    clip_text,
+    too_deep,
 )
 from mama_augment.datasets.ids import IdMatch, match_video_ids
 from mama_augment.datasets.registry import FORMATS
@@ -127,7 +129,7 @@ def parse_formats(formats, count: int) -> tuple[str, ...] | None:
 def detect_format(source: Source) -> str:
     """The name of the first format that recognises ``source``."""
     source.refuse_pickle()
-    if not source.raw.strip():
+    if not source.head_bytes.strip() and source.head_is_whole():
         raise UsageError(f"{source.path} is empty")
     source.refuse_binary()
     for name, fmt in FORMATS.items():
@@ -145,15 +147,19 @@ def detect_format(source: Source) -> str:
 
 def read_file(path: str | Path, format: str | None = None, problems: Problems | None = None) -> Part:
     source = Source(path, problems)
-    if format and format != "auto":
-        if format not in FORMATS:
-            raise UsageError(f"unknown captions format {format!r}: one of {', '.join(FORMATS)}")
-        _check_forced(source, format)
-        name = format
-    else:
-        name = detect_format(source)
-    source.refuse_pickle()
-    return FORMATS[name].reader(source)
+    try:
+        if format and format != "auto":
+            if format not in FORMATS:
+                raise UsageError(f"unknown captions format {format!r}: one of {', '.join(FORMATS)}")
+            _check_forced(source, format)
+            name = format
+        else:
+            name = detect_format(source)
+        source.refuse_pickle()
+        return FORMATS[name].reader(source)
+    except RecursionError:
+        # Deep nesting that got past the JSON parser (a reader's str() of a value).
+        raise too_deep(source.path) from None
 
 
 def _check_forced(source: Source, name: str) -> None:
@@ -178,8 +184,12 @@ def _file_key(path: str) -> tuple[str, int, int]:
     return (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def read_annotations(spec: CaptionSpec | str | Sequence[str], formats=None) -> CaptionSet:
-    """Read and combine the files of ``spec`` (see the module doc); no id matching."""
+def read_annotations(spec: CaptionSpec | str | Sequence[str], formats=None, allow_empty: bool = False) -> CaptionSet:
+    """Read and combine the files of ``spec`` (see the module doc); no id matching.
+
+    A captions file that yields no caption row (a header only), or files whose rows
+    are all left out, are a UsageError naming the file; with ``allow_empty`` (the
+    ``datasets`` check) they are counted as ``no_caption_rows`` instead."""
     spec = CaptionSpec.of(spec, formats)
     if not spec.paths:
         raise UsageError("no captions file given")
@@ -191,9 +201,24 @@ def read_annotations(spec: CaptionSpec | str | Sequence[str], formats=None) -> C
         seen[key] = path
     keys = tuple(_file_key(p) for p in spec.paths)
     result = _read_cached(spec, keys)
+    if not allow_empty:
+        refuse_empty(result)
     # Callers may change the frame; the cached one stays as read.
     return CaptionSet(result.frame.copy(), _copy(result.problems), list(result.files), result.paragraph,
                       list(result.notes))
+
+
+def refuse_empty(result: CaptionSet) -> None:
+    """A given captions file that holds nothing must not let a run go on without it."""
+    empty = [f.path for f in result.files if f.role in (ROLE_CAPTIONS, ROLE_QUERIES) and f.rows == 0]
+    if empty:
+        raise UsageError(f"{empty[0]} holds no caption rows (a header only?): give a file with captions, "
+                         "or leave it out")
+    if not len(result.frame):
+        first = next(iter(result.problems.examples.items()), None)
+        why = f" ({first[0]}: {first[1]})" if first else ""
+        names = ", ".join(f.path for f in result.files if f.role in (ROLE_CAPTIONS, ROLE_QUERIES))
+        raise UsageError(f"no usable caption row in {names}{why}")
 
 
 def _copy(problems: Problems) -> Problems:
@@ -223,6 +248,9 @@ def combine(parts: list[Part], problems: Problems) -> CaptionSet:
     files = [FileInfo(str(p.path), p.format, p.role, len(p.video_ids), p.list_split) for p in parts]
     if not captions and not queries:
         raise UsageError("the captions files hold no captions: only split lists or category names were given")
+    empty_files = [p for p in captions + queries if not len(p)]
+    if empty_files:
+        problems.add("no_caption_rows", f"{empty_files[0].path}: no caption rows (a header only?)", len(empty_files))
     notes: list[str] = []
 
     video_ids = [v for p in captions for v in p.video_ids]
@@ -306,13 +334,13 @@ def _splits_from_lists(lists: list[Part], queries: list[Part], video_ids: list[s
     return [split_of.get(v) for v in video_ids]
 
 
-def load_captions(spec, formats=None, video_ids: Sequence[str] | None = None) -> CaptionSet:
+def load_captions(spec, formats=None, video_ids: Sequence[str] | None = None, allow_empty: bool = False) -> CaptionSet:
     """:func:`read_annotations`, then map ids to ``video_ids`` (keyframes ids) when given.
 
     Ids that match no video keep their own id and are counted (``unmatched_video_id``,
     ``ambiguous_video_id``); when none matches at all the error shows both kinds of id.
     """
-    result = read_annotations(spec, formats)
+    result = read_annotations(spec, formats, allow_empty=allow_empty)
     if video_ids is None:
         return result
     distinct = result.frame["video_id"].unique().tolist()
@@ -329,18 +357,18 @@ def load_captions(spec, formats=None, video_ids: Sequence[str] | None = None) ->
 def count_unmatched(match: IdMatch, problems: Problems) -> None:
     """The ids that match no video (``unmatched_video_id``) or several (``ambiguous_video_id``)."""
     if match.unmatched:
-        problems.add("unmatched_video_id", ", ".join(match.unmatched[:5]), len(match.unmatched))
+        problems.add("unmatched_video_id", ", ".join(clip_text(v, 60) for v in match.unmatched[:5]), len(match.unmatched))
     if match.ambiguous:
         first = next(iter(match.ambiguous.items()))
-        problems.add("ambiguous_video_id", f"{first[0]} -> {' | '.join(first[1][:3])}", len(match.ambiguous))
+        problems.add("ambiguous_video_id", f"{clip_text(first[0], 60)} -> {' | '.join(first[1][:3])}", len(match.ambiguous))
 
 
 def no_video_matches(spec: CaptionSpec, annotation_ids: Sequence[str], video_ids: Sequence[str]) -> UsageError:
     """The error of captions files none of whose ids names a video of ``keyframes.parquet``."""
     return UsageError(
         f"none of the {len(annotation_ids)} video ids of {spec.label()} names a video in "
-        f"keyframes.parquet (captions: {', '.join(repr(v) for v in list(annotation_ids)[:3])}; keyframes: "
-        f"{', '.join(repr(v) for v in list(video_ids)[:3])}); see `mama-augment datasets FILES -w WORKDIR`"
+        f"keyframes.parquet (captions: {', '.join(repr(clip_text(v, 60)) for v in list(annotation_ids)[:3])}; keyframes: "
+        f"{', '.join(repr(clip_text(v, 60)) for v in list(video_ids)[:3])}); see `mama-augment datasets FILES -w WORKDIR`"
     )
 
 

@@ -30,7 +30,6 @@ import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -275,20 +274,6 @@ class KeyedCursor:
 
 ORIGINAL_COLUMNS = ("video_id", "caption", "split", "concept")
 _TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
-# Bytes read to recognise a captions table, enough for any format's header.
-_HEAD_BYTES = 65536
-
-
-class _Head(Source):
-    """The first bytes of a file only: enough to recognise its format without reading it whole."""
-
-    @cached_property
-    def raw(self) -> bytes:
-        try:
-            with open(self.path, "rb") as handle:
-                return handle.read(_HEAD_BYTES)
-        except OSError as exc:
-            raise UsageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
 
 
 def plain_table(spec: CaptionSpec) -> Path | None:
@@ -303,7 +288,8 @@ def plain_table(spec: CaptionSpec) -> Path | None:
     if named == "mama":
         return path
     try:
-        return path if detect_format(_Head(path)) == "mama" else None
+        # Recognised from the file's head: nothing is read whole here.
+        return path if detect_format(Source(path)) == "mama" else None
     except UsageError:  # read whole below, which says what is wrong
         return None
 
@@ -359,10 +345,11 @@ def _streamed_rows(spec: CaptionSpec, path: Path, video_ids: Sequence[str], tmpd
             splits.update(v for v in batch.column("split").unique().to_pylist() if v is not None)
             yield batch
 
-    rows = sorted_rows(watched(original_caption_batches(path, batch_rows)), "video_id", tmpdir, max_rows)
+    rows = sorted_rows(watched(original_caption_batches(path, batch_rows, problems)), "video_id", tmpdir, max_rows)
     first = next(rows, None)  # the whole table has been read and sorted
-    if first is None:
-        return iter(())
+    if first is None:  # as in train: a given file that holds nothing is a mistake, not "no originals"
+        raise UsageError(f"{path} holds no caption rows (a header only, or only empty captions): "
+                         "give a file with captions, or leave it out")
     mapping: dict[str, str] = {}
     if others:
         # The exact ids take part so that a looser rule never claims a video that has its own id.
@@ -390,10 +377,13 @@ def _rename_ids(batch: pa.RecordBatch, mapping: dict[str, str]) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
-def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def original_caption_batches(path: Path, batch_rows: int, problems: Problems | None = None) -> Iterator[pa.RecordBatch]:
     """The original captions file as batches of ``video_id``, ``caption``, ``split``, ``concept``.
 
-    Same rules as training: text is stripped, empty captions are skipped.
+    Same rules as training: text is stripped, empty captions are skipped; CSV and JSON
+    Lines are read line by line as training reads them, so a byte that is not UTF-8
+    (``non_utf8_text``) or a bad JSON line (``malformed_line``) is counted in
+    ``problems``, not fatal.
     """
     path = Path(path)
     if not path.is_file():
@@ -402,13 +392,9 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
     names = list(ORIGINAL_COLUMNS)
     try:
         if suffix == ".csv":
-            source: Iterable[pa.RecordBatch] = _csv_batches(path, names, batch_rows)
+            source: Iterable[pa.RecordBatch] = _csv_batches(Source(path, problems), names, batch_rows)
         elif suffix in (".jsonl", ".ndjson"):
-            import pandas as pd
-
-            # One chunk of lines at a time; values are read as text whatever their JSON type.
-            chunks = pd.read_json(path, lines=True, dtype=False, chunksize=batch_rows)
-            source = (_frame_batch(chunk, names) for chunk in chunks)
+            source = _json_lines_batches(Source(path, problems), names, batch_rows)
         elif suffix == ".parquet":
             handle = open_parquet(path)
             present = [n for n in names if n in handle.schema_arrow.names]
@@ -429,25 +415,41 @@ def original_caption_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordB
         raise UsageError(f"cannot read captions file {path}: {exc}") from exc
 
 
-def _csv_batches(path: Path, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _csv_batches(source: Source, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """A CSV file a batch at a time, every value as text (Python's csv module: it holds
     one batch, where Arrow's streaming CSV reader was seen to keep memory in proportion
     to the file)."""
     import csv
 
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [n for n in ("video_id", "caption") if n not in (reader.fieldnames or [])]
-        if missing:
-            raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
-        rows: list[dict] = []
-        for row in reader:
-            rows.append(row)
-            if len(rows) >= batch_rows:
-                yield _rows_batch(rows, names)
-                rows = []
-        if rows:
+    reader = csv.DictReader(line + "\n" for line in source.lines())
+    missing = [n for n in ("video_id", "caption") if n not in (reader.fieldnames or [])]
+    if missing:
+        raise UsageError(f"captions file {source.path} lacks column(s) {', '.join(missing)}")
+    rows: list[dict] = []
+    for row in reader:
+        rows.append(row)
+        if len(rows) >= batch_rows:
             yield _rows_batch(rows, names)
+            rows = []
+    if rows:
+        yield _rows_batch(rows, names)
+
+
+def _json_lines_batches(source: Source, names: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A JSON Lines file a batch at a time; values are read as text whatever their JSON type."""
+    import pandas as pd
+
+    records: list[dict] = []
+    for number, record in source.json_lines():
+        if not isinstance(record, dict):
+            source.problems.add("malformed_line", f"{source.name} line {number}: not a JSON object")
+            continue
+        records.append(record)
+        if len(records) >= batch_rows:
+            yield _frame_batch(pd.DataFrame.from_records(records), names)
+            records = []
+    if records:
+        yield _frame_batch(pd.DataFrame.from_records(records), names)
 
 
 def _rows_batch(rows: list[dict], names: Sequence[str]) -> pa.RecordBatch:

@@ -154,10 +154,12 @@ class TrainData:
 
 
 def _note(issues: Counter, examples: dict, kind: str, count: int, example: str) -> None:
+    from mama_augment.datasets.base import clip_text
+
     if count <= 0:
         return
     issues[kind] += count
-    examples.setdefault(kind, example)
+    examples.setdefault(kind, clip_text(example))  # quotes a user's file: never a whole line
 
 
 def load_videos(workdir: Path, need: str) -> tuple[VideoTable, Counter, dict]:

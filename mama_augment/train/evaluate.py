@@ -292,6 +292,7 @@ def evaluate_multiple_choice(model, data, path: str | Path, batch_size: int = 25
     video (ties share the credit). Items whose video is not in the work folder are
     left out and counted."""
     from mama_augment.datasets import Problems, match_video_ids, read_multiple_choice
+    from mama_augment.datasets.base import clip_text
 
     problems = Problems()
     items = read_multiple_choice(path, problems)
@@ -301,7 +302,7 @@ def evaluate_multiple_choice(model, data, path: str | Path, batch_size: int = 25
     if not usable:
         raise UsageError(
             f"no video of the multiple-choice file {path} is in keyframes.parquet "
-            f"(e.g. {items[0].video_id!r}; keyframes: {', '.join(repr(v) for v in data.videos.video_ids[:3])})"
+            f"(e.g. {clip_text(items[0].video_id, 80)!r}; keyframes: {', '.join(repr(v) for v in data.videos.video_ids[:3])})"
         )
     texts = [text for item in usable for text in item.candidates]
     width = max(len(item.candidates) for item in usable)
@@ -326,7 +327,7 @@ def evaluate_multiple_choice(model, data, path: str | Path, batch_size: int = 25
     unmatched = [item.video_id for item in items if item.video_id not in match.mapping]
     if unmatched:
         result["unmatched_items"] = len(unmatched)
-        result["unmatched_example"] = unmatched[0]
+        result["unmatched_example"] = clip_text(unmatched[0], 80)  # an id read from the user's file
     if problems:
         result["input_problems"] = problems.lines()
     # Every item of the file that was not scored, by kind: the accuracy is over the rest.
