@@ -37,6 +37,7 @@ from mama_augment.datasets.base import (
     Source,
 )
 from mama_augment.datasets.ids import IdMatch, match_video_ids
+from mama_augment.datasets.qa import detect_qa_format
 from mama_augment.datasets.registry import FORMATS
 from mama_augment.errors import UsageError
 
@@ -130,6 +131,10 @@ def detect_format(source: Source) -> str:
     if not source.raw.strip():
         raise UsageError(f"{source.path} is empty")
     source.refuse_binary()
+    qa_format = detect_qa_format(source)  # before the caption formats: MSVD's youtube_mapping.txt reads as captions
+    if qa_format is not None:
+        raise UsageError(f"{source.path} is a video question-answering file ({qa_format}), not captions: "
+                         "check it with `mama-augment datasets`")
     for name, fmt in FORMATS.items():
         if fmt.detect(source):
             return name
