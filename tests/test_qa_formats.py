@@ -216,3 +216,22 @@ def test_datasets_command_lists_and_checks_qa_files(tmp_path):
     mixed = write(tmp_path / "captions.csv", "video_id,caption\nvideo0,a man sings\n")
     result = runner.invoke(app, ["datasets", str(train), str(mixed)])
     assert result.exit_code == 2 and "separate calls" in result.output
+
+
+def test_next_qa_resaved_by_a_spreadsheet_reads_the_same(tmp_path):
+    row = '4010069381,369,640,480,"why did the boy, smiling, pick it up",1,6,CW,to eat,to throw it,to sleep,to sit,to cry\n'
+    plain = write(tmp_path / "a" / "val.csv", NEXT_HEADER + row)
+    resaved = write(tmp_path / "b" / "val.csv", ("\ufeff" + NEXT_HEADER.replace(",", ";")
+                                                  + row.replace(",", ";").replace("boy; smiling;", "boy, smiling,")
+                                                  ).replace("\n", "\r\n"))
+    assert detect_qa_format(Source(resaved)) == "next-qa"
+    assert read_qa([plain]).items == read_qa([resaved]).items
+    assert read_qa([plain]).items[0].question == "why did the boy, smiling, pick it up"
+
+
+def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"question": "q1", "answer": "a", "video_id": "v1"}\n'
+                                           '{"question": "q2", "answer": \n'
+                                           '{"question": "q3", "answer": "b", "video_id": "v2"}\n')
+    qa = read_qa([path])
+    assert [i.question for i in qa.items] == ["q1", "q3"] and qa.problems.counts == {"malformed_line": 1}

@@ -124,11 +124,25 @@ def _unusable(source: Source, what: str) -> UsageError:
     return UsageError(f"{source.path}: no usable {what}" + (f" ({first})" if first else ""))
 
 
+def _is_json_lines(source: Source) -> bool:
+    """One JSON object per line. Unlike the caption files' test, a bad second line does
+    not make the file one JSON document: that line is counted by the reader instead."""
+    import json
+
+    lines = [line for line in source.head.splitlines()[:3] if line.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        return isinstance(json.loads(lines[0]), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _json_records(source: Source) -> list | None:
     """The records of a JSON list or JSON Lines file; None when the file is neither."""
     if not source.looks_like_json():
         return None
-    if source.is_json_lines():
+    if _is_json_lines(source):
         return [record for _, record in source.json_lines()]
     data = source.json
     return data if isinstance(data, list) else None
@@ -140,14 +154,13 @@ def _head_records(source: Source) -> list[dict]:
     import json
 
     head = source.head.lstrip()
-    if source.is_json_lines():
+    if _is_json_lines(source):
         out = []
         for line in head.splitlines()[:5]:
             try:
-                value = json.loads(line)
+                out.append(json.loads(line))
             except json.JSONDecodeError:
-                break
-            out.append(value)
+                continue  # a bad line (or the head's cut last line): the others decide
         return [r for r in out if isinstance(r, dict)]
     if not head.startswith("["):
         return []
@@ -210,7 +223,7 @@ def _header(source: Source) -> list[str]:
 
 
 def detect_xu(source: Source) -> bool:
-    records = [] if source.is_json_lines() else _head_records(source)
+    records = [] if _is_json_lines(source) else _head_records(source)
     return bool(records) and all(
         {"question", "answer", "video_id", "id"} <= set(r) and _NUMBER.match(str(r["video_id"]).strip()) for r in records
     )
@@ -612,7 +625,7 @@ def read_qa_file(path: str | Path, format: str | None = None, problems: Problems
         if name is None:
             first = next((line for line in source.head.splitlines() if line.strip()), "")[:80]
             raise UsageError(f"cannot tell the question-answering format of {source.path} (it begins {first!r}); "
-                             f"name it with --captions-format, one of {', '.join(QA_FORMATS)}")
+                             f"name it (--questions-format of qa, --captions-format of datasets), one of {', '.join(QA_FORMATS)}")
     return QA_FORMATS[name].reader(source)
 
 
