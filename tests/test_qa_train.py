@@ -57,6 +57,10 @@ def test_trained_heads_answer_from_the_frozen_model_and_write_the_run_folder(tra
     assert entry["trained"]["accuracy"] > majority + 10
     assert entry["trained"]["by_type"]["what"]["questions"] == entry["questions"]
     assert "zero-shot" in result.output and "trained" in result.output
+    # a QA run is not a retrieval run: evaluate and qa say so instead of "no weights yet"
+    for command in (["evaluate", "--run", str(run)], ["qa", "--run", str(run), "--questions", str(files / "test_qa.json")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "is a question-answering run" in result.output, result.output
 
 
 def test_multiple_choice_heads_and_zero_shot_baseline(trained):

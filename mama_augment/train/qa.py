@@ -40,11 +40,11 @@ from mama_augment.datasets.qa import QAItem, load_qa
 from mama_augment.datasets.qa_eval import is_correct, normalise_answer, score_credit
 from mama_augment.errors import UsageError
 from mama_augment.fileio import atomic_write_text
-from mama_augment.train.runs import RunPaths
+from mama_augment.train.runs import QA_TASK, RunPaths
 
 log = logging.getLogger(__name__)
 
-TASK = "qa"
+TASK = QA_TASK
 HEADS_FILE = "qa_heads.safetensors"
 # Xu et al. (2017) answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training
 # answers; later works use 1500 (ClipBERT) and TGIF-FrameQA its whole training set
