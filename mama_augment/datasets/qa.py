@@ -235,8 +235,9 @@ def _read_xu(source: Source, name: str) -> QAPart:
         raise UsageError(f"{source.path}: expected a JSON list of {{question, answer, video_id, id}} ({name} *_qa.json)")
     split = split_from_name(source.name)
     part = QAPart(source.path, name, numeric_ids=True)
+    file_name = source.name  # once: the loop below runs per question
     for number, record in enumerate(records):
-        where = f"{source.name} item {number}"
+        where = f"{file_name} item {number}"
         if not isinstance(record, dict):
             source.problems.add("malformed_record", f"{where}: not an object")
             continue
@@ -303,8 +304,9 @@ def read_jsonl(source: Source) -> QAPart:
         raise UsageError(f"{source.path}: expected JSON Lines (or a JSON list) of {{question, answer, video_id}} objects")
     split = split_from_name(source.name)
     part = QAPart(source.path, "qa-jsonl")
+    file_name = source.name  # once: the loop below runs per question
     for number, record in enumerate(records):
-        where = f"{source.name} item {number}"
+        where = f"{file_name} item {number}"
         if not isinstance(record, dict):
             source.problems.add("malformed_record", f"{where}: not an object")
             continue
@@ -361,10 +363,11 @@ def read_tgif(source: Source) -> QAPart:
     task = "action" if "action" in lowered else "transition" if "transition" in lowered else None
     split = split_from_name(source.name)
     part = QAPart(source.path, "tgif-qa")
+    file_name = source.name  # once: the loop below runs per question
     for number, row in enumerate(rows, 2):
         if not any(cell.strip() for cell in row):
             continue
-        where = f"{source.name} line {number}"
+        where = f"{file_name} line {number}"
         if len(row) < len(header):
             source.problems.add("malformed_line", f"{where}: {len(row)} fields, the header names {len(header)}")
             continue
@@ -421,10 +424,11 @@ def read_next(source: Source) -> QAPart:
     choice = all(f"a{i}" in column for i in range(5))
     split = split_from_name(source.name)
     part = QAPart(source.path, "next-qa")
+    file_name = source.name  # once: the loop below runs per question
     for number, row in enumerate(rows, 2):
         if not any(cell.strip() for cell in row):
             continue
-        where = f"{source.name} line {number}"
+        where = f"{file_name} line {number}"
         if len(row) < len(header):
             source.problems.add("malformed_line", f"{where}: {len(row)} fields, the header names {len(header)}")
             continue
@@ -500,8 +504,9 @@ def read_activitynet(source: Source) -> QAPart:
     first = next((r for r in records if isinstance(r, dict)), {})
     answers = "question" not in first and "answer" in first
     part = QAPart(source.path, "activitynet-qa", role=ROLE_ANSWERS if answers else ROLE_QUESTIONS)
+    file_name = source.name  # once: the loop below runs per question
     for number, record in enumerate(records):
-        where = f"{source.name} item {number}"
+        where = f"{file_name} item {number}"
         question_id = id_value(record.get("question_id")) if isinstance(record, dict) else None
         if question_id is None:
             source.problems.add("malformed_record", f"{where}: no question_id")
