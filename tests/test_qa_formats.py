@@ -235,3 +235,15 @@ def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path):
                                            '{"question": "q3", "answer": "b", "video_id": "v2"}\n')
     qa = read_qa([path])
     assert [i.question for i in qa.items] == ["q1", "q3"] and qa.problems.counts == {"malformed_line": 1}
+
+
+def test_datasets_command_matches_qa_ids_to_a_work_folder(tmp_path):
+    from train_helpers import make_workdir
+
+    workdir, _ = make_workdir(tmp_path, n_videos=4, id_format="all/video{i}")
+    test = write(tmp_path / "test_qa.json", xu_json([(1, "what?", "dog", 0), (2, "who?", "man", 0), (77, "what?", "x", 0)]))
+    out = tmp_path / "unmatched.txt"
+    result = runner.invoke(app, ["datasets", str(test), "-w", str(workdir), "--unmatched", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "video ids matched: 2 of 3" in result.output and "unmatched_video_id: 1" in result.output
+    assert out.read_text() == "video77\n"

@@ -100,3 +100,15 @@ def test_questions_without_video_are_counted_and_a_training_run_is_never_overwri
 def test_answer_vocabulary_is_the_most_frequent_training_answers():
     items = [QAItem(str(n), "v", "q", a) for n, a in enumerate(["Dog", "cat", "dog ", "bird", "cat", "ant"])]
     assert answer_vocabulary(items, 3) == ["cat", "dog", "ant"]
+
+
+def test_an_answer_outside_the_vocabulary_counts_as_wrong(trained):
+    workdir, files = trained
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(files / "train_qa.json"),
+                                 "--questions", str(files / "test_qa.json"), "--answers", "1", "--epochs", "3",
+                                 "--device", "cpu", "--name", "qa-one-answer"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-one-answer" / "eval.json").read_text())["test"]
+    assert entry["answers"] == 1 and entry["answer_coverage"] < 100
+    assert entry["trained"]["accuracy"] <= entry["answer_coverage"] + 1e-9
+    assert entry["zero_shot"]["accuracy"] <= entry["answer_coverage"] + 1e-9
