@@ -247,3 +247,14 @@ def test_datasets_command_matches_qa_ids_to_a_work_folder(tmp_path):
     assert result.exit_code == 1, result.output
     assert "video ids matched: 2 of 3" in result.output and "unmatched_video_id: 1" in result.output
     assert out.read_text() == "video77\n"
+
+
+def test_layout_variants_of_later_copies(tmp_path):
+    # MSVD-QA without the "id" field; NExT-QA with a video_id column
+    train = write(tmp_path / "train_qa.json", json.dumps([{"answer": "dog", "question": "what runs?", "video_id": 2}]))
+    mapping = write(tmp_path / "youtube_mapping.txt", "abc_1_2 vid2\n")
+    assert [(i.question_id, i.video_id) for i in read_qa([train, mapping]).items] == [("0", "abc_1_2")]
+    nextqa = write(tmp_path / "val.csv", NEXT_HEADER.replace("video,", "video_id,", 1)
+                   + "4010069381,369,640,480,why,1,6,CW,to eat,to throw it,to sleep,to sit,to cry\n")
+    assert detect_qa_format(Source(nextqa)) == "next-qa"
+    assert read_qa([nextqa]).items[0].question_id == "4010069381_6"

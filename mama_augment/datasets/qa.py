@@ -225,7 +225,8 @@ def _header(source: Source) -> list[str]:
 def detect_xu(source: Source) -> bool:
     records = [] if _is_json_lines(source) else _head_records(source)
     return bool(records) and all(
-        {"question", "answer", "video_id", "id"} <= set(r) and _NUMBER.match(str(r["video_id"]).strip()) for r in records
+        # numeric video ids are what tells this layout apart (some copies drop "id")
+        {"question", "answer", "video_id"} <= set(r) and _NUMBER.match(str(r["video_id"]).strip()) for r in records
     )
 
 
@@ -411,12 +412,15 @@ def read_tgif(source: Source) -> QAPart:
 
 def detect_next(source: Source) -> bool:
     header = _header(source)
-    return not source.looks_like_json() and {"video", "question", "answer", "qid", "type"} <= set(header)
+    return not source.looks_like_json() and bool({"video", "video_id"} & set(header)) and {
+        "question", "answer", "qid", "type"} <= set(header)
 
 
 def read_next(source: Source) -> QAPart:
     header, rows = _table(source)
     column = {name: i for i, name in enumerate(header)}
+    if "video" not in column and "video_id" in column:  # NExT-GQA and later copies name it so
+        column["video"] = column["video_id"]
     missing = [c for c in ("video", "question", "answer", "qid") if c not in column]
     if missing:
         raise UsageError(f"{source.path}: a NExT-QA file needs the columns video, question, answer, qid "
