@@ -80,6 +80,7 @@ class QASettings:
         check_number(self.learning_rate, "--learning-rate", above=0, maximum=10)
         check_number(self.weight_decay, "--weight-decay", minimum=0, maximum=10)
         check_number(self.hidden, "--hidden", minimum=1, maximum=100_000)
+        check_number(self.seed, "--seed", minimum=0, maximum=2**63 - 1)
 
 
 def answer_vocabulary(items: Sequence[QAItem], size: int) -> list[str]:
