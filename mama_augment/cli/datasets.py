@@ -55,7 +55,7 @@ def datasets_command(
             typer.echo(line)
         typer.echo("\nMultiple-choice files (evaluate --multiple-choice): JSON(L) items of video_id (or clip_name, "
                    "video), candidates (or options), answer.")
-        typer.echo("\nVideo question answering files (checked here, named with --captions-format):\n")
+        typer.echo("\nVideo question answering files (checked here; answered by `mama-augment qa --questions`):\n")
         for line in qa_format_listing():
             typer.echo(line)
         return
