@@ -258,3 +258,9 @@ def test_layout_variants_of_later_copies(tmp_path):
                    + "4010069381,369,640,480,why,1,6,CW,to eat,to throw it,to sleep,to sit,to cry\n")
     assert detect_qa_format(Source(nextqa)) == "next-qa"
     assert read_qa([nextqa]).items[0].question_id == "4010069381_6"
+
+
+def test_datasets_command_with_format_auto_still_checks_qa_files(tmp_path):
+    train = write(tmp_path / "train_qa.json", xu_json([(0, "what is a man doing?", "sing", 0)]))
+    result = runner.invoke(app, ["datasets", str(train), "--captions-format", "auto"])
+    assert result.exit_code == 0 and "msrvtt-qa, 1 questions" in result.output, result.output

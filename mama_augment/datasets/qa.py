@@ -762,6 +762,7 @@ def qa_files_given(paths: Sequence[str | Path], formats=None) -> bool:
     """Whether ``paths`` are question-answering files (named so by ``formats``, or each
     recognised as one); a mix of QA and caption files is a usage error."""
     names = [n.strip() for n in formats.split(",")] if isinstance(formats, str) else list(formats or [])
+    names = [n for n in names if n and n != "auto"]  # "auto": recognised from content, either kind
     if names and all(n in QA_FORMATS for n in names):
         return True
     if names and any(n in QA_FORMATS for n in names):
