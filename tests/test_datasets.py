@@ -444,7 +444,9 @@ def test_datasets_command_lists_every_format_with_an_example():
     assert result.exit_code == 0, result.output
     for name in FORMATS:
         assert f"\n{name} " in "\n" + result.output
-    assert result.output.count("$ mama-augment ") == len(FORMATS)
+    from mama_augment.datasets.qa import QA_FORMATS
+
+    assert result.output.count("$ mama-augment ") == len(FORMATS) + len(QA_FORMATS)
 
 
 def test_datasets_command_checks_files_against_a_work_folder(tmp_path):

@@ -630,6 +630,7 @@ def _base(command: str, tmp: Path) -> list[str]:
         "audit": ["audit", "--run", str(tmp / "w" / "runs" / "r")],
         "report": ["report", "-w", str(tmp / "w")],
         "datasets": ["datasets", str(tmp / "missing.json"), "-w", str(tmp / "w")],
+        "qa": ["qa", "--run", str(tmp / "w" / "runs" / "r"), "--questions", str(tmp / "missing.json")],
         "filter": ["filter", "-w", str(tmp / "w"), "--text-model", "hashing"],
         "export": ["export", "-w", str(tmp / "w"), "--format", "csv", "--out", str(tmp / "out")],
     }[command]

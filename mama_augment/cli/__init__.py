@@ -15,6 +15,7 @@ from mama_augment.cli import status as _status  # noqa: F401,E402
 from mama_augment.cli import report as _report  # noqa: F401,E402
 from mama_augment.cli import config as _config  # noqa: F401,E402
 from mama_augment.cli import datasets as _datasets  # noqa: F401,E402
+from mama_augment.cli import qa as _qa  # noqa: F401,E402
 
 
 def main() -> None:

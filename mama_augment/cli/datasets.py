@@ -33,7 +33,8 @@ def datasets_command(
 
     Without FILES: every format with its files and one example command. With FILES:
     reads them as train would (formats, splits from split lists, ids matched to
-    WORKDIR's keyframes) and prints what it found and every problem counted. Exit
+    WORKDIR's keyframes) and prints what it found and every problem counted; video
+    question answering files are recognised and checked as questions. Exit
     code 0 when every row and id is usable, 1 when some are not, 2 when the files
     cannot be used.
 
@@ -43,7 +44,7 @@ def datasets_command(
     """
     from mama_augment.checks import check_number
     from mama_augment.datasets.check import check_files, format_listing
-    from mama_augment.fileio import atomic_write_text
+    from mama_augment.datasets.qa import describe_qa, load_qa, qa_failed, qa_files_given, qa_format_listing
 
     call_library(check_number, show, "--show", minimum=0, maximum=1_000_000)
 
@@ -54,16 +55,32 @@ def datasets_command(
             typer.echo(line)
         typer.echo("\nMultiple-choice files (evaluate --multiple-choice): JSON(L) items of video_id (or clip_name, "
                    "video), candidates (or options), answer.")
+        typer.echo("\nVideo question answering files (checked here; answered by `mama-augment qa --questions`):\n")
+        for line in qa_format_listing():
+            typer.echo(line)
         return
     if unmatched is not None and workdir is None:
         raise typer.BadParameter("--unmatched needs --workdir (the ids are matched to its keyframes)")
     video_ids = call_library(_keyframe_ids, workdir) if workdir is not None else None
+    if call_library(qa_files_given, files, captions_format):
+        qa = call_library(load_qa, files, captions_format, video_ids)
+        for line in describe_qa(qa, show):
+            typer.echo(line)
+        _write_unmatched(unmatched, qa.match)
+        if qa_failed(qa):
+            raise typer.Exit(1)
+        return
     check = call_library(check_files, files, captions_format, video_ids)
     for line in check.lines(show):
         typer.echo(line)
-    match = check.loaded.match
+    _write_unmatched(unmatched, check.loaded.match)
+    if check.failed:
+        raise typer.Exit(1)
+
+
+def _write_unmatched(unmatched: Optional[Path], match) -> None:
+    from mama_augment.fileio import atomic_write_text
+
     if unmatched is not None and match is not None:
         atomic_write_text(unmatched, "".join(f"{v}\n" for v in [*match.unmatched, *match.ambiguous]))
         typer.echo(f"written: {unmatched}")
-    if check.failed:
-        raise typer.Exit(1)

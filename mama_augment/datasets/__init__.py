@@ -7,7 +7,8 @@ release files and this project's own captions table: one module per family of fo
 recognition from content (:func:`detect_format`), several files combined into one table
 (:func:`read_annotations`) and video ids matched to ``keyframes.parquet``
 (:func:`load_captions`, :mod:`~mama_augment.datasets.ids`). Multiple-choice test files
-are read by :mod:`~mama_augment.datasets.choice`.
+are read by :mod:`~mama_augment.datasets.choice`; video question answering releases by
+:mod:`~mama_augment.datasets.qa`, scored by :mod:`~mama_augment.datasets.qa_eval`.
 """
 
 from mama_augment.datasets.base import PICKLE_HINT, Part, Problems, Source, split_from_name

@@ -39,6 +39,7 @@ from mama_augment.datasets.base import (
     too_deep,
 )
 from mama_augment.datasets.ids import IdMatch, match_video_ids
+from mama_augment.datasets.qa import detect_qa_format
 from mama_augment.datasets.registry import FORMATS
 from mama_augment.errors import UsageError
 
@@ -132,6 +133,10 @@ def detect_format(source: Source) -> str:
     if not source.head_bytes.strip() and source.head_is_whole():
         raise UsageError(f"{source.path} is empty")
     source.refuse_binary()
+    qa_format = detect_qa_format(source)  # before the caption formats: MSVD's youtube_mapping.txt reads as captions
+    if qa_format is not None:
+        raise UsageError(f"{source.path} is a video question-answering file ({qa_format}), not captions: "
+                         "check it with `mama-augment datasets`")
     for name, fmt in FORMATS.items():
         if fmt.detect(source):
             return name

@@ -30,6 +30,7 @@ from mama_augment.errors import MamaError, UsageError
 
 RUNS_DIR = "runs"
 CHECKPOINT_CHOICES = ("best", "last")
+QA_TASK = "qa"  # config.json "task" of a question-answering run (train/qa.py)
 
 
 def _file(name: str) -> property:
@@ -117,6 +118,9 @@ def run_weights(run_dir: str | Path, checkpoint: str = "best") -> dict:
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
         raise UsageError(f"{paths.root} is not a run folder (no {RunPaths.CONFIG})")
+    if _task(paths) == QA_TASK:
+        raise UsageError(f"{paths.root} is a question-answering run (`mama-augment qa`), not a retrieval run: "
+                         f"its accuracies are in its {RunPaths.EVAL}; give the retrieval run it was made from")
     if checkpoint not in CHECKPOINT_CHOICES:
         raise UsageError(f"--checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, not {checkpoint!r}")
     if checkpoint == "best" and paths.best_model.exists():
@@ -130,6 +134,15 @@ def run_weights(run_dir: str | Path, checkpoint: str = "best") -> dict:
         if weights.exists():
             return {"checkpoint": "last", "file": weights}
     raise UsageError(f"{paths.root} has no weights yet ({RunPaths.MODEL} or {RunPaths.CHECKPOINT})")
+
+
+def _task(paths: RunPaths) -> str | None:
+    """The ``task`` a run's config.json names (retrieval runs name none)."""
+    try:
+        data = json.loads(paths.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # load_run_config says what is wrong with it
+    return data.get("task") if isinstance(data, dict) else None
 
 
 def load_run(run_dir: str | Path, captions: str | None = None, device: str = "auto",

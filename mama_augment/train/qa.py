@@ -1,0 +1,418 @@
+"""Video question answering on top of a retrieval run (``mama-augment qa``).
+
+The retrieval run's model (its best weights by default) is frozen and embeds every
+video, question and answer text once; small heads are trained on those embeddings:
+
+* open-ended: classification over the K most frequent training answers (``answers``);
+  a question whose answer is outside that vocabulary is left out of training and
+  counts as wrong in evaluation (``answer_coverage`` says how many, an upper bound on
+  the accuracy);
+* multiple-choice: one score per (question, candidate) against the video, the text
+  being ``"<question> <candidate>"``, trained with cross-entropy over the candidates.
+
+Both heads read ``[video, text, video * text]`` of the projected, normalised embeddings
+(the product carries the retrieval similarity, so a head starts from what retrieval
+learned). The zero-shot baseline needs no QA training: a candidate's score is its
+retrieval similarity to the video, and an open-ended answer's the similarity of the
+answer text to the video (the question is not used: scoring every question with every
+answer would encode questions x K texts).
+
+With a ``val`` split the heads of the epoch with the best validation accuracy are
+kept, as retrieval keeps its best epoch. The run folder is ``<workdir>/runs/<name>/``:
+``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
+the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mama_augment.checks import check_name, check_number
+from mama_augment.datasets.qa import QAItem, load_qa
+from mama_augment.datasets.qa_eval import is_correct, normalise_answer, score_credit
+from mama_augment.errors import UsageError
+from mama_augment.fileio import atomic_write_text
+from mama_augment.train.runs import QA_TASK, RunPaths
+
+log = logging.getLogger(__name__)
+
+TASK = QA_TASK
+HEADS_FILE = "qa_heads.safetensors"
+# Xu et al. (2017) answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training
+# answers; later works use 1500 (ClipBERT) and TGIF-FrameQA its whole training set
+# (1540). The default follows the first papers; eval.json reports the coverage.
+DEFAULT_ANSWERS = 1000
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass
+class QASettings:
+    """Every option of a QA run (written to its ``config.json``)."""
+
+    base_run: str
+    questions: list[str]
+    questions_format: str | None = None
+    checkpoint: str = "best"
+    answers: int = DEFAULT_ANSWERS
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    hidden: int = 512
+    seed: int = 0
+    zero_shot: bool = False
+    task: str = TASK
+
+    def validate(self) -> None:
+        if not self.questions:
+            raise UsageError("give the question files with --questions")
+        check_number(self.answers, "--answers", minimum=1, maximum=1_000_000)
+        check_number(self.epochs, "--epochs", minimum=1, maximum=100_000)
+        check_number(self.batch_size, "--batch-size", minimum=1, maximum=1_000_000)
+        check_number(self.learning_rate, "--learning-rate", above=0, maximum=10)
+        check_number(self.weight_decay, "--weight-decay", minimum=0, maximum=10)
+        check_number(self.hidden, "--hidden", minimum=1, maximum=100_000)
+        check_number(self.seed, "--seed", minimum=0, maximum=2**63 - 1)
+
+
+def answer_vocabulary(items: Sequence[QAItem], size: int) -> list[str]:
+    """The ``size`` most frequent (normalised) answers of the open-ended ``items``; ties
+    in alphabetical order, so the vocabulary does not depend on the file order."""
+    counts = Counter(normalise_answer(i.answer) for i in items if not i.multiple_choice)
+    return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+
+
+# ---- heads -----------------------------------------------------------------------------
+
+
+def _fused(video, text):
+    import torch
+
+    return torch.cat([video, text, video * text], dim=-1)
+
+
+def build_heads(dim: int, hidden: int, answers: int):
+    """(open-ended head: fused -> answer logits, multiple-choice head: fused -> score)."""
+    from torch import nn
+
+    def mlp(out: int) -> nn.Module:
+        return nn.Sequential(nn.LayerNorm(3 * dim), nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+    return mlp(max(answers, 1)), mlp(1)
+
+
+@dataclass
+class _Embedded:
+    """Frozen embeddings of one split's questions."""
+
+    items: list[QAItem]
+    video: object  # (questions, dim)
+    question: object  # (questions, dim); open-ended items
+    candidates: object  # (questions, width, dim); multiple-choice items, zeros past a question's candidates
+    mask: object  # (questions, width) bool
+
+
+def _embed(model, data, items: dict[str, list[QAItem]], answer_texts: list[str],
+           batch_size: int) -> tuple[dict[str, _Embedded], object]:
+    """Each split's embeddings (``items``: questions whose video is in ``data``), and
+    the embeddings of ``answer_texts``."""
+    import torch
+
+    index_of = {v: i for i, v in enumerate(data.videos.video_ids)}
+    texts: dict[str, int] = {}
+
+    def text_id(text: str) -> int:
+        return texts.setdefault(text, len(texts))
+
+    answer_ids = [text_id(a) for a in answer_texts]
+    layout = {}
+    for split, chosen in items.items():
+        questions = [text_id(i.question) for i in chosen]
+        candidates = [[text_id(f"{i.question} {c}") for c in i.candidates] for i in chosen]
+        layout[split] = (questions, candidates)
+    videos = sorted({index_of[i.video_id] for s in items.values() for i in s})
+    was_training = model.training
+    model.eval()
+    try:
+        video_emb = model.encode_videos(videos, batch_size).float()
+        model.set_texts(list(texts))
+        text_emb = model.encode_texts(np.arange(len(texts)), batch_size).float()
+    finally:
+        model.set_texts(data.texts)
+        model.train(was_training)
+    row_of = {v: r for r, v in enumerate(videos)}
+    dim = text_emb.shape[1]
+    out = {}
+    for split, chosen in items.items():
+        questions, candidates = layout[split]
+        width = max((len(c) for c in candidates), default=0)
+        cand = torch.zeros(len(chosen), max(width, 1), dim)
+        mask = torch.zeros(len(chosen), max(width, 1), dtype=torch.bool)
+        for row, ids in enumerate(candidates):
+            if ids:
+                cand[row, : len(ids)] = text_emb[ids].cpu()
+                mask[row, : len(ids)] = True
+        video_rows = [row_of[index_of[i.video_id]] for i in chosen]
+        out[split] = _Embedded(chosen, video_emb[video_rows].cpu() if chosen else torch.zeros(0, dim),
+                               text_emb[questions].cpu() if chosen else torch.zeros(0, dim), cand, mask)
+    return out, text_emb[answer_ids].cpu() if answer_ids else torch.zeros(0, dim)
+
+
+# ---- scoring ---------------------------------------------------------------------------
+
+
+def _choice_credit(scores: np.ndarray, answer: int) -> float:
+    """1 for the answer scored highest; ties at the top share the credit."""
+    best = scores.max()
+    return 1.0 / int((scores == best).sum()) if scores[answer] >= best else 0.0
+
+
+def _credits(items: list[QAItem], open_scores: np.ndarray | None, vocabulary: list[str],
+             choice_scores: np.ndarray | None, mask: np.ndarray) -> list[float]:
+    credit = []
+    for row, item in enumerate(items):
+        if item.multiple_choice:
+            valid = choice_scores[row][mask[row]]
+            credit.append(_choice_credit(valid, item.answer_index))
+        elif open_scores is None or not vocabulary:
+            credit.append(0.0)
+        else:
+            credit.append(1.0 if is_correct(item, vocabulary[int(open_scores[row].argmax())]) else 0.0)
+    return credit
+
+
+def _zero_shot(emb: _Embedded, answer_emb, answer_texts: list[str]) -> list[float]:
+    open_scores = (emb.video @ answer_emb.T).numpy() if len(answer_texts) else None
+    choice_scores = (emb.candidates @ emb.video[:, :, None]).squeeze(-1).numpy()
+    return _credits(emb.items, open_scores, answer_texts, choice_scores, emb.mask.numpy())
+
+
+def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    open_head, choice_head = heads
+    with torch.no_grad():
+        video = emb.video.to(device)
+        open_scores = open_head(_fused(video, emb.question.to(device))).float().cpu().numpy()
+        cand = emb.candidates.to(device)
+        choice = choice_head(_fused(video[:, None, :].expand_as(cand), cand)).squeeze(-1).float().cpu().numpy()
+    return open_scores, choice
+
+
+# ---- training --------------------------------------------------------------------------
+
+
+def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device):
+    """Heads trained on ``train``; with ``val``, those of the best validation epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    position = {a: k for k, a in enumerate(vocabulary)}
+    items = train.items
+    labels = torch.tensor([position.get(normalise_answer(i.answer), -1) if not i.multiple_choice else -1 for i in items])
+    open_rows = torch.nonzero(labels >= 0).flatten()
+    choice_rows = torch.tensor([r for r, i in enumerate(items) if i.multiple_choice], dtype=torch.long)
+    choice_answers = torch.tensor([i.answer_index for i in items if i.multiple_choice], dtype=torch.long)
+    if len(open_rows) == 0 and len(choice_rows) == 0:
+        raise UsageError("no training question can be learned: the train split has no question with a video "
+                         "of the work folder (see `mama-augment datasets --workdir`)")
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    heads = [h.to(device) for h in build_heads(train.video.shape[1], settings.hidden, len(vocabulary))]
+    params = [p for h in heads for p in h.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    video, question = train.video.to(device), train.question.to(device)
+    cand, mask = train.candidates.to(device), train.mask.to(device)
+    best = (-math.inf, 0, None)
+    history = []
+    for epoch in range(settings.epochs):
+        for heads_ in heads:
+            heads_.train()
+        losses = []
+        batches = [("open", open_rows[torch.randperm(len(open_rows), generator=generator)]),
+                   ("choice", torch.randperm(len(choice_rows), generator=generator))]
+        for kind, order in batches:
+            for start in range(0, len(order), settings.batch_size):
+                rows = order[start : start + settings.batch_size]
+                if kind == "open":
+                    logits = heads[0](_fused(video[rows], question[rows]))
+                    loss = F.cross_entropy(logits, labels[rows].to(device))
+                else:
+                    picked = choice_rows[rows]
+                    c = cand[picked]
+                    scores = heads[1](_fused(video[picked][:, None, :].expand_as(c), c)).squeeze(-1)
+                    scores = scores.masked_fill(~mask[picked], float("-inf"))
+                    loss = F.cross_entropy(scores, choice_answers[rows].to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        for heads_ in heads:
+            heads_.eval()
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        if val is not None and val.items:
+            open_scores, choice_scores = _head_scores(heads, val, device)
+            accuracy = float(np.mean(_credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())))
+            row["val_accuracy"] = 100 * accuracy
+            if accuracy > best[0]:
+                best = (accuracy, epoch + 1, [{k: v.detach().clone() for k, v in h.state_dict().items()} for h in heads])
+        history.append(row)
+        log.info("qa epoch %d: %s", epoch + 1, row)
+    kept = "last"
+    if best[2] is not None:
+        for h, state in zip(heads, best[2]):
+            h.load_state_dict(state)
+        kept = f"best validation accuracy, epoch {best[1]}"
+    return heads, history, kept
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+
+@dataclass
+class QARunResult:
+    run_dir: Path
+    eval: dict
+    questions_left_out: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _prepare_folder(paths: RunPaths) -> None:
+    """A QA run may be rerun into its own folder, never into a training run's."""
+    if not paths.config.exists():
+        return
+    try:
+        task = json.loads(paths.config.read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        task = None
+    if task != TASK:
+        raise UsageError(f"{paths.root} holds another run: choose another --name")
+
+
+def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | None = None,
+           device: str = "auto") -> QARunResult:
+    """Train (unless ``zero_shot``) and evaluate a QA run on a retrieval run's frozen
+    model; writes the run folder (see the module doc)."""
+    import torch
+
+    from mama_augment.train import checkpoint as ckpt
+    from mama_augment.train.runs import load_run, run_weights
+
+    settings.validate()
+    base = Path(settings.base_run)
+    chosen = run_weights(base, settings.checkpoint)
+    workdir = Path(workdir) if workdir else base.parent.parent
+    name = name or f"qa-{base.name}"
+    check_name(name, "--name")
+    paths = RunPaths.of(workdir, name)
+    if paths.root.resolve() == base.resolve():
+        raise UsageError("--name names the retrieval run itself: choose another name")
+    _prepare_folder(paths)
+
+    _, model, data = load_run(base, device=device, workdir=workdir, checkpoint=chosen["checkpoint"])
+    qa = load_qa(settings.questions, settings.questions_format, video_ids=data.videos.video_ids)
+    known = set(data.videos.video_ids)
+    left_out = Counter(i.split for i in qa.items if i.video_id not in known)
+    splits = [s for s in ("train", *EVAL_SPLITS) if qa.split(s)]
+    evaluated = [s for s in EVAL_SPLITS if s in splits]
+    if not evaluated:
+        raise UsageError("the question files have no val or test questions to evaluate (the split comes from the "
+                         "file name: test_qa.json, val.csv, Test_frameqa_question.tsv)")
+    if not settings.zero_shot and "train" not in splits:
+        raise UsageError("training needs the train questions (train_qa.json, train.csv, ...); "
+                         "or ask for --zero-shot")
+    dev = model.device
+    # The vocabulary is the training answers'; a zero-shot run without train questions
+    # answers from the evaluated questions' own answers (optimistic: said in eval.json).
+    vocabulary_from = "train" if "train" in splits else "evaluated questions"
+    vocabulary = answer_vocabulary(qa.split("train") if "train" in splits else
+                                   [i for s in evaluated for i in qa.split(s)], settings.answers)
+    wanted = evaluated if settings.zero_shot else splits
+    items = {s: [i for i in qa.split(s) if i.video_id in known] for s in wanted}
+    # Training must not move the global RNG: a later run in this process starts the same.
+    with torch.random.fork_rng(devices=[]):
+        embedded, answer_emb = _embed(model, data, items, vocabulary, settings.batch_size)
+        heads, history, kept = None, [], None
+        if not settings.zero_shot:
+            heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev)
+
+    results = {}
+    for split in evaluated:
+        emb = embedded[split]
+        entry: dict = {
+            "task": TASK, "split": split, "base_run": str(base), "checkpoint": chosen["checkpoint"],
+            "questions_files": [str(p) for p in settings.questions], "questions": len(emb.items),
+            "questions_without_video": int(left_out.get(split, 0)),
+            "open_ended_questions": sum(not i.multiple_choice for i in emb.items),
+            "multiple_choice_questions": sum(i.multiple_choice for i in emb.items),
+        }
+        open_items = [i for i in emb.items if not i.multiple_choice]
+        if open_items:
+            in_vocabulary = set(vocabulary)
+            entry["answers"] = len(vocabulary)
+            entry["answers_from"] = vocabulary_from
+            entry["answer_coverage"] = 100.0 * sum(normalise_answer(i.answer) in in_vocabulary for i in open_items) / len(open_items)
+        zero = _zero_shot(emb, answer_emb, vocabulary)
+        entry["zero_shot"] = score_credit(emb.items, zero).to_dict()
+        if heads is not None:
+            open_scores, choice_scores = _head_scores(heads, emb, dev)
+            credit = _credits(emb.items, open_scores, vocabulary, choice_scores, emb.mask.numpy())
+            entry["trained"] = score_credit(emb.items, credit).to_dict()
+            entry["heads_kept"] = kept
+        results[split] = entry
+
+    paths.root.mkdir(parents=True, exist_ok=True)
+    config = asdict(settings)
+    config["base_checkpoint"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in chosen.items()}
+    config["history"] = history
+    atomic_write_text(paths.config, json.dumps(config, indent=2))
+    if heads is not None:
+        tensors = {f"{kind}.{k}": v for kind, h in zip(("open", "choice"), heads) for k, v in h.state_dict().items()}
+        ckpt.atomic_save(tensors, paths.root / HEADS_FILE, {"vocabulary": vocabulary, "dim": int(answer_emb.shape[1]),
+                                                             "hidden": settings.hidden})
+    elif (paths.root / HEADS_FILE).exists():
+        (paths.root / HEADS_FILE).unlink()  # a zero-shot rerun: stale heads would not match eval.json
+    atomic_write_text(paths.eval, json.dumps(_json_safe(results), indent=2))
+    problems = [line for line in qa.problems.lines()]
+    return QARunResult(paths.root, results, sum(left_out.values()), problems)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def format_qa(result: QARunResult) -> str:
+    """The accuracies of each evaluated split, overall and per question type."""
+    lines = []
+    for split, entry in result.eval.items():
+        lines.append(f"{split}: {entry['questions']} questions ({entry['open_ended_questions']} open-ended, "
+                     f"{entry['multiple_choice_questions']} multiple-choice)")
+        if "answer_coverage" in entry:
+            lines.append(f"  answers: the {entry['answers']} most frequent training answers cover "
+                         f"{entry['answer_coverage']:.1f} % of the open-ended questions")
+        if entry["questions_without_video"]:
+            lines.append(f"  {entry['questions_without_video']} questions left out: their video is not in keyframes.parquet")
+        for label, key in (("trained", "trained"), ("zero-shot", "zero_shot")):
+            score = entry.get(key)
+            if not score:
+                continue
+            accuracy = score["accuracy"]
+            lines.append(f"  {label:<9} accuracy {accuracy:6.2f} %" if accuracy is not None else f"  {label:<9} accuracy -")
+            for kind, group in score["by_type"].items():
+                value = f"{group['accuracy']:6.2f} %" if group["accuracy"] is not None else "-"
+                lines.append(f"    {kind:<14} {value}  ({group['questions']})")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""Video question answering releases, laid out as the real files are: one test per
+release (tiny synthetic files), detection, robustness (BOM, CRLF, re-saved delimiters),
+counted problems, id matching and the ``datasets`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mama_augment.cli import app
+from mama_augment.datasets import Source, detect_format
+from mama_augment.datasets.qa import QA_FORMATS, QAItem, detect_qa_format, load_qa, read_qa
+from mama_augment.errors import UsageError
+
+runner = CliRunner()
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def xu_json(rows: list[tuple[int, str, str, int]]) -> str:
+    """MSRVTT-QA / MSVD-QA ``*_qa.json``: a list of {answer, id, question, video_id}."""
+    return json.dumps([{"answer": a, "id": n, "question": q, "video_id": v} for n, (v, q, a, _) in enumerate(rows)])
+
+
+# ----------------------------------------------------------------------------- MSRVTT-QA / MSVD-QA
+
+
+def test_msrvtt_qa_numbers_are_msrvtt_video_names(tmp_path):
+    train = write(tmp_path / "train_qa.json", xu_json([(0, "what is a man doing?", "sing", 0),
+                                                      (0, "who is singing?", "man", 0)]))
+    test = write(tmp_path / "test_qa.json", xu_json([(7010, "what is shown?", "car", 0)]))
+    assert detect_qa_format(Source(train)) == "msrvtt-qa"
+    qa = read_qa([train, test])
+    assert qa.items == [
+        QAItem("0", "video0", "what is a man doing?", "sing", split="train"),
+        QAItem("1", "video0", "who is singing?", "man", split="train"),
+        QAItem("0", "video7010", "what is shown?", "car", split="test"),
+    ]
+    assert not qa.problems and qa.formats == ["msrvtt-qa"]
+
+
+def test_msvd_qa_ids_go_through_youtube_mapping(tmp_path):
+    train = write(tmp_path / "train_qa.json", xu_json([(1, "what is eating?", "squirrel", 0), (3, "who runs?", "man", 0)]))
+    mapping = write(tmp_path / "youtube_mapping.txt", "-4wsuPCjDBc_5_15 vid1\r\n-7KMZQEsJW4_205_208 vid2\r\n")
+    assert detect_qa_format(Source(mapping)) == "msvd-qa-map"
+    qa = read_qa([train, mapping])
+    assert [i.video_id for i in qa.items] == ["-4wsuPCjDBc_5_15", "vid3"]
+    assert qa.problems.counts == {"video_not_in_mapping": 1}
+    assert qa.formats == ["msvd-qa", "msvd-qa-map"]
+
+
+def test_msvd_qa_named_without_mapping_keeps_vid_names(tmp_path):
+    train = write(tmp_path / "train_qa.json", xu_json([(5, "what is eating?", "squirrel", 0)]))
+    qa = read_qa([train], "msvd-qa")
+    assert qa.items[0].video_id == "vid5" and qa.problems.counts == {"video_not_in_mapping": 1}
+
+
+# ----------------------------------------------------------------------------- JSON Lines variants
+
+
+def test_jsonl_variant_with_clip_name_answer_type_and_candidates(tmp_path):
+    lines = [
+        {"question": "what is a man doing?", "answer": "sing", "video_id": "video7010", "answer_type": "what"},
+        {"question": "who sings?", "answer": "man", "clip_name": "video7011", "question_id": "q9"},
+        {"question": "what happens?", "answer": 1, "video_id": "video7012", "options": ["a dog", "a cat", "a car"]},
+        {"question": "no answer", "video_id": "video7013"},
+    ]
+    path = write(tmp_path / "msrvtt_qa_test.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
+    assert detect_qa_format(Source(path)) == "qa-jsonl"
+    qa = read_qa([path])
+    assert qa.items == [
+        QAItem("0", "video7010", "what is a man doing?", "sing", question_type="what", split="test"),
+        QAItem("q9", "video7011", "who sings?", "man", split="test"),
+        QAItem("2", "video7012", "what happens?", "a cat", ("a dog", "a cat", "a car"), 1, split="test"),
+    ]
+    assert qa.problems.counts == {"malformed_record": 1}
+
+
+# ----------------------------------------------------------------------------- TGIF-QA
+
+
+def test_tgif_frameqa_types_and_action_candidates(tmp_path):
+    frame = write(tmp_path / "Train_frameqa_question.tsv",
+                  "gif_name\tquestion\tanswer\tvid_id\tkey\ttype\n"
+                  "tumblr_a1\twhat is the man holding\tguitar\t1\t101\t0\n"
+                  "tumblr_a2\thow many dogs are there\ttwo\t2\t102\t1\n"
+                  "tumblr_a3\twhat color is the car\tred\t3\t103\t7\n")
+    action = write(tmp_path / "Test_action_question.csv",
+                   "gif_name\tquestion\ta1\ta2\ta3\ta4\ta5\tanswer\tvid_id\tkey\n"
+                   "tumblr_b1\twhat does the girl do 3 times\tnod\tjump\twave\tblink\tclap\t2\t9\t201\n"
+                   "tumblr_b2\twhat does he do\tnod\tjump\twave\tblink\tclap\t7\t9\t202\n")
+    assert detect_qa_format(Source(frame)) == detect_qa_format(Source(action)) == "tgif-qa"
+    qa = read_qa([frame, action])
+    assert [(i.question_id, i.video_id, i.answer, i.question_type, i.split) for i in qa.items] == [
+        ("101", "tumblr_a1", "guitar", "object", "train"),
+        ("102", "tumblr_a2", "two", "number", "train"),
+        ("103", "tumblr_a3", "red", None, "train"),
+        ("201", "tumblr_b1", "wave", "action", "test"),
+    ]
+    assert qa.items[3].candidates == ("nod", "jump", "wave", "blink", "clap") and qa.items[3].answer_index == 2
+    assert qa.problems.counts == {"unknown_question_type": 1, "malformed_record": 1}
+
+
+def test_tgif_resaved_with_commas_and_quotes_reads_the_same(tmp_path):
+    tabs = write(tmp_path / "a" / "Train_transition_question.csv",
+                 "gif_name\tquestion\ta1\ta2\ta3\ta4\ta5\tanswer\tvid_id\tkey\n"
+                 "tumblr_c1\twhat does she do after sitting\tstand\trun\tsmile, then wave\tsit\tnod\t2\t4\t301\n")
+    commas = write(tmp_path / "b" / "Train_transition_question.csv",
+                   "\ufeffgif_name,question,a1,a2,a3,a4,a5,answer,vid_id,key\r\n"
+                   'tumblr_c1,what does she do after sitting,stand,run,"smile, then wave",sit,nod,2,4,301\r\n')
+    assert read_qa([tabs]).items == read_qa([commas]).items
+    assert read_qa([tabs]).items[0].question_type == "transition"
+
+
+# ----------------------------------------------------------------------------- NExT-QA
+
+
+NEXT_HEADER = "video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4\n"
+
+
+def test_next_qa_multiple_choice_with_video_paths(tmp_path):
+    val = write(tmp_path / "val.csv", NEXT_HEADER
+                + "4010069381,369,640,480,why did the boy pick up the ball,1,6,CW,to eat,to throw it,to sleep,to sit,to cry\n"
+                + "4010069381,369,640,480,what did the boy do after,4,7,TN,sit,run,eat,cry,jump\n"
+                + "7777,100,640,480,where is this,0,0,DL,park,room,sea,car,bus\n")
+    mapping = write(tmp_path / "map_vid_vidorID.json", json.dumps({"4010069381": "1106/4010069381"}))
+    assert detect_qa_format(Source(val)) == "next-qa"
+    assert detect_qa_format(Source(mapping)) == "next-qa-map"
+    qa = read_qa([val, mapping])
+    first = qa.items[0]
+    assert (first.question_id, first.video_id, first.answer, first.answer_index, first.question_type, first.split) == (
+        "4010069381_6", "1106/4010069381", "to throw it", 1, "CW", "val")
+    assert len(first.candidates) == 5
+    assert qa.items[2].video_id == "7777" and qa.problems.counts == {"video_not_in_mapping": 1}
+
+
+def test_next_oe_without_candidates_is_open_ended(tmp_path):
+    path = write(tmp_path / "test.csv", "video,frame_count,width,height,question,answer,qid,type\n"
+                                        "4010069381,369,640,480,what is the boy holding,ball,0,DO\n")
+    item = read_qa([path]).items[0]
+    assert not item.multiple_choice and item.answer == "ball" and item.question_type == "DO"
+
+
+# ----------------------------------------------------------------------------- ActivityNet-QA
+
+
+def test_activitynet_qa_questions_joined_to_answers(tmp_path):
+    questions = write(tmp_path / "test_q.json", json.dumps([
+        {"question": "is the athlete wearing trunks", "question_id": "v_JDg--pjY5gg_1", "video_name": "JDg--pjY5gg"},
+        {"question": "what is he doing", "question_id": "v_JDg--pjY5gg_2", "video_name": "JDg--pjY5gg"},
+    ]))
+    answers = write(tmp_path / "test_a.json", json.dumps([
+        {"answer": "yes", "question_id": "v_JDg--pjY5gg_1", "type": 3},
+        {"answer": "dance", "question_id": "v_other_1", "type": 0},
+    ]))
+    assert detect_qa_format(Source(questions)) == detect_qa_format(Source(answers)) == "activitynet-qa"
+    qa = read_qa([questions, answers])
+    assert qa.items == [QAItem("v_JDg--pjY5gg_1", "JDg--pjY5gg", "is the athlete wearing trunks", "yes",
+                               question_type="yes/no", split="test")]
+    assert qa.problems.counts == {"question_without_answer": 1, "answer_without_question": 1}
+
+
+# ----------------------------------------------------------------------------- shared behaviour
+
+
+def test_every_format_is_described():
+    for name, fmt in QA_FORMATS.items():
+        assert fmt.benchmark and fmt.files and fmt.example.startswith("mama-augment "), name
+
+
+def test_ids_match_keyframes_with_the_caption_rules(tmp_path):
+    questions = write(tmp_path / "train_q.json", json.dumps([
+        {"question": "q1", "question_id": "a_1", "video_name": "JDg--pjY5gg"},
+        {"question": "q2", "question_id": "b_1", "video_name": "missing"},
+    ]))
+    answers = write(tmp_path / "train_a.json", json.dumps([
+        {"answer": "yes", "question_id": "a_1", "type": 3}, {"answer": "no", "question_id": "b_1", "type": 3}]))
+    qa = load_qa([questions, answers], video_ids=["anet/v_JDg--pjY5gg", "anet/v_other"])
+    assert [i.video_id for i in qa.items] == ["anet/v_JDg--pjY5gg", "missing"]
+    assert qa.problems.counts == {"unmatched_video_id": 1}
+    with pytest.raises(UsageError, match="none of the 2 video ids"):
+        load_qa([questions, answers], video_ids=["other"])
+
+
+def test_a_qa_file_given_as_captions_says_what_it_is(tmp_path):
+    mapping = write(tmp_path / "youtube_mapping.txt", "-4wsuPCjDBc_5_15 vid1\n-7KMZQEsJW4_205_208 vid2\n")
+    with pytest.raises(UsageError, match="question-answering file \\(msvd-qa-map\\)"):
+        detect_format(Source(mapping))
+
+
+def test_a_file_with_nothing_usable_is_an_error(tmp_path):
+    path = write(tmp_path / "train_qa.json", json.dumps([{"answer": "", "id": 0, "question": "q", "video_id": 1}]))
+    with pytest.raises(UsageError, match="no usable questions"):
+        read_qa([path])
+
+
+def test_datasets_command_lists_and_checks_qa_files(tmp_path):
+    listing = runner.invoke(app, ["datasets"])
+    assert listing.exit_code == 0
+    for name in QA_FORMATS:
+        assert name in listing.output
+    train = write(tmp_path / "train_qa.json", xu_json([(0, "what is a man doing?", "sing", 0)]))
+    result = runner.invoke(app, ["datasets", str(train)])
+    assert result.exit_code == 0, result.output
+    assert "msrvtt-qa, 1 questions" in result.output and "train: 1 questions (1 open-ended" in result.output
+    mixed = write(tmp_path / "captions.csv", "video_id,caption\nvideo0,a man sings\n")
+    result = runner.invoke(app, ["datasets", str(train), str(mixed)])
+    assert result.exit_code == 2 and "separate calls" in result.output
+
+
+def test_next_qa_resaved_by_a_spreadsheet_reads_the_same(tmp_path):
+    row = '4010069381,369,640,480,"why did the boy, smiling, pick it up",1,6,CW,to eat,to throw it,to sleep,to sit,to cry\n'
+    plain = write(tmp_path / "a" / "val.csv", NEXT_HEADER + row)
+    resaved = write(tmp_path / "b" / "val.csv", ("\ufeff" + NEXT_HEADER.replace(",", ";")
+                                                  + row.replace(",", ";").replace("boy; smiling;", "boy, smiling,")
+                                                  ).replace("\n", "\r\n"))
+    assert detect_qa_format(Source(resaved)) == "next-qa"
+    assert read_qa([plain]).items == read_qa([resaved]).items
+    assert read_qa([plain]).items[0].question == "why did the boy, smiling, pick it up"
+
+
+def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path):
+    path = write(tmp_path / "train.jsonl", '{"question": "q1", "answer": "a", "video_id": "v1"}\n'
+                                           '{"question": "q2", "answer": \n'
+                                           '{"question": "q3", "answer": "b", "video_id": "v2"}\n')
+    qa = read_qa([path])
+    assert [i.question for i in qa.items] == ["q1", "q3"] and qa.problems.counts == {"malformed_line": 1}
+
+
+def test_datasets_command_matches_qa_ids_to_a_work_folder(tmp_path):
+    from train_helpers import make_workdir
+
+    workdir, _ = make_workdir(tmp_path, n_videos=4, id_format="all/video{i}")
+    test = write(tmp_path / "test_qa.json", xu_json([(1, "what?", "dog", 0), (2, "who?", "man", 0), (77, "what?", "x", 0)]))
+    out = tmp_path / "unmatched.txt"
+    result = runner.invoke(app, ["datasets", str(test), "-w", str(workdir), "--unmatched", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "video ids matched: 2 of 3" in result.output and "unmatched_video_id: 1" in result.output
+    assert out.read_text() == "video77\n"
+
+
+def test_layout_variants_of_later_copies(tmp_path):
+    # MSVD-QA without the "id" field; NExT-QA with a video_id column
+    train = write(tmp_path / "train_qa.json", json.dumps([{"answer": "dog", "question": "what runs?", "video_id": 2}]))
+    mapping = write(tmp_path / "youtube_mapping.txt", "abc_1_2 vid2\n")
+    assert [(i.question_id, i.video_id) for i in read_qa([train, mapping]).items] == [("0", "abc_1_2")]
+    nextqa = write(tmp_path / "val.csv", NEXT_HEADER.replace("video,", "video_id,", 1)
+                   + "4010069381,369,640,480,why,1,6,CW,to eat,to throw it,to sleep,to sit,to cry\n")
+    assert detect_qa_format(Source(nextqa)) == "next-qa"
+    assert read_qa([nextqa]).items[0].question_id == "4010069381_6"
+
+
+def test_datasets_command_with_format_auto_still_checks_qa_files(tmp_path):
+    train = write(tmp_path / "train_qa.json", xu_json([(0, "what is a man doing?", "sing", 0)]))
+    result = runner.invoke(app, ["datasets", str(train), "--captions-format", "auto"])
+    assert result.exit_code == 0 and "msrvtt-qa, 1 questions" in result.output, result.output

@@ -1,0 +1,114 @@
+"""``mama-augment qa`` on a retrieval run of the synthetic work folder: the heads learn
+what the frozen embeddings hold, the zero-shot baseline runs without training, and
+the run folder follows the conventions."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mama_augment.cli import app
+from mama_augment.datasets.qa import QAItem
+from mama_augment.train.qa import answer_vocabulary
+from train_helpers import CONCEPT_WORDS, make_workdir
+
+runner = CliRunner()
+N_VIDEOS, N_TRAIN = 60, 40
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A work folder, its retrieval run, and MSRVTT-QA / multiple-choice files asking for
+    each video's concept."""
+    root = tmp_path_factory.mktemp("qa")
+    workdir, captions = make_workdir(root, n_videos=N_VIDEOS, id_format="video{i}")
+    result = runner.invoke(app, ["train", "--workdir", str(workdir), "--captions", str(captions), "--text-model",
+                                 "hashing", "--epochs", "2", "--batch-size", "16", "--name", "base", "-q"])
+    assert result.exit_code == 0, result.output
+    concepts = pd.read_csv(captions)["concept"].tolist()
+    files = root / "qa"
+    files.mkdir()
+    for split, videos in (("train", range(N_TRAIN)), ("test", range(N_TRAIN, N_VIDEOS))):
+        rows = [{"answer": concepts[v], "id": n, "question": "what is shown?", "video_id": v} for n, v in enumerate(videos)]
+        (files / f"{split}_qa.json").write_text(json.dumps(rows))
+        options = CONCEPT_WORDS[:5]
+        lines = [json.dumps({"question": "which thing is it?", "answer": options.index(concepts[v]), "video_id": f"video{v}",
+                             "options": options}) for v in videos if concepts[v] in options]
+        (files / f"{split}_mc.jsonl").write_text("\n".join(lines) + "\n")
+    return workdir, files
+
+
+def test_trained_heads_answer_from_the_frozen_model_and_write_the_run_folder(trained):
+    workdir, files = trained
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(files / "train_qa.json"),
+                                 "--questions", str(files / "test_qa.json"), "--epochs", "40", "--device", "cpu",
+                                 "--name", "qa-open"])
+    assert result.exit_code == 0, result.output
+    run = workdir / "runs" / "qa-open"
+    assert json.loads((run / "config.json").read_text())["task"] == "qa" and (run / "qa_heads.safetensors").exists()
+    entry = json.loads((run / "eval.json").read_text())["test"]
+    assert entry["questions"] == N_VIDEOS - N_TRAIN and entry["open_ended_questions"] == entry["questions"]
+    assert entry["answers_from"] == "train" and entry["answer_coverage"] <= 100
+    test_answers = pd.Series([r["answer"] for r in json.loads((files / "test_qa.json").read_text())])
+    majority = 100 * test_answers.value_counts().iloc[0] / len(test_answers)
+    assert entry["trained"]["accuracy"] > majority + 10
+    assert entry["trained"]["by_type"]["what"]["questions"] == entry["questions"]
+    assert "zero-shot" in result.output and "trained" in result.output
+    # a QA run is not a retrieval run: evaluate and qa say so instead of "no weights yet"
+    for command in (["evaluate", "--run", str(run)], ["qa", "--run", str(run), "--questions", str(files / "test_qa.json")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "is a question-answering run" in result.output, result.output
+
+
+def test_multiple_choice_heads_and_zero_shot_baseline(trained):
+    workdir, files = trained
+    base = workdir / "runs" / "base"
+    args = ["qa", "--run", str(base), "--questions", str(files / "train_mc.jsonl"), "--questions",
+            str(files / "test_mc.jsonl"), "--epochs", "40", "--device", "cpu", "--name", "qa-mc"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-mc" / "eval.json").read_text())["test"]
+    assert entry["multiple_choice_questions"] == entry["questions"] > 0
+    assert entry["trained"]["accuracy"] > 20 + 10  # five candidates: chance is 20 %
+    result = runner.invoke(app, [*args, "--zero-shot"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-mc" / "eval.json").read_text())["test"]
+    assert "trained" not in entry and 0 <= entry["zero_shot"]["accuracy"] <= 100
+    assert not (workdir / "runs" / "qa-mc" / "qa_heads.safetensors").exists()
+
+
+def test_questions_without_video_are_counted_and_a_training_run_is_never_overwritten(trained):
+    workdir, files = trained
+    stray = files / "stray" / "test_qa.json"
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_text(json.dumps([{"answer": "dog", "id": 0, "question": "what?", "video_id": 1},
+                                 {"answer": "dog", "id": 1, "question": "what?", "video_id": 9999}]))
+    base = workdir / "runs" / "base"
+    result = runner.invoke(app, ["qa", "--run", str(base), "--questions", str(stray), "--zero-shot", "--device", "cpu",
+                                 "--name", "qa-stray"])
+    assert result.exit_code == 1, result.output
+    assert "1 questions left out" in result.output and "unmatched_video_id: 1" in result.output
+    result = runner.invoke(app, ["qa", "--run", str(base), "--questions", str(stray), "--zero-shot", "--name", "base"])
+    assert result.exit_code == 2 and "retrieval run itself" in result.output
+    result = runner.invoke(app, ["qa", "--run", str(base), "--questions", str(stray), "--device", "cpu", "--name", "x"])
+    assert result.exit_code == 2 and "train questions" in result.output
+
+
+def test_answer_vocabulary_is_the_most_frequent_training_answers():
+    items = [QAItem(str(n), "v", "q", a) for n, a in enumerate(["Dog", "cat", "dog ", "bird", "cat", "ant"])]
+    assert answer_vocabulary(items, 3) == ["cat", "dog", "ant"]
+
+
+def test_an_answer_outside_the_vocabulary_counts_as_wrong(trained):
+    workdir, files = trained
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(files / "train_qa.json"),
+                                 "--questions", str(files / "test_qa.json"), "--answers", "1", "--epochs", "3",
+                                 "--device", "cpu", "--name", "qa-one-answer"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-one-answer" / "eval.json").read_text())["test"]
+    assert entry["answers"] == 1 and entry["answer_coverage"] < 100
+    assert entry["trained"]["accuracy"] <= entry["answer_coverage"] + 1e-9
+    assert entry["zero_shot"]["accuracy"] <= entry["answer_coverage"] + 1e-9
