@@ -254,7 +254,8 @@ def test_cnn_vector_of_a_frame_does_not_depend_on_threads_or_batch(runtime):
         pytest.skip("openvino is not installed (pip install 'mama-augment[cpu]')")
     from mama_augment.embed.cnn import prepare_frames
 
-    frames = prepare_frames(natural_like_frames(8) + [scene(kind) for kind in SCENES])
+    # 20 frames: one call of 20 runs other kernels than calls of a few frames.
+    frames = prepare_frames(natural_like_frames(16) + [scene(kind) for kind in SCENES])
     one_thread = get_embedder("cnn", EmbedderOptions(device="cpu", threads=1, batch_size=32, runtime=runtime))
     reference = one_thread.embed_prepared(frames)
     two_threads = get_embedder("cnn", EmbedderOptions(device="cpu", threads=2, batch_size=5, runtime=runtime))

@@ -47,10 +47,11 @@ and 2 threads in PyTorch), and that number differs between engines (the local
 engine's model process uses every core, a Ray model actor one). So on the CPU each
 frame is computed by one thread: a batch is cut into slices, one per thread, and each
 slice runs single-threaded (OpenVINO: as many single-threaded streams as threads;
-PyTorch: a pool of threads with one intra-op thread each). Single-threaded, a frame's
-vector does not depend on the other frames of its call (checked for both runtimes in
-tests/test_embed.py), so the frames of a video get the same vectors in any batch of
-any engine, and keyframe selection gets the same input.
+PyTorch: a pool of threads with one intra-op thread each). Slices hold at most
+``FRAMES_PER_CALL`` frames, below the batch size from which PyTorch switches kernels:
+so a frame's vector does not depend on the other frames of its call either (checked
+for both runtimes in tests/test_embed.py), the frames of a video get the same vectors
+in any batch of any engine, and keyframe selection gets the same input.
 
 Measured and not used (``benchmarks/cnn_speed.py``): smaller inputs (160 px: ~2.5x
 less CPU, but coverage of the keyframes it picks, scored with 224 px embeddings,
@@ -336,11 +337,18 @@ def cpu_threads(threads: int) -> int:
     return max(1, min(int(threads), cores) if threads > 0 else cores)
 
 
+# The most frames one thread computes at once. From 16 frames on, PyTorch's oneDNN
+# convolutions switch to a batch-blocked kernel whose sums differ in the last bits
+# (~4e-7 here); below it, and in OpenVINO, a frame's vector is the same in any call.
+FRAMES_PER_CALL = 8
+
+
 def batch_slices(count: int, parts: int) -> list[np.ndarray]:
-    """Row indices of ``count`` frames cut into at most ``parts`` consecutive slices
-    of at least ~4 frames (a smaller slice costs more than it saves)."""
-    pieces = np.array_split(np.arange(count), max(1, min(parts, count // 4)))
-    return [piece for piece in pieces if len(piece)]
+    """Row indices of ``count`` frames cut into consecutive slices of at most
+    ``FRAMES_PER_CALL`` frames: at least ``parts`` slices (one per thread) when
+    every one keeps ~4 frames (a smaller slice costs more than it saves)."""
+    pieces = max(1, -(-count // FRAMES_PER_CALL), min(parts, count // 4))
+    return [piece for piece in np.array_split(np.arange(count), pieces) if len(piece)]
 
 
 def _one_intra_op_thread() -> None:
@@ -540,10 +548,12 @@ class _OpenVinoLite0:
     def __call__(self, canvas: np.ndarray) -> np.ndarray:
         canvas = np.ascontiguousarray(canvas)
         slices = batch_slices(len(canvas), len(self.requests))
-        for request, part in zip(self.requests, slices):
-            request.start_async({0: canvas[part[0] : part[-1] + 1]})
         outputs = []
-        for request, _ in zip(self.requests, slices):
-            request.wait()
-            outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        for first in range(0, len(slices), len(self.requests)):  # one slice per stream at a time
+            wave = list(zip(self.requests, slices[first : first + len(self.requests)]))
+            for request, part in wave:
+                request.start_async({0: canvas[part[0] : part[-1] + 1]})
+            for request, _ in wave:
+                request.wait()
+                outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
         return np.concatenate(outputs)
