@@ -126,8 +126,8 @@ def shutdown_distributed(wait: bool = True, timeout_s: float = SHUTDOWN_WAIT_S) 
     Without the wait, a rank that finished first tore its group down while rank 0 was
     still writing its last files, and once (in a test suite run of many) gloo's
     teardown then aborted that finished rank (SIGABRT, "terminate called without an
-    active exception"): its connections to a peer still running were closed under it.
-    Ranks that leave together close connections nobody uses any more. The wait runs on
+    active exception"), a teardown beside a peer still at work (the race inside gloo
+    did not reproduce). Ranks that leave together rule it out. The wait runs on
     gloo (the default group, or one made at ``init_distributed`` beside NCCL), whose
     timeout is ours: NCCL's watchdog would kill a rank that waits longer than its own.
     A run that failed passes ``wait=False``: its peers may never get here.
