@@ -542,18 +542,21 @@ class _OpenVinoLite0:
         streams = cpu_threads(threads)
         config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
         self.compiled = openvino.Core().compile_model(model, "CPU", config)
-        streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
-        self.requests = [self.compiled.create_infer_request() for _ in range(streams)]
+        self.streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
+        # Each slice goes to the next idle stream, so a slow slice holds up no other.
+        self.queue = openvino.AsyncInferQueue(self.compiled, self.streams)
+        self.queue.set_callback(self._keep)
+        self._outputs: list = []
+
+    def _keep(self, request, index: int) -> None:
+        self._outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def __call__(self, canvas: np.ndarray) -> np.ndarray:
         canvas = np.ascontiguousarray(canvas)
-        slices = batch_slices(len(canvas), len(self.requests))
-        outputs = []
-        for first in range(0, len(slices), len(self.requests)):  # one slice per stream at a time
-            wave = list(zip(self.requests, slices[first : first + len(self.requests)]))
-            for request, part in wave:
-                request.start_async({0: canvas[part[0] : part[-1] + 1]})
-            for request, _ in wave:
-                request.wait()
-                outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        slices = batch_slices(len(canvas), self.streams)
+        self._outputs = [None] * len(slices)
+        for index, part in enumerate(slices):
+            self.queue.start_async({0: canvas[part[0] : part[-1] + 1]}, index)
+        self.queue.wait_all()
+        outputs, self._outputs = self._outputs, []
         return np.concatenate(outputs)
