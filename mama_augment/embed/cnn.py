@@ -356,6 +356,7 @@ def _one_intra_op_thread() -> None:
 
     # In the calling thread: oneDNN reads its thread count from this thread's OpenMP
     # setting when it picks a kernel, so every pool thread computes as one thread does.
+    # torch's own count is process-wide too; the embedder's process runs no other torch.
     torch.set_num_threads(1)
 
 
