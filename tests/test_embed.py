@@ -242,6 +242,30 @@ def test_cnn_folded_is_deterministic_across_instances_and_batches(cnn):
     np.testing.assert_array_equal(cnn.embed(images), first)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_cnn_vector_of_a_frame_does_not_depend_on_threads_or_batch(runtime):
+    """The local engine's model process runs the network on every core, a Ray model
+    actor on one, each on batches that mix frames of other videos. A frame must get
+    the same vector, bit for bit, either way: keyframe selection breaks near ties on
+    the last bits, so two engines would otherwise pick other keyframes."""
+    if not HAS_EFFICIENTNET:
+        pytest.skip("efficientnet packages not installed")
+    if runtime == "openvino" and not HAS_OPENVINO:
+        pytest.skip("openvino is not installed (pip install 'mama-augment[cpu]')")
+    from mama_augment.embed.cnn import prepare_frames
+
+    # 20 frames: one call of 20 runs other kernels than calls of a few frames.
+    frames = prepare_frames(natural_like_frames(16) + [scene(kind) for kind in SCENES])
+    one_thread = get_embedder("cnn", EmbedderOptions(device="cpu", threads=1, batch_size=32, runtime=runtime))
+    reference = one_thread.embed_prepared(frames)
+    two_threads = get_embedder("cnn", EmbedderOptions(device="cpu", threads=2, batch_size=5, runtime=runtime))
+    np.testing.assert_array_equal(two_threads.embed_prepared(frames), reference)
+    # The same frames after another video's frames in one call, and in a call of their own.
+    other = prepare_frames(natural_like_frames(3)[::-1])
+    np.testing.assert_array_equal(two_threads.embed_prepared(np.concatenate([other, frames[:7]]))[3:], reference[:7])
+    np.testing.assert_array_equal(one_thread.embed_prepared(frames[5:]), reference[5:])
+
+
 def test_cnn_precision_option_is_checked():
     if not HAS_EFFICIENTNET:
         pytest.skip("efficientnet packages not installed")

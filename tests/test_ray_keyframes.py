@@ -21,7 +21,7 @@ from mama_augment.errors import MissingDependency
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.keyframes.stage import run_keyframes
 from mama_augment.manifest import KEYFRAMES, PartWriter, manifest_path, read_manifest
-from media import make_image, make_text_as_video, make_video, make_zero_byte
+from media import MEDIA_DIR, make_image, make_text_as_video, make_video, make_zero_byte
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'mama-augment[ray]')")
@@ -85,6 +85,37 @@ def test_ray_engine_writes_the_same_rows_as_the_local_engine(ray_cluster, inputs
     # The embeddings crossed Ray with their Arrow type, not as objects or float64.
     table = read_manifest(tmp_path / "ray", KEYFRAMES)
     assert table.schema.field("keyframe_embeddings").type == KEYFRAMES.schema.field("keyframe_embeddings").type
+
+
+# Real clips whose keyframes both engines must agree on (the damaged one included: its row must match too).
+REAL_CLIPS = ["pens.mp4", "realshort.mp4", "cityCC0.mpg", "Megamind.avi", "Megamind_bugy.avi", "box.mp4", "vtest.avi"]
+
+
+@needs_ray
+def test_both_engines_pick_the_same_keyframes_of_real_clips(ray_cluster, tmp_path):
+    """Same inputs and options, same dataset on either engine: the local engine's model
+    process runs the cnn network on every core, a Ray model actor on one thread and on
+    other batches, and near ties in the selection must not fall differently."""
+    present = [MEDIA_DIR / name for name in REAL_CLIPS if (MEDIA_DIR / name).is_file()]
+    if not present:
+        pytest.skip(f"none of the real clips {REAL_CLIPS} found in {MEDIA_DIR} (set MAMA_MEDIA_DIR)")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for path in present:
+        (folder / path.name).symlink_to(path)
+    runs = {}
+    for engine in ("local", "ray"):
+        run_keyframes([folder], tmp_path / engine, _config(engine, embedder="cnn", num_keyframes=12, workers=2),
+                      progress=False)
+        runs[engine] = _rows(tmp_path / engine)
+    assert set(runs["ray"]) == set(runs["local"]) == {path.stem for path in present}
+    assert any(row["status"] == "ok" for row in runs["local"].values())
+    for video_id, want in runs["local"].items():
+        got = runs["ray"][video_id]
+        assert (got["status"], got["error_kind"]) == (want["status"], want["error_kind"]), video_id
+        assert got["keyframe_indices"] == want["keyframe_indices"], video_id
+        assert got["keyframe_times_s"] == want["keyframe_times_s"], video_id
+        assert got["keyframe_embeddings"] == want["keyframe_embeddings"], video_id  # bit for bit
 
 
 class _StopAfter(PartWriter):

@@ -181,6 +181,33 @@ def test_torchrun_arguments():
         torchrun_arguments([], 8, nnodes=2, node_rank=0)
 
 
+def _leave_at_different_times(rank: int, init_file: str, folder: str) -> None:
+    """Rank 0 finishes late (writing a file after a pause, as it writes the run's last
+    files); rank 1 finishes at once. Each notes whether rank 0 had finished when its
+    ``shutdown_distributed`` returned."""
+    import time
+
+    from mama_augment.train.distributed import shutdown_distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.all_reduce(torch.ones(4))  # the last collective of a run
+    done = Path(folder) / "rank0-done"
+    if rank == 0:
+        time.sleep(1.5)
+        done.write_text("written")
+    shutdown_distributed()
+    (Path(folder) / f"rank{rank}-left").write_text("rank 0 done" if done.exists() else "rank 0 not done")
+
+
+def test_a_finished_rank_waits_for_the_others_before_leaving(tmp_path):
+    torch.multiprocessing.spawn(_leave_at_different_times, args=(str(tmp_path / "store"), str(tmp_path)),
+                                nprocs=WORLD, join=True)
+    # Rank 1 left only once rank 0 had finished: no teardown beside a peer still at work.
+    assert (tmp_path / "rank1-left").read_text() == "rank 0 done"
+    assert (tmp_path / "rank0-left").read_text() == "rank 0 done"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

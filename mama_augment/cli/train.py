@@ -95,10 +95,14 @@ def _train_distributed(config: TrainConfig, workdir: Path):
     env = call_library(init_distributed, config.device)
     if env.rank != 0:  # rank 0 speaks for the run
         logging.getLogger("mama_augment").setLevel(logging.ERROR)
+    finished = False
     try:
         report = call_library(run_train, config, workdir, env.rank, env.world_size)
+        finished = True
     finally:
-        shutdown_distributed()
+        # A finished rank waits for the others before leaving; a failed one does not
+        # (its peers may be stuck in a collective it will never join).
+        shutdown_distributed(wait=finished)
     return env, report
 
 

@@ -40,6 +40,19 @@ model's uint8 input without torch, so decoding processes can prepare frames and 
 process per device runs the network on batches mixing many videos
 (``CnnEmbedder.embed_prepared``).
 
+Same frame, same vector, whatever the thread count or the batch: the CPU kernels of
+both runtimes pick their blocking, and with it the order of their float sums, from the
+number of threads that run one call (a frame's vector moved by up to ~1e-5 between 1
+and 2 threads in PyTorch), and that number differs between engines (the local
+engine's model process uses every core, a Ray model actor one). So on the CPU each
+frame is computed by one thread: a batch is cut into slices, one per thread, and each
+slice runs single-threaded (OpenVINO: as many single-threaded streams as threads;
+PyTorch: a pool of threads with one intra-op thread each). Slices hold at most
+``FRAMES_PER_CALL`` frames, below the batch size from which PyTorch switches kernels:
+so a frame's vector does not depend on the other frames of its call either (checked
+for both runtimes in tests/test_embed.py), the frames of a video get the same vectors
+in any batch of any engine, and keyframe selection gets the same input.
+
 Measured and not used (``benchmarks/cnn_speed.py``): smaller inputs (160 px: ~2.5x
 less CPU, but coverage of the keyframes it picks, scored with 224 px embeddings,
 worsens by 0.03); static int8 (FX graph mode: slower than float on x86/fbgemm; 1.9x
@@ -239,10 +252,10 @@ class CnnEmbedder:
             import torch
         except ImportError:
             raise MissingDependency("torch", purpose="the cnn embedder") from None
-        if self.options.threads > 0:
-            torch.set_num_threads(self.options.threads)  # process-wide, as torch has it
         self.device = resolve_device(self.options.device)
         self._cuda = self.device.startswith("cuda")
+        if self.options.threads > 0 and self._cuda:
+            torch.set_num_threads(self.options.threads)  # process-wide, as torch has it
         if precision == "fp16" and not self._cuda:
             raise UsageError("precision 'fp16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
         if precision == "auto":
@@ -268,6 +281,7 @@ class CnnEmbedder:
             self._forward = self.model.extract_features
 
     _openvino = None
+    _cpu_pool = None
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if len(images) == 0:
@@ -286,6 +300,17 @@ class CnnEmbedder:
         """Pooled features (N, 1280), float32, of letterboxed NHWC uint8 frames."""
         if self._openvino is not None:
             return self._openvino(canvas)
+        if self._cuda:
+            return self._run_torch(canvas)
+        # One single-threaded slice per thread (see the module docstring): with more
+        # intra-op threads, PyTorch's CPU convolutions give a frame another vector.
+        threads = cpu_threads(self.options.threads)
+        if self._cpu_pool is None:
+            self._cpu_pool = _single_threaded_pool(threads)
+        parts = [canvas[part[0] : part[-1] + 1] for part in batch_slices(len(canvas), threads)]
+        return np.concatenate(list(self._cpu_pool.map(self._run_torch, parts)))
+
+    def _run_torch(self, canvas: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             pixels = torch.from_numpy(canvas).to(self.device, non_blocking=False)
@@ -300,6 +325,46 @@ class CnnEmbedder:
                 features = self._forward(x)
             pooled = features.float().mean(dim=(2, 3))
         return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+
+def cpu_threads(threads: int) -> int:
+    """The threads a CPU network runs on: ``threads`` when > 0, else every core this
+    process may use, never more than that (a thread beyond the cores only waits)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(int(threads), cores) if threads > 0 else cores)
+
+
+# The most frames one thread computes at once. From 16 frames on, PyTorch's oneDNN
+# convolutions switch to a batch-blocked kernel whose sums differ in the last bits
+# (~4e-7 here); below it, and in OpenVINO, a frame's vector is the same in any call.
+FRAMES_PER_CALL = 8
+
+
+def batch_slices(count: int, parts: int) -> list[np.ndarray]:
+    """Row indices of ``count`` frames cut into consecutive slices of at most
+    ``FRAMES_PER_CALL`` frames: at least ``parts`` slices (one per thread) when
+    every one keeps ~4 frames (a smaller slice costs more than it saves)."""
+    pieces = max(1, -(-count // FRAMES_PER_CALL), min(parts, count // 4))
+    return [piece for piece in np.array_split(np.arange(count), pieces) if len(piece)]
+
+
+def _one_intra_op_thread() -> None:
+    import torch
+
+    # In the calling thread: oneDNN reads its thread count from this thread's OpenMP
+    # setting when it picks a kernel, so every pool thread computes as one thread does.
+    # torch's own count is process-wide too; the embedder's process runs no other torch.
+    torch.set_num_threads(1)
+
+
+def _single_threaded_pool(workers: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mama-cnn",
+                              initializer=_one_intra_op_thread)
 
 
 # --------------------------------------------------------------------------- OpenVINO
@@ -435,7 +500,7 @@ class _OpenVinoLite0:
     Built op by op from :func:`folded_layout` (the same graph: normalisation, padded
     convolutions with bias, ReLU6 clamps, residual adds, spatial mean) and compiled for
     the CPU with float32 inference precision, so results match the PyTorch path to
-    round-off. ``threads`` > 0 caps its threads (else OpenVINO uses every core).
+    round-off. It runs ``cpu_threads(threads)`` single-threaded streams.
     """
 
     def __init__(self, layout: dict, arrays: dict[str, np.ndarray], threads: int = 0):
@@ -470,24 +535,29 @@ class _OpenVinoLite0:
         x = unit(x, layout["head"])
         pooled = ops.reduce_mean(x, ops.constant(np.array([2, 3], dtype=np.int64)), keep_dims=False)
         self.model = model = openvino.Model([pooled], [frames], "efficientnet_lite0_folded")
-        # Throughput mode: one single-threaded stream per core, each running a slice of
-        # the batch (single-threaded convolutions cost ~10-15 % less CPU per frame
-        # than one request split over threads, measured here).
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
-        if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        # Exactly one thread per stream, each stream running a slice of the batch: a
+        # stream of several threads would give a frame other float sums than a stream
+        # of one (the throughput hint chooses threads per stream by the machine), and
+        # single-threaded convolutions cost ~10-15 % less CPU per frame than one
+        # request split over threads (measured here).
+        streams = cpu_threads(threads)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams}
         self.compiled = openvino.Core().compile_model(model, "CPU", config)
-        streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self.requests = [self.compiled.create_infer_request() for _ in range(streams)]
+        self.streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
+        # Each slice goes to the next idle stream, so a slow slice holds up no other.
+        self.queue = openvino.AsyncInferQueue(self.compiled, self.streams)
+        self.queue.set_callback(self._keep)
+        self._outputs: list = []
+
+    def _keep(self, request, index: int) -> None:
+        self._outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def __call__(self, canvas: np.ndarray) -> np.ndarray:
         canvas = np.ascontiguousarray(canvas)
-        slices = np.array_split(np.arange(len(canvas)), min(len(self.requests), max(1, len(canvas) // 4)))
-        slices = [part for part in slices if len(part)]
-        for request, part in zip(self.requests, slices):
-            request.start_async({0: canvas[part[0] : part[-1] + 1]})
-        outputs = []
-        for request, _ in zip(self.requests, slices):
-            request.wait()
-            outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        slices = batch_slices(len(canvas), self.streams)
+        self._outputs = [None] * len(slices)
+        for index, part in enumerate(slices):
+            self.queue.start_async({0: canvas[part[0] : part[-1] + 1]}, index)
+        self.queue.wait_all()
+        outputs, self._outputs = self._outputs, []
         return np.concatenate(outputs)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterable, Sequence
 
 import torch
@@ -46,6 +47,13 @@ log = logging.getLogger(__name__)
 # Options of ``mama-augment train`` that configure the launch, not the run.
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 DEFAULT_MASTER_PORT = 29500
+# How long a rank that finished waits at the end for the others (rank 0 writes the
+# run's last files after the last collective); past it, it warns and leaves (gloo's
+# teardown still waits, up to its own timeout, for the barrier it left pending).
+SHUTDOWN_WAIT_S = 1800.0
+# The gloo group the ranks wait in before leaving (see ``shutdown_distributed``); None
+# with a gloo default group, which serves itself.
+_LEAVE_GROUP: dict = {}
 
 
 @dataclass(frozen=True)
@@ -101,19 +109,49 @@ def init_distributed(device: str = "auto", environ: dict | None = None) -> Distr
         dist.init_process_group(backend=backend)
     else:
         backend = dist.get_backend()
+    if backend != "gloo" and "group" not in _LEAVE_GROUP:
+        # Made now, while every rank is here: at the end a rank may wait longer than
+        # NCCL's watchdog allows, and gloo waits as long as it is told.
+        try:
+            _LEAVE_GROUP["group"] = dist.new_group(backend="gloo", timeout=timedelta(seconds=SHUTDOWN_WAIT_S))
+        except Exception as exc:  # noqa: BLE001 - ranks then leave without waiting
+            log.warning("no gloo group to leave together (%s); ranks will leave one by one", exc)
     return DistributedEnv(env.rank, env.world_size, env.local_rank, backend)
 
 
-def shutdown_distributed(wait: bool = False) -> None:
-    """Leave the process group. No barrier by default: after training no collective
-    is left, and rank 0 may be writing its last files for longer than NCCL's timeout
-    (torchrun waits for every process anyway)."""
+def shutdown_distributed(wait: bool = True, timeout_s: float = SHUTDOWN_WAIT_S) -> None:
+    """Leave the process group; with ``wait`` (a run that finished), first wait up to
+    ``timeout_s`` for every rank to get here.
+
+    Without the wait, a rank that finished first tore its group down while rank 0 was
+    still writing its last files, and once (in a test suite run of many) gloo's
+    teardown then aborted that finished rank (SIGABRT, "terminate called without an
+    active exception"), a teardown beside a peer still at work (the race inside gloo
+    did not reproduce). Ranks that leave together rule it out. The wait runs on
+    gloo (the default group, or one made at ``init_distributed`` beside NCCL), whose
+    timeout is ours: NCCL's watchdog would kill a rank that waits longer than its own.
+    A run that failed passes ``wait=False``: its peers may never get here.
+    """
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        if wait:
-            dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait and dist.get_world_size() > 1:
+        _wait_for_every_rank(dist, timeout_s)
+    _LEAVE_GROUP.clear()
+    dist.destroy_process_group()
+
+
+def _wait_for_every_rank(dist, timeout_s: float) -> None:
+    group = _LEAVE_GROUP.get("group")
+    if group is None and dist.get_backend() != "gloo":
+        return  # no group to wait in without NCCL's watchdog (warned at init)
+    try:
+        # wait(timeout) bounds every rank's wait (monitored_barrier bounds only rank 0's).
+        dist.barrier(group=group, async_op=True).wait(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as exc:  # a rank that never came: leave anyway, nothing is left to compute
+        log.warning("not every rank finished within %.0f s; leaving without them (%s)", timeout_s,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def launched_by_torchrun(environ: dict | None = None) -> bool:
