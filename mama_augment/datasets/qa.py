@@ -40,7 +40,7 @@ Layouts (the split comes from the file name: ``train_qa.json``, ``Test_frameqa_q
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,15 +198,15 @@ def _delimiter(header_line: str) -> str:
 def _table(source: Source) -> tuple[list[str], list[list[str]]]:
     """A header row and data rows of a tab- or comma-separated file (the delimiter is the
     header line's: TGIF-QA's ``.csv`` files hold tabs, and re-saved copies commas)."""
-    lines = source.text.splitlines()
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    lines = (line for line in source.lines() if line.strip())  # streamed: a file of any size
+    first = next(lines, None)
     if first is None:
         raise UsageError(f"{source.path} is empty")
-    delimiter = _delimiter(lines[first])
+    delimiter = _delimiter(first)
     if delimiter == "\t":
-        rows = [line.split("\t") for line in lines[first:]]
+        rows = [line.split("\t") for line in itertools.chain([first], lines)]
     else:
-        rows = list(csv.reader(io.StringIO("\n".join(lines[first:])), delimiter=delimiter))
+        rows = list(csv.reader((line + "\n" for line in itertools.chain([first], lines)), delimiter=delimiter))
     header = [h.strip().strip('"').lower() for h in rows[0]]
     return header, rows[1:]
 
@@ -266,9 +266,7 @@ def read_msvd_qa(source: Source) -> QAPart:
 def detect_youtube_mapping(source: Source) -> bool:
     if source.looks_like_json():
         return False
-    lines = [line for line in source.head.splitlines() if line.strip()]
-    if len(source.raw) > 65536:
-        lines = lines[:-1]
+    lines = [line for line in source.head_lines() if line.strip()]
     return bool(lines) and all(len(f := line.split()) == 2 and _MSVD_VID.match(f[1]) for line in lines)
 
 
@@ -575,7 +573,7 @@ QA_FORMATS: dict[str, QAFormat] = dict([
 
 def detect_qa_format(source: Source) -> str | None:
     """The name of the first QA format that recognises ``source``; None when none does."""
-    if not source.raw.strip() or source.is_pickle() or source.is_parquet():
+    if not source.head.strip() or source.is_pickle() or source.is_parquet():
         return None
     for name, fmt in QA_FORMATS.items():
         if fmt.detect(source):
@@ -627,7 +625,7 @@ def read_qa_file(path: str | Path, format: str | None = None, problems: Problems
             raise UsageError(f"unknown question-answering format {format!r}: one of {', '.join(QA_FORMATS)}")
         name = format
     else:
-        if not source.raw.strip():
+        if not source.head.strip():
             raise UsageError(f"{source.path} is empty")
         source.refuse_binary()
         name = detect_qa_format(source)
