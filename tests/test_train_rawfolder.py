@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 import mama_augment.cli  # noqa: F401  (registers every command)
 from mama_augment.cli._app import app
 from mama_augment.manifest import CAPTION_FLAGS, CAPTIONS, KEYFRAMES, PartWriter, compact, read_manifest
-from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE
 from train_helpers import make_workdir
 
 runner = CliRunner()
@@ -38,6 +37,7 @@ def _write_generated(workdir, rows):
 @pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="generating and decoding clips needs PyAV")
 def test_raw_folder_path_from_clips_to_export(tmp_path):
     from media import make_video
+    from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE
     from tiny_llava import tiny_llava_dir
 
     videos, workdir = tmp_path / "videos", tmp_path / "work"
