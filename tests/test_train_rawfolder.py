@@ -94,15 +94,21 @@ def test_generated_only_run_evaluates_on_human_captions_when_given(tmp_path):
     frame = pd.read_csv(captions)
     _write_generated(workdir, [{"video_id": r.video_id, "caption_index": k, "caption": f"{r.caption} seen {k}",
                                 "status": "ok"} for r in frame.itertuples() for k in range(2)])
-    result = _train(workdir, "--name", "gen")
+    # Asked for by name, the weighting runs on the generated captions alone: its meta set
+    # is drawn from them, and audit ranks them.
+    result = _train(workdir, "--name", "gen", "--meta-weighting")
     assert result.exit_code == 0, result.output
     run = workdir / "runs" / "gen"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["meta_weighting"] == "on" and summary["meta_pairs"] >= 2
+    result = runner.invoke(app, ["audit", "--run", str(run), "--top", "3", "--source", "generated"])
+    assert result.exit_code == 0, result.output
+    assert "generated#" in result.output
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--split", "test", "--captions", str(captions)])
     assert result.exit_code == 0, result.output
     entry = json.loads((run / "eval.json").read_text())["test:captions.csv"]
     assert entry["eval_captions"] == "original" and "eval_captions_note" not in entry
     # The human captions have no split column: the run's hash split picks the same test videos.
-    summary = json.loads((run / "summary.json").read_text())
     assert entry["videos"] == summary["data"]["test_videos"]
 
 
@@ -124,6 +130,7 @@ def test_drop_flags_filter_the_generated_captions_as_export_does(tmp_path):
     PartWriter(workdir, CAPTION_FLAGS).write(flags)
     compact(workdir, CAPTION_FLAGS)
 
+    # What is left is one generated caption per video: the defaults (the "auto" weighting) still train.
     result = _train(workdir, "--drop-flags", "too_short", "--name", "flags")
     assert result.exit_code == 0, result.output
     data = json.loads((workdir / "runs" / "flags" / "summary.json").read_text())["data"]
