@@ -392,7 +392,7 @@ def build_data(
                 caption_video.append(index_of[row.video_id])
                 caption_index.append(int(row.caption_index))
 
-    eval_source = SOURCE_ORIGINAL if captions_path else _generated_only(config, workdir, sources, issues)
+    eval_source = SOURCE_ORIGINAL if captions_path else _generated_only(workdir, sources, issues)
     caption_video_arr = np.asarray(caption_video, dtype=np.int64)
     captioned = set(caption_video)
     _note(issues, examples, "video_without_captions", len(videos) - len(captioned),
@@ -571,7 +571,7 @@ def _flag_filter(config, workdir: Path, issues: Counter, examples: dict):
     return reason
 
 
-def _generated_only(config, workdir: Path, sources: list[str], issues: Counter) -> str:
+def _generated_only(workdir: Path, sources: list[str], issues: Counter) -> str:
     """No original captions: the generated ones are trained on and judged on. Stops
     (UsageError) when there are none to train on, saying what to run first."""
     if SOURCE_GENERATED in sources:
