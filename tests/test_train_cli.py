@@ -93,7 +93,10 @@ def test_bad_options_are_usage_errors(tmp_path, args, message):
 
 
 def test_missing_inputs_are_clean_errors(tmp_path):
+    # Without --captions train takes the generated captions: a missing work folder says what to run first.
     result = runner.invoke(app, ["train", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2 and "mama-augment keyframes" in result.output
+    result = runner.invoke(app, ["train", "--augment", "none", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2 and "--captions" in result.output
     result = runner.invoke(app, ["train", "--captions", str(tmp_path / "none.csv"), "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 2 and "Error" in result.output

@@ -18,6 +18,8 @@ from mama_augment.cli._app import (
     finish,
     parse_workdir,
 )
+from mama_augment.export.config import ALL_FLAGS
+from mama_augment.quality import FLAG_NAMES
 from mama_augment.train.backbones import backbone_help
 from mama_augment.train.config import (
     DEVICES,
@@ -109,8 +111,10 @@ def _train_distributed(config: TrainConfig, workdir: Path):
 CAPTIONS_HELP = (
     "Original captions, repeatable: .csv/.jsonl/.parquet with video_id, caption [, split, concept], or a benchmark's "
     "own files (MSR-VTT, MSVD, DiDeMo, ActivityNet, LSMDC, VATEX, WebVid, CLIP-ViP) with their split lists; "
-    "see `mama-augment datasets`."
+    "see `mama-augment datasets`. Without: the generated captions alone (WORKDIR/captions.parquet), videos split "
+    "by a hash of their id (--val-fraction, --test-fraction) and judged on generated captions too."
 )
+_FLAGS_PANEL = "Generated captions"
 
 
 @app.command("train")
@@ -120,6 +124,8 @@ def train_command(
     captions_format: Optional[str] = typer.Option(None, "--captions-format", metavar="NAME", help=CAPTIONS_FORMAT_HELP),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", "-w", parser=parse_workdir, metavar="PATH", help=WORKDIR_HELP),
     augment: str = typer.Option(_D.augment, help="add: also train on WORKDIR/captions.parquet (generated); none: originals only."),
+    drop_flags: Optional[str] = typer.Option(_D.drop_flags, help=f"Drop generated captions with these quality flags (from `mama-augment filter`), comma-separated, or '{ALL_FLAGS}': {', '.join(FLAG_NAMES)}. As export --drop-flags.", show_default=False, rich_help_panel=_FLAGS_PANEL),
+    dedupe: bool = typer.Option(_D.dedupe, "--dedupe", help="Keep one generated caption of every near-duplicate group (from `mama-augment filter`). As export --dedupe.", rich_help_panel=_FLAGS_PANEL),
     backbone: str = typer.Option(_D.backbone, help=f"Model: {backbone_help()}.", rich_help_panel=_MODEL),
     backbone_model: Optional[str] = typer.Option(_D.backbone_model, help="clip: Hugging Face CLIP id or folder (loaded offline).", rich_help_panel=_MODEL),
     text_model: str = typer.Option(_D.text_model, help="features: sentence encoder (all-MiniLM-L6-v2, hashing, or a sentence-transformers folder).", rich_help_panel=_MODEL),
@@ -172,7 +178,11 @@ def train_command(
     """Train a video-text retrieval model with the MAMA objective.
 
     Pairs every keyframed video in WORKDIR with its original captions (--captions) and,
-    with --augment add, its generated captions (WORKDIR/captions.parquet). Writes
+    with --augment add, its generated captions (WORKDIR/captions.parquet). Without
+    --captions (a folder of videos nobody captioned) it trains on the generated
+    captions alone and validates on them: the numbers then measure agreement with the
+    captioner, not with people (summary.json and eval.json say eval_captions:
+    generated). Writes
     WORKDIR/runs/NAME/: config.json, model.safetensors (last epoch),
     best_model.safetensors (best validation R@1), weighting_net.safetensors,
     checkpoint.safetensors, metrics.jsonl, pair_weights.parquet, training.png and
@@ -184,6 +194,8 @@ def train_command(
     gathered from every process; rank 0 alone writes the run folder.
 
     Example: mama-augment train --captions captions.csv --workdir mama-work --epochs 20
+
+    Example: mama-augment train --workdir mama-work --drop-flags all --dedupe
 
     Example: mama-augment train --nproc-per-node 4 --captions captions.csv --batch-size 512
 

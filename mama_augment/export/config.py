@@ -21,6 +21,15 @@ ALL_FLAGS = "all"
 MAX_SHARD_SIZE = 1_000_000
 
 
+def check_drop_flags(drop_flags) -> None:
+    """``--drop-flags`` names quality flags of ``mama-augment filter`` (or ``all``)."""
+    unknown = [f for f in drop_flags if f != ALL_FLAGS and f not in FLAG_NAMES]
+    if unknown:
+        raise UsageError(
+            f"unknown flag(s) {', '.join(unknown)} in --drop-flags; choose from {ALL_FLAGS}, {', '.join(FLAG_NAMES)}"
+        )
+
+
 @dataclass
 class ExportConfig:
     """Options of ``run_export``; the CLI builds one of these and nothing else.
@@ -74,11 +83,7 @@ class ExportConfig:
             raise UsageError(
                 f"--sources takes a comma-separated list of {', '.join(SOURCES)}, not {','.join(self.sources)!r}"
             )
-        unknown = [f for f in self.drop_flags if f != ALL_FLAGS and f not in FLAG_NAMES]
-        if unknown:
-            raise UsageError(
-                f"unknown flag(s) {', '.join(unknown)} in --drop-flags; choose from {ALL_FLAGS}, {', '.join(FLAG_NAMES)}"
-            )
+        check_drop_flags(self.drop_flags)
         if (self.min_weight is not None or self.drop_least_trusted) and self.run is None:
             raise UsageError("--min-weight and --drop-least-trusted need --run (a training run with pair_weights.parquet)")
         if self.captions_format:

@@ -10,6 +10,33 @@ from mama_augment.export.records import CaptionEntry, VideoItem
 from mama_augment.export.sources import RunWeights
 
 
+@dataclass(frozen=True)
+class FlagFilter:
+    """``--drop-flags`` and ``--dedupe``: which generated captions the quality flags of
+    ``caption_flags.parquet`` drop. The one rule, shared by ``export`` and ``train``."""
+
+    drop_flags: tuple[str, ...] = ()  # flag names, or ("all",)
+    dedupe: bool = False
+
+    @classmethod
+    def from_option(cls, drop_flags: str | None, dedupe: bool) -> "FlagFilter":
+        """From the comma-separated ``--drop-flags`` text."""
+        return cls(tuple(f.strip() for f in (drop_flags or "").split(",") if f.strip()), dedupe)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.drop_flags) or self.dedupe
+
+    def reason(self, flags: list[str], duplicate_keep: bool | None) -> str | None:
+        """Why a caption with these (current) flags is dropped, or None to keep it."""
+        raised = flags if ALL_FLAGS in self.drop_flags else [f for f in flags if f in self.drop_flags]
+        if raised:
+            return f"flag:{sorted(raised)[0]}"
+        if self.dedupe and "near_duplicate" in flags and duplicate_keep is False:
+            return "duplicate"
+        return None
+
+
 @dataclass
 class SelectionCounts:
     videos_in: int = 0
@@ -41,9 +68,8 @@ class Selector:
         self.config = config
         self.weights = weights
         self.sources = set(config.sources)
-        self.drop_all_flags = ALL_FLAGS in config.drop_flags
-        self.drop_flags = {f for f in config.drop_flags if f != ALL_FLAGS}
-        self.use_flags = bool(config.drop_flags) or config.dedupe
+        self.flag_filter = FlagFilter(tuple(config.drop_flags), config.dedupe)
+        self.use_flags = self.flag_filter.active
         self.counts = SelectionCounts()
 
     def select(self, item: VideoItem) -> VideoItem | None:
@@ -85,9 +111,5 @@ class Selector:
             if entry.flags is None:
                 self.counts.kept_without_flags += 1
                 return None
-            raised = entry.flags if self.drop_all_flags else [f for f in entry.flags if f in self.drop_flags]
-            if raised:
-                return f"flag:{sorted(raised)[0]}"
-            if self.config.dedupe and "near_duplicate" in entry.flags and entry.duplicate_keep is False:
-                return "duplicate"
+            return self.flag_filter.reason(entry.flags, entry.duplicate_keep)
         return None

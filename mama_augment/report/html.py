@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from mama_augment.manifest import STATUS_OK
-from mama_augment.train.runs import RUNS_DIR, RunPaths
+from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE, RUNS_DIR, RunPaths
 
 
 def json_for_script(value: Any) -> str:
@@ -148,6 +148,16 @@ def totals_html(status: dict, originals_note: str) -> str:
     return "".join(out)
 
 
+def run_eval_captions(run: dict) -> str | None:
+    """original or generated: the captions a run was validated on (no --captions:
+    generated), or None when its config.json could not be read."""
+    config = run.get("config")
+    if not isinstance(config, dict) or not config:
+        return None
+    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
+    return extra.get("eval_captions") or ("original" if config.get("captions") else "generated")
+
+
 def runs_html(runs: list[dict], media: Any) -> str:
     if not runs:
         return '<p class="none">No training runs yet (<code>mama-augment train</code>).</p>'
@@ -160,6 +170,9 @@ def runs_html(runs: list[dict], media: Any) -> str:
             out.append('<p class="muted">' + " \u00b7 ".join(f"{esc(k)} {esc(_fmt(v))}" for k, v in facts) + "</p>")
         for error in run.get("errors", []):
             out.append(f'<p class="problem">cannot read {esc(error)}</p>')
+        if run_eval_captions(run) == "generated":
+            out.append(f'<p class="problem" data-eval-captions="generated">Trained and validated on generated '
+                       f'captions alone: {esc(GENERATED_CAPTIONS_NOTE)}.</p>')
         pictures = [p for p in RunPaths.PICTURES if p in run.get("pictures", [])]
         pictures += [p for p in run.get("pictures", []) if p not in pictures]
         if pictures:

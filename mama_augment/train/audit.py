@@ -57,7 +57,8 @@ META_WEIGHTED = b"mama_augment.weighted"  # b"true" / b"false"
 META_NOTE = b"mama_augment.note"
 META_NORMALISATION = b"mama_augment.weight_normalisation"
 NO_WEIGHTING_NOTE = (
-    "this run was trained without meta-weighting (--no-meta-weighting, or --loss infonce): "
+    "this run was trained without meta-weighting (--no-meta-weighting, --loss infonce, or decided by the data: "
+    "see estimated_wrong_share and meta_weighting_off_why in its config.json): "
     "pair_weights.parquet holds the per-pair losses only, there are no weights to audit"
 )
 NORMALISATION = "weight = V(loss) / mean of V(loss) over all rows (mean 1 over the training pairs)"

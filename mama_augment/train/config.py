@@ -48,12 +48,17 @@ class TrainConfig:
     """Options of one training run (``mama-augment train``)."""
 
     # data
-    # original captions: .csv / .jsonl / .parquet, or a benchmark's files (one path or several)
+    # original captions: .csv / .jsonl / .parquet, or a benchmark's files (one path or several);
+    # None: the generated captions alone, split by a hash of the video id, and judged on too
     captions: str | list[str] | None = None
     captions_format: str | None = None  # None: recognise each file; a name, or one per file comma-separated
     augment: str = "add"  # add the generated captions of <workdir>/captions.parquet, or none
     test_fraction: float = 0.1  # used only without a split column
     val_fraction: float = 0.1  # used only without a split column; 0 turns off val R@1
+    # Generated captions dropped by their quality flags (`mama-augment filter`), as export's
+    # options of the same names: comma-separated flag names or "all"; None keeps them all
+    drop_flags: str | None = None
+    dedupe: bool = False  # keep one generated caption of every near-duplicate group
     # model
     backbone: str = "features"  # registry key, see backbones.BACKBONES
     backbone_model: str | None = None  # clip: HF id or folder; features: unused
@@ -209,8 +214,16 @@ class TrainConfig:
         check_number(self.max_frames, "--max-frames", minimum=1)
         check_number(self.meta_batch_size, "--meta-batch-size", minimum=2)
         check_number(self.logit_scale_init, "--logit-scale-init", minimum=LOGIT_SCALE_MIN, maximum=LOGIT_SCALE_MAX)
-        if not self.resume and not self.captions:
-            raise bad("--captions is required (the original captions of the videos)")
+        if not self.resume and not self.captions and self.augment != "add":
+            raise bad("--augment none trains on original captions only: give them with --captions FILE "
+                      "(or leave --augment add to train on the generated captions alone)")
+        if self.drop_flags or self.dedupe:
+            from mama_augment.export.config import check_drop_flags
+            from mama_augment.export.select import FlagFilter
+
+            if self.augment != "add":
+                raise bad("--drop-flags and --dedupe filter the generated captions: they need --augment add")
+            check_drop_flags(FlagFilter.from_option(self.drop_flags, self.dedupe).drop_flags)
         needs_model = BACKBONES[self.backbone].needs_model
         if needs_model and not self.backbone_model:
             raise bad(f"--backbone {self.backbone} needs --backbone-model ({needs_model})")

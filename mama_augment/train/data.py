@@ -116,13 +116,18 @@ class TrainData:
     # Estimated share of wrong training pairs (meta-weighting "auto"), None when not estimated
     wrong_share: float | None = None
     meta_weighting: bool = False  # whether the meta set was chosen for meta-weighting
+    # Why a run that did not ask for it either way trains without the weighting (too little data)
+    meta_weighting_off_why: str | None = None
+    # The captions val/test are judged on: original, or generated when there are no
+    # original captions (then the numbers measure agreement with the captioner)
+    eval_source: str = SOURCE_ORIGINAL
 
     def split(self, name: str) -> SplitPairs:
-        """Videos of ``name`` with at least one original caption, and those captions."""
+        """Videos of ``name`` with at least one evaluation caption (``eval_source``), and those captions."""
         caption_ids = [
             c
             for c, v in enumerate(self.caption_video)
-            if self.caption_source[c] == SOURCE_ORIGINAL and self.video_split[v] == name
+            if self.caption_source[c] == self.eval_source and self.video_split[v] == name
         ]
         videos = sorted({int(self.caption_video[c]) for c in caption_ids})
         position = {v: i for i, v in enumerate(videos)}
@@ -148,6 +153,7 @@ class TrainData:
             "original_captions": sources.get(SOURCE_ORIGINAL, 0),
             "generated_captions": sources.get(SOURCE_GENERATED, 0),
             "train_pairs": self.num_train_pairs,
+            "eval_captions": self.eval_source,
             **({"estimated_wrong_share": round(self.wrong_share, 4)} if self.wrong_share is not None else {}),
             **{f"issue_{k}": v for k, v in sorted(self.issues.items())},
         }
@@ -364,6 +370,7 @@ def build_data(
 
     if config.augment == "add":
         generated = read_manifest(workdir, CAPTIONS, columns=["caption", "status"])
+        flag_reason = _flag_filter(config, workdir, issues, examples)
         if generated.num_rows:
             gen = generated.to_pandas().sort_values(["video_id", "caption_index"])
             for row in gen.itertuples(index=False):
@@ -376,12 +383,18 @@ def build_data(
                 if row.video_id not in index_of:
                     _note(issues, examples, "generated_caption_without_video", 1, row.video_id)
                     continue
+                dropped = flag_reason(row.video_id, int(row.caption_index), row.caption) if flag_reason else None
+                if dropped:
+                    _note(issues, examples, f"generated_caption_dropped_{dropped}", 1,
+                          f"{row.video_id}#{int(row.caption_index)}")
+                    continue
                 texts.append(caption)
                 sources.append(SOURCE_GENERATED)
                 concepts.append(None)
                 caption_video.append(index_of[row.video_id])
                 caption_index.append(int(row.caption_index))
 
+    eval_source = SOURCE_ORIGINAL if captions_path else _generated_only(workdir, sources, issues)
     caption_video_arr = np.asarray(caption_video, dtype=np.int64)
     captioned = set(caption_video)
     _note(issues, examples, "video_without_captions", len(videos) - len(captioned),
@@ -420,12 +433,19 @@ def build_data(
                      "no meta-weighting (--meta-weighting turns it on)", 100 * wrong, 100 * config.meta_noise_threshold)
         elif wrong is not None:
             log.info("estimated share of wrong training pairs %.1f %%: meta-weighting on", 100 * wrong)
-    meta_videos, meta_captions = [], []
+    meta_videos, meta_captions, off_why = [], [], None
     if use_weighting:
-        meta_videos, meta_captions = _select_meta(
-            config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
-            caption_embedder, issues, examples, video_split,
-        )
+        try:
+            meta_videos, meta_captions = _select_meta(
+                config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
+                caption_embedder, issues, examples, video_split,
+            )
+        except MetaSetTooSmall as exc:
+            if config.meta_weighting:  # asked for by name: say what would let it run
+                raise UsageError(f"{exc}: add videos, lower --meta-fraction, or pass --no-meta-weighting") from None
+            # Not asked for either way: a first try on a handful of clips should train.
+            use_weighting, off_why = False, f"{exc}: trained without the meta-weighting (margin loss alone)"
+            log.warning("%s", off_why)
     caption_index += [None] * (len(texts) - len(caption_index))  # meta-set captions
     held_out = set(int(v) for v in meta_videos) if config.meta_holdout else set()
     train_videos = np.asarray(sorted(v for v in train_caps if v not in held_out), dtype=np.int64)
@@ -445,11 +465,15 @@ def build_data(
         caption_index=caption_index,
         wrong_share=wrong,
         meta_weighting=use_weighting,
+        meta_weighting_off_why=off_why,
+        eval_source=eval_source,
     )
     if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
             f"only {len(data.train_videos)} training video(s) have captions: check --captions and that "
-            "its video_id values match keyframes.parquet"
+            "its video_id values match keyframes.parquet" if captions_path else
+            f"only {len(data.train_videos)} training video(s) have generated captions: caption more videos "
+            "(`mama-augment caption`) or lower --val-fraction / --test-fraction"
         )
     return data
 
@@ -484,7 +508,7 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
     n_videos = len(train_caps)
     count = max(2, int(round(config.meta_fraction * len(candidates))))
     if n_videos - count < 2:
-        raise UsageError(f"too few training videos ({n_videos}) to hold out a meta set of {count}")
+        raise MetaSetTooSmall(f"too few training videos ({n_videos}) to hold out a meta set of {count}")
     rng = np.random.default_rng([config.seed, 7])
     # One candidate caption per video, so held-out videos equal meta pairs.
     first_of_video: dict[int, int] = {}
@@ -516,6 +540,53 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
     log.info("meta set: %d pairs from %d %s groups, %s", len(chosen), len(groups), method,
              "most agreeing first" if scores is not None else "at random")
     return [caption_video[c] for c in chosen], chosen
+
+
+class MetaSetTooSmall(UsageError):
+    """Too few training videos to draw a meta set from."""
+
+
+def _flag_filter(config, workdir: Path, issues: Counter, examples: dict):
+    """``--drop-flags`` / ``--dedupe`` as export applies them: a function
+    (video_id, caption_index, caption) -> why the generated caption is dropped, or None;
+    None when no flag option is set. Captions without current flags (none, or flags of
+    another text: captioned again after `filter`) are kept and counted, as export does."""
+    from mama_augment.export.select import FlagFilter
+    from mama_augment.export.sources import caption_sha256
+    from mama_augment.manifest import CAPTION_FLAGS, manifest_path
+
+    rule = FlagFilter.from_option(getattr(config, "drop_flags", None), getattr(config, "dedupe", False))
+    if not rule.active:
+        return None
+    if not manifest_path(workdir, CAPTION_FLAGS).exists():
+        raise UsageError("--drop-flags and --dedupe need caption_flags.parquet: run `mama-augment filter` first")
+    table = read_manifest(workdir, CAPTION_FLAGS, columns=["caption_sha256", "flags", "duplicate_keep"])
+    rows = {(r["video_id"], int(r["caption_index"])): r for r in table.to_pylist()}
+
+    def reason(video_id: str, caption_index: int, caption: str) -> str | None:
+        row = rows.get((video_id, caption_index))
+        if row is None or row["caption_sha256"] != caption_sha256(caption):
+            _note(issues, examples, "generated_caption_without_current_flags", 1, f"{video_id}#{caption_index}")
+            return None
+        return rule.reason(list(row["flags"] or []), row["duplicate_keep"])
+
+    return reason
+
+
+def _generated_only(workdir: Path, sources: list[str], issues: Counter) -> str:
+    """No original captions: the generated ones are trained on and judged on. Stops
+    (UsageError) when there are none to train on, saying what to run first."""
+    if SOURCE_GENERATED in sources:
+        return SOURCE_GENERATED
+    dropped = sum(n for kind, n in issues.items() if kind.startswith("generated_caption_dropped_"))
+    if dropped:
+        raise UsageError(f"--drop-flags / --dedupe dropped all {dropped} generated captions: nothing is left to "
+                         "train on; drop fewer flags, or pass --captions FILE")
+    raise UsageError(
+        f"no generated captions to train on in {workdir / CAPTIONS.filename} (no ok rows): run "
+        f"`mama-augment caption --workdir {workdir} --model MODEL` first, or pass --captions FILE "
+        "with the videos' original captions"
+    )
 
 
 WRONG_SHARE_SAMPLE = 50_000  # pairs scored for the estimate: a share needs no more

@@ -21,7 +21,7 @@ from mama_augment.fileio import atomic_write_text
 from mama_augment.errors import UsageError
 from mama_augment.train import protocols
 from mama_augment.train.protocols import METRIC_KEYS  # noqa: F401  (re-exported)
-from mama_augment.train.runs import RunPaths, load_run, run_weights
+from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE, RunPaths, load_run, run_weights
 
 DSL_NOTE = "dual softmax re-scoring over the whole query set (transductive): reported next to the plain numbers, not comparable with them"
 
@@ -121,7 +121,7 @@ def _training_concept_counts(data) -> dict:
 
 def evaluate_split(model, data, split: str, batch_size: int = 256, protocol: str = "auto", dsl: bool = False,
                    paragraph: bool = False) -> dict:
-    """Metrics of ``model`` on one split of ``data`` (original captions only) under
+    """Metrics of ``model`` on one split of ``data`` (its evaluation captions, ``data.eval_source``) under
     ``protocol`` (``auto``: see :func:`~mama_augment.train.protocols.choose_protocol`)."""
     pairs = data.split(split)
     if len(pairs.videos) == 0:
@@ -167,6 +167,9 @@ def format_table(result: dict) -> str:
     elif result.get("checkpoint") == "last":
         head += "; last checkpoint"
     lines = [head]
+    if result.get("eval_captions"):
+        lines.append(f"captions: {result['eval_captions']}"
+                     + (f" - {result['eval_captions_note']}" if result.get("eval_captions_note") else ""))
     if result.get("protocol"):
         lines.append(f"protocol: {result['protocol_description']}")
         if result.get("captions_left_out"):
@@ -264,6 +267,9 @@ def evaluate_run(
     if multiple_choice:
         result["multiple_choice"] = evaluate_multiple_choice(model, data, multiple_choice)
     result["run"] = str(run_dir)
+    result["eval_captions"] = data.eval_source
+    if data.eval_source == "generated":
+        result["eval_captions_note"] = GENERATED_CAPTIONS_NOTE
     result["captions_file"] = list(source.paths) if source and len(source.paths) > 1 else (source.paths[0] if source else None)
     result["checkpoint"] = chosen["checkpoint"]
     if chosen["checkpoint"] == "best":

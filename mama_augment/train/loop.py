@@ -36,6 +36,7 @@ from mama_augment.train import checkpoint as ckpt
 from mama_augment.train.backbones import get_backbone, build_model
 from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig
 from mama_augment.train.data import (
+    SOURCE_GENERATED,
     TrainData,
     build_data,
     describe_issues,
@@ -55,7 +56,7 @@ from mama_augment.train.loader import (
 )
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaStepResult, MetaWeighting, forward_with_level_inputs
-from mama_augment.train.runs import RunPaths, load_run_config, select_device
+from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE, RunPaths, load_run_config, select_device
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,12 @@ class TrainRecipe:
             config.meta_weighting = self.data.meta_weighting
             if self.data.wrong_share is not None:
                 config.extra = {**config.extra, "estimated_wrong_share": round(self.data.wrong_share, 4)}
+            if self.data.meta_weighting_off_why:
+                config.extra = {**config.extra, "meta_weighting_off_why": self.data.meta_weighting_off_why}
+        if not config.resume:
+            config.extra = {**config.extra, "eval_captions": self.data.eval_source}
+        if self.data.eval_source == SOURCE_GENERATED:
+            log.warning("%s", GENERATED_CAPTIONS_NOTE)
         for line in describe_issues(self.data):
             log.warning("input problem: %s", line)
 
@@ -519,6 +526,7 @@ class TrainRecipe:
             "run": str(self.run_dir),
             "train_pairs": self.data.num_train_pairs,
             "meta_weighting": "on" if self.meta is not None else "off",
+            "meta_weighting_off_why": self.data.meta_weighting_off_why,
             "estimated_wrong_share": round(self.data.wrong_share, 3) if self.data.wrong_share is not None else None,
             "meta_pairs": int(len(self.data.meta_videos)),
             "samples_per_s": round(self.samples_per_s, 1) if math.isfinite(getattr(self, "samples_per_s", float("nan"))) else None,
@@ -528,6 +536,8 @@ class TrainRecipe:
             "best_val_t2v_R@1": round(self.best["val_t2v_R@1"], 2) if self.best else None,
             "best_val_v2t_R@1": round(self.best["val_v2t_R@1"], 2) if self.best else None,
             "input_problems": int(sum(self.data.issues.values())),
+            "eval_captions": self.data.eval_source,
+            "eval_captions_note": GENERATED_CAPTIONS_NOTE if self.data.eval_source == SOURCE_GENERATED else None,
         }
         report.extra = {k: v for k, v in report.extra.items() if v is not None}
         if self.is_writer:

@@ -31,6 +31,12 @@ from mama_augment.errors import MamaError, UsageError
 RUNS_DIR = "runs"
 CHECKPOINT_CHOICES = ("best", "last")
 QA_TASK = "qa"  # config.json "task" of a question-answering run (train/qa.py)
+# Said wherever a run's numbers come from generated captions (train summary, eval.json,
+# the report): they are a model's own kind of text, so a high R@1 is not a human judgement.
+GENERATED_CAPTIONS_NOTE = (
+    "the evaluation captions are generated ones (a model's own kind of text): the numbers measure agreement "
+    "with the captioner, not with people; `mama-augment evaluate --captions FILE` judges on human captions"
+)
 
 
 def _file(name: str) -> property:
@@ -160,7 +166,7 @@ def load_run(run_dir: str | Path, captions: str | None = None, device: str = "au
     weights = run_weights(paths.root, checkpoint)["file"]
     workdir = Path(workdir) if workdir else paths.root.parent.parent
     dev = select_device(device)
-    data = build_data(_eval_config(config), workdir, need=BACKBONES[config.backbone].needs,
+    data = build_data(_eval_config(config, captions), workdir, need=BACKBONES[config.backbone].needs,
                       captions_override=captions)
     model = build_model(config, data.videos, workdir, dev)
     try:
@@ -176,9 +182,12 @@ def load_run(run_dir: str | Path, captions: str | None = None, device: str = "au
     return config, model, data
 
 
-def _eval_config(config):
-    """Evaluation needs the same splits but no meta set."""
+def _eval_config(config, captions=None):
+    """Evaluation needs the same splits but no meta set. A run trained on generated
+    captions alone is judged on them (the same hash split and flag filters) unless
+    ``captions`` (original ones) are given."""
     clone = type(config).from_dict(config.to_dict())
     clone.meta_weighting = False
-    clone.augment = "none"
+    if config.captions or captions:
+        clone.augment = "none"
     return clone
