@@ -61,6 +61,8 @@ CASES = [
     ("audit", ["--run", "{unweighted}"], 1),  # no weights: losses listed instead
     ("audit", ["--run", "{damaged}"], 1),  # damaged config.json
     ("audit", ["--run", "{root}/plain"], 2),  # not a run
+    ("qa", ["--run", "{root}/plain", "--questions", "{root}/none.json"], 2),  # not a run
+    ("qa", ["--run", "{run}", "--questions", "{root}/none.json"], 2),  # missing input
     ("datasets", [], 0),
     ("datasets", ["{root}/none.csv"], 2),
     ("filter", ["-w", "{root}/no-captions", "--text-model", "hashing"], 2),

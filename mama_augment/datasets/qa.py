@@ -134,7 +134,7 @@ def _is_json_lines(source: Source) -> bool:
         return False
     try:
         return isinstance(json.loads(lines[0]), dict)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # a bad or hostile first line: not this format
         return False
 
 
@@ -159,7 +159,7 @@ def _head_records(source: Source) -> list[dict]:
         for line in head.splitlines()[:5]:
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 continue  # a bad line (or the head's cut last line): the others decide
         return [r for r in out if isinstance(r, dict)]
     if not head.startswith("["):
@@ -173,7 +173,7 @@ def _head_records(source: Source) -> list[dict]:
             break
         try:
             value, position = decoder.raw_decode(head, position)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             break
         out.append(value)
     return [r for r in out if isinstance(r, dict)]
