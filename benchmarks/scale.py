@@ -23,7 +23,8 @@ Usage::
     nice -n 10 python benchmarks/scale.py --sizes 10000 50000 \\
         --code after=. --code before=/work/main --out benchmarks/out/scale
 
-``--code NAME=ROOT`` puts ROOT first on ``PYTHONPATH`` in the children, so the same
+``--code NAME=ROOT`` puts ROOT first on ``PYTHONPATH`` in the children (run with ``-P``,
+so the current folder does not come first), so the same
 folder is measured with each tree's ``mama_augment``. ``--skip NAME:COMMAND:SIZE``
 leaves out a measurement (one that would run out of memory or time). Growth exponents
 are log(t2/t1)/log(n2/n1) of the CPU seconds between consecutive sizes (on a shared
@@ -122,9 +123,9 @@ def build(workdir: Path, videos: int, dim: int, frames: int) -> None:
 def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, count: int, timeout: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(root.resolve()))
     if command == "status":
-        argv = [sys.executable, "-m", "mama_augment", "status", "--json", "-w", str(workdir)]
+        argv = [sys.executable, "-P", "-m", "mama_augment", "status", "--json", "-w", str(workdir)]
     else:
-        argv = [sys.executable, "-c", CHILD, command, str(workdir), str(dim), str(frames), str(count)]
+        argv = [sys.executable, "-P", "-c", CHILD, command, str(workdir), str(dim), str(frames), str(count)]
     started = time.perf_counter()
     try:
         done = subprocess.run(["/usr/bin/time", "-v", *argv], env=env, capture_output=True, text=True, timeout=timeout)
@@ -153,6 +154,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folders")
     args = parser.parse_args()
     codes = dict(spec.split("=", 1) for spec in (args.code or ["after=."]))
+    for name, root in codes.items():  # -P: the current folder must not come before ROOT
+        where = subprocess.run([sys.executable, "-P", "-c", "import mama_augment; print(mama_augment.__file__)"],
+                               env=dict(os.environ, PYTHONPATH=str(Path(root).resolve())), capture_output=True,
+                               text=True, check=True).stdout.strip()
+        print(f"{name}: {where}", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "results.jsonl", "a")
     results: dict[tuple, dict] = {}
