@@ -513,17 +513,37 @@ def compact(workdir: str | os.PathLike, spec: ManifestSpec, full: bool = False) 
                 rows = _compact_in_memory(workdir, spec, main)
             _remove_oldest_first(parts)
             return rows
-        small = [p for p in readable if "~" not in p.name]
-        if len(small) > 1:
-            merged = parts_dir(workdir, spec) / f"{_newest_stem(small)}~1.parquet"
-            _merge_runs(small, spec, merged)
-            _remove_oldest_first(p for p in small if p != merged)
+        for small in _runs_of_small_parts(readable):
+            _merge_small_parts(small, spec)
         return _count_keys(workdir, spec)
     except (OSError, pa.ArrowException, MamaError) as exc:
         raise MamaError(
             f"the manifest {main} cannot be read ({exc}); restore it from a backup, "
             "or start this stage over with --overwrite"
         ) from None
+
+
+def _runs_of_small_parts(parts: Sequence[Path]) -> list[list[Path]]:
+    """Runs of consecutive small parts (those a writer had not merged yet: a killed
+    run's) in newest-wins order. Only consecutive ones are merged: the merged part
+    takes the place of its newest input, which must not move an older row past a
+    newer one of a part in between."""
+    runs: list[list[Path]] = [[]]
+    for part in parts:
+        if "~" in part.name:
+            runs.append([])
+        else:
+            runs[-1].append(part)
+    return [run for run in runs if len(run) > 1]
+
+
+def _merge_small_parts(small: Sequence[Path], spec: ManifestSpec) -> None:
+    merged = small[0].parent / f"{_newest_stem(small)}~1.parquet"
+    # A merge of the same parts killed before it removed them all may have left this
+    # file: it holds rows of inputs already gone, so it is an input too (the newest).
+    sources = [*small, merged] if merged.exists() else list(small)
+    _merge_runs(sources, spec, merged)
+    _remove_oldest_first(small)
 
 
 def _compact_in_memory(workdir: str | os.PathLike, spec: ManifestSpec, main: Path) -> int:

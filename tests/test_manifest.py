@@ -276,3 +276,21 @@ def test_work_folder_of_an_older_version_compacts(tmp_path):
     table = pq.read_table(manifest_path(tmp_path, KEYFRAMES))
     assert table.column("video_id").to_pylist() == ["a", "b", "c", "d"]
     assert table.column("status").to_pylist() == ["failed", "ok", "ok", "ok"]
+
+
+def test_merge_of_small_parts_killed_half_way_loses_no_row(tmp_path):
+    import mama_augment.manifest as manifest
+
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row(f"v{i:02d}") for i in range(40)])
+    compact(tmp_path, KEYFRAMES)
+    writer = PartWriter(tmp_path, KEYFRAMES)  # a run killed before it closed its writer
+    for name in ("n1", "n2", "n3"):
+        writer.write([_row(name)])
+    raw = sorted(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))
+    # Killed while merging them: the merged part in place, the oldest input removed.
+    manifest._merge_runs(raw, KEYFRAMES, raw[-1].with_name(raw[-1].stem + "~1.parquet"))
+    raw[0].unlink()
+    assert compact(tmp_path, KEYFRAMES) == 43
+    assert {"n1", "n2", "n3"} <= set(read_manifest(tmp_path, KEYFRAMES).column("video_id").to_pylist())
+    assert len(list(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))) == 1
