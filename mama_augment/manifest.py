@@ -608,8 +608,9 @@ class PartWriter:
             return
         rows = table.num_rows
         # Sorted (and one row per key) already, so that merges can stream every part.
-        table = dedupe_latest(conform(table, self.spec.schema), self.spec.key)
-        table = table.sort_by([(k, "ascending") for k in self.spec.key])
+        table = conform(table, self.spec.schema)
+        if rows > 1:
+            table = dedupe_latest(table, self.spec.key).sort_by([(k, "ascending") for k in self.spec.key])
         path = self._new_part_path()
         _atomic_write_table(table, path, sorted_by_key=True)
         self._levels[0].append(path)

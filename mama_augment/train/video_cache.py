@@ -67,6 +67,7 @@ def load_usable_videos(workdir: Path, need: str) -> LoadedVideos:
         index = {"video_id": scan.video_ids, "offset": scan.offsets, "frames": scan.frame_counts,
                  "keyframe_paths": scan.keyframe_paths}
         _write_index(building / "index.parquet", index)
+        del scan, index  # read back below: not held twice
         (building / "meta.json").write_text(json.dumps(meta), encoding="utf-8")  # last: marks it complete
         try:
             os.replace(building, folder)
