@@ -11,6 +11,8 @@ side by side:
   call (as the stage's engine hands rows back), ``--videos`` rows, closed;
 * ``compact``: one video added to the folder, then ``compact`` (as keyframes, filter
   and export run it at their start and end);
+* ``fold``: the same, with ``compact(full=True)``: the whole table rewritten (what
+  ``export`` asks for, and what happens once the parts hold a quarter of the rows);
 * ``status``: ``mama-augment status --json``;
 * ``train``: the features backbone up to its first step: ``load_videos`` (embeddings
   of every usable video), ``FeaturesModel.set_videos``, and one forward and backward
@@ -66,10 +68,14 @@ if command == "write":
         for i in range(count):
             table = template[i % len(pool)]
             writer.write_table(table.set_column(0, "video_id", pa.array([f"w{i:07d}"], pa.string())))
-elif command == "compact":
+elif command in ("compact", "fold"):
     with PartWriter(workdir, KEYFRAMES) as writer:
         writer.write([row(f"zz-added-{uuid.uuid4().hex[:8]}", 0)])
-    print("rows", compact(workdir, KEYFRAMES))
+    try:  # fold: the whole table rewritten, as export (or a quarter more rows) asks
+        rows = compact(workdir, KEYFRAMES, full=True) if command == "fold" else compact(workdir, KEYFRAMES)
+    except TypeError:  # a version whose compact always rewrites the table
+        rows = compact(workdir, KEYFRAMES)
+    print("rows", rows)
 elif command == "train":
     import torch
     from types import SimpleNamespace
