@@ -306,7 +306,7 @@ def iter_manifest_batches(
     main = manifest_path(workdir, spec)
     files = ([main] if main.exists() else []) + _part_files(workdir, spec)
     key_tables, readable = [], []
-    for number, path in enumerate(files):
+    for path in files:
         try:
             keys = _read_one(path, spec.schema, list(spec.key))
         except MamaError:
