@@ -13,12 +13,22 @@ compacted table and the parts; when a key appears more than once the newest row
 wins (parts sort by their creation time). ``compact`` folds the parts into
 ``NAME.parquet`` with one atomic rename and then removes them; if it is killed in
 between, the next read simply sees duplicates of identical rows and keeps one.
+
+Cost grows with the rows written, not with the table: every file is written once and
+only ever merged with files of its own size. A writer folds every ``consolidate_every``
+small parts into one part sorted by key, and every ``consolidate_every`` of those into
+one larger part (a streaming merge of sorted runs). ``compact`` rewrites
+``NAME.parquet`` only when the parts hold at least ``FOLD_FRACTION`` of its rows (or
+when asked to, ``full=True``), again as a streaming merge, so adding a few rows to a
+large table leaves them in a part instead of rewriting the table, and no step holds
+more than a few batches of rows in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import heapq
 import os
 import time
 import uuid
@@ -26,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -202,8 +213,24 @@ def rows_to_table(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
 # row group of the columns it reads at a time, so this bounds its memory.
 ROW_GROUP_ROWS = 8192
 
+# ``compact`` rewrites NAME.parquet when the parts hold at least this share of its
+# rows: each rewrite then adds a quarter or more, so a row is rewritten a bounded
+# number of times however the table grew (amortised linear cost).
+FOLD_FRACTION = 0.25
 
-def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False) -> None:
+# Rows a merge cursor holds per input and bytes of merged rows buffered before they are
+# written: a merge of K sorted runs holds about K * MERGE_BATCH_ROWS rows.
+MERGE_BATCH_ROWS = 16
+MERGE_FLUSH_BYTES = 64 << 20
+
+# Written into the schema metadata of files sorted by key with one row per key, which a
+# merge may stream; other files (small parts, files of older versions) are sorted in memory.
+_SORTED_FLAG = b"mama_augment.sorted_by_key"
+
+
+def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False, sorted_by_key: bool = False) -> None:
+    if sorted_by_key:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _SORTED_FLAG: b"1"})
     with atomic_path(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
@@ -258,7 +285,9 @@ def read_manifest(
 ) -> pa.Table:
     """The merged view: compacted table plus parts, newest row per key.
 
-    Returns an empty table with the schema when nothing has been written yet.
+    Returns an empty table with the schema when nothing has been written yet. The
+    whole result is in memory: read wide columns (embeddings) with
+    :func:`iter_manifest_batches` instead.
     """
     if columns is not None:
         columns = list(dict.fromkeys([*spec.key, *columns]))
@@ -280,30 +309,267 @@ def read_manifest(
     return dedupe_latest(table, spec.key)
 
 
-def compact(workdir: str | os.PathLike, spec: ManifestSpec) -> int:
-    """Fold all parts into ``NAME.parquet`` atomically; return its row count.
+def iter_manifest_batches(
+    workdir: str | os.PathLike,
+    spec: ManifestSpec,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = 256,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of :func:`read_manifest`, newest per key, a record batch at a time.
 
-    A damaged ``NAME.parquet`` is a MamaError that says how to go on: it is never
-    overwritten, since its rows would be lost.
+    First the key columns of every file are read (a small index) to find the newest
+    row of each key; then each file is streamed and only those rows are kept. Rows come
+    in file order, not sorted; memory holds the index and about one batch.
+    """
+    columns = list(dict.fromkeys([*spec.key, *(columns if columns is not None else spec.schema.names)]))
+    schema = pa.schema([spec.schema.field(c) for c in columns])
+    main = manifest_path(workdir, spec)
+    files = ([main] if main.exists() else []) + _part_files(workdir, spec)
+    key_tables, readable = [], []
+    for path in files:
+        try:
+            keys = _read_one(path, spec.schema, list(spec.key))
+        except MamaError:
+            if path == main:
+                raise
+            continue  # a damaged part: its rows are redone (as read_manifest does)
+        readable.append(path)
+        key_tables.append(keys.append_column("__file", pa.array([len(readable) - 1] * keys.num_rows, pa.int32()))
+                          .append_column("__row", pa.array(range(keys.num_rows), pa.int64())))
+    if not key_tables:
+        return
+    index = dedupe_latest(pa.concat_tables(key_tables), spec.key)
+    for number, path in enumerate(readable):
+        keep_rows = pc.filter(index.column("__row"), pc.equal(index.column("__file"), number)).to_numpy()
+        if len(keep_rows) == 0:
+            continue
+        keep = np.zeros(pq.ParquetFile(path).metadata.num_rows, dtype=bool)
+        keep[keep_rows] = True
+        start = 0
+        for batch in _file_batches(path, columns, batch_rows):
+            mask = keep[start : start + batch.num_rows]
+            start += batch.num_rows
+            if mask.any():
+                yield _conform_batch(batch.filter(pa.array(mask)), schema)
+
+
+def _file_batches(path: Path, columns: Sequence[str] | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet file, decoded as they are read (no read-ahead), the
+    columns it lacks (an older file) left out for the caller to conform."""
+    try:
+        handle = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        present = [c for c in columns if c in handle.schema_arrow.names] if columns is not None else None
+        yield from handle.iter_batches(batch_size=batch_rows, columns=present)
+    except (OSError, pa.ArrowException) as exc:
+        raise MamaError(f"cannot read manifest file {path}: {exc}") from exc
+
+
+def _conform_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    if batch.schema.remove_metadata() == schema:
+        return batch
+    table = conform(pa.Table.from_batches([batch]), schema).combine_chunks()
+    batches = table.to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _file_rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _is_sorted_run(path: Path) -> bool:
+    try:
+        return (pq.read_schema(path).metadata or {}).get(_SORTED_FLAG) == b"1"
+    except (OSError, pa.ArrowException):
+        return False
+
+
+class _NotSorted(Exception):
+    """A file streamed as sorted by key is not (written by hand, or damaged)."""
+
+
+class _Cursor:
+    """One sorted run of a merge: the current row's key, a small batch at a time."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], key: Sequence[str], schema: pa.Schema):
+        self._batches = batches
+        self._key = list(key)
+        self._schema = schema
+        self.batch: pa.RecordBatch | None = None
+        self.row = 0
+        self._keys: list[tuple] = []
+        self._next_batch()
+
+    def _next_batch(self) -> None:
+        self.batch, self.row, self._keys = None, 0, []
+        for batch in self._batches:
+            if batch.num_rows:
+                self.batch = _conform_batch(batch, self._schema)
+                self._keys = list(zip(*(self.batch.column(k).to_pylist() for k in self._key)))
+                return
+
+    @property
+    def key(self) -> tuple | None:
+        return self._keys[self.row] if self.batch is not None else None
+
+    def advance(self) -> None:
+        current = self._keys[self.row]
+        self.row += 1
+        if self.row >= len(self._keys):
+            self._next_batch()
+        if self.batch is not None and self._keys[self.row] < current:
+            raise _NotSorted()
+
+
+def _sorted_in_memory(path: Path, spec: ManifestSpec) -> Iterator[pa.RecordBatch]:
+    table = _read_one(path, spec.schema, None)
+    table = dedupe_latest(table, spec.key).sort_by([(k, "ascending") for k in spec.key])
+    return iter(table.to_batches(max_chunksize=MERGE_BATCH_ROWS))
+
+
+def _merge_runs(sources: Sequence[Path], spec: ManifestSpec, out: Path, fsync: bool = False) -> int:
+    """Merge files (oldest first) into ``out``, sorted by key, newest row per key.
+
+    Files marked sorted are streamed; others (small parts, files of older versions)
+    are sorted in memory one by one as the merge opens them. Returns the rows written.
+    Raises _NotSorted when a file marked or taken as sorted is not.
+    """
+    schema = spec.schema
+    cursors = []
+    for path in sources:
+        batches = _file_batches(path, None, MERGE_BATCH_ROWS) if _is_sorted_run(path) or path.name == spec.filename \
+            else _sorted_in_memory(path, spec)
+        cursors.append(_Cursor(batches, spec.key, schema))
+    heap = [(c.key, number) for number, c in enumerate(cursors) if c.key is not None]
+    heapq.heapify(heap)
+    written = 0
+    out_schema = schema.with_metadata({_SORTED_FLAG: b"1"})
+    with atomic_path(out, fsync=fsync) as tmp:
+        with pq.ParquetWriter(tmp, out_schema, compression="zstd") as writer:
+            pending: list[list] = []  # [batch, first row, rows]: runs of rows to write
+            pending_bytes = pending_rows = 0
+
+            def flush() -> None:
+                nonlocal pending, pending_bytes, pending_rows
+                if pending:
+                    table = pa.Table.from_batches([b.slice(r, n) for b, r, n in pending], schema=schema)
+                    writer.write_table(table.combine_chunks().replace_schema_metadata(out_schema.metadata),
+                                       row_group_size=ROW_GROUP_ROWS)
+                pending, pending_bytes, pending_rows = [], 0, 0
+
+            while heap:
+                key, number = heapq.heappop(heap)
+                group = [number]
+                while heap and heap[0][0] == key:
+                    group.append(heapq.heappop(heap)[1])
+                winner = max(group)  # the newest file holding the key
+                for member in group:
+                    cursor = cursors[member]
+                    while cursor.key == key:  # a file may repeat a key: its last row wins
+                        batch, row = cursor.batch, cursor.row
+                        cursor.advance()
+                        if member == winner and cursor.key != key:
+                            if pending and pending[-1][0] is batch and pending[-1][1] + pending[-1][2] == row:
+                                pending[-1][2] += 1
+                            else:
+                                pending.append([batch, row, 1])
+                            pending_bytes += batch.nbytes // max(1, batch.num_rows)
+                            pending_rows += 1
+                            written += 1
+                    if cursor.key is not None:
+                        heapq.heappush(heap, (cursor.key, member))
+                if pending_bytes >= MERGE_FLUSH_BYTES or pending_rows >= ROW_GROUP_ROWS:
+                    flush()
+            flush()
+    return written
+
+
+def _newest_stem(paths: Sequence[Path]) -> str:
+    """Name of a merged part: that of its newest input with its level, so it keeps that
+    input's place in the newest-wins order."""
+    return max(paths).name.split("~")[0].removesuffix(".parquet")
+
+
+def _remove_oldest_first(paths: Iterable[Path]) -> None:
+    # Oldest first: a kill half way leaves newer copies of a row, never an older one alone.
+    for path in sorted(paths):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _count_keys(workdir: str | os.PathLike, spec: ManifestSpec) -> int:
+    return sum(batch.num_rows for batch in iter_manifest_batches(workdir, spec, columns=list(spec.key), batch_rows=65536))
+
+
+def compact(workdir: str | os.PathLike, spec: ManifestSpec, full: bool = False) -> int:
+    """Fold parts into ``NAME.parquet`` atomically; return the rows of the manifest.
+
+    The table is rewritten (a streaming merge) when there is none yet, when the parts
+    hold ``FOLD_FRACTION`` of its rows or more, or with ``full``; otherwise only the
+    small parts of killed writers are merged into one part, and the parts stay (every
+    reader merges them). A damaged ``NAME.parquet`` is a MamaError that says how to go
+    on: it is never overwritten, since its rows would be lost.
     """
     parts = _part_files(workdir, spec)
     main = manifest_path(workdir, spec)
     try:
-        if not parts and main.exists():
-            return pq.ParquetFile(main).metadata.num_rows
-        table = read_manifest(workdir, spec)
+        base_rows = _file_rows(main) if main.exists() else None
+        if not parts:
+            return base_rows or 0
+        readable, part_rows = [], 0
+        for part in parts:
+            try:
+                part_rows += _file_rows(part)
+                readable.append(part)
+            except (OSError, pa.ArrowException):
+                continue  # damaged from outside: its rows are redone, and it goes below
+        if full or base_rows is None or part_rows >= FOLD_FRACTION * base_rows:
+            sources = ([main] if base_rows is not None else []) + readable
+            if base_rows is None and part_rows == 0:
+                _remove_oldest_first(parts)
+                return 0
+            try:
+                rows = _merge_runs(sources, spec, main, fsync=True)
+            except _NotSorted:
+                rows = _compact_in_memory(workdir, spec, main)
+            _remove_oldest_first(parts)
+            return rows
+        for small in _runs_of_small_parts(readable):
+            _merge_small_parts(small, spec)
+        return _count_keys(workdir, spec)
     except (OSError, pa.ArrowException, MamaError) as exc:
         raise MamaError(
             f"the manifest {main} cannot be read ({exc}); restore it from a backup, "
             "or start this stage over with --overwrite"
         ) from None
-    if table.num_rows == 0 and not parts:
-        return 0
-    table = table.sort_by([(k, "ascending") for k in spec.key])
-    _atomic_write_table(table, main, fsync=True)
+
+
+def _runs_of_small_parts(parts: Sequence[Path]) -> list[list[Path]]:
+    """Runs of consecutive small parts (those a writer had not merged yet: a killed
+    run's) in newest-wins order. Only consecutive ones are merged: the merged part
+    takes the place of its newest input, which must not move an older row past a
+    newer one of a part in between."""
+    runs: list[list[Path]] = [[]]
     for part in parts:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+        if "~" in part.name:
+            runs.append([])
+        else:
+            runs[-1].append(part)
+    return [run for run in runs if len(run) > 1]
+
+
+def _merge_small_parts(small: Sequence[Path], spec: ManifestSpec) -> None:
+    merged = small[0].parent / f"{_newest_stem(small)}~1.parquet"
+    # A merge of the same parts killed before it removed them all may have left this
+    # file: it holds rows of inputs already gone, so it is an input too (the newest).
+    sources = [*small, merged] if merged.exists() else list(small)
+    _merge_runs(sources, spec, merged)
+    _remove_oldest_first(small)
+
+
+def _compact_in_memory(workdir: str | os.PathLike, spec: ManifestSpec, main: Path) -> int:
+    """The whole table in memory: for a NAME.parquet not sorted by key (written by hand)."""
+    table = read_manifest(workdir, spec).sort_by([(k, "ascending") for k in spec.key])
+    _atomic_write_table(table, main, fsync=True, sorted_by_key=True)
     return table.num_rows
 
 
@@ -319,10 +585,15 @@ def remove_manifest(workdir: str | os.PathLike, spec: ManifestSpec) -> None:
 class PartWriter:
     """Append rows to a manifest as atomically renamed part files.
 
-    ``write`` puts rows on disk at once (one small part per call); every
-    ``consolidate_every`` parts the writer folds its own small parts into one larger
-    part, so a run of a million videos does not leave a million files behind.
+    ``write`` puts rows on disk at once (one small part per call). Every
+    ``consolidate_every`` small parts the writer merges them into one part sorted by
+    key (level 1), and every ``consolidate_every`` level-1 parts into one level-2 part
+    (a streaming merge): a run of a million videos leaves a few hundred files, and each
+    row is written three times at most, whatever the run's length. ``close`` merges
+    what is left at level 0.
     """
+
+    LEVELS = 3  # small parts, level 1, level 2 (never merged again by the writer)
 
     def __init__(
         self,
@@ -334,9 +605,13 @@ class PartWriter:
         self.spec = spec
         self.directory = parts_dir(workdir, spec)
         make_folder(self.directory)
-        self.consolidate_every = consolidate_every
-        self._mine: list[Path] = []
+        self.consolidate_every = max(2, consolidate_every)
+        self._levels: list[list[Path]] = [[] for _ in range(self.LEVELS)]
         self.rows_written = 0
+
+    @property
+    def _mine(self) -> list[Path]:
+        return [path for level in self._levels for path in level]
 
     def _new_part_path(self) -> Path:
         return self.directory / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -351,26 +626,33 @@ class PartWriter:
     def write_table(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        rows = table.num_rows
+        # Sorted (and one row per key) already, so that merges can stream every part.
         table = conform(table, self.spec.schema)
+        if rows > 1:
+            table = dedupe_latest(table, self.spec.key).sort_by([(k, "ascending") for k in self.spec.key])
         path = self._new_part_path()
-        _atomic_write_table(table, path)
-        self._mine.append(path)
-        self.rows_written += table.num_rows
-        if len(self._mine) >= self.consolidate_every:
-            self._consolidate()
+        _atomic_write_table(table, path, sorted_by_key=True)
+        self._levels[0].append(path)
+        self.rows_written += rows
+        for level in range(self.LEVELS - 1):
+            if len(self._levels[level]) >= self.consolidate_every:
+                self._consolidate(level)
 
-    def _consolidate(self) -> None:
-        tables = [conform(pq.read_table(p), self.spec.schema) for p in self._mine]
-        merged = pa.concat_tables(tables)
-        path = self._new_part_path()
-        _atomic_write_table(merged, path)
-        for old in self._mine:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
-        self._mine = [path]
+    def _consolidate(self, level: int = 0) -> None:
+        inputs = self._levels[level]
+        if len(inputs) < 2:
+            return
+        target = level + 1
+        merged = self.directory / f"{_newest_stem(inputs)}~{target}.parquet"
+        _merge_runs(inputs, self.spec, merged)
+        _remove_oldest_first(p for p in inputs if p != merged)
+        self._levels[level] = []
+        self._levels[target].append(merged)
 
     def close(self) -> None:
-        self._mine = []
+        self._consolidate(0)
+        self._levels = [[] for _ in range(self.LEVELS)]
 
     def __enter__(self) -> "PartWriter":
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pandas as pd
@@ -171,3 +172,125 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     assert os.listdir(parts_dir(tmp_path, KEYFRAMES)) == []
+
+
+def _count_rows_written(monkeypatch) -> list[int]:
+    """Rows of every file the manifest module renames into place, in order."""
+    import mama_augment.manifest as manifest
+
+    written: list[int] = []
+    real = manifest.atomic_path
+
+    @contextlib.contextmanager
+    def counting(path, fsync=False):
+        with real(path, fsync=fsync) as tmp:
+            yield tmp
+            written.append(pq.read_metadata(tmp).num_rows)
+
+    monkeypatch.setattr(manifest, "atomic_path", counting)
+    return written
+
+
+def test_writer_writes_each_row_a_bounded_number_of_times(tmp_path, monkeypatch):
+    # Folding a writer's parts into one growing part rewrote every earlier row at each
+    # fold: quadratic in the rows of a run.
+    written = _count_rows_written(monkeypatch)
+    with PartWriter(tmp_path, KEYFRAMES, consolidate_every=4) as writer:
+        for i in range(200):
+            writer.write([_row(f"v{i:03d}")])
+    assert sum(written) <= 3 * 200
+    ids = read_manifest(tmp_path, KEYFRAMES).column("video_id").to_pylist()
+    assert sorted(ids) == [f"v{i:03d}" for i in range(200)]
+    assert len(list(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))) < 200 / 4
+
+
+def test_compact_adds_a_few_rows_without_rewriting_the_table(tmp_path, monkeypatch):
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row(f"v{i:03d}") for i in range(100)])
+    assert compact(tmp_path, KEYFRAMES) == 100
+    written = _count_rows_written(monkeypatch)
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row("new"), _row("v005", "failed", error="redone")])
+    assert compact(tmp_path, KEYFRAMES) == 101
+    assert sum(written) <= 2  # the new part only: NAME.parquet was not rewritten
+    assert pq.read_metadata(manifest_path(tmp_path, KEYFRAMES)).num_rows == 100
+    rows = {r["video_id"]: r for r in read_manifest(tmp_path, KEYFRAMES).to_pylist()}
+    assert len(rows) == 101 and rows["v005"]["status"] == "failed" and "new" in rows
+    # Asked for (export), or once the parts hold a quarter of the table, it is rewritten.
+    assert compact(tmp_path, KEYFRAMES, full=True) == 101
+    assert list(parts_dir(tmp_path, KEYFRAMES).glob("part-*")) == []
+    frame = pd.read_parquet(manifest_path(tmp_path, KEYFRAMES))
+    assert list(frame["video_id"]) == sorted(rows)
+    assert frame.set_index("video_id").loc["v005", "status"] == "failed"
+
+
+def test_killed_between_a_merge_and_the_removal_of_its_inputs(tmp_path, monkeypatch):
+    import mama_augment.manifest as manifest
+
+    def killed(paths):
+        raise KeyboardInterrupt("killed")
+
+    writer = PartWriter(tmp_path, KEYFRAMES, consolidate_every=3)
+    writer.write([_row("a", "failed")])
+    writer.write([_row("b")])
+    monkeypatch.setattr(manifest, "_remove_oldest_first", killed)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write([_row("a")])  # the merged part is in place, its inputs too
+    monkeypatch.undo()
+    assert len(list(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))) == 4
+    rows = read_manifest(tmp_path, KEYFRAMES).to_pylist()
+    assert sorted((r["video_id"], r["status"]) for r in rows) == [("a", "ok"), ("b", "ok")]
+    batches = list(manifest.iter_manifest_batches(tmp_path, KEYFRAMES, columns=["status"]))
+    assert sorted(pa.Table.from_batches(batches).column("video_id").to_pylist()) == ["a", "b"]
+    assert compact(tmp_path, KEYFRAMES) == 2
+    assert sorted(pq.read_table(manifest_path(tmp_path, KEYFRAMES)).column("status").to_pylist()) == ["ok", "ok"]
+
+
+def test_streamed_rows_equal_the_merged_view(tmp_path):
+    from mama_augment.manifest import iter_manifest_batches
+
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row(f"v{i}", keyframe_embeddings=[[float(i)] * 3]) for i in range(7)])
+    compact(tmp_path, KEYFRAMES)
+    writer = PartWriter(tmp_path, KEYFRAMES)
+    writer.write([_row("v3", "failed"), _row("v9")])
+    writer.write([_row("v1", keyframe_embeddings=[[9.0] * 3])])
+    (parts_dir(tmp_path, KEYFRAMES) / "part-99999999999999999999-1-x.parquet").write_bytes(b"garbage")
+    streamed = pa.Table.from_batches(
+        list(iter_manifest_batches(tmp_path, KEYFRAMES, columns=["status", "keyframe_embeddings"], batch_rows=2)))
+    merged = read_manifest(tmp_path, KEYFRAMES, columns=["status", "keyframe_embeddings"])
+    assert streamed.schema == merged.schema
+    assert sorted(streamed.to_pylist(), key=str) == sorted(merged.to_pylist(), key=str)
+    assert len(streamed) == 8
+
+
+def test_work_folder_of_an_older_version_compacts(tmp_path):
+    # Older versions wrote unsorted parts without the sorted marker, and a main table
+    # that nothing marks; a main table written by hand may not even be sorted.
+    pq.write_table(pa.table({"video_id": ["c", "a"], "status": ["ok", "ok"]}), manifest_path(tmp_path, KEYFRAMES))
+    folder = parts_dir(tmp_path, KEYFRAMES)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"video_id": ["d", "b", "a"], "status": ["ok", "ok", "failed"]}),
+                   folder / "part-00000000000000000001-1-a.parquet")
+    assert compact(tmp_path, KEYFRAMES) == 4
+    table = pq.read_table(manifest_path(tmp_path, KEYFRAMES))
+    assert table.column("video_id").to_pylist() == ["a", "b", "c", "d"]
+    assert table.column("status").to_pylist() == ["failed", "ok", "ok", "ok"]
+
+
+def test_merge_of_small_parts_killed_half_way_loses_no_row(tmp_path):
+    import mama_augment.manifest as manifest
+
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row(f"v{i:02d}") for i in range(40)])
+    compact(tmp_path, KEYFRAMES)
+    writer = PartWriter(tmp_path, KEYFRAMES)  # a run killed before it closed its writer
+    for name in ("n1", "n2", "n3"):
+        writer.write([_row(name)])
+    raw = sorted(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))
+    # Killed while merging them: the merged part in place, the oldest input removed.
+    manifest._merge_runs(raw, KEYFRAMES, raw[-1].with_name(raw[-1].stem + "~1.parquet"))
+    raw[0].unlink()
+    assert compact(tmp_path, KEYFRAMES) == 43
+    assert {"n1", "n2", "n3"} <= set(read_manifest(tmp_path, KEYFRAMES).column("video_id").to_pylist())
+    assert len(list(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))) == 1

@@ -37,7 +37,8 @@ def _print_manifest_problems(info: dict) -> None:
     for part in info.get("unreadable_parts", []):
         typer.secho(f"  unreadable part {part['path']}: {part['error']}", fg=typer.colors.YELLOW)
     if info.get("uncompacted_parts"):
-        typer.echo(f"  {info['uncompacted_parts']} part file(s) not yet compacted (a run is going on, or was stopped)")
+        typer.echo(f"  {info['uncompacted_parts']} part file(s) not yet compacted (a run is going on or was stopped, "
+                   "or they are rows added since, too few yet to rewrite the table for)")
 
 
 def print_status(status: dict) -> None:

@@ -98,7 +98,8 @@ def ensure_compacted(workdir: Path, spec: ManifestSpec) -> None:
     stage = MANIFEST_LOCKS[spec.name]
     try:
         with workdir_lock(workdir, stage):
-            compact(workdir, spec)
+            # The export streams NAME.parquet alone, so every part goes in, however few.
+            compact(workdir, spec, full=True)
     except MamaError as exc:
         raise MamaError(f"{spec.filename} is still being written ({exc}); export when that run has ended") from None
 

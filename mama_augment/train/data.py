@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mama_augment.errors import UsageError
-from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
+from mama_augment.manifest import CAPTIONS, STATUS_OK, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class VideoTable:
     """The videos a run can see, in a fixed order (index = position)."""
 
     video_ids: list[str]
-    keyframe_embeddings: list[np.ndarray]  # (frames, dim) float32 each; may be empty
+    keyframe_embeddings: list[np.ndarray]  # (frames, dim) float16 each (views of one array); may be empty
     keyframe_paths: list[list[str]]  # relative to the work folder
     concepts: list[str | None]
 
@@ -170,35 +170,15 @@ def _note(issues: Counter, examples: dict, kind: str, count: int, example: str) 
 
 def load_videos(workdir: Path, need: str) -> tuple[VideoTable, Counter, dict]:
     """Usable videos of ``keyframes.parquet`` sorted by id (``need``: the column the
-    backbone reads, ``keyframe_embeddings`` or ``keyframe_paths``)."""
-    issues: Counter = Counter()
-    examples: dict[str, str] = {}
-    table = read_manifest(workdir, KEYFRAMES, columns=["status", "keyframe_embeddings", "keyframe_paths"])
-    if table.num_rows == 0:
-        raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
-    rows = table.to_pydict()
-    ids, embeddings, paths = [], [], []
-    for i, video_id in enumerate(rows["video_id"]):
-        if rows["status"][i] != STATUS_OK:
-            _note(issues, examples, "video_failed_in_keyframes", 1, video_id)
-            continue
-        emb = rows["keyframe_embeddings"][i] or []
-        frame_paths = [p for p in (rows["keyframe_paths"][i] or []) if p]
-        if need == "keyframe_embeddings" and not emb:
-            _note(issues, examples, "video_without_embeddings", 1, video_id)
-            continue
-        if need == "keyframe_paths":
-            present = [p for p in frame_paths if (workdir / p).exists()]
-            if not present:
-                _note(issues, examples, "video_without_frames", 1, video_id)
-                continue
-            frame_paths = present
-        ids.append(video_id)
-        embeddings.append(np.asarray(emb, dtype=np.float32).reshape(len(emb), -1) if emb else np.zeros((0, 0), np.float32))
-        paths.append(frame_paths)
-    order = sorted(range(len(ids)), key=lambda k: ids[k])
-    videos = VideoTable([ids[k] for k in order], [embeddings[k] for k in order], [paths[k] for k in order], [None] * len(ids))
-    return videos, issues, examples
+    backbone reads, ``keyframe_embeddings`` or ``keyframe_paths``). Streamed: the
+    embeddings are views of one float16 array cached in the work folder
+    (:mod:`mama_augment.train.video_cache`)."""
+    from mama_augment.train.video_cache import load_usable_videos
+
+    loaded = load_usable_videos(workdir, need)
+    videos = VideoTable(loaded.video_ids, loaded.keyframe_embeddings, loaded.keyframe_paths,
+                        [None] * len(loaded.video_ids))
+    return videos, loaded.issues, loaded.examples
 
 
 def _even_sample(groups: dict[str, list[int]], count: int, rng: np.random.Generator,

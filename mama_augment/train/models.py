@@ -188,14 +188,15 @@ class FeaturesModel(RetrievalModel):
         lengths = [len(e) for e in videos.keyframe_embeddings]
         if any(n == 0 for n in lengths):
             raise MamaError("a video without keyframe embeddings reached the features model")
-        flat = np.concatenate(videos.keyframe_embeddings, axis=0) if lengths else np.zeros((0, self.video_dim), np.float32)
+        flat, offsets = _frame_table(videos.keyframe_embeddings, self.video_dim)
         if flat.shape[1] != self.video_dim:
             raise UsageError(f"keyframe embeddings have {flat.shape[1]} dimensions, the model expects {self.video_dim}")
         device = self.device
-        self._frames = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)).to(device)
+        # Kept in the cache's float16 (half the memory); a batch is widened on use.
+        self._frames = torch.from_numpy(flat).to(device)
         self._lengths_host = np.asarray(lengths, dtype=np.int64)  # batch widths without a device sync
         lengths_t = torch.tensor(lengths, dtype=torch.long)
-        self._offsets = (torch.cumsum(lengths_t, 0) - lengths_t).to(device)
+        self._offsets = torch.from_numpy(offsets).to(device)
         self._lengths = lengths_t.to(device)
 
     def set_texts(self, texts: Sequence[str]) -> None:
@@ -216,7 +217,7 @@ class FeaturesModel(RetrievalModel):
         steps = torch.arange(width, device=idx.device)
         mask = steps[None, :] < lengths[:, None]
         gather = self._offsets[idx][:, None] + torch.minimum(steps[None, :], (lengths - 1)[:, None])
-        return self._frames[gather], mask
+        return self._frames[gather].float(), mask
 
     def text_inputs(self, indices) -> torch.Tensor:
         return self._text_table[_index_tensor(np.asarray(indices, dtype=np.int64), self._text_table.device)]
@@ -229,6 +230,37 @@ class FeaturesModel(RetrievalModel):
 
     def text_features(self, text_inputs) -> torch.Tensor:
         return text_inputs
+
+
+def _frame_table(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (frames, dim) array holding every video's frames, and each video's first row.
+
+    When the videos' arrays are row ranges of one array (the feature cache, mapped from
+    disk) that array is used as it is, in its own order, so nothing is copied and its
+    pages are read as batches need them; otherwise they are concatenated."""
+    root = arrays[0] if len(arrays) else None
+    while root is not None and isinstance(root.base, np.ndarray):
+        root = root.base
+    if (root is not None and root.ndim == 2 and root.flags.c_contiguous and root.dtype in (np.float16, np.float32)
+            and root.shape[1] == dim and root.strides[0] > 0):
+        start = root.ctypes.data
+        offsets = []
+        for array in arrays:
+            base = array
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            delta = array.ctypes.data - start if base is root else -1
+            if (delta < 0 or delta % root.strides[0] or array.ndim != 2 or not array.flags.c_contiguous
+                    or array.dtype != root.dtype):
+                break
+            offsets.append(delta // root.strides[0])
+        else:
+            return np.asarray(root), np.asarray(offsets, dtype=np.int64)
+    lengths = np.asarray([len(a) for a in arrays], dtype=np.int64)
+    flat = np.concatenate(arrays, axis=0) if len(arrays) else np.zeros((0, dim), np.float32)
+    if flat.dtype not in (np.float16, np.float32):
+        flat = flat.astype(np.float32)
+    return np.ascontiguousarray(flat), np.cumsum(lengths) - lengths
 
 
 def _index_tensor(indices: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,218 @@
+"""How the work folder's costs grow with the number of videos.
+
+Builds synthetic work folders in the project's own schemas (``keyframes.parquet`` with
+``--frames`` x ``--dim`` float32 embeddings a video, written as a stream, sorted by id as
+``compact`` leaves it; ``captions.parquet`` with two generated captions a video), then
+times each command in a child process under ``/usr/bin/time -v`` (wall seconds, CPU
+seconds of user and system time, and peak resident memory), for one or two code trees
+side by side:
+
+* ``write``: the keyframes stage's manifest writing, a ``PartWriter`` fed one row per
+  call (as the stage's engine hands rows back), ``--videos`` rows, closed;
+* ``compact``: one video added to the folder, then ``compact`` (as keyframes, filter
+  and export run it at their start and end);
+* ``fold``: the same, with ``compact(full=True)``: the whole table rewritten (what
+  ``export`` asks for, and what happens once the parts hold a quarter of the rows);
+* ``status``: ``mama-augment status --json``;
+* ``train``: the features backbone up to its first step: ``load_videos`` (embeddings
+  of every usable video), ``FeaturesModel.set_videos``, and one forward and backward
+  pass of a batch of 256 videos through the frame pooling and video projection. The
+  caption join, meta-set choice and text encoder are left out (they read no
+  embeddings); the feature cache is removed first, so every run builds it.
+
+Usage::
+
+    nice -n 10 python benchmarks/scale.py --sizes 10000 50000 \\
+        --code after=. --code before=/work/main --out benchmarks/out/scale
+
+``--code NAME=ROOT`` puts ROOT first on ``PYTHONPATH`` in the children (run with ``-P``,
+so the current folder does not come first), so the same
+folder is measured with each tree's ``mama_augment``. ``--skip NAME:COMMAND:SIZE``
+leaves out a measurement (one that would run out of memory or time). Growth exponents
+are log(t2/t1)/log(n2/n1) of the CPU seconds between consecutive sizes (on a shared
+machine they move much less with other people's load than wall time does). Results: a JSON line per
+measurement in ``OUT/results.jsonl`` and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import sys, time, uuid
+from pathlib import Path
+import numpy as np
+command, workdir, dim, frames, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+from mama_augment.manifest import KEYFRAMES, PartWriter, compact, utc_now
+rng = np.random.default_rng(0)
+pool = [rng.standard_normal((frames, dim), dtype=np.float32) for _ in range(16)]
+def row(video_id, i):
+    return {"video_id": video_id, "status": "ok", "media_type": "video", "embedder": "synthetic",
+            "embedding_dim": dim, "keyframe_embeddings": pool[i % len(pool)].tolist(),
+            "keyframe_paths": [f"frames/{video_id}/{k:02d}.jpg" for k in range(frames)],
+            "created_at": utc_now()}
+import pyarrow as pa
+from mama_augment.manifest import rows_to_table
+if command == "write":
+    template = [rows_to_table([row(f"w{i:07d}", i)], KEYFRAMES.schema) for i in range(len(pool))]
+    with PartWriter(workdir, KEYFRAMES) as writer:
+        for i in range(count):
+            table = template[i % len(pool)]
+            writer.write_table(table.set_column(0, "video_id", pa.array([f"w{i:07d}"], pa.string())))
+elif command in ("compact", "fold"):
+    with PartWriter(workdir, KEYFRAMES) as writer:
+        writer.write([row(f"zz-added-{uuid.uuid4().hex[:8]}", 0)])
+    try:  # fold: the whole table rewritten, as export (or a quarter more rows) asks
+        rows = compact(workdir, KEYFRAMES, full=True) if command == "fold" else compact(workdir, KEYFRAMES)
+    except TypeError:  # a version whose compact always rewrites the table
+        rows = compact(workdir, KEYFRAMES)
+    print("rows", rows)
+elif command == "train":
+    import torch
+    from types import SimpleNamespace
+    from mama_augment.train.data import load_videos
+    from mama_augment.train.models import FeaturesModel
+    videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    config = SimpleNamespace(temporal="attention", logit_scale_init=None, head_hidden=0, embed_dim=256)
+    model = FeaturesModel(dim, SimpleNamespace(dim=384), config, None)
+    model.set_videos(videos)
+    batch = np.random.default_rng(1).choice(len(videos.video_ids), size=min(256, len(videos.video_ids)), replace=False)
+    model.head.project_video(model.video_features(model.video_inputs(batch))).square().mean().backward()
+    print("videos", len(videos.video_ids))
+"""
+
+
+def build(workdir: Path, videos: int, dim: int, frames: int) -> None:
+    """A work folder as ``keyframes`` and ``caption`` leave it, written a chunk at a time."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mama_augment.manifest import CAPTIONS, KEYFRAMES, conform, ensure_workdir, utc_now
+
+    ensure_workdir(workdir)
+    rng = np.random.default_rng(0)
+    now = utc_now()
+    chunk = 512
+    with pq.ParquetWriter(workdir / "keyframes.parquet", KEYFRAMES.schema, compression="zstd") as kf, \
+            pq.ParquetWriter(workdir / "captions.parquet", CAPTIONS.schema, compression="zstd") as cap:
+        for start in range(0, videos, chunk):
+            n = min(chunk, videos - start)
+            ids = [f"v{i:07d}" for i in range(start, start + n)]
+            values = pa.array(rng.standard_normal(n * frames * dim, dtype=np.float32))
+            inner = pa.ListArray.from_arrays(pa.array(np.arange(0, n * frames * dim + 1, dim, dtype=np.int32)), values)
+            outer = pa.ListArray.from_arrays(pa.array(np.arange(0, n * frames + 1, frames, dtype=np.int32)), inner)
+            table = pa.table({
+                "video_id": ids, "status": ["ok"] * n, "media_type": ["video"] * n, "embedder": ["synthetic"] * n,
+                "embedding_dim": pa.array([dim] * n, pa.int32()), "keyframe_embeddings": outer,
+                "keyframe_paths": [[f"frames/{v}/{k:02d}.jpg" for k in range(frames)] for v in ids],
+                "grid_path": [f"grids/{v}.jpg" for v in ids], "created_at": pa.array([now] * n, KEYFRAMES.schema.field("created_at").type),
+            })
+            kf.write_table(conform(table, KEYFRAMES.schema), row_group_size=8192)
+            captions = pa.table({
+                "video_id": [v for v in ids for _ in range(2)], "caption_index": pa.array([0, 1] * n, pa.int32()),
+                "caption": [f"a synthetic video number {v} caption {k}" for v in ids for k in range(2)],
+                "status": ["ok"] * (2 * n), "created_at": pa.array([now] * (2 * n), CAPTIONS.schema.field("created_at").type),
+            })
+            cap.write_table(conform(captions, CAPTIONS.schema), row_group_size=8192)
+
+
+def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, count: int, timeout: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root.resolve()))
+    if command == "status":
+        argv = [sys.executable, "-P", "-m", "mama_augment", "status", "--json", "-w", str(workdir)]
+    else:
+        argv = [sys.executable, "-P", "-c", CHILD, command, str(workdir), str(dim), str(frames), str(count)]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(["/usr/bin/time", "-v", *argv], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"over {timeout} s"}
+    wall = time.perf_counter() - started
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", done.stderr))
+    result = {"ok": done.returncode == 0 or command == "status", "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+              "peak_rss_mb": round(int(match.group(1)) / 1024) if match else None, "returncode": done.returncode}
+    if not result["ok"]:
+        result["error"] = done.stderr.strip().splitlines()[-3:] if done.stderr else ""
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--code", action="append", default=[], help="NAME=ROOT (repeatable); default after=.")
+    parser.add_argument("--commands", nargs="+", default=["status", "train", "compact", "write"])
+    parser.add_argument("--skip", action="append", default=[], help="NAME:COMMAND:SIZE to leave out")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds a measurement may take")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/scale"))
+    parser.add_argument("--keep", action="store_true", help="keep the work folders")
+    args = parser.parse_args()
+    codes = dict(spec.split("=", 1) for spec in (args.code or ["after=."]))
+    for name, root in codes.items():  # -P: the current folder must not come before ROOT
+        where = subprocess.run([sys.executable, "-P", "-c", "import mama_augment; print(mama_augment.__file__)"],
+                               env=dict(os.environ, PYTHONPATH=str(Path(root).resolve())), capture_output=True,
+                               text=True, check=True).stdout.strip()
+        print(f"{name}: {where}", file=sys.stderr, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "results.jsonl", "a")
+    results: dict[tuple, dict] = {}
+    for size in args.sizes:
+        workdir = args.out / f"work-{size}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        started = time.perf_counter()
+        build(workdir, size, args.dim, args.frames)
+        print(f"built {size} videos in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        for command in args.commands:
+            for name, root in codes.items():
+                if f"{name}:{command}:{size}" in args.skip:
+                    continue
+                target = workdir
+                if command == "write":
+                    target = args.out / f"write-{size}"
+                    shutil.rmtree(target, ignore_errors=True)
+                if command == "train":
+                    shutil.rmtree(workdir / "cache", ignore_errors=True)
+                result = measure(command, target, Path(root), args.dim, args.frames, size, args.timeout)
+                if command == "write":
+                    shutil.rmtree(target, ignore_errors=True)
+                record = {"code": name, "command": command, "videos": size, "dim": args.dim, "frames": args.frames,
+                          **result}
+                results[(name, command, size)] = record
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                print(json.dumps(record), file=sys.stderr, flush=True)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("| command | code | " + " | ".join(f"{s:,} videos: wall s / CPU s / peak MB" for s in args.sizes)
+          + " | growth exponent (CPU) |")
+    print("|---|---|" + "---:|" * len(args.sizes) + "---|")
+    for command in args.commands:
+        for name in codes:
+            cells, exponents, previous = [], [], None
+            for size in args.sizes:
+                record = results.get((name, command, size))
+                if record is None or not record.get("ok"):
+                    cells.append("—" if record is None else str(record.get("error", "failed")))
+                    previous = None
+                    continue
+                cells.append(f"{record['wall_s']} / {record['cpu_s']} / {record['peak_rss_mb']}")
+                if previous is not None:
+                    exponents.append(f"{math.log(record['cpu_s'] / previous[1]) / math.log(size / previous[0]):.2f}")
+                previous = (size, record["cpu_s"])
+            print(f"| {command} | {name} | " + " | ".join(cells) + f" | {', '.join(exponents) or '—'} |")
+
+
+if __name__ == "__main__":
+    main()
