@@ -1,0 +1,99 @@
+"""Paths that data names: the one rule for a file a manifest or a run folder points at.
+
+A work folder, its manifests and its run folders are data that people share, so a
+path read from them is not trusted to stay where the tool put it. Every reader of
+such a path (export, report, caption, filter, training on keyframe JPEGs) asks
+:class:`WorkFolder` for the file, and gets it only when
+
+* the path is relative and has no ``..`` part (the tool never writes either),
+* it leads inside the work folder once every symbolic link is followed, and
+* it is a regular file (not a folder, a device or a pipe).
+
+Anything else is the item error ``path_outside_workdir``: the row fails with that
+kind and the run goes on. The path returned is the resolved one, so what is opened
+or hard-linked is the very file that was checked, not whatever a link points at.
+
+Writers use :func:`writable_folder`: a folder the tool writes into (and deletes its
+own old files from) must not be reached through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as _stat
+from pathlib import Path
+
+from mama_augment.errors import ItemError
+
+PATH_OUTSIDE_WORKDIR = "path_outside_workdir"
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
+
+
+class WorkFolder:
+    """Checks paths recorded relative to one work folder.
+
+    The resolved folders are remembered: a report or an export touches a hundred
+    thousand files in a few thousand folders, and resolving each folder once keeps
+    the check to about one ``lstat`` per file.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.root = os.path.realpath(workdir)
+        self._folders: dict[str, str] = {}
+
+    def inside(self, relative: str | None, what: str = "file") -> str:
+        """The resolved absolute path of ``relative``; ``ItemError`` (``path_outside_workdir``)
+        unless it is relative, has no ``..`` and leads inside the work folder. The file
+        need not exist (a path only written into an export)."""
+        if not isinstance(relative, str) or not relative:
+            raise ItemError(PATH_OUTSIDE_WORKDIR, f"no {what} path recorded")
+        parts = relative.split(os.sep)
+        if os.path.isabs(relative) or ".." in parts or "\0" in relative:
+            raise ItemError(PATH_OUTSIDE_WORKDIR, f"the {what} path {relative!r} is not inside the work folder")
+        head, name = os.path.split(relative)
+        folder = self._folders.get(head)
+        if folder is None:
+            folder = self._folders[head] = os.path.realpath(os.path.join(self.root, head))
+        path = os.path.join(folder, name) if name else folder
+        if os.path.islink(path):
+            path = os.path.realpath(path)
+        if not _inside(path, self.root) or path == self.root:
+            raise ItemError(PATH_OUTSIDE_WORKDIR,
+                            f"the {what} path {relative!r} leads outside the work folder (through a link)")
+        return path
+
+    def file(self, relative: str | None, what: str = "file", missing_kind: str = "missing_image") -> str:
+        """:meth:`inside`, and the path must name a regular file: a missing file is
+        ``ItemError(missing_kind)``, anything but a regular file ``path_outside_workdir``."""
+        path = self.inside(relative, what)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ItemError(missing_kind, f"the {what} {relative} does not exist") from None
+        except OSError as exc:
+            raise ItemError(missing_kind, f"cannot read the {what} {relative}: {exc.strerror or exc}") from None
+        if not _stat.S_ISREG(mode):
+            raise ItemError(PATH_OUTSIDE_WORKDIR, f"the {what} path {relative!r} is not a regular file")
+        return path
+
+
+def writable_folder(workdir: str | os.PathLike, relative: str) -> Path:
+    """``workdir / relative`` for the tool to write into; ``ItemError`` (``path_outside_workdir``)
+    when any existing part of it below the work folder is a symbolic link or not a
+    folder: writing (or deleting old keyframes) there would touch whatever it points at."""
+    path = Path(workdir)
+    for part in Path(relative).parts:
+        if part in ("", ".", "..") or os.path.isabs(part):
+            raise ItemError(PATH_OUTSIDE_WORKDIR, f"the folder {relative!r} is not inside the work folder")
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            break  # nothing further down exists yet: it is created as real folders
+        if not _stat.S_ISDIR(mode):
+            raise ItemError(PATH_OUTSIDE_WORKDIR,
+                            f"{path.relative_to(workdir)} in the work folder is a link or a file, not a folder")
+    return Path(workdir) / relative
