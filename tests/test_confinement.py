@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -178,3 +180,51 @@ def test_the_rule(tmp_path):
         writable_folder(workdir, "frames/clip")
     assert caught.value.kind == PATH_OUTSIDE_WORKDIR
     assert writable_folder(workdir, "grids/new/deeper") == workdir / "grids/new/deeper"
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+@pytest.mark.parametrize("linked", ["frames/a", "frames", "grids"])
+def test_keyframes_never_write_or_delete_through_a_linked_folder(tmp_path, linked):
+    from media import make_image
+
+    make_image(tmp_path / "in" / "a.png", color=(200, 20, 20))
+    make_image(tmp_path / "in" / "b.png", color=(20, 200, 20))
+    args = ["keyframes", str(tmp_path / "in"), "-w", str(tmp_path / "work"), "--embedder", "pixels",
+            "--workers", "1", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "00_f000000.jpg").write_bytes(TOKEN)  # named like a keyframe: a redo would delete it
+    (victim / "a.jpg").write_bytes(TOKEN)  # named like a grid: a redo would replace it
+    moved = tmp_path / "work" / linked
+    shutil.rmtree(moved)
+    moved.symlink_to(victim, target_is_directory=True)
+    os.utime(tmp_path / "in" / "a.png", (time.time() + 5, time.time() + 5))  # a.png changed: redo it
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in victim.iterdir()) == ["00_f000000.jpg", "a.jpg"]
+    assert all(p.read_bytes() == TOKEN for p in victim.iterdir())
+    row = {r["video_id"]: r for r in read_manifest(tmp_path / "work", KEYFRAMES).to_pylist()}["a"]
+    assert row["status"] == "failed" and row["error_kind"] == PATH_OUTSIDE_WORKDIR
+
+
+def test_overwrite_deletes_nothing_through_a_linked_folder(tmp_path):
+    from media import make_image
+
+    make_image(tmp_path / "in" / "a.png", color=(200, 20, 20))
+    args = ["keyframes", str(tmp_path / "in"), "-w", str(tmp_path / "work"), "--embedder", "pixels",
+            "--workers", "1", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    frames = tmp_path / "work" / "frames"
+    victim = tmp_path / "victim"
+    shutil.copytree(frames, victim)
+    shutil.rmtree(frames)
+    frames.symlink_to(victim, target_is_directory=True)
+    kept = sorted(p for p in victim.rglob("*.jpg"))
+    for path in kept:
+        path.write_bytes(TOKEN)
+    assert kept
+    runner.invoke(app, [*args, "--overwrite"])
+    assert all(p.read_bytes() == TOKEN for p in kept)
