@@ -228,3 +228,37 @@ def test_overwrite_deletes_nothing_through_a_linked_folder(tmp_path):
     assert kept
     runner.invoke(app, [*args, "--overwrite"])
     assert all(p.read_bytes() == TOKEN for p in kept)
+
+
+def test_report_replaces_only_a_page_it_wrote(tmp_path):
+    folder = tmp_path / "any"
+    page = folder / "report" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html>a page of my own</html>")
+    result = runner.invoke(app, ["report", "-w", str(folder)])
+    assert result.exit_code == 2 and "not a report written by mama-augment" in result.stderr, result.output
+    assert page.read_text() == "<html>a page of my own</html>"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "index.html").symlink_to(page)
+    result = runner.invoke(app, ["report", "-w", str(folder), "--output", str(other)])
+    assert result.exit_code == 2 and page.read_text() == "<html>a page of my own</html>"
+    page.unlink()
+    for _ in range(2):  # written, then replaced: the second run finds its own page
+        result = runner.invoke(app, ["report", "-w", str(folder)])
+        assert result.exit_code == 0, result.output
+    assert 'content="mama-augment"' in page.read_text()
+
+
+def test_report_writes_nothing_through_a_linked_report_folder(planted, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (planted["workdir"] / "report").symlink_to(victim, target_is_directory=True)
+    result = runner.invoke(app, ["report", "-w", str(planted["workdir"]), "--copy-images"])
+    assert result.exit_code == 2, result.output
+    assert list(victim.iterdir()) == []
+    (planted["workdir"] / "report").unlink()
+    (planted["workdir"] / "report" / "media").mkdir(parents=True)
+    (planted["workdir"] / "report" / "media" / "grids").symlink_to(victim, target_is_directory=True)
+    result = runner.invoke(app, ["report", "-w", str(planted["workdir"]), "--copy-images"])
+    assert result.exit_code == 0 and list(victim.iterdir()) == [], result.output

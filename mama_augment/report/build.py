@@ -285,6 +285,26 @@ def _video_records(keyframes: list[dict], captions: dict[str, list[dict]],
 
 # ----------------------------------------------------------------------------- entry point
 
+# Every page this module writes carries it in its head (report/html.py PAGE).
+_OWN_PAGE_MARK = b'<meta name="generator" content="mama-augment">'
+
+
+def check_replaceable(page: Path) -> None:
+    """UsageError unless ``page`` is absent or a report this tool wrote: a folder named
+    with -w or --output may hold someone's own index.html, which is never replaced."""
+    if not os.path.lexists(page):
+        return
+    try:
+        if not page.is_symlink() and page.is_file():
+            with open(page, "rb") as handle:
+                if _OWN_PAGE_MARK in handle.read(4096):
+                    return
+    except OSError:
+        pass
+    raise UsageError(f"{page} exists and is not a report written by mama-augment: it is left as it is; "
+                     "remove it or choose another folder with --output")
+
+
 
 def _rows(table) -> list[dict]:
     return table.to_pylist() if table is not None else []
@@ -328,6 +348,12 @@ def build_report_summary(
     check_number(page_size, "--page-size", minimum=1)
     status = workdir_status(workdir)  # raises UsageError for a missing work folder
     out_dir = Path(output) if output is not None else workdir / REPORT_DIR
+    if output is None:
+        try:  # the work folder's report/ is the tool's own: a link there leads elsewhere
+            writable_folder(workdir, REPORT_DIR)
+        except ItemError as exc:
+            raise UsageError(f"{exc.message}; nothing is written through it (use --output)") from None
+    check_replaceable(out_dir / "index.html")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
