@@ -262,3 +262,30 @@ def test_report_writes_nothing_through_a_linked_report_folder(planted, tmp_path)
     (planted["workdir"] / "report" / "media" / "grids").symlink_to(victim, target_is_directory=True)
     result = runner.invoke(app, ["report", "-w", str(planted["workdir"]), "--copy-images"])
     assert result.exit_code == 0 and list(victim.iterdir()) == [], result.output
+
+
+def test_filter_clip_check_reads_no_keyframe_from_outside(planted, tmp_path, monkeypatch):
+    pytest.importorskip("transformers", reason="transformers is a dependency")
+    import PIL.Image
+    from tiny_models import make_tiny_clip
+
+    from mama_augment.manifest import CAPTION_FLAGS
+    from mama_augment.quality.config import FilterConfig
+    from mama_augment.quality.stage import run_filter
+
+    model = make_tiny_clip(tmp_path / "clip", with_tokenizer=True)
+    config = FilterConfig(text_model="hashing", clip_model=str(model), clip_others=4, device="cpu")
+    opened, real_open = [], PIL.Image.open
+
+    def watch(path, *args, **kwargs):
+        opened.append(os.path.realpath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", watch)
+    report = run_filter(config, planted["workdir"])
+    monkeypatch.undo()
+    assert os.path.realpath(planted["sentinel"]) not in opened and opened
+    rows = read_manifest(planted["workdir"], CAPTION_FLAGS).to_pylist()
+    kinds = {r["video_id"]: r["error_kind"] for r in rows if r["status"] == "failed"}
+    assert kinds == {planted["keyframe_planted"]: PATH_OUTSIDE_WORKDIR}
+    assert report.failures_by_kind[PATH_OUTSIDE_WORKDIR] == 1
