@@ -289,3 +289,13 @@ def test_filter_clip_check_reads_no_keyframe_from_outside(planted, tmp_path, mon
     kinds = {r["video_id"]: r["error_kind"] for r in rows if r["status"] == "failed"}
     assert kinds == {planted["keyframe_planted"]: PATH_OUTSIDE_WORKDIR}
     assert report.failures_by_kind[PATH_OUTSIDE_WORKDIR] == 1
+
+
+def test_training_on_keyframe_jpegs_reads_no_frame_from_outside(planted):
+    from mama_augment.train.data import load_videos
+
+    videos, issues, examples = load_videos(planted["workdir"], "keyframe_paths")
+    frames = dict(zip(videos.video_ids, videos.keyframe_paths))
+    video_id = planted["keyframe_planted"]
+    assert frames[video_id] == [p for p in frames[video_id] if not p.startswith("outlink/")] and len(frames[video_id]) == 2
+    assert issues[PATH_OUTSIDE_WORKDIR] == 1 and video_id in examples[PATH_OUTSIDE_WORKDIR]

@@ -32,8 +32,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from mama_augment.errors import UsageError
+from mama_augment.errors import ItemError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
+from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def load_videos(workdir: Path, need: str) -> tuple[VideoTable, Counter, dict]:
     if table.num_rows == 0:
         raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
     rows = table.to_pydict()
+    work = WorkFolder(workdir)
     ids, embeddings, paths = [], [], []
     for i, video_id in enumerate(rows["video_id"]):
         if rows["status"][i] != STATUS_OK:
@@ -188,7 +190,15 @@ def load_videos(workdir: Path, need: str) -> tuple[VideoTable, Counter, dict]:
             _note(issues, examples, "video_without_embeddings", 1, video_id)
             continue
         if need == "keyframe_paths":
-            present = [p for p in frame_paths if (workdir / p).exists()]
+            present = []
+            for path in frame_paths:
+                try:  # the one gate: the backbone and the frame cache read only what passes here
+                    work.file(path, "keyframe")
+                except ItemError as exc:
+                    if exc.kind == PATH_OUTSIDE_WORKDIR:
+                        _note(issues, examples, PATH_OUTSIDE_WORKDIR, 1, f"{video_id}: {path}")
+                    continue
+                present.append(path)
             if not present:
                 _note(issues, examples, "video_without_frames", 1, video_id)
                 continue
