@@ -97,3 +97,28 @@ def writable_folder(workdir: str | os.PathLike, relative: str) -> Path:
             raise ItemError(PATH_OUTSIDE_WORKDIR,
                             f"{path.relative_to(workdir)} in the work folder is a link or a file, not a folder")
     return Path(workdir) / relative
+
+
+def check_recorded_files(recorded, workdir: str | os.PathLike) -> None:
+    """Files a run's config.json names (its captions files and split lists, as a path or a
+    list of paths, relative to where ``train`` ran): one that lies in the work folder
+    (by its name) must pass the rule there, or the run stops with a ``UsageError``.
+
+    Files elsewhere are the user's own annotation files and are read as named; what is
+    shown of them is capped where it is shown.
+    """
+    from mama_augment.errors import UsageError
+
+    values = [recorded] if isinstance(recorded, (str, os.PathLike)) else list(recorded or [])
+    root = os.path.abspath(workdir)
+    work = None
+    for value in values:
+        path = os.path.abspath(os.fspath(value))
+        if not _inside(path, root) or path == root:
+            continue
+        work = work or WorkFolder(workdir)
+        try:
+            work.file(os.path.relpath(path, root), "captions file", missing_kind="missing_file")
+        except ItemError as exc:
+            if exc.kind == PATH_OUTSIDE_WORKDIR:
+                raise UsageError(f"{value} named by the run's config: {exc.message} ({exc.kind})") from None

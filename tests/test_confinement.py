@@ -299,3 +299,56 @@ def test_training_on_keyframe_jpegs_reads_no_frame_from_outside(planted):
     video_id = planted["keyframe_planted"]
     assert frames[video_id] == [p for p in frames[video_id] if not p.startswith("outlink/")] and len(frames[video_id]) == 2
     assert issues[PATH_OUTSIDE_WORKDIR] == 1 and video_id in examples[PATH_OUTSIDE_WORKDIR]
+
+
+# ----------------------------------------------------------------------------- split lists
+
+
+def _train_with_lists(tmp_path):
+    import pandas as pd
+    from train_helpers import make_workdir as make_train_workdir
+
+    workdir, captions = make_train_workdir(tmp_path, n_videos=40)
+    ids = pd.read_csv(captions)["video_id"].tolist()
+    (workdir / "train_list.txt").write_text("\n".join(ids[:30]) + "\n")
+    (workdir / "test_list.txt").write_text("\n".join(ids[30:]) + "\n")
+    args = ["train", "-w", str(workdir), "--captions", str(captions), "--captions", str(workdir / "train_list.txt"),
+            "--captions", str(workdir / "test_list.txt"), "--captions-format", "auto,split-list,split-list",
+            "--text-model", "hashing", "--epochs", "1", "--batch-size", "8", "--name", "r", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    foreign = tmp_path / "foreign_test_list.txt"
+    foreign.write_text("".join(f"secret-line-{i}\n" for i in range(50)))
+    (workdir / "test_list.txt").unlink()
+    (workdir / "test_list.txt").symlink_to(foreign)
+    return workdir
+
+
+def test_a_split_list_linked_out_of_the_work_folder_is_refused(tmp_path):
+    workdir = _train_with_lists(tmp_path)
+    run = workdir / "runs" / "r"
+    summary_before = (run / "summary.json").read_text()
+    result = runner.invoke(app, ["evaluate", "--run", str(run), "--split", "test"])
+    assert result.exit_code == 2 and PATH_OUTSIDE_WORKDIR in result.stderr, result.output
+    assert "secret-line" not in result.output
+    result = runner.invoke(app, ["train", "-w", str(workdir), "--name", "r", "--resume", "-q"])
+    assert result.exit_code == 2 and PATH_OUTSIDE_WORKDIR in result.stderr, result.output
+    assert "secret-line" not in result.output
+    assert (run / "summary.json").read_text() == summary_before
+    assert not (run / "eval.json").exists() or "secret-line" not in (run / "eval.json").read_text()
+
+
+def test_a_recorded_list_found_in_the_work_folder_must_be_its_own(tmp_path, monkeypatch):
+    from mama_augment.datasets import locate_captions
+    from mama_augment.errors import UsageError
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("secret-line\n")
+    (workdir / "own_list.txt").write_text("v1\n")
+    (workdir / "test_list.txt").symlink_to(foreign)
+    monkeypatch.chdir(tmp_path)  # the recorded names are not found as given: the folders are tried
+    assert locate_captions("own_list.txt", None, [workdir]).paths == (str(workdir / "own_list.txt"),)
+    with pytest.raises(UsageError, match=PATH_OUTSIDE_WORKDIR):
+        locate_captions(["own_list.txt", "test_list.txt"], None, [workdir])
