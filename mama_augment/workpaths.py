@@ -48,36 +48,59 @@ class WorkFolder:
         """The resolved absolute path of ``relative``; ``ItemError`` (``path_outside_workdir``)
         unless it is relative, has no ``..`` and leads inside the work folder. The file
         need not exist (a path only written into an export)."""
-        if not isinstance(relative, str) or not relative:
-            raise ItemError(PATH_OUTSIDE_WORKDIR, f"no {what} path recorded")
-        parts = relative.split(os.sep)
-        if os.path.isabs(relative) or ".." in parts or "\0" in relative:
-            raise ItemError(PATH_OUTSIDE_WORKDIR, f"the {what} path {relative!r} is not inside the work folder")
-        head, name = os.path.split(relative)
-        folder = self._folders.get(head)
-        if folder is None:
-            folder = self._folders[head] = os.path.realpath(os.path.join(self.root, head))
-        path = os.path.join(folder, name) if name else folder
-        if os.path.islink(path):
-            path = os.path.realpath(path)
-        if not _inside(path, self.root) or path == self.root:
-            raise ItemError(PATH_OUTSIDE_WORKDIR,
-                            f"the {what} path {relative!r} leads outside the work folder (through a link)")
-        return path
+        return self._resolve(relative, what)[0]
 
     def file(self, relative: str | None, what: str = "file", missing_kind: str = "missing_image") -> str:
         """:meth:`inside`, and the path must name a regular file: a missing file is
         ``ItemError(missing_kind)``, anything but a regular file ``path_outside_workdir``."""
-        path = self.inside(relative, what)
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            raise ItemError(missing_kind, f"the {what} {relative} does not exist") from None
-        except OSError as exc:
-            raise ItemError(missing_kind, f"cannot read the {what} {relative}: {exc.strerror or exc}") from None
+        path, mode = self._resolve(relative, what)
+        if mode is None:
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                raise ItemError(missing_kind, f"the {what} {relative} does not exist") from None
+            except OSError as exc:
+                raise ItemError(missing_kind, f"cannot read the {what} {relative}: {exc.strerror or exc}") from None
         if not _stat.S_ISREG(mode):
             raise ItemError(PATH_OUTSIDE_WORKDIR, f"the {what} path {relative!r} is not a regular file")
         return path
+
+    def _folder(self, head: str) -> str:
+        """The resolved folder ``head`` (relative): its parent's, plus one ``lstat``."""
+        if not head:
+            return self.root
+        folder = self._folders.get(head)
+        if folder is None:
+            parent, name = os.path.split(head)
+            folder = os.path.join(self._folder(parent), name)
+            try:
+                linked = os.path.islink(folder)
+            except OSError:
+                linked = False
+            if linked or name in ("", "."):
+                folder = os.path.realpath(folder)
+            self._folders[head] = folder
+        return folder
+
+    def _resolve(self, relative: str | None, what: str) -> tuple[str, int | None]:
+        """(resolved path, its mode when one ``lstat`` already told it, else None)."""
+        if not isinstance(relative, str) or not relative:
+            raise ItemError(PATH_OUTSIDE_WORKDIR, f"no {what} path recorded")
+        if os.path.isabs(relative) or ".." in relative.split(os.sep) or "\0" in relative:
+            raise ItemError(PATH_OUTSIDE_WORKDIR, f"the {what} path {relative!r} is not inside the work folder")
+        head, name = os.path.split(relative)
+        folder = self._folder(head)
+        path, mode = (os.path.join(folder, name) if name else folder), None
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            pass  # absent (or unreadable): the folder decides, and file() says what is wrong
+        if mode is not None and _stat.S_ISLNK(mode):
+            path, mode = os.path.realpath(path), None
+        if not _inside(path, self.root) or path == self.root:
+            raise ItemError(PATH_OUTSIDE_WORKDIR,
+                            f"the {what} path {relative!r} leads outside the work folder (through a link)")
+        return path, mode
 
 
 def writable_folder(workdir: str | os.PathLike, relative: str) -> Path:

@@ -168,6 +168,9 @@ def test_the_rule(tmp_path):
     work = WorkFolder(workdir)
     assert work.file("grids/a.jpg") == os.path.realpath(workdir / "grids" / "a.jpg")
     assert work.file("grids/in.jpg") == os.path.realpath(workdir / "grids" / "a.jpg")  # a link that stays inside
+    (workdir / "alias").symlink_to(workdir / "grids", target_is_directory=True)
+    for same in ["alias/a.jpg", "grids/./a.jpg", "grids//a.jpg"]:
+        assert work.file(same) == os.path.realpath(workdir / "grids" / "a.jpg"), same
     for bad in [str(tmp_path / "secret"), "../secret", "grids/../../secret", "grids/out.jpg", "fifo", "", None]:
         with pytest.raises(ItemError) as caught:
             work.file(bad)
