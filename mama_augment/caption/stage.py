@@ -340,7 +340,8 @@ def _caption(run: _Run, outcomes: Callable[[list[CaptionRequest]], Iterator[Outc
             # The model is sent the checked file, never what the recorded path names.
             checked = Path(work.file(grid.grid_path, "grid image", missing_kind="missing_grid"))
         except ItemError as exc:
-            run.add_outcome(Outcome(request, Generation(), None, STATUS_FAILED, exc.kind, exc.message), grid)
+            message = f"grid image {request.grid_path} does not exist" if exc.kind == "missing_grid" else exc.message
+            run.add_outcome(Outcome(request, Generation(), None, STATUS_FAILED, exc.kind, message), grid)
             continue
         requests.append(dataclasses.replace(request, grid_path=checked))
     if not requests:
