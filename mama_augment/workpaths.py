@@ -23,7 +23,7 @@ import os
 import stat as _stat
 from pathlib import Path
 
-from mama_augment.errors import ItemError
+from mama_augment.errors import ItemError, UsageError
 
 PATH_OUTSIDE_WORKDIR = "path_outside_workdir"
 
@@ -130,8 +130,6 @@ def check_recorded_files(recorded, workdir: str | os.PathLike) -> None:
     Files elsewhere are the user's own annotation files and are read as named; what is
     shown of them is capped where it is shown.
     """
-    from mama_augment.errors import UsageError
-
     values = [recorded] if isinstance(recorded, (str, os.PathLike)) else list(recorded or [])
     root = os.path.abspath(workdir)
     work = None

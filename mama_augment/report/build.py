@@ -305,7 +305,6 @@ def check_replaceable(page: Path) -> None:
                      "remove it or choose another folder with --output")
 
 
-
 def _rows(table) -> list[dict]:
     return table.to_pylist() if table is not None else []
 
