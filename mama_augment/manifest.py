@@ -328,7 +328,7 @@ def iter_manifest_batches(
     key_tables, readable = [], []
     for path in files:
         try:
-            keys = _read_one(path, spec.schema, list(spec.key))
+            keys = _read_one(path, spec, list(spec.key))
         except MamaError:
             if path == main:
                 raise
@@ -421,7 +421,7 @@ class _Cursor:
 
 
 def _sorted_in_memory(path: Path, spec: ManifestSpec) -> Iterator[pa.RecordBatch]:
-    table = _read_one(path, spec.schema, None)
+    table = _read_one(path, spec, None)
     table = dedupe_latest(table, spec.key).sort_by([(k, "ascending") for k in spec.key])
     return iter(table.to_batches(max_chunksize=MERGE_BATCH_ROWS))
 

@@ -14,6 +14,7 @@ and a run can switch engines and resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from mama_augment.checks import check_model_available
 from mama_augment.configfile import record_run_config
 from mama_augment.engines import get_engine
 from mama_augment.engines.base import BatchPool, Placement
-from mama_augment.errors import UsageError
+from mama_augment.errors import ItemError, UsageError
 from mama_augment.manifest import (
     CAPTIONS,
     KEYFRAMES,
@@ -56,6 +57,7 @@ from mama_augment.manifest import (
     utc_now,
     workdir_lock,
 )
+from mama_augment.workpaths import WorkFolder
 from mama_augment.stage import StageReport
 
 log = logging.getLogger(__name__)
@@ -330,14 +332,18 @@ def _caption(run: _Run, outcomes: Callable[[list[CaptionRequest]], Iterator[Outc
     """Write a row for every pending caption: missing grids fail here, the rest go
     through ``outcomes`` (the engine's workers)."""
     grid_of = {(grid.video_id, index): grid for grid, index in pending}
+    work = WorkFolder(workdir)
     requests = []
     for request in build_requests(run.prompt, run.config, pending, workdir):
-        if not request.grid_path.is_file():
-            run.add_outcome(Outcome(request, Generation(), None, STATUS_FAILED, "missing_grid",
-                                    f"grid image {request.grid_path} does not exist"),
-                            grid_of[(request.video_id, request.caption_index)])
+        grid = grid_of[(request.video_id, request.caption_index)]
+        try:
+            # The model is sent the checked file, never what the recorded path names.
+            checked = Path(work.file(grid.grid_path, "grid image", missing_kind="missing_grid"))
+        except ItemError as exc:
+            message = f"grid image {request.grid_path} does not exist" if exc.kind == "missing_grid" else exc.message
+            run.add_outcome(Outcome(request, Generation(), None, STATUS_FAILED, exc.kind, message), grid)
             continue
-        requests.append(request)
+        requests.append(dataclasses.replace(request, grid_path=checked))
     if not requests:
         return
     stream = outcomes(requests)

@@ -41,7 +41,8 @@ from mama_augment.datasets.base import (
 from mama_augment.datasets.ids import IdMatch, match_video_ids
 from mama_augment.datasets.qa import detect_qa_format
 from mama_augment.datasets.registry import FORMATS
-from mama_augment.errors import UsageError
+from mama_augment.errors import ItemError, UsageError
+from mama_augment.workpaths import WorkFolder
 
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
@@ -79,6 +80,14 @@ def locate_captions(captions, formats, folders: Sequence[str | os.PathLike]) -> 
         given = Path(str(value))
         tries = [given] if given.is_absolute() else [given, *(Path(folder) / given for folder in folders)]
         path = next((p for p in tries if p.is_file()), None)
+        if path is not None and path is not given:
+            # Found in the work folder or a run folder, as a shared config.json named
+            # it: the file must be that folder's own (workpaths), not a link out of it.
+            folder = folders[tries.index(path) - 1]
+            try:
+                WorkFolder(folder).file(str(given), "captions file")
+            except ItemError as exc:
+                raise UsageError(f"{value} named by a run's config: {exc.message} ({exc.kind})") from None
         if path is None:
             return None
         found.append(path)

@@ -11,6 +11,7 @@ from mama_augment.errors import ItemError
 from mama_augment.export.config import ExportConfig
 from mama_augment.export.records import CaptionEntry, Sample, VideoItem
 from mama_augment.quality.prompts import PromptBook
+from mama_augment.workpaths import WorkFolder
 
 
 @dataclass
@@ -34,6 +35,14 @@ class ShardContext:
         if resolved is None:
             resolved = self.__dict__["_workdir_resolved"] = str(Path(self.workdir).resolve())
         return resolved
+
+    @property
+    def work_folder(self) -> WorkFolder:
+        """The rule every picture path of a manifest passes before it is read or pointed at."""
+        work = self.__dict__.get("_work_folder")
+        if work is None:
+            work = self.__dict__["_work_folder"] = WorkFolder(self.workdir)
+        return work
 
     def instruction(self, entry: CaptionEntry, video: VideoItem) -> str:
         """The prompt a caption was made with, rendered for the video's grid.

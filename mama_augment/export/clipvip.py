@@ -18,7 +18,7 @@ from typing import Sequence
 
 from mama_augment.errors import ItemError
 from mama_augment.export.base import ShardContext, ShardResult
-from mama_augment.export.files import place_picture, safe_relative_path
+from mama_augment.export.files import picture_path, place_picture, safe_relative_path
 from mama_augment.export.lines import assemble, part_lines, write_part
 from mama_augment.export.records import Sample
 
@@ -51,10 +51,12 @@ class ClipVipFormat:
                         raise ItemError("missing_image", "no keyframes recorded")
                     name = clip_id.split("/")[-1]
                     folder = os.path.join(ctx.out, "frames", clip_id)
+                    # Every keyframe is checked before the first is placed: no half a clip.
+                    sources = [picture_path(ctx.work_folder, path, "keyframe") for path in video.keyframe_paths]
                     os.makedirs(folder, exist_ok=True)
-                    for rank, path in enumerate(video.keyframe_paths):
+                    for rank, source in enumerate(sources):
                         target = os.path.join(folder, f"{name}_{rank:03d}.jpg")
-                        place_picture(os.path.join(ctx.workdir, path), target, make_parent=False)
+                        place_picture(source, target, make_parent=False)
                         result.pictures.append(f"frames/{clip_id}/{name}_{rank:03d}.jpg")
                 except ItemError as exc:
                     result.fail(sample, exc)

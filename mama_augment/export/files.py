@@ -12,16 +12,33 @@ from pathlib import Path
 
 from mama_augment.checks import MAX_NAME_BYTES
 from mama_augment.errors import ItemError
+from mama_augment.workpaths import WorkFolder
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
-def read_picture(workdir: Path | str, relative: str | None, what: str) -> bytes:
-    """The bytes of a picture of the work folder; ``ItemError`` when it is missing."""
+def picture_path(work: WorkFolder, relative: str | None, what: str) -> str:
+    """The checked absolute path of a picture a manifest row names (see ``workpaths``);
+    ``ItemError`` when none is recorded, it is missing, or it is not the work folder's."""
     if not relative:
         raise ItemError("missing_image", f"no {what} recorded")
+    return work.file(relative, what)
+
+
+def pointed_path(work: WorkFolder, relative: str | None, what: str) -> str:
+    """The checked absolute path an export writes for its reader to open (it is not
+    opened here, so it need not exist); ``ItemError`` when it leaves the work folder."""
+    if not relative:
+        raise ItemError("missing_image", f"no {what} recorded")
+    return work.inside(relative, what)
+
+
+def read_picture(work: WorkFolder, relative: str | None, what: str) -> bytes:
+    """The bytes of a picture of the work folder; ``ItemError`` when it is missing or
+    not the work folder's own."""
+    path = picture_path(work, relative, what)
     try:
-        with open(os.path.join(workdir, relative), "rb") as handle:
+        with open(path, "rb") as handle:
             return handle.read()
     except OSError as exc:
         raise ItemError("missing_image", f"cannot read the {what} {relative}: {exc.strerror or exc}") from None

@@ -12,7 +12,6 @@ does ``load_dataset("parquet", data_files="OUT/data/*.parquet")``.
 from __future__ import annotations
 
 import json
-import os
 from typing import Sequence
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 
 from mama_augment.errors import ItemError
 from mama_augment.export.base import ShardContext, ShardResult
-from mama_augment.export.files import read_picture
+from mama_augment.export.files import pointed_path, read_picture
 from mama_augment.export.records import Sample
 from mama_augment.fileio import atomic_path, atomic_write_text
 
@@ -74,11 +73,9 @@ class HfFormat:
             video, entry = sample.video, sample.caption
             try:
                 if ctx.config.images:
-                    image = {"bytes": read_picture(ctx.workdir, video.grid_path, "grid"), "path": f"{sample.key}.jpg"}
+                    image = {"bytes": read_picture(ctx.work_folder, video.grid_path, "grid"), "path": f"{sample.key}.jpg"}
                 else:
-                    if not video.grid_path:
-                        raise ItemError("missing_image", "no grid recorded")
-                    image = {"bytes": None, "path": os.path.join(ctx.workdir_resolved, video.grid_path)}
+                    image = {"bytes": None, "path": pointed_path(ctx.work_folder, video.grid_path, "grid")}
             except ItemError as exc:
                 result.fail(sample, exc)
                 continue

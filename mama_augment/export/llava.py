@@ -17,7 +17,7 @@ from typing import Sequence
 
 from mama_augment.errors import ItemError
 from mama_augment.export.base import ShardContext, ShardResult
-from mama_augment.export.files import place_picture, safe_relative_path
+from mama_augment.export.files import picture_path, place_picture, pointed_path, safe_relative_path
 from mama_augment.export.lines import assemble, part_lines, write_part
 from mama_augment.export.records import Sample
 
@@ -50,11 +50,12 @@ class LlavaFormat:
                 if ctx.config.images:
                     image = f"images/{safe_relative_path(video.video_id)}.jpg"
                     if image not in placed:
-                        place_picture(os.path.join(ctx.workdir, video.grid_path), os.path.join(ctx.out, image))
+                        source = picture_path(ctx.work_folder, video.grid_path, "grid")
+                        place_picture(source, os.path.join(ctx.out, image))
                         placed.add(image)
                         result.pictures.append(image)
                 else:
-                    image = os.path.join(ctx.workdir_resolved, video.grid_path)
+                    image = pointed_path(ctx.work_folder, video.grid_path, "grid")
             except ItemError as exc:
                 result.fail(sample, exc)
                 continue

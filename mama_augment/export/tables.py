@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from typing import Sequence
 
+from mama_augment.errors import ItemError
 from mama_augment.export.base import ShardContext, ShardResult
+from mama_augment.export.files import pointed_path
 from mama_augment.export.lines import assemble, part_lines, write_part
 from mama_augment.export.records import Sample
 
@@ -32,7 +33,7 @@ def pair_row(ctx: ShardContext, sample: Sample) -> dict:
         "loss": entry.loss, "caption_index": entry.caption_index, "model": entry.model, "preset": entry.preset,
         "prompt_name": entry.prompt_name, "prompt_sha256": entry.prompt_sha256, "seed": entry.seed,
         "split": video.split, "concept": video.concept, "flags": entry.flags,
-        "grid_path": os.path.join(ctx.workdir_resolved, video.grid_path) if video.grid_path else None,
+        "grid_path": pointed_path(ctx.work_folder, video.grid_path, "grid") if video.grid_path else None,
     }
 
 
@@ -46,9 +47,16 @@ class _PairTable:
         raise NotImplementedError
 
     def write_shard(self, ctx: ShardContext, samples: Sequence[Sample]) -> ShardResult:
-        lines = [self.encode(pair_row(ctx, sample)) for sample in samples]
+        result = ShardResult()
+        lines = []
+        for sample in samples:
+            try:
+                lines.append(self.encode(pair_row(ctx, sample)))
+            except ItemError as exc:  # a grid path that leads out of the work folder
+                result.fail(sample, exc)
         write_part(ctx.parts, ctx.index, lines)
-        return ShardResult(written=len(lines))
+        result.written = len(lines)
+        return result
 
     def header(self) -> str:
         return ""

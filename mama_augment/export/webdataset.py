@@ -122,11 +122,11 @@ class WebDatasetFormat:
         members: list[tuple[str, bytes]] = []
         keyframe_exts: list[str] = []
         if ctx.config.images:
-            members.append((f"{sample.key}.jpg", read_picture(ctx.workdir, video.grid_path, "grid")))
+            members.append((f"{sample.key}.jpg", read_picture(ctx.work_folder, video.grid_path, "grid")))
             if ctx.unit == "video" and ctx.config.keyframes:
                 for rank, path in enumerate(video.keyframe_paths):
                     ext = f"kf{rank:02d}.jpg"
-                    members.append((f"{sample.key}.{ext}", read_picture(ctx.workdir, path, "keyframe")))
+                    members.append((f"{sample.key}.{ext}", read_picture(ctx.work_folder, path, "keyframe")))
                     keyframe_exts.append(ext)
         if sample.caption is not None:
             members.append((f"{sample.key}.txt", sample.caption.text.encode("utf-8")))

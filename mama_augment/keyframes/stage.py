@@ -172,7 +172,9 @@ def remove_outputs(workdir: Path) -> int:
     except MamaError as exc:  # nothing can tell which files are ours: they stay
         log.warning("--overwrite: %s; the files it lists are left in place", exc)
         rows = []
-    roots = [Path(os.path.realpath(workdir / sub)) for sub in (FRAMES_DIR, GRIDS_DIR)]
+    # A linked frames/ or grids/ is not the work folder's own: nothing is deleted through it.
+    root = Path(os.path.realpath(workdir))
+    roots = [root / sub for sub in (FRAMES_DIR, GRIDS_DIR) if Path(os.path.realpath(workdir / sub)) == root / sub]
     removed = 0
     for row in rows:
         for rel in [*(row["keyframe_paths"] or []), row["grid_path"]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import posixpath
 import re
 import time
 import traceback
@@ -33,6 +34,7 @@ from mama_augment.engines.base import ItemTask, ModelTask, Prepared
 from mama_augment.errors import ItemError, MamaError
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.manifest import STATUS_FAILED, STATUS_OK, utc_now
+from mama_augment.workpaths import writable_folder
 
 FRAMES_DIR = "frames"
 GRIDS_DIR = "grids"
@@ -205,7 +207,10 @@ def _finish(job: Job, sampled, embeddings, cfg: KeyframesConfig, workdir: Path, 
     rows, cols = parse_grid(cfg.grid)
     tile_w, tile_h = parse_size(cfg.tile_size)
     rel = output_name(job.video_id)
-    frames_dir = workdir / FRAMES_DIR / rel
+    # A linked frames/<id> or grids/ folder would have old files deleted and new ones
+    # written wherever it points: the video fails instead (path_outside_workdir).
+    frames_dir = writable_folder(workdir, f"{FRAMES_DIR}/{rel}")
+    writable_folder(workdir, posixpath.dirname(f"{GRIDS_DIR}/{rel}.jpg"))
     remove_keyframe_files(frames_dir)  # stale keyframes of an earlier run of this video
     keyframe_paths = []
     for rank, index in enumerate(chosen):

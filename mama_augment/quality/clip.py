@@ -25,11 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mama_augment.errors import MissingDependency, UsageError
+from mama_augment.errors import ItemError, MissingDependency, UsageError
 from mama_augment.fileio import atomic_path
+from mama_augment.workpaths import WorkFolder
 
 log = logging.getLogger(__name__)
 MIN_OTHERS = 8
+UNREADABLE_FRAMES = "clip_unreadable_frames"  # error kind of a video whose keyframes cannot be read
 
 
 def _slug(model_ref: str, frames: int) -> str:
@@ -84,13 +86,15 @@ class ClipAgreement:
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def embed_videos(self, workdir: Path, videos: Sequence[tuple[str, Sequence[str]]],
-                     progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
-        """Embeddings (row per video; zeros when failed) and ``{video_id: error}`` of failures."""
+                     progress: bool = False) -> tuple[np.ndarray, dict[str, tuple[str, str]]]:
+        """Embeddings (row per video; zeros when failed) and ``{video_id: (error kind, error)}``
+        of failures."""
         cache_dir = Path(workdir) / "cache" / "clip" / _slug(self.model_ref, self.frames)
         cached = _read_cache(cache_dir)
         dim = self.images.dim
         result = np.zeros((len(videos), dim), np.float32)
-        errors: dict[str, str] = {}
+        errors: dict[str, tuple[str, str]] = {}
+        work = WorkFolder(workdir)
         pending: list[int] = []
         for i, (video_id, paths) in enumerate(videos):
             key = _frames_key(paths, self.frames)
@@ -113,9 +117,13 @@ class ClipAgreement:
                 try:
                     if not chosen:
                         raise OSError("no keyframes recorded")
-                    frames = [np.asarray(Image.open(Path(workdir) / p).convert("RGB")) for p in chosen]
+                    checked = [work.file(p, "keyframe", missing_kind=UNREADABLE_FRAMES) for p in chosen]
+                    frames = [np.asarray(Image.open(p).convert("RGB")) for p in checked]
+                except ItemError as exc:  # a path that leads out of the work folder, or a missing file
+                    errors[video_id] = (exc.kind, exc.message)
+                    continue
                 except OSError as exc:
-                    errors[video_id] = f"cannot read the keyframes: {exc}"
+                    errors[video_id] = (UNREADABLE_FRAMES, f"cannot read the keyframes: {exc}")
                     continue
                 vector = self.images.embed(frames).mean(axis=0)
                 vector = vector / max(float(np.linalg.norm(vector)), 1e-12)

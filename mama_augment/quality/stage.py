@@ -196,7 +196,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     # Image-text agreement.
     clip_score = np.full(n, np.nan)
     clip_z = np.full(n, np.nan)
-    clip_errors: dict[str, str] = {}
+    clip_errors: dict[str, tuple[str, str]] = {}
     if config.clip_model:
         clock = time.monotonic()
         from mama_augment.quality.clip import ClipAgreement, agreement
@@ -246,13 +246,13 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
             flag_counts.update(raised)
             flagged += bool(raised)
             video_id = data["video_id"][i]
-            error = clip_errors.get(video_id) if config.clip_model else None
+            error_kind, error = clip_errors.get(video_id, (None, None)) if config.clip_model else (None, None)
             row = {
                 "video_id": video_id,
                 "caption_index": data["caption_index"][i],
                 "caption_sha256": caption_sha256(texts[i]),
                 "status": STATUS_FAILED if error else STATUS_OK,
-                "error_kind": "clip_unreadable_frames" if error else None,
+                "error_kind": error_kind,
                 "error": error,
                 "flags": raised,
                 "flagged": bool(raised),
@@ -276,7 +276,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
             current.add((video_id, row["caption_index"]))
             rows.append(row)
             if error:
-                report.add_failure("clip_unreadable_frames", error, video_id)
+                report.add_failure(error_kind, error, video_id)
             else:
                 report.done += 1
             if len(rows) >= WRITE_CHUNK:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path, atomic_write_text
 from mama_augment.datasets import CaptionSpec, locate_captions
-from mama_augment.errors import MamaError, UsageError
+from mama_augment.errors import ItemError, MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
 from mama_augment.quality.report import attach_flags
 from mama_augment.report.assets import CSS, JS
@@ -39,6 +39,7 @@ from mama_augment.report.html import PAGE, esc, failed_html, json_for_script, ru
 from mama_augment.status import list_runs, workdir_status
 from mama_augment.datasets import captions_by_video as read_captions_file
 from mama_augment.train.runs import RunPaths
+from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder, writable_folder
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
@@ -113,26 +114,42 @@ class Media:
         self.output = os.path.abspath(output)
         self.copy = copy
         self.missing = 0
-        self.outside = 0  # paths in the manifests that lead out of the work folder
+        self.outside = 0  # paths in the manifests that lead out of the work folder (path_outside_workdir)
+        self.work = WorkFolder(workdir)
+        self._media_folders: set[str] = set()  # folders of report/media/ checked to hold no link
         base = os.path.relpath(self.workdir, self.output).replace(os.sep, "/")
         self._prefix = "" if base == "." else base + "/"
 
     def url(self, rel: str | None) -> str | None:
+        return self.check(rel)[0]
+
+    def check(self, rel: str | None) -> tuple[str | None, str | None]:
+        """(the URL of ``rel``, None) or (None, the error kind that keeps it off the page)."""
         if not rel:
-            return None
+            return None, None
+        try:
+            # The work folder's own file or nothing: a link that leads out is never
+            # linked into report/media/ or pointed at.
+            source = self.work.file(rel, "image")
+        except ItemError as exc:
+            if exc.kind == PATH_OUTSIDE_WORKDIR:
+                self.outside += 1
+            else:
+                self.missing += 1
+            return None, exc.kind
         norm = posixpath.normpath(rel.replace(os.sep, "/"))
-        if norm == ".." or norm.startswith("../") or posixpath.isabs(norm):
-            # The tool writes only inside the work folder: such a path was edited in.
-            self.outside += 1
-            return None
-        source = os.path.join(self.workdir, norm)
-        if not os.path.isfile(source):
-            self.missing += 1
-            return None
         if self.copy:
+            folder = posixpath.dirname(f"{MEDIA_DIR}/{norm}")
+            if folder not in self._media_folders:
+                try:
+                    writable_folder(self.output, folder)
+                except ItemError as exc:  # report/media/... reached through a link: nothing is written there
+                    self.outside += 1
+                    return None, exc.kind
+                self._media_folders.add(folder)
             _link_or_copy(Path(source), Path(self.output) / MEDIA_DIR / norm)
-            return quote(f"{MEDIA_DIR}/{norm}")
-        return quote(self._prefix + norm)
+            return quote(f"{MEDIA_DIR}/{norm}"), None
+        return quote(self._prefix + norm), None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -216,6 +233,11 @@ def _meta_line(row: dict) -> str:
     return " \u00b7 ".join(bits)
 
 
+def _refused(rel: str | None, kind: str | None) -> str | None:
+    """What the page says instead of an image: the path, and why when it is not simply missing."""
+    return f"{rel} ({kind})" if rel and kind == PATH_OUTSIDE_WORKDIR else rel
+
+
 def _video_records(keyframes: list[dict], captions: dict[str, list[dict]],
                    originals: dict[str, list[str]], media: Media) -> list[dict]:
     records = []
@@ -227,13 +249,13 @@ def _video_records(keyframes: list[dict], captions: dict[str, list[dict]],
         times = row.get("keyframe_times_s") or []
         frames = []
         for k, rel in enumerate(paths):
-            url = media.url(rel)
+            url, kind = media.check(rel)
             t = _finite(times[k]) if k < len(times) else None
-            frames.append([url, t] if url else [None, t, rel])
-        grid_url = media.url(row.get("grid_path"))
+            frames.append([url, t] if url else [None, t, _refused(rel, kind)])
+        grid_url, kind = media.check(row.get("grid_path"))
         record: dict[str, Any] = {"id": video_id, "meta": _meta_line(row), "grid": grid_url, "frames": frames}
         if not grid_url:
-            record["gridMissing"] = row.get("grid_path") or "no grid"
+            record["gridMissing"] = _refused(row.get("grid_path"), kind) or "no grid"
         if video_id in originals:
             record["orig"] = originals[video_id]
         gen = []
@@ -262,6 +284,25 @@ def _video_records(keyframes: list[dict], captions: dict[str, list[dict]],
 
 
 # ----------------------------------------------------------------------------- entry point
+
+# Every page this module writes carries it in its head (report/html.py PAGE).
+_OWN_PAGE_MARK = b'<meta name="generator" content="mama-augment">'
+
+
+def check_replaceable(page: Path) -> None:
+    """UsageError unless ``page`` is absent or a report this tool wrote: a folder named
+    with -w or --output may hold someone's own index.html, which is never replaced."""
+    if not os.path.lexists(page):
+        return
+    try:
+        if not page.is_symlink() and page.is_file():
+            with open(page, "rb") as handle:
+                if _OWN_PAGE_MARK in handle.read(4096):
+                    return
+    except OSError:
+        pass
+    raise UsageError(f"{page} exists and is not a report written by mama-augment: it is left as it is; "
+                     "remove it or choose another folder with --output")
 
 
 def _rows(table) -> list[dict]:
@@ -306,6 +347,12 @@ def build_report_summary(
     check_number(page_size, "--page-size", minimum=1)
     status = workdir_status(workdir)  # raises UsageError for a missing work folder
     out_dir = Path(output) if output is not None else workdir / REPORT_DIR
+    if output is None:
+        try:  # the work folder's report/ is the tool's own: a link there leads elsewhere
+            writable_folder(workdir, REPORT_DIR)
+        except ItemError as exc:
+            raise UsageError(f"{exc.message}; nothing is written through it (use --output)") from None
+    check_replaceable(out_dir / "index.html")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -358,8 +405,8 @@ def build_report_summary(
     summary.runs = len(runs)
     summary.missing_images = media.missing
     if media.outside:
-        summary.problems.append(f"{media.outside} image path(s) in the manifests lead outside the work folder; "
-                                "they are not linked")
+        summary.problems.append(f"{PATH_OUTSIDE_WORKDIR}: {media.outside} image path(s) in the manifests lead "
+                                "outside the work folder; they are not linked")
     data = {"pageSize": page_size, "hasOriginals": source is not None, "videos": videos}
     page_title = title or f"mama-augment report \u2014 {workdir.resolve().name}"
     page = PAGE.format(

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from mama_augment.train.loader import (
 from mama_augment.train.losses import build_loss
 from mama_augment.train.meta import MetaStepResult, MetaWeighting, forward_with_level_inputs
 from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE, RunPaths, load_run_config, select_device
+from mama_augment.workpaths import check_recorded_files
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,7 @@ class TrainRecipe:
             if stored.meta_weighting is None:  # a run from before the "auto" decision was recorded
                 stored.meta_weighting = stored.loss == "mama"
             self.config = config = stored
+            check_recorded_files([*_as_list(config.captions), *_as_list(config.meta_set)], self.workdir)
         elif saved.exists():
             raise UsageError(
                 f"run {self.run_dir} already exists: pass --resume to continue it or --name for a new run"
@@ -584,3 +587,7 @@ def run_train(config: TrainConfig, workdir: str | Path, rank: int = 0, world_siz
             return recipe.save()
         finally:
             recipe.cleanup()
+
+
+def _as_list(value) -> list:
+    return [] if not value else [value] if isinstance(value, (str, os.PathLike)) else list(value)

@@ -158,6 +158,7 @@ def load_run(run_dir: str | Path, captions: str | None = None, device: str = "au
     from mama_augment.train import checkpoint as ckpt
     from mama_augment.train.backbones import BACKBONES, build_model
     from mama_augment.train.data import build_data
+    from mama_augment.workpaths import check_recorded_files
 
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
@@ -165,6 +166,8 @@ def load_run(run_dir: str | Path, captions: str | None = None, device: str = "au
     config = load_run_config(paths)
     weights = run_weights(paths.root, checkpoint)["file"]
     workdir = Path(workdir) if workdir else paths.root.parent.parent
+    if captions is None:  # the run's own files, named by a config.json that may have travelled
+        check_recorded_files(config.captions, workdir)
     dev = select_device(device)
     data = build_data(_eval_config(config, captions), workdir, need=BACKBONES[config.backbone].needs,
                       captions_override=captions)

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mama_augment.errors import UsageError
+from mama_augment.errors import ItemError, UsageError
 from mama_augment.manifest import KEYFRAMES, STATUS_OK, _part_files, iter_manifest_batches, manifest_path
+from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder
 
 FEATURE_DTYPE = np.float16
 CACHE_DIR = Path("cache") / "features"
@@ -95,8 +96,25 @@ class _Scan:
 
 
 def _note(scan: _Scan, kind: str, example: str) -> None:
+    from mama_augment.datasets.base import clip_text
+
     scan.issues[kind] += 1
-    scan.examples.setdefault(kind, example)
+    scan.examples.setdefault(kind, clip_text(example))  # ids and paths come from data: never unbounded
+
+
+def _confined_frames(work: WorkFolder, scan: _Scan, video_id: str, frame_paths: list[str]) -> list[str]:
+    """The keyframe files that exist inside the work folder: the one gate before the clip
+    backbone, the frame cache and the loader read any of them."""
+    present = []
+    for path in frame_paths:
+        try:
+            work.file(path, "keyframe")
+        except ItemError as exc:
+            if exc.kind == PATH_OUTSIDE_WORKDIR:
+                _note(scan, PATH_OUTSIDE_WORKDIR, f"{video_id}: {path}")
+            continue
+        present.append(path)
+    return present
 
 
 def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
@@ -105,6 +123,7 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
     import pyarrow.compute as pc
 
     scan = _Scan([], [], [], [], Counter(), {})
+    work = WorkFolder(workdir)
     columns = ["status", "keyframe_paths"] + (["keyframe_embeddings"] if frames_file is not None else [])
     seen = False
     with open(frames_file, "wb") if frames_file is not None else contextlib.nullcontext() as out:
@@ -128,7 +147,7 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
                 frame_paths = [p for p in (paths[i] or []) if p]
                 if out is None:
                     if need == "keyframe_paths":
-                        frame_paths = [p for p in frame_paths if (workdir / p).exists()]
+                        frame_paths = _confined_frames(work, scan, video_id, frame_paths)
                         if not frame_paths:
                             _note(scan, "video_without_frames", video_id)
                             continue
