@@ -132,12 +132,6 @@ def _differ(recorded, current):
     return pc.or_(unequal, pc.xor(pc.is_null(recorded), pc.is_null(current))).to_numpy(zero_copy_only=False)
 
 
-def _same_mtime(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return abs(a - b) < 1e-6
-
-
 # --------------------------------------------------------------------------- run
 
 
