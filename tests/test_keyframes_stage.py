@@ -142,21 +142,29 @@ def test_rerun_skips_done_and_redoes_changed_inputs_and_config(videos, tmp_path)
     assert len(read_manifest(workdir, KEYFRAMES)) == 3
 
 
-def test_failed_rows_are_retried_only_when_asked(tmp_path):
+def test_failed_inputs_are_retried_on_a_rerun_unless_skipped(tmp_path):
     folder = tmp_path / "in"
     make_video(folder / "ok.mp4", num_frames=12, fps=12)
     make_zero_byte(folder / "empty.mp4")
     workdir = tmp_path / "work"
     cfg = KeyframesConfig(**FAST)
-    run_keyframes([folder], workdir, cfg, progress=False)
-    second = run_keyframes([folder], workdir, cfg, progress=False)
-    assert second.done == 0 and second.skipped == 1
-    assert second.failed == 1 and second.exit_code == 1  # still failed, from the earlier run
-    assert "retry-failed" in second.extra["previously_failed"]
-    # The input is fixed; --retry-failed processes it again.
+    first = run_keyframes([folder], workdir, cfg, progress=False)
+    assert (first.done, first.failed) == (1, 1)
+    written = _rows(workdir)["empty"]["created_at"]
+    # --skip-failed keeps the failed input failed: counted as a failure, exit code 1.
+    kept = run_keyframes([folder], workdir, KeyframesConfig(retry_failed=False, **FAST), progress=False)
+    assert (kept.done, kept.skipped, kept.failed, kept.exit_code) == (0, 1, 1, 1)
+    assert "--skip-failed" in kept.extra["previously_failed"]
+    assert _rows(workdir)["empty"]["created_at"] == written
+    # A plain rerun tries it again (same input, same fingerprint): a new row, failed again.
+    again = run_keyframes([folder], workdir, cfg, progress=False)
+    assert (again.done, again.skipped, again.failed, again.exit_code) == (0, 1, 1, 1)
+    assert "previously_failed" not in again.extra
+    assert _rows(workdir)["empty"]["created_at"] > written
+    # Once the input is fixed, a plain rerun makes it ok.
     make_video(folder / "empty.mp4", num_frames=12, fps=12)
-    third = run_keyframes([folder], workdir, KeyframesConfig(retry_failed=True, **FAST), progress=False)
-    assert third.done == 1 and third.failed == 0
+    fixed = run_keyframes([folder], workdir, cfg, progress=False)
+    assert (fixed.done, fixed.failed, fixed.exit_code) == (1, 0, 0)
 
 
 def test_overwrite_starts_over(videos, tmp_path):

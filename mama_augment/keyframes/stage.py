@@ -1,7 +1,7 @@
 """The ``keyframes`` stage: plan -> map over an engine -> PartWriter -> StageReport.
 
 ``run_keyframes`` is the one-call library API. It works out which inputs are pending
-(new, changed, made with other options, or failed with ``retry_failed``), hands them
+(new, changed, made with other options, or failed unless ``retry_failed`` is off), hands them
 with the per-video work (``keyframes/worker.py``) to the engine of ``cfg.engine``
 (worker processes here, or Ray actors; ``mama_augment.engines``): with a model
 embedder (``cnn``, ``clip``) as decoding and finishing around one model per device
@@ -172,7 +172,8 @@ def run_keyframes(
             report.add_failure(kind, error, video_id)
         if plan.skipped_failed:
             report.extra["previously_failed"] = (
-                f"{len(plan.skipped_failed)} inputs failed in an earlier run; use --retry-failed to try again"
+                f"{len(plan.skipped_failed)} inputs failed in an earlier run and were kept failed (--skip-failed); "
+                "rerun without it to try them again"
             )
         if plan.pending:
             _run_pending(plan.pending, workdir, cfg, report, progress)
