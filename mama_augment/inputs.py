@@ -21,6 +21,7 @@ row instead of stopping the run.
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import os
@@ -109,9 +110,9 @@ def output_name(video_id: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a call per field, times every input
 class _Candidate:
-    path: Path  # absolute
+    path: Path | str  # absolute; a str from a folder walk (a Path is made once, for its InputItem)
     base_id: str  # derived id before collisions are resolved
     explicit_id: str | None = None
     error: str | None = None
@@ -174,11 +175,11 @@ def _walk_folder(root: Path, exclude: Sequence[Path], unreadable: list[str] | No
                 continue
             real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_folder, name)
             base_id = child_relative[: len(child_relative) - len(suffix) - 1]
-            found.append((child_relative, _Candidate(Path(entry.path), base_id, real_path=real,
-                                                     size_bytes=info.st_size, mtime=info.st_mtime)))
+            found.append(_Candidate(entry.path, base_id, None, None, real, info.st_size, info.st_mtime))
         stack.extend(sorted(subfolders, reverse=True))
-    found.sort(key=lambda pair: pair[0])
-    return [candidate for _, candidate in found]
+    # By path relative to the root: the id without the suffix sorts ties by suffix.
+    found.sort(key=lambda c: c.path[len(absolute_root):])
+    return found
 
 
 def _list_entry(list_file: Path, raw_path: str, explicit_id: str | None) -> _Candidate:
@@ -255,7 +256,8 @@ def _assign_ids(candidates: list[_Candidate]) -> list[str]:
     ids = [c.explicit_id or c.base_id for c in candidates]
     # Derived ids that clash get their suffix back: a.avi, a.mp4 ...
     clash = clashing(ids)
-    ids = [i if c.explicit_id or i not in clash else c.base_id + c.path.suffix for c, i in zip(candidates, ids)]
+    ids = [i if c.explicit_id or i not in clash else c.base_id + PurePosixPath(c.path).suffix
+           for c, i in zip(candidates, ids)]
     # ... and a hash of their path if that is not enough (the same name in two folders).
     clash = clashing(ids)
     return [i if c.explicit_id or i not in clash else f"{i}~{_short_hash(str(c.path))}" for c, i in zip(candidates, ids)]
@@ -272,6 +274,19 @@ def discover_inputs(sources: Iterable[str | os.PathLike], exclude: Sequence[str 
     source that does not exist, a list without a ``path`` column, duplicate explicit
     ids, or when nothing is found.
     """
+    # Hundreds of thousands of small objects, none in a cycle: the collector's passes over
+    # them cost more than the walk itself, so it waits until the list is built.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _discover(sources, exclude, unreadable)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _discover(sources: Iterable[str | os.PathLike], exclude: Sequence[str | os.PathLike],
+              unreadable: list[str] | None) -> list[InputItem]:
     sources = [Path(s).expanduser() for s in sources]
     exclude = [Path(p) for p in exclude]
     candidates: list[_Candidate] = []
@@ -304,5 +319,5 @@ def discover_inputs(sources: Iterable[str | os.PathLike], exclude: Sequence[str 
             size, mtime = candidate.size_bytes, candidate.mtime
         else:
             size, mtime = fingerprint(candidate.path)
-        items.append(InputItem(video_id, candidate.path, size, mtime, candidate.error))
+        items.append(InputItem(video_id, Path(candidate.path), size, mtime, candidate.error))
     return items
