@@ -13,7 +13,11 @@ side by side:
   and export run it at their start and end);
 * ``fold``: the same, with ``compact(full=True)``: the whole table rewritten (what
   ``export`` asks for, and what happens once the parts hold a quarter of the rows);
-* ``status``: ``mama-augment status --json``;
+* ``status``: ``mama-augment status --json`` (it reads no embeddings);
+* ``resume``: what a rerun of ``keyframes`` does before any work: ``discover_inputs``
+  over a folder of ``--videos`` empty ``.mp4`` files (made for this command, their
+  fingerprints in the manifest) and ``plan_jobs`` against the manifest, which finds
+  nothing new (``--failed-every K`` rows failed, kept failed);
 * ``train``: the features backbone up to its first step: ``load_videos`` (embeddings
   of every usable video), ``FeaturesModel.set_videos``, and one forward and backward
   pass of a batch of 256 videos through the frame pooling and video projection. The
@@ -76,6 +80,15 @@ elif command in ("compact", "fold"):
     except TypeError:  # a version whose compact always rewrites the table
         rows = compact(workdir, KEYFRAMES)
     print("rows", rows)
+elif command == "resume":
+    from mama_augment.inputs import discover_inputs
+    from mama_augment.keyframes.config import KeyframesConfig
+    from mama_augment.keyframes.stage import plan_jobs
+    items = discover_inputs([workdir.parent / (workdir.name + "-inputs")], exclude=[workdir])
+    plan = plan_jobs(items, workdir, KeyframesConfig(retry_failed=False))
+    print("inputs", len(items), "pending", len(plan.pending), "kept failed", len(plan.skipped_failed))
+    if plan.pending:
+        raise SystemExit(f"{len(plan.pending)} pending: the manifest does not match the inputs")
 elif command == "train":
     import torch
     from types import SimpleNamespace
@@ -91,15 +104,33 @@ elif command == "train":
 """
 
 
-def build(workdir: Path, videos: int, dim: int, frames: int) -> None:
-    """A work folder as ``keyframes`` and ``caption`` leave it, written a chunk at a time."""
+INPUT_MTIME = 1_700_000_000.0  # the modification time of every synthetic input
+
+
+def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int = 0, inputs: bool = False) -> None:
+    """A work folder as ``keyframes`` and ``caption`` leave it, written a chunk at a time.
+
+    Every ``failed_every``-th video (0: none) is a failed row; with ``inputs``, the
+    folder ``<workdir>-inputs`` gets an empty ``.mp4`` a video, which the manifest's
+    fingerprints and ``config_hash`` match (a rerun finds nothing to do).
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mama_augment.keyframes.config import KeyframesConfig
     from mama_augment.manifest import CAPTIONS, KEYFRAMES, conform, ensure_workdir, utc_now
 
     ensure_workdir(workdir)
+    config_hash = KeyframesConfig().config_hash()
+    if inputs:
+        folder = workdir.parent / (workdir.name + "-inputs")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for i in range(videos):
+            path = folder / f"v{i:07d}.mp4"
+            path.touch()
+            os.utime(path, (INPUT_MTIME, INPUT_MTIME))
     rng = np.random.default_rng(0)
     now = utc_now()
     chunk = 512
@@ -111,8 +142,14 @@ def build(workdir: Path, videos: int, dim: int, frames: int) -> None:
             values = pa.array(rng.standard_normal(n * frames * dim, dtype=np.float32))
             inner = pa.ListArray.from_arrays(pa.array(np.arange(0, n * frames * dim + 1, dim, dtype=np.int32)), values)
             outer = pa.ListArray.from_arrays(pa.array(np.arange(0, n * frames + 1, frames, dtype=np.int32)), inner)
+            failed = [failed_every > 0 and (start + k) % failed_every == 0 for k in range(n)]
             table = pa.table({
-                "video_id": ids, "status": ["ok"] * n, "media_type": ["video"] * n, "embedder": ["synthetic"] * n,
+                "video_id": ids, "status": ["failed" if f else "ok" for f in failed],
+                "error_kind": [("decode_error" if (start + k) % 3 else "timeout") if f else None
+                               for k, f in enumerate(failed)],
+                "error": [f"synthetic failure of video {start + k}" if f else None for k, f in enumerate(failed)],
+                "input_size_bytes": pa.array([0] * n, pa.int64()), "input_mtime": [INPUT_MTIME] * n,
+                "config_hash": [config_hash] * n, "media_type": ["video"] * n, "embedder": ["synthetic"] * n,
                 "embedding_dim": pa.array([dim] * n, pa.int32()), "keyframe_embeddings": outer,
                 "keyframe_paths": [[f"frames/{v}/{k:02d}.jpg" for k in range(frames)] for v in ids],
                 "grid_path": [f"grids/{v}.jpg" for v in ids], "created_at": pa.array([now] * n, KEYFRAMES.schema.field("created_at").type),
@@ -153,7 +190,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--code", action="append", default=[], help="NAME=ROOT (repeatable); default after=.")
-    parser.add_argument("--commands", nargs="+", default=["status", "train", "compact", "write"])
+    parser.add_argument("--commands", nargs="+", default=["status", "train", "compact", "write"],
+                        help="of write, compact, fold, status, resume, train")
+    parser.add_argument("--failed-every", type=int, default=0, help="every K-th video is a failed row (0: none)")
     parser.add_argument("--skip", action="append", default=[], help="NAME:COMMAND:SIZE to leave out")
     parser.add_argument("--timeout", type=int, default=300, help="seconds a measurement may take")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/scale"))
@@ -172,7 +211,7 @@ def main() -> None:
         workdir = args.out / f"work-{size}"
         shutil.rmtree(workdir, ignore_errors=True)
         started = time.perf_counter()
-        build(workdir, size, args.dim, args.frames)
+        build(workdir, size, args.dim, args.frames, args.failed_every, inputs="resume" in args.commands)
         print(f"built {size} videos in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         for command in args.commands:
             for name, root in codes.items():
@@ -195,6 +234,7 @@ def main() -> None:
                 print(json.dumps(record), file=sys.stderr, flush=True)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir.parent / (workdir.name + "-inputs"), ignore_errors=True)
     print("| command | code | " + " | ".join(f"{s:,} videos: wall s / CPU s / peak MB" for s in args.sizes)
           + " | growth exponent (CPU) |")
     print("|---|---|" + "---:|" * len(args.sizes) + "---|")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +36,49 @@ _KEYFRAMES_COLUMNS = ["status", "error_kind", "error", "embedder", "decode_backe
 _CAPTIONS_COLUMNS = ["status", "error_kind", "error", "model", "prompt_name", "backend", "created_at"]
 
 
+def _most_common(values) -> list[tuple[str, int]]:
+    """(value, count) of an Arrow string array, most common first, ties in the order
+    first seen (as ``Counter.most_common``), nulls and empty strings left out.
+
+    Counted by Arrow: a work folder of hundreds of thousands of rows never becomes
+    Python lists.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    values = pc.drop_null(values)
+    values = values.filter(pc.not_equal(values, ""))
+    if len(values) == 0:
+        return []
+    counted = pc.value_counts(values)  # in the order each value is first seen
+    names = counted.field("values").to_pylist()
+    counts = counted.field("counts").to_numpy()
+    order = np.argsort(-counts, kind="stable")
+    return [(names[i], int(counts[i])) for i in order]
+
+
 def _error_kinds(table) -> list[dict]:
     """Most common error kinds of the failed rows, each with one example message."""
-    failed = [
-        (kind or UNKNOWN_KIND, message or "")
-        for status, kind, message in zip(
-            table.column("status").to_pylist(),
-            table.column("error_kind").to_pylist(),
-            table.column("error").to_pylist(),
-        )
-        if status != STATUS_OK
-    ]
-    counts = Counter(kind for kind, _ in failed)
-    examples: dict[str, str] = {}
-    for kind, message in failed:
-        examples.setdefault(kind, message)
-    return [
-        {"kind": kind, "count": count, "example": examples.get(kind, "")}
-        for kind, count in counts.most_common(TOP_ERROR_KINDS)
-    ]
+    import pyarrow.compute as pc
+
+    failed = table.filter(pc.fill_null(pc.not_equal(table.column("status"), STATUS_OK), True))
+    if failed.num_rows == 0:
+        return []
+    kinds = pc.fill_null(failed.column("error_kind"), "")
+    kinds = pc.if_else(pc.equal(kinds, ""), UNKNOWN_KIND, kinds)
+    messages = failed.column("error")
+    top = _most_common(kinds)[:TOP_ERROR_KINDS]
+    result = []
+    for kind, count in top:
+        first = pc.index(kinds, kind).as_py()  # the first failed row of this kind
+        result.append({"kind": kind, "count": count, "example": messages[first].as_py() or ""})
+    return result
+
+
+def _count_status(status, value: str) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.equal(status, value)).as_py() or 0)
 
 
 def _inspect_parts(workdir: Path, spec: ManifestSpec) -> tuple[int, list[dict]]:
@@ -104,82 +127,93 @@ def _read(workdir: Path, spec: ManifestSpec, columns: list[str]) -> tuple[Any, d
 
 
 def _last_written(table) -> str | None:
-    values = [v for v in table.column("created_at").to_pylist() if v is not None]
-    return max(values).isoformat() if values else None
+    import pyarrow.compute as pc
+
+    latest = pc.max(table.column("created_at")).as_py()
+    return latest.isoformat() if latest is not None else None
 
 
-def _keyframes_status(workdir: Path) -> tuple[dict, set[str] | None]:
+def _keyframes_status(workdir: Path) -> tuple[dict, Any]:
+    """The keyframes facts, and the ids of its ``ok`` rows (an Arrow array; None when
+    the manifest cannot be read)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     table, info = _read(workdir, KEYFRAMES, _KEYFRAMES_COLUMNS)
     info.update(rows=0, done=0, failed=0, pending=None)
     info["pending_note"] = "keyframes cannot know what is pending without its inputs; rerun it to resume"
     if table is None:
-        return info, (set() if info["error"] is None else None)
-    status = table.column("status").to_pylist()
-    ids = table.column("video_id").to_pylist()
+        return info, (pa.array([], pa.string()) if info["error"] is None else None)
+    status = table.column("status")
+    is_ok = pc.fill_null(pc.equal(status, STATUS_OK), False)
     info["rows"] = table.num_rows
-    info["done"] = sum(1 for s in status if s == STATUS_OK)
-    info["failed"] = sum(1 for s in status if s == STATUS_FAILED)
+    info["done"] = _count_status(status, STATUS_OK)
+    info["failed"] = _count_status(status, STATUS_FAILED)
     info["error_kinds"] = _error_kinds(table)
-    info["embedders"] = dict(Counter(e for e, s in zip(table.column("embedder").to_pylist(), status)
-                                     if s == STATUS_OK and e).most_common())
-    info["decoders"] = dict(Counter(d for d in table.column("decode_backend").to_pylist() if d).most_common())
-    info["media_types"] = dict(Counter(m for m in table.column("media_type").to_pylist() if m).most_common())
+    info["embedders"] = dict(_most_common(table.column("embedder").filter(is_ok)))
+    info["decoders"] = dict(_most_common(table.column("decode_backend")))
+    info["media_types"] = dict(_most_common(table.column("media_type")))
     info["last_written"] = _last_written(table)
-    ok_ids = {v for v, s in zip(ids, status) if s == STATUS_OK}
+    ok_ids = pc.unique(table.column("video_id").filter(is_ok))
     return info, ok_ids
 
 
-def _captions_per_video(workdir: Path, seen_indices: list[int]) -> int:
+def _captions_per_video(workdir: Path, max_index: int | None) -> int:
     """How many captions each grid should get: the last caption run's setting."""
     record = read_run_config(workdir, "caption")
     if record:
         value = (record.get("config") or {}).get("num_captions")
         if isinstance(value, int) and value > 0:
             return value
-    return max(seen_indices, default=0) + 1
+    return (max_index if max_index is not None else -1) + 1
 
 
-def _captions_status(workdir: Path, ok_ids: set[str] | None) -> dict:
+def _captions_status(workdir: Path, ok_ids) -> dict:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     table, info = _read(workdir, CAPTIONS, _CAPTIONS_COLUMNS)
     info.update(rows=0, done=0, failed=0, pending=None, videos_pending=None, models=[])
-    rows_per_video: Counter = Counter()
-    indices: list[int] = []
+    per_video = pa.table({"video_id": pa.array([], pa.string()), "video_id_count": pa.array([], pa.int64())})
+    max_index = None
     if table is not None:
-        status = table.column("status").to_pylist()
-        ids = table.column("video_id").to_pylist()
-        indices = table.column("caption_index").to_pylist()
+        status = table.column("status")
+        max_index = pc.max(table.column("caption_index")).as_py()
         info["rows"] = table.num_rows
-        info["done"] = sum(1 for s in status if s == STATUS_OK)
-        info["failed"] = sum(1 for s in status if s == STATUS_FAILED)
+        info["done"] = _count_status(status, STATUS_OK)
+        info["failed"] = _count_status(status, STATUS_FAILED)
         info["error_kinds"] = _error_kinds(table)
-        rows_per_video.update(ids)
-        combos: Counter = Counter()
-        for model, prompt, backend, s in zip(
-            table.column("model").to_pylist(),
-            table.column("prompt_name").to_pylist(),
-            table.column("backend").to_pylist(),
-            status,
-        ):
-            combos[(model or "", prompt or "", backend or "", s)] += 1
+        per_video = table.select(["video_id"]).group_by("video_id", use_threads=False).aggregate(
+            [("video_id", "count")])
+        combos = pa.table({
+            "model": pc.fill_null(table.column("model"), ""),
+            "prompt_name": pc.fill_null(table.column("prompt_name"), ""),
+            "backend": pc.fill_null(table.column("backend"), ""),
+            "ok": pc.fill_null(pc.equal(status, STATUS_OK), False),
+        }).group_by(["model", "prompt_name", "backend", "ok"], use_threads=False).aggregate([("ok", "count")])
         models: dict[tuple, dict] = {}
-        for (model, prompt, backend, s), count in combos.items():
+        for combo in combos.to_pylist():  # one row per model, prompt, backend and outcome: few
+            model, prompt, backend = combo["model"], combo["prompt_name"], combo["backend"]
             entry = models.setdefault(
                 (model, prompt, backend),
                 {"model": model, "prompt_name": prompt, "backend": backend, "ok": 0, "failed": 0},
             )
-            entry["ok" if s == STATUS_OK else "failed"] += count
+            entry["ok" if combo["ok"] else "failed"] += combo["ok_count"]
         info["models"] = sorted(models.values(), key=lambda e: -(e["ok"] + e["failed"]))
         info["last_written"] = _last_written(table)
-        info["videos_captioned"] = len(rows_per_video)
+        info["videos_captioned"] = per_video.num_rows
     elif info["error"] is not None:
         return info
     if ok_ids is not None:
-        per_video = _captions_per_video(workdir, indices)
-        info["captions_per_video"] = per_video
-        info["pending"] = sum(max(0, per_video - rows_per_video.get(v, 0)) for v in ok_ids)
-        info["videos_pending"] = sum(1 for v in ok_ids if v not in rows_per_video)
+        captions_per_video = _captions_per_video(workdir, max_index)
+        info["captions_per_video"] = captions_per_video
+        where = pc.index_in(ok_ids, value_set=per_video.column("video_id"))
+        written = pc.fill_null(pc.take(per_video.column("video_id_count"), where), 0).to_numpy()
+        info["pending"] = int(np.maximum(0, captions_per_video - written).sum())
+        info["videos_pending"] = int(pc.sum(pc.is_null(where)).as_py() or 0)
         info["pending_note"] = (
-            f"{per_video} caption(s) per ok keyframes row, minus the caption rows already written"
+            f"{captions_per_video} caption(s) per ok keyframes row, minus the caption rows already written"
         )
     else:
         info["pending_note"] = "unknown: keyframes.parquet cannot be read"

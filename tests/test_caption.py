@@ -272,7 +272,7 @@ def test_changed_sampling_or_prompt_is_redone(workdir, fake):
                        workdir, progress=False).done == 0
 
 
-def test_failed_rows_are_kept_and_retried_on_request(workdir, fake):
+def test_failed_rows_are_retried_on_a_rerun_unless_skipped(workdir, fake):
     def answer(request):
         if request.video_id == "vid0001":
             return Generation(error_kind="server_error", error="HTTP 500: boom")
@@ -289,10 +289,15 @@ def test_failed_rows_are_kept_and_retried_on_request(workdir, fake):
     assert by_video["vid0002"]["error_kind"] == "empty_output" and by_video["vid0002"]["caption"] is None
     fake.factory = staticmethod(lambda: FakeBackend(lambda r: Generation(text="A cat sleeps.")))
     FakeBackend.calls = []
-    skipped = run_caption(config(), workdir, progress=False)
-    assert (skipped.done, skipped.failed, skipped.skipped) == (0, 0, 4) and "previously_failed" in skipped.extra
-    retried = run_caption(config(retry_failed=True), workdir, progress=False)
-    assert retried.done == 2 and {r.video_id for r in FakeBackend.calls} == {"vid0001", "vid0002"}
+    # --skip-failed keeps them failed: counted as failures of this run (exit code 1), as keyframes does.
+    kept = run_caption(config(retry_failed=False), workdir, progress=False)
+    assert (kept.done, kept.failed, kept.skipped, kept.exit_code) == (0, 2, 2, 1)
+    assert kept.failures_by_kind == {"server_error": 1, "empty_output": 1} and "--skip-failed" in kept.extra["previously_failed"]
+    assert FakeBackend.calls == []
+    # A plain rerun captions them again.
+    retried = run_caption(config(), workdir, progress=False)
+    assert (retried.done, retried.failed, retried.exit_code) == (2, 0, 0)
+    assert {r.video_id for r in FakeBackend.calls} == {"vid0001", "vid0002"}
     assert all(r["status"] == "ok" for r in rows(workdir))
     assert run_caption(config(overwrite=True), workdir, progress=False).done == 4
 

@@ -269,3 +269,24 @@ def test_captions_table_missing_a_documented_column_names_it(tmp_path):
     assert "FieldRef" not in result.output and "not null" not in result.output  # no raw Arrow schema dump
     assert "prompt_sha256" in result.output and str(path) in result.output
     assert "mama-augment caption" in result.output
+
+
+def test_failed_rows_are_retried_on_a_rerun(tmp_path):
+    # The rule of every stage: a rerun tries failed items again. filter recomputes every
+    # row, so a row failed for missing frames is ok once the frames are back.
+    pytest.importorskip("transformers", reason="transformers is a dependency")
+    from tiny_models import make_tiny_clip
+
+    model = make_tiny_clip(tmp_path / "clip", with_tokenizer=True)
+    info = make_captioned_workdir(tmp_path, num_videos=10, captions_per_video=1)
+    frames = info["workdir"] / "frames" / info["ids"][2]
+    aside = tmp_path / "aside"
+    frames.rename(aside)
+    config = FilterConfig(text_model="hashing", clip_model=str(model), clip_others=8, device="cpu")
+    first = run_filter(config, info["workdir"])
+    assert first.failed == 1 and first.exit_code == 1
+    aside.rename(frames)
+    again = run_filter(config, info["workdir"])
+    assert (again.failed, again.exit_code) == (0, 0)
+    _, table = _flags(info["workdir"])
+    assert table.set_index("video_id").loc[info["ids"][2]].status == "ok"

@@ -177,3 +177,21 @@ def test_fingerprint(tmp_path):
     size, mtime = fingerprint(path)
     assert size == 5 and mtime == pytest.approx(path.stat().st_mtime)
     assert fingerprint(tmp_path / "missing") == (None, None)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks on this platform")
+def test_folder_walk_fingerprints_and_links(tmp_path):
+    # The walk takes each file's fingerprint and real path itself (one stat a file); a
+    # link to a file already found is the same input, a link to another file is read
+    # through (its target's fingerprint).
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.mp4").write_bytes(b"x" * 10)
+    (tmp_path / "outside.mp4").write_bytes(b"y" * 7)
+    os.symlink(folder / "a.mp4", folder / "sub" / "same.mp4")
+    os.symlink(tmp_path / "outside.mp4", folder / "sub" / "other.mp4")
+    items = discover_inputs([folder])
+    assert [item.video_id for item in items] == ["a", "sub/other"]
+    assert all(isinstance(item.path, Path) and item.path.is_absolute() for item in items)
+    assert [(item.size_bytes, item.mtime) for item in items] == [
+        fingerprint(folder / "a.mp4"), fingerprint(tmp_path / "outside.mp4")]

@@ -142,21 +142,29 @@ def test_rerun_skips_done_and_redoes_changed_inputs_and_config(videos, tmp_path)
     assert len(read_manifest(workdir, KEYFRAMES)) == 3
 
 
-def test_failed_rows_are_retried_only_when_asked(tmp_path):
+def test_failed_inputs_are_retried_on_a_rerun_unless_skipped(tmp_path):
     folder = tmp_path / "in"
     make_video(folder / "ok.mp4", num_frames=12, fps=12)
     make_zero_byte(folder / "empty.mp4")
     workdir = tmp_path / "work"
     cfg = KeyframesConfig(**FAST)
-    run_keyframes([folder], workdir, cfg, progress=False)
-    second = run_keyframes([folder], workdir, cfg, progress=False)
-    assert second.done == 0 and second.skipped == 1
-    assert second.failed == 1 and second.exit_code == 1  # still failed, from the earlier run
-    assert "retry-failed" in second.extra["previously_failed"]
-    # The input is fixed; --retry-failed processes it again.
+    first = run_keyframes([folder], workdir, cfg, progress=False)
+    assert (first.done, first.failed) == (1, 1)
+    written = _rows(workdir)["empty"]["created_at"]
+    # --skip-failed keeps the failed input failed: counted as a failure, exit code 1.
+    kept = run_keyframes([folder], workdir, KeyframesConfig(retry_failed=False, **FAST), progress=False)
+    assert (kept.done, kept.skipped, kept.failed, kept.exit_code) == (0, 1, 1, 1)
+    assert "--skip-failed" in kept.extra["previously_failed"]
+    assert _rows(workdir)["empty"]["created_at"] == written
+    # A plain rerun tries it again (same input, same fingerprint): a new row, failed again.
+    again = run_keyframes([folder], workdir, cfg, progress=False)
+    assert (again.done, again.skipped, again.failed, again.exit_code) == (0, 1, 1, 1)
+    assert "previously_failed" not in again.extra
+    assert _rows(workdir)["empty"]["created_at"] > written
+    # Once the input is fixed, a plain rerun makes it ok.
     make_video(folder / "empty.mp4", num_frames=12, fps=12)
-    third = run_keyframes([folder], workdir, KeyframesConfig(retry_failed=True, **FAST), progress=False)
-    assert third.done == 1 and third.failed == 0
+    fixed = run_keyframes([folder], workdir, cfg, progress=False)
+    assert (fixed.done, fixed.failed, fixed.exit_code) == (1, 0, 0)
 
 
 def test_overwrite_starts_over(videos, tmp_path):
@@ -271,3 +279,38 @@ def test_module_entry_point_prints_help():
     result = subprocess.run([sys.executable, "-m", "mama_augment", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "keyframes" in result.stdout
+
+
+def test_plan_matches_inputs_to_rows(tmp_path):
+    # The plan compares inputs and rows column by column; every reason, and a missing
+    # fingerprint on either side, must come out as it would row by row.
+    from mama_augment.inputs import InputItem
+    from mama_augment.keyframes.stage import plan_jobs
+    from mama_augment.manifest import PartWriter, ensure_workdir
+
+    workdir = ensure_workdir(tmp_path / "work")
+    cfg = KeyframesConfig(**FAST)
+    same = cfg.config_hash()
+
+    def row(video_id, status="ok", size=10, mtime=5.0, config_hash=same):
+        return {"video_id": video_id, "status": status, "error_kind": None if status == "ok" else "zero_byte",
+                "error": None if status == "ok" else f"{video_id} is empty", "input_size_bytes": size,
+                "input_mtime": mtime, "config_hash": config_hash}
+
+    with PartWriter(workdir, KEYFRAMES) as writer:
+        writer.write([row("done"), row("other_options", config_hash="x"), row("bigger"), row("touched"),
+                      row("no_mtime_recorded", mtime=None), row("failed", status="failed"),
+                      row("missing_now")])
+    items = [InputItem(video_id, tmp_path / f"{video_id}.mp4", size, mtime) for video_id, size, mtime in [
+        ("done", 10, 5.0), ("new", 10, 5.0), ("other_options", 10, 5.0), ("bigger", 11, 5.0),
+        ("touched", 10, 5.0 + 1e-3), ("no_mtime_recorded", 10, 5.0), ("failed", 10, 5.0),
+        ("missing_now", None, None)]]
+    plan = plan_jobs(items, workdir, cfg)
+    assert [job.video_id for job in plan.pending] == [
+        "new", "other_options", "bigger", "touched", "no_mtime_recorded", "failed", "missing_now"]
+    assert plan.redo_reasons == {"new": 1, "config changed": 1, "input changed": 4, "retry failed": 1}
+    assert (plan.skipped_ok, plan.skipped_failed) == (1, [])
+    kept = plan_jobs(items, workdir, KeyframesConfig(retry_failed=False, **FAST))
+    assert kept.skipped_failed == [("failed", "zero_byte", "failed is empty")]
+    assert (kept.skipped_ok, len(kept.pending)) == (1, 6)
+    assert plan_jobs([], workdir, cfg).pending == []

@@ -111,3 +111,22 @@ def test_status_empty_and_missing_workdir(tmp_path):
     assert "not run yet" in result.output and "runs       none yet" in result.output
     missing = runner.invoke(app, ["status", "--workdir", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_status_reads_no_embeddings(tmp_path, monkeypatch):
+    # status must stay cheap on a work folder of hundreds of thousands of videos: the
+    # embeddings are most of keyframes.parquet and are never needed for counting.
+    import pyarrow.parquet as pq
+
+    facts = make_workdir(tmp_path, n_ok=5, captioned=3)
+    read_columns = []
+    real_read_table = pq.read_table
+
+    def recording(source, *args, columns=None, **kwargs):
+        read_columns.append(columns)
+        return real_read_table(source, *args, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", recording)
+    status = workdir_status(facts["workdir"])
+    assert status["stages"]["keyframes"]["done"] == 5 and read_columns
+    assert all(columns is not None and "keyframe_embeddings" not in columns for columns in read_columns)

@@ -78,7 +78,7 @@ class CaptionConfig:
     device: str = "auto"
 
     # Which rows.
-    retry_failed: bool = False
+    retry_failed: bool = True  # a rerun tries failed captions again; False keeps them failed
     overwrite: bool = False
     limit: int | None = None  # caption at most this many grids (smoke runs)
 

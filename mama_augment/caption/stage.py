@@ -207,9 +207,12 @@ class _Run:
 
 
 def _pending(config: CaptionConfig, workdir: Path, grids: list[Grid], config_hash: str, report: StageReport):
+    """The (grid, caption index) pairs to caption. A failed row is captioned again
+    unless ``retry_failed`` is off; then it is kept and counted as a failure of this
+    run (exit code 1), as ``keyframes`` counts the inputs it keeps failed."""
     existing = {
         (row["video_id"], row["caption_index"]): row
-        for row in read_manifest(workdir, CAPTIONS, columns=["status", "config_hash"]).to_pylist()
+        for row in read_manifest(workdir, CAPTIONS, columns=["status", "error_kind", "error", "config_hash"]).to_pylist()
     }
     pending: list[tuple[Grid, int]] = []
     previously_failed = 0
@@ -221,7 +224,7 @@ def _pending(config: CaptionConfig, workdir: Path, grids: list[Grid], config_has
                     report.skipped += 1
                     continue
                 if not config.retry_failed:
-                    report.skipped += 1
+                    report.add_failure(row["error_kind"] or "failed", row["error"] or "", grid.video_id)
                     previously_failed += 1
                     continue
             pending.append((grid, index))
@@ -273,7 +276,9 @@ def _run_locked(config, workdir, report, prompt, spec, backend_name, backend, mo
         if config.engine != "local":
             report.extra["engine"] = config.engine
         if previously_failed:
-            report.extra["previously_failed"] = f"{previously_failed} (rerun with --retry-failed)"
+            report.extra["previously_failed"] = (
+                f"{previously_failed} captions failed in an earlier run and were kept failed (--skip-failed); "
+                "rerun without it to try them again")
         if pending:
             _caption_pending(config, workdir, report, prompt, spec, backend_name, backend, model_label, config_hash,
                              pending, progress)

@@ -68,15 +68,15 @@ def caption(
     replicas: Annotated[int, typer.Option(help="Engines (Ray actors), each with --tensor-parallel-size GPUs.", rich_help_panel=_RAY)] = _D.replicas,
     num_cpus: Annotated[float, typer.Option(help="CPUs reserved per replica.", rich_help_panel=_RAY)] = _D.num_cpus,
     num_gpus: Annotated[Optional[float], typer.Option(help="GPUs reserved per replica (default: --tensor-parallel-size on a cluster with GPUs, else 0).", rich_help_panel=_RAY)] = _D.num_gpus,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Caption again the grids whose caption failed.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--skip-failed", help="Caption again the grids whose caption failed (the default), or keep those rows failed and count them as failures.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete captions.parquet and caption everything again.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Caption at most this many grids (a smoke run).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Caption every keyframe grid in WORKDIR/keyframes.parquet into WORKDIR/captions.parquet.
 
-    Resumable: rerunning captions only what is missing or was made with another
-    model, prompt or sampling.
+    Resumable: rerunning captions only what is missing, failed (unless
+    --skip-failed) or was made with another model, prompt or sampling.
 
     Example:
 

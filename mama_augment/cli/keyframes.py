@@ -59,7 +59,7 @@ def keyframes_command(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join with --engine ray: 'auto' (the cluster of `ray start` on this node) or an address; default: start a local Ray."),
     num_cpus: float = typer.Option(_D.num_cpus, help="CPUs reserved per Ray actor (--engine ray); also its torch threads."),
     num_gpus: float = typer.Option(_D.num_gpus, help="GPUs reserved per Ray actor for the embedder (--engine ray); fractions share a GPU."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Process again inputs that failed in an earlier run."),
+    retry_failed: bool = typer.Option(True, "--retry-failed/--skip-failed", help="Process again inputs that failed in an earlier run (the default), or keep them failed and count them as failures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete this stage's earlier output and start over."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     quiet: bool = typer.Option(False, "--quiet", "-q", hidden=True, help="Same as --no-progress."),
@@ -68,7 +68,8 @@ def keyframes_command(
 
     Writes WORKDIR/keyframes.parquet (one row per input), WORKDIR/frames/ (one JPEG
     per keyframe) and WORKDIR/grids/ (one grid per video). Rerunning resumes: done
-    inputs are skipped, changed inputs or options are redone.
+    inputs are skipped, changed inputs or options are redone, failed inputs are tried
+    again (--skip-failed keeps them failed).
 
     Example: mama-augment keyframes videos/ --workdir mama-work --embedder cnn
 

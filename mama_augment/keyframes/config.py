@@ -53,7 +53,7 @@ class KeyframesConfig:
     decoder: str = "auto"  # auto | pyav | opencv
     workers: int = 0  # 0 = one per CPU core; the pool always runs in worker processes
     timeout_s: float = 600.0
-    retry_failed: bool = False
+    retry_failed: bool = True  # a rerun tries failed inputs again; False keeps them failed
     overwrite: bool = False
     # Where the work runs. None of these change what is written, so they are not in
     # OUTPUT_FIELDS: a run can switch engines and resume without redoing anything.

@@ -1,7 +1,7 @@
 """The ``keyframes`` stage: plan -> map over an engine -> PartWriter -> StageReport.
 
 ``run_keyframes`` is the one-call library API. It works out which inputs are pending
-(new, changed, made with other options, or failed with ``retry_failed``), hands them
+(new, changed, made with other options, or failed unless ``retry_failed`` is off), hands them
 with the per-video work (``keyframes/worker.py``) to the engine of ``cfg.engine``
 (worker processes here, or Ray actors; ``mama_augment.engines``): with a model
 embedder (``cnn``, ``clip``) as decoding and finishing around one model per device
@@ -70,46 +70,66 @@ class Plan:
 
 
 def plan_jobs(items: Sequence, workdir: Path, cfg: KeyframesConfig) -> Plan:
-    """Decide which inputs still need work, from what the manifest already holds."""
+    """Decide which inputs still need work, from what the manifest already holds.
+
+    The inputs are matched to the manifest's rows by ``video_id`` with Arrow
+    (``index_in``) and compared column by column, so a resume over hundreds of
+    thousands of inputs makes Python objects only for those that need work.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     config_hash = cfg.config_hash()
     existing = read_manifest(
         workdir,
         KEYFRAMES,
         columns=["status", "error_kind", "error", "input_size_bytes", "input_mtime", "config_hash"],
-    ).to_pylist()
-    by_id = {row["video_id"]: row for row in existing}
-    pending: list[Job] = []
-    skipped_ok = 0
-    skipped_failed = []
+    )
+    ids = pa.array([item.video_id for item in items], pa.string())
+    where = pc.index_in(ids, value_set=existing.column("video_id"))
+    row = existing.take(where)  # the manifest row of each input, all nulls when it has none
+    is_new = pc.is_null(where).to_numpy(zero_copy_only=False)
+    config_changed = pc.fill_null(pc.not_equal(row.column("config_hash"), config_hash), True).to_numpy(
+        zero_copy_only=False)
+    sizes = pa.array([item.size_bytes for item in items], pa.int64())
+    mtimes = pa.array([item.mtime for item in items], pa.float64())
+    size_changed = _differ(row.column("input_size_bytes"), sizes)
+    mtime_moved = pc.greater_equal(pc.abs(pc.subtract(row.column("input_mtime"), mtimes)), 1e-6)
+    mtime_changed = pc.or_kleene(mtime_moved, pc.xor(pc.is_null(row.column("input_mtime")), pc.is_null(mtimes)))
+    input_changed = (size_changed | pc.fill_null(mtime_changed, False).to_numpy(zero_copy_only=False))
+    failed = pc.fill_null(pc.not_equal(row.column("status"), STATUS_OK), True).to_numpy(zero_copy_only=False)
+    reason_of = {
+        "new": is_new,
+        "config changed": ~is_new & config_changed,
+        "input changed": ~is_new & ~config_changed & input_changed,
+    }
+    was_failed = ~is_new & ~config_changed & ~input_changed & failed
+    if cfg.retry_failed:
+        reason_of["retry failed"] = was_failed
+    redo = np.zeros(len(items), dtype=bool)
     reasons: dict[str, int] = {}
-    for item in items:
-        job = Job(item.video_id, str(item.path), item.size_bytes, item.mtime)
-        row = by_id.get(item.video_id)
-        reason = None
-        if row is None:
-            reason = "new"
-        elif row["config_hash"] != config_hash:
-            reason = "config changed"
-        elif row["input_size_bytes"] != item.size_bytes or not _same_mtime(row["input_mtime"], item.mtime):
-            reason = "input changed"
-        elif row["status"] != STATUS_OK:
-            if cfg.retry_failed:
-                reason = "retry failed"
-            else:
-                skipped_failed.append((item.video_id, row["error_kind"] or "failed", row["error"] or ""))
-                continue
-        if reason is None:
-            skipped_ok += 1
-            continue
-        reasons[reason] = reasons.get(reason, 0) + 1
-        pending.append(job)
+    for reason, mask in reason_of.items():
+        if mask.any():
+            reasons[reason] = int(mask.sum())
+            redo |= mask
+    skipped_failed = []
+    if not cfg.retry_failed:
+        kinds, errors = row.column("error_kind"), row.column("error")
+        skipped_failed = [(items[i].video_id, kinds[i].as_py() or "failed", errors[i].as_py() or "")
+                          for i in np.flatnonzero(was_failed)]
+    pending = [Job(items[i].video_id, str(items[i].path), items[i].size_bytes, items[i].mtime)
+               for i in np.flatnonzero(redo)]
+    skipped_ok = len(items) - len(pending) - len(skipped_failed)
     return Plan(pending, skipped_ok, skipped_failed, reasons)
 
 
-def _same_mtime(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return abs(a - b) < 1e-6
+def _differ(recorded, current):
+    """Where two int64 columns differ, a null differing from any number (numpy bools)."""
+    import pyarrow.compute as pc
+
+    unequal = pc.fill_null(pc.not_equal(recorded, current), False)
+    return pc.or_(unequal, pc.xor(pc.is_null(recorded), pc.is_null(current))).to_numpy(zero_copy_only=False)
 
 
 # --------------------------------------------------------------------------- run
@@ -152,7 +172,8 @@ def run_keyframes(
             report.add_failure(kind, error, video_id)
         if plan.skipped_failed:
             report.extra["previously_failed"] = (
-                f"{len(plan.skipped_failed)} inputs failed in an earlier run; use --retry-failed to try again"
+                f"{len(plan.skipped_failed)} inputs failed in an earlier run and were kept failed (--skip-failed); "
+                "rerun without it to try them again"
             )
         if plan.pending:
             _run_pending(plan.pending, workdir, cfg, report, progress)
