@@ -21,9 +21,11 @@ runner = CliRunner()
 def test_decision_rule_keeps_what_helps_drops_what_hurts_and_hedges_in_between():
     assert decide_weight([2.0, 3.0, 2.5, 1.5])[0] == 1.0
     assert decide_weight([-2.0, -3.0, -2.5, -1.5])[0] == 0.0
-    assert decide_weight([0.2, -0.1, 0.1, 0.0])[0] == 0.5
-    # A mean beyond the tolerance but within the noise decides nothing.
-    weight, stderr, _ = decide_weight([6.0, -4.0, 7.0, -5.0])
+    # Adding next to nothing is not worth a source's cost: left out.
+    assert decide_weight([0.2, -0.1, 0.1, 0.0])[0] == 0.0
+    assert decide_weight([0.8, 0.6, 0.7, 0.7])[0] == 0.5
+    # A mean above the bar but within the noise is not kept fully.
+    weight, stderr, _ = decide_weight([8.0, -4.0, 9.0, -5.0])
     assert weight == 0.5 and stderr > 1.0
 
 
@@ -88,7 +90,7 @@ def test_generated_weight_override_and_the_recorded_evidence(tmp_path):
     workdir, captions = make_workdir(tmp_path, n_videos=200, generated=True)
     result = _train(workdir, captions, "auto")
     assert result.exit_code == 0, result.output
-    assert "generated_captions:" in result.output and "holdout R@1" in result.output
+    assert "generated_captions:" in result.output and "holdout t2v R@1" in result.output
     run = workdir / "runs" / "auto"
     config = json.loads((run / "config.json").read_text())
     assert config["generated_weight"] == "auto"
