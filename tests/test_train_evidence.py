@@ -19,14 +19,14 @@ runner = CliRunner()
 
 
 def test_decision_rule_keeps_what_helps_drops_what_hurts_and_hedges_in_between():
-    assert decide_weight([2.0, 3.0, 2.5, 1.5])[0] == 1.0
+    assert decide_weight([3.0, 4.0, 3.5, 2.5])[0] == 1.0
     assert decide_weight([-2.0, -3.0, -2.5, -1.5])[0] == 0.0
-    # Adding next to nothing is not worth a source's cost: left out.
+    # Adding little is not worth a source's cost: left out.
     assert decide_weight([0.2, -0.1, 0.1, 0.0])[0] == 0.0
-    assert decide_weight([0.8, 0.6, 0.7, 0.7])[0] == 0.5
+    assert decide_weight([1.8, 1.6, 1.7, 1.7])[0] == 0.5
     # A mean above the bar but within the noise is not kept fully.
-    weight, stderr, _ = decide_weight([8.0, -4.0, 9.0, -5.0])
-    assert weight == 0.5 and stderr > 1.0
+    weight, stderr, _ = decide_weight([12.0, -6.0, 13.0, -9.0])
+    assert weight == 0.5 and stderr > 2.0
 
 
 def _synthetic(seed: int = 0, n_videos: int = 400, dim: int = 24):
