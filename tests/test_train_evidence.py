@@ -135,3 +135,14 @@ def test_paper_sets_the_papers_weighting():
     assert not config.meta_weighting_decided_by_data
     with pytest.raises(Exception, match="--paper"):
         TrainConfig(captions="c.csv", paper=True, loss="infonce").validate()
+
+
+def test_paper_option_on_the_command_line(tmp_path):
+    workdir, captions = make_workdir(tmp_path, n_videos=120, generated=True)
+    result = _train(workdir, captions, "paper", "--paper", "--meta-fraction", "0.1")
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "runs" / "paper" / "config.json").read_text())
+    assert config["paper"] is True and config["meta_weighting"] is True
+    assert (config["meta_select"], config["meta_holdout"], config["generated_weight"]) == ("random", True, 1.0)
+    assert config["extra"]["generated_evidence"]["sources"] == []  # no evidence gathered
+    assert "meta_weighting: on" in result.output
