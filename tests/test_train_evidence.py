@@ -146,3 +146,28 @@ def test_paper_option_on_the_command_line(tmp_path):
     assert (config["meta_select"], config["meta_holdout"], config["generated_weight"]) == ("random", True, 1.0)
     assert config["extra"]["generated_evidence"]["sources"] == []  # no evidence gathered
     assert "meta_weighting: on" in result.output
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_run_keeps_the_weights_it_began_with(tmp_path):
+    from mama_augment.train.loop import run_train
+
+    workdir, captions = make_workdir(tmp_path, n_videos=160, generated=True)
+    config = dict(captions=str(captions), text_model="hashing", epochs=2, batch_size=16, progress=False,
+                  checkpoint_every=1, generated_weight=0.5, name="killed")
+
+    def kill(step):
+        if step == 3:
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        run_train(TrainConfig(**config), workdir, step_callback=kill)
+    began = json.loads((workdir / "runs" / "killed" / "config.json").read_text())["extra"]["generated_weights"]
+    assert set(began.values()) == {0.5}
+    run_train(TrainConfig(name="killed", resume=True, progress=False), workdir)
+    summary = json.loads((workdir / "runs" / "killed" / "summary.json").read_text())
+    assert summary["generated_evidence"]["mode"] == "recorded"
+    assert summary["generated_evidence"]["weights"] == began
