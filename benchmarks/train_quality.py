@@ -64,11 +64,13 @@ SETTINGS = {
 GENERATED_TRUTH = {"gen-": "generated.csv", "named-": "generated_named.csv"}
 METHODS = {
     # name: (loss, margin (None: --margins, else the library default), meta-weighting
-    # (None: the library default, on when the training pairs look noisy))
-    "infonce": ("infonce", 0.0, False),
-    "margin": ("mama", None, False),
-    "weighting": ("mama", 0.0, True),
-    "mama": ("mama", "default", None),
+    # (None: the library default, on when the training pairs look noisy), generated
+    # weight ("auto": the library default, by evidence; 1.0: every generated caption used)
+    "infonce": ("infonce", 0.0, False, 1.0),
+    "margin": ("mama", None, False, 1.0),
+    "weighting": ("mama", 0.0, True, 1.0),
+    "mama": ("mama", "default", None, "auto"),
+    "mama-all": ("mama", "default", None, 1.0),  # the defaults before the evidence step
 }
 METRICS = ("t2v_R@1", "v2t_R@1", "last_t2v_R@1", "last_v2t_R@1", "rare_t2v_R@1", "frequent_t2v_R@1")
 
@@ -136,7 +138,7 @@ def run_one(args, data_dir: Path, setting: str, method: str, seed: int, margin: 
 
     captions_name, work_name, augment = SETTINGS[setting]
     captions_path, workdir = data_dir / captions_name, data_dir / work_name
-    loss, method_margin, weighting = METHODS[method]
+    loss, method_margin, weighting, generated_weight = METHODS[method]
     if method_margin == "default":
         mu = TrainConfig().margin if margin is None else margin
     else:
@@ -153,7 +155,7 @@ def run_one(args, data_dir: Path, setting: str, method: str, seed: int, margin: 
         config = TrainConfig(
             captions=str(captions_path), augment=augment, loss=loss, margin=mu, meta_weighting=weighting,
             meta_set=str(data_dir / "meta_set.csv") if weighting is not False and args.meta_file else None,
-            seed=seed, name=name, progress=False, **options,
+            seed=seed, name=name, progress=False, generated_weight=generated_weight, **options,
         )
         run_train(config, workdir)
     seconds = time.time() - started
@@ -176,6 +178,16 @@ def run_one(args, data_dir: Path, setting: str, method: str, seed: int, margin: 
     row["best_epoch"] = (summary.get("best") or {}).get("epoch", -1) + 1
     stored = json.loads((run_dir / "config.json").read_text())
     row["weighting"] = bool(stored.get("meta_weighting"))  # as decided by the run
+    evidence = summary.get("generated_evidence")
+    if evidence:
+        weights = list((evidence.get("weights") or {}).values())
+        row["generated_weight"] = statistics.mean(weights) if weights else None
+        row["evidence_s"] = evidence.get("seconds")
+        # share of the run's wall time (evidence, data with the noise estimate and meta set, training)
+        row["evidence_share"] = evidence.get("seconds", 0) / summary["seconds"] if summary.get("seconds") else None
+        row["evidence_data_share"] = ((evidence.get("seconds", 0) + summary.get("data_seconds", 0)) / summary["seconds"]
+                                      if summary.get("seconds") else None)
+        row["evidence_differences"] = {e["source"]: e["difference"] for e in evidence.get("sources", [])}
     if "estimated_wrong_share" in summary.get("data", {}):
         row["estimated_wrong_share"] = summary["data"]["estimated_wrong_share"]
     if row["weighting"]:
@@ -192,7 +204,7 @@ def summarise(rows: list[dict]) -> dict:
     for (data, setting, method, mu), group in groups.items():
         entry = {"data": data, "setting": setting, "method": method, "margin": mu, "seeds": len(group)}
         for metric in (*METRICS, "weight_ratio", "weight_wrong", "weight_right", "weight_original", "best_epoch",
-                       "estimated_wrong_share"):
+                       "estimated_wrong_share", "generated_weight", "evidence_share", "evidence_data_share"):
             values = [r[metric] for r in group if r.get(metric) is not None]
             if values:
                 entry[metric] = statistics.mean(values)
@@ -228,13 +240,15 @@ def summarise(rows: list[dict]) -> dict:
                 for setting in (f"{prefix}{captioner}-right", f"{prefix}{captioner}-wrong30"):
                     compare(f"infonce {setting} - infonce originals only", data, runs(data, setting, "infonce"), base)
                     compare(f"mama {setting} - infonce originals only", data, runs(data, setting, "mama"), base)
-                added = runs(data, f"{prefix}{captioner}-wrong30", "infonce")
-                for metric in ("t2v_R@1", "v2t_R@1"):
-                    if base and added:
-                        better = max((base, added), key=lambda g: statistics.mean(r[metric] for r in g.values()))
-                        label = "originals only" if better is base else "with generated"
-                        compare(f"mama {prefix}{captioner}-wrong30 - the better InfoNCE ({label})", data,
-                                runs(data, f"{prefix}{captioner}-wrong30", "mama"), better, metric)
+                for kind in ("right", "wrong30"):
+                    added = runs(data, f"{prefix}{captioner}-{kind}", "infonce")
+                    for metric in ("t2v_R@1", "v2t_R@1"):
+                        if base and added:
+                            better = max((base, added), key=lambda g: statistics.mean(r[metric] for r in g.values()))
+                            label = "originals only" if better is base else "with generated"
+                            for method in ("mama", "mama-all"):
+                                compare(f"{method} {prefix}{captioner}-{kind} - the better InfoNCE ({label})", data,
+                                        runs(data, f"{prefix}{captioner}-{kind}", method), better, metric)
         for mu in sorted({r["margin"] for r in rows if r["method"] in ("margin", "mama") and r["margin"]}):
             for setting in SETTINGS:
                 for metric in ("t2v_R@1", "v2t_R@1"):
@@ -253,6 +267,8 @@ def print_summary(summary: dict) -> None:
         def cell(k):
             return f"{e[k]:6.2f} ± {e[k + '_sd']:4.2f}" if k in e else f"{'-':>13}"
         ratio = f"{e['weight_ratio']:.2f}" if "weight_ratio" in e else "-"
+        if "generated_weight" in e:
+            ratio += f"  gen weight {e['generated_weight']:.2f}, evidence {100 * e.get('evidence_share', 0):.0f} % of wall"
         print(f"{e['data']:<10}{e['setting']:<22}{e['method']:<10}{e['margin']:5.2f}{e['seeds']:4d}  {cell('t2v_R@1')}  "
               f"{cell('v2t_R@1')}  {e.get('last_t2v_R@1', math.nan):8.2f}  {e.get('rare_t2v_R@1', math.nan):6.2f}  "
               f"{e.get('frequent_t2v_R@1', math.nan):6.2f}  {ratio:>13}")

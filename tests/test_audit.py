@@ -75,7 +75,8 @@ def test_shuffled_pairs_get_low_weights_and_fill_the_top_of_the_audit(tmp_path):
 
 def test_pair_weights_file_with_generated_captions(tmp_path):
     workdir, captions = make_workdir(tmp_path, n_videos=160, generated=True)
-    report = run_train(_config(captions, epochs=3, batch_size=16), workdir)
+    # Every generated caption a training pair, whatever the evidence would decide.
+    report = run_train(_config(captions, epochs=3, batch_size=16, generated_weight=1.0), workdir)
     run = Path(report.extra["run"])
     table = pq.read_table(run / "pair_weights.parquet")
     assert table.schema.remove_metadata() == PAIR_WEIGHTS_SCHEMA

@@ -307,8 +307,13 @@ def build_data(
     need: str = "keyframe_embeddings",
     caption_embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
     captions_override: str | None = None,
+    keep_caption: Callable[[int], bool] | None = None,
 ) -> TrainData:
-    """Join videos and captions, split them and choose the meta set."""
+    """Join videos and captions, split them and choose the meta set.
+
+    ``keep_caption(caption_id)`` False leaves that caption out of the training pairs
+    (the sources the evidence step drops, train/evidence.py); it stays in ``texts``, so
+    caption ids and the text-embedding cache are those of a run that keeps it."""
     workdir = Path(workdir)
     videos, issues, examples = load_videos(workdir, need)
     index_of = {v: i for i, v in enumerate(videos.video_ids)}
@@ -400,7 +405,7 @@ def build_data(
     # Generated captions of val/test videos would leak them into training: drop them.
     train_caps: dict[int, list[int]] = {}
     for c, v in enumerate(caption_video):
-        if video_split[v] == "train":
+        if video_split[v] == "train" and (keep_caption is None or keep_caption(c)):
             train_caps.setdefault(v, []).append(c)
 
     use_weighting, wrong = config.use_meta_weighting, None

@@ -107,7 +107,7 @@ class StepResult:
 
 def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
                   meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0,
-                  world_size: int = 1, graphed_meta=None) -> StepResult:
+                  world_size: int = 1, graphed_meta=None, source_weights: torch.Tensor | None = None) -> StepResult:
     """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
 
     The training forward is done once; the meta step reuses its graph and the real
@@ -120,7 +120,8 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
     would report it.
 
     ``graphed_meta`` (train/cuda_graphs.py) runs the meta step from the inputs of its
-    level, as one CUDA graph.
+    level, as one CUDA graph. ``source_weights`` (this rank's pairs) scale each pair's
+    weight by how much its caption's source counts (train/evidence.py).
     """
     level_inputs = None
     with autocast():
@@ -142,6 +143,8 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
         weights, raw = meta.weights(per_sample)
     else:
         weights = torch.ones_like(per_sample)
+    if source_weights is not None:
+        weights = weights * source_weights.to(weights.dtype)
     loss = (weights.detach() * per_sample).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -224,7 +227,14 @@ class TrainRecipe:
                 not config.meta_set or config.meta_weighting_decided_by_data):
             # groups and scores the meta set, and scores the pairs for the "auto" decision
             embedder = backbone.caption_embedder(config, self.workdir, self.device)
-        self.data: TrainData = build_data(config, self.workdir, need=backbone.needs, caption_embedder=embedder)
+        self.evidence, keep_caption = None, None
+        if config.augment == "add":
+            keep_caption = self._weigh_generated_sources(backbone)
+        data_started = time.time()
+        self.data: TrainData = build_data(config, self.workdir, need=backbone.needs, caption_embedder=embedder,
+                                          keep_caption=keep_caption)
+        self.data_seconds = time.time() - data_started
+        self.source_weights = self._source_weight_table()
         if config.meta_weighting is None:
             # The "auto" decision is part of the run: config.json (and a resume) record it.
             config.meta_weighting = self.data.meta_weighting
@@ -283,6 +293,53 @@ class TrainRecipe:
         if self.is_writer:
             record_run_config(self.workdir, "train", config.to_dict())
 
+    def _weigh_generated_sources(self, backbone):
+        """Each source of generated captions gets its weight (train/evidence.py): by
+        evidence with --generated-weight auto, else the number given; a resumed run
+        keeps the weights it began with. Returns which captions stay training pairs."""
+        import dataclasses
+
+        from mama_augment.train import evidence as ev
+
+        config = self.config
+        started = time.time()
+        # The pairs as the run sees them, without the meta set (chosen later, on the kept pairs).
+        probe = build_data(dataclasses.replace(config, meta_weighting=False), self.workdir, need=backbone.needs)
+        self.caption_source_names = sources = ev.caption_sources(self.workdir, probe)
+        recorded = config.extra.get("generated_weights")
+        if config.resume and recorded is not None:
+            evidence = ev.Evidence(weights={k: float(v) for k, v in recorded.items()}, mode="recorded")
+        elif config.generated_weight_value is not None:
+            evidence = ev.fixed_weights(sources, config.generated_weight_value, f"{config.generated_weight_value:g}")
+        else:
+            embedder = (backbone.caption_embedder(config, self.workdir, self.device)
+                        if backbone.caption_embedder is not None else None)
+            evidence = ev.gather_evidence(probe, sources, config.seed, embedder)
+        evidence.seconds = time.time() - started
+        self.evidence = evidence
+        for line in evidence.lines():
+            log.info(line)
+        if not config.resume:  # the decision is part of the run: config.json and a resume keep it
+            config.extra = {**config.extra, "generated_weights": dict(evidence.weights),
+                            "generated_evidence": evidence.as_dict()}
+        weights = evidence.weights
+        if all(w > 0 for w in weights.values()):
+            return None
+        return lambda c: c >= len(sources) or sources[c] is None or weights.get(sources[c], 1.0) > 0
+
+    def _source_weight_table(self) -> torch.Tensor | None:
+        """Per caption id, the weight of its source in the loss; None when every kept
+        source counts fully (the run is then what it was without the evidence step)."""
+        evidence = self.evidence
+        if evidence is None or all(w in (0.0, 1.0) for w in evidence.weights.values()):
+            return None
+        sources = self.caption_source_names
+        table = np.ones(len(self.data.texts), dtype=np.float32)
+        for c, source in enumerate(sources):
+            if source is not None:
+                table[c] = evidence.weights.get(source, 1.0)
+        return torch.as_tensor(table, device=self.device)
+
     def _check_distributed(self) -> None:
         """Every rank takes an equal, contiguous slice of each global batch (the
         gathered rows line up with the one-process batch); the meta batch is rounded
@@ -337,9 +394,14 @@ class TrainRecipe:
                     videos, captions = batch.videos, batch.captions  # the global batch; this rank trains on its slice
                     video_inputs, text_inputs = self._step_inputs(batch)
                     meta_inputs = self._meta_inputs(step, batch)
+                    source_weights = None
+                    if self.source_weights is not None:
+                        mine = local_slice(len(captions), self.rank, self.world_size)
+                        source_weights = self.source_weights[torch.as_tensor(captions[mine], device=self.device)]
                     result = training_step(
                         model, self.criterion, self.optimizer, params, video_inputs, text_inputs,
                         self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size, self.graphed_meta,
+                        source_weights=source_weights,
                     )
                     with torch.no_grad():
                         scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
@@ -542,10 +604,15 @@ class TrainRecipe:
             "eval_captions": self.data.eval_source,
             "eval_captions_note": GENERATED_CAPTIONS_NOTE if self.data.eval_source == SOURCE_GENERATED else None,
         }
+        if self.evidence is not None:
+            report.extra["generated_captions"] = "; ".join(self.evidence.lines())
+            report.extra["evidence_s"] = round(self.evidence.seconds, 2)
+            report.extra["evidence_share"] = round(self.evidence.seconds / max(report.seconds, 1e-9), 3)
         report.extra = {k: v for k, v in report.extra.items() if v is not None}
         if self.is_writer:
             summary = {**report.as_dict(), "data": self.data.summary(), "issues": describe_issues(self.data),
-                       "best": self.best}
+                       "best": self.best, "data_seconds": round(self.data_seconds, 3),
+                       "generated_evidence": self.evidence.as_dict() if self.evidence is not None else None}
             self.paths.summary.write_text(json.dumps(summary, indent=2, default=str))
         return report
 

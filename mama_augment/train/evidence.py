@@ -1,0 +1,324 @@
+"""Evidence for every caption source: does a captioner's output make the model better?
+
+The loss-based weighting (train/meta.py) finds single wrong captions, but it cannot see
+that a whole *source* of captions (a weak captioner, a prompt that invites filler)
+costs more than it brings: on the emoji benchmark keyword captions cost InfoNCE 1.4-2.5
+R@1 even when every one of them was right. So before training, with
+``--generated-weight auto`` (the default), each source of generated captions (one
+``model`` + prompt of ``captions.parquet``) is put to a test on the run's own
+*training* videos (never val or test):
+
+1. the training videos are cut into ``FOLDS`` parts by a hash of their id; each part
+   in turn is the holdout and the others the fit part;
+2. short cheap trainings (linear heads on the frozen pooled keyframe embeddings and
+   caption features, InfoNCE) fit the fit part's original captions alone, and the
+   originals plus each source's captions;
+3. each is scored on the holdout videos against their ORIGINAL captions (text->video
+   R@1, at the best of its epochs, as the real run keeps its best validation epoch);
+4. the paired differences (same fold, same seed, same initialisation) decide the
+   source's weight with :func:`decide_weight`: 0 (left out), ``PARTIAL_WEIGHT``
+   (each of its pairs counts that much in the loss) or 1.
+
+Without original captions among the training videos there is nothing to judge a
+source against, so the step is skipped (and says so); the generated captions are then
+used fully.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = None  # the source key of an original caption
+FOLDS = 2  # parts of the training videos, each the holdout once
+SEEDS = 2  # initialisations per fold: FOLDS * SEEDS paired differences per source
+EPOCHS = 8  # of each short training; scored after each epoch, the best kept
+# Video features are projected once onto their top principal directions, so each short
+# training costs a fraction of the real one (the video side was 1280-wide).
+VIDEO_DIMS = 256
+# The decision on the mean paired difference d (text->video R@1 points) and its
+# standard error se: kept (1) when d >= KEEP_AT and d >= 2 se; left out (0) when
+# d < HALF_AT; PARTIAL_WEIGHT in between. The bar is well above zero on purpose: the
+# short trainings fit half the training videos for 8 epochs, where more captions are
+# worth more and wrong ones are not yet memorised (on the emoji sets the evidence read
+# -1.1 to +1.0 for sources whose full 20-epoch training lost 1.4 to 6 test R@1, and
+# +2.3 to +5.2 for ones that were neutral or added up to 6).
+KEEP_AT = 2.0
+HALF_AT = 1.5
+PARTIAL_WEIGHT = 0.5
+MIN_HOLDOUT_VIDEOS = 20  # below this a holdout R@1 is mostly noise: the step is skipped
+
+
+@dataclass
+class SourceEvidence:
+    """What one caption source added on the held-out training videos."""
+
+    source: str
+    train_pairs: int  # its pairs among the training pairs
+    r1_without: float  # holdout text->video R@1 with the original captions alone (mean over folds and seeds)
+    r1_with: float  # ... with the originals and this source
+    differences: list[float]  # of text->video R@1, paired, per fold and seed: what decides
+    difference: float  # their mean
+    stderr: float
+    weight: float  # the decision
+    reason: str
+    v2t_difference: float = 0.0  # video->text R@1, the same way (reported, not deciding)
+
+
+@dataclass
+class Evidence:
+    """The evidence step of one run: its decisions, or why it was skipped."""
+
+    weights: dict[str, float] = field(default_factory=dict)  # source -> weight of its pairs
+    sources: list[SourceEvidence] = field(default_factory=list)
+    skipped: str | None = None  # why no evidence was gathered (then weights are all 1)
+    mode: str = "auto"  # auto (by evidence) or the --generated-weight given
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "weights": dict(self.weights), "skipped": self.skipped,
+                "seconds": round(self.seconds, 3), "sources": [asdict(s) for s in self.sources]}
+
+    def lines(self) -> list[str]:
+        """What a user reads: one line per source, or why there was no evidence."""
+        if self.skipped:
+            return [f"generated captions: {self.skipped}"]
+        if self.mode != "auto":
+            return [f"generated captions: weight {w:g} for {s} (--generated-weight {self.mode})"
+                    for s, w in self.weights.items()]
+        return [
+            f"generated captions of {e.source}: holdout t2v R@1 {e.r1_with:.2f} with them, {e.r1_without:.2f} "
+            f"without ({e.difference:+.2f} +- {e.stderr:.2f}) -> weight {e.weight:g} ({e.reason})"
+            for e in self.sources
+        ]
+
+
+def decide_weight(differences: Sequence[float], keep_at: float = KEEP_AT, half_at: float = HALF_AT,
+                  partial: float = PARTIAL_WEIGHT) -> tuple[float, float, str]:
+    """(weight, standard error, reason) from paired holdout differences (with - without)."""
+    d = np.asarray(differences, dtype=float)
+    mean = float(d.mean())
+    stderr = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    if mean >= keep_at and mean >= 2 * stderr:
+        return 1.0, stderr, f"adds at least {keep_at:g}"
+    if mean < half_at:
+        return 0.0, stderr, f"adds less than {half_at:g}"
+    return partial, stderr, f"adds between {half_at:g} and {keep_at:g}, or not beyond its noise"
+
+
+def hash_fold(video_id: str, folds: int) -> int:
+    """A video's evidence fold: stable, and independent of the train/val/test hash."""
+    digest = hashlib.sha256(("evidence:" + video_id).encode("utf-8")).hexdigest()
+    return int(digest[:16], 16) % folds
+
+
+def _train_and_score(video_features, text_features, fit_pairs, caption_video, holdout_captions,
+                     holdout_videos, seed: int, epochs: int, dim: int = 256,
+                     batch_size: int = 128) -> tuple[float, float]:
+    """Linear heads trained with InfoNCE on ``fit_pairs`` (caption ids); the holdout
+    text->video R@1 (in %) of the epoch where it was best, and the video->text R@1 there."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng([seed, 17])
+    video = torch.as_tensor(video_features)
+    text = torch.as_tensor(text_features)
+    heads = []
+    for width in (video.shape[1], text.shape[1]):
+        linear = torch.nn.Linear(width, dim)
+        bound = 1 / width ** 0.5
+        with torch.no_grad():  # seeded here, so a pair of runs differs only in its data
+            linear.weight.uniform_(-bound, bound, generator=generator)
+            linear.bias.uniform_(-bound, bound, generator=generator)
+        heads.append(torch.nn.Sequential(torch.nn.LayerNorm(width), linear))
+    video_head, text_head = heads
+    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+    optimizer = torch.optim.AdamW([*video_head.parameters(), *text_head.parameters(), log_scale],
+                                  lr=1e-3, weight_decay=0.2)
+    fit_pairs = np.asarray(fit_pairs, dtype=np.int64)
+    held_v = torch.as_tensor(np.asarray(holdout_videos, dtype=np.int64))
+    held_c = torch.as_tensor(np.asarray(holdout_captions, dtype=np.int64))
+    position = {int(v): i for i, v in enumerate(holdout_videos)}
+    truth = torch.as_tensor([position[int(caption_video[c])] for c in holdout_captions])
+    best = (-1.0, -1.0)
+    for _ in range(epochs):
+        order = fit_pairs[rng.permutation(len(fit_pairs))]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            if len(rows) < 2:
+                continue
+            owners = torch.as_tensor(caption_video[rows])
+            logits = log_scale.exp() * F.normalize(video_head(video[owners]), dim=-1) @ \
+                F.normalize(text_head(text[torch.as_tensor(rows)]), dim=-1).T
+            # Two captions of one video in a batch are not each other's negatives.
+            same = (owners[:, None] == owners[None, :]) & ~torch.eye(len(rows), dtype=torch.bool)
+            logits = logits.masked_fill(same, float("-inf"))
+            labels = torch.arange(len(rows))
+            loss = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                log_scale.clamp_(0.0, math.log(200.0))
+        with torch.no_grad():
+            sims = F.normalize(text_head(text[held_c]), dim=-1) @ F.normalize(video_head(video[held_v]), dim=-1).T
+            t2v = float((sims.argmax(dim=1) == truth).float().mean())
+            # v2t: a video's best caption is any of its own
+            top_caption = sims.argmax(dim=0)
+            v2t = float((truth[top_caption] == torch.arange(len(held_v))).float().mean())
+        best = max(best, (100 * t2v, 100 * v2t))
+    return best
+
+
+def _project(features: np.ndarray, dims: int) -> np.ndarray:
+    """Centred features on their top ``dims`` principal directions (unchanged when narrower)."""
+    if features.shape[1] <= dims or features.shape[0] <= dims:
+        return np.ascontiguousarray(features)
+    centred = features - features.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return np.ascontiguousarray(centred @ vt[:dims].T, dtype=np.float32)
+
+
+def measure_sources(video_ids: Sequence[str], video_features: np.ndarray, text_features: np.ndarray,
+                    caption_video: np.ndarray, caption_source: Sequence[str | None],
+                    train_captions: Sequence[int], seed: int = 0, folds: int = FOLDS, seeds: int = SEEDS,
+                    epochs: int = EPOCHS) -> Evidence:
+    """The evidence for every generated source among ``train_captions``.
+
+    ``video_features``: one row per video (pooled keyframe embeddings);
+    ``text_features``: one row per caption id; ``caption_source[c]``: None for an
+    original caption, else its source's name. Only training captions are given.
+    """
+    import torch
+
+    started = time.time()
+    caption_video = np.asarray(caption_video, dtype=np.int64)
+    train_captions = np.asarray(train_captions, dtype=np.int64)
+    sources = sorted({caption_source[c] for c in train_captions if caption_source[c] is not ORIGINAL})
+    evidence = Evidence()
+    if not sources:
+        evidence.skipped = "none among the training pairs"
+        return evidence
+    originals = train_captions[[caption_source[c] is ORIGINAL for c in train_captions]]
+    if len(originals) == 0:
+        evidence.skipped = ("no original captions among the training videos to judge them against: "
+                            "evidence step skipped, every generated caption used fully")
+        evidence.weights = {s: 1.0 for s in sources}
+        return evidence
+    fold_of_video = {int(v): hash_fold(video_ids[int(v)], folds) for v in set(caption_video[train_captions].tolist())}
+    fold_of = np.asarray([fold_of_video[int(caption_video[c])] for c in train_captions])
+    is_original = np.asarray([caption_source[c] is ORIGINAL for c in train_captions])
+    held_sizes = [len({int(caption_video[c]) for c in train_captions[(fold_of == f) & is_original]}) for f in range(folds)]
+    if min(held_sizes) < MIN_HOLDOUT_VIDEOS:
+        evidence.skipped = (f"too few training videos with original captions ({sum(held_sizes)}) to hold some out: "
+                            "evidence step skipped, every generated caption used fully")
+        evidence.weights = {s: 1.0 for s in sources}
+        return evidence
+    video_features = _project(np.asarray(video_features, dtype=np.float32), VIDEO_DIMS)
+    text_features = np.ascontiguousarray(text_features, dtype=np.float32)
+    without: list[float] = []
+    with_source: dict[str, list[float]] = {s: [] for s in sources}
+    # Under a forked RNG: the evidence must not move the generator that initialises the model.
+    with torch.random.fork_rng(devices=[]):
+        for fold in range(folds):
+            fit = train_captions[fold_of != fold]
+            held_c = train_captions[(fold_of == fold) & is_original]
+            held_v = np.asarray(sorted({int(caption_video[c]) for c in held_c}), dtype=np.int64)
+            fit_original = fit[[caption_source[c] is ORIGINAL for c in fit]]
+            for repeat in range(seeds):
+                run_seed = int(np.random.default_rng([seed, fold, repeat, 23]).integers(1 << 31))
+                args = (caption_video, held_c, held_v, run_seed, epochs)
+                without.append(_train_and_score(video_features, text_features, fit_original, *args))
+                for source in sources:
+                    pairs = fit[[caption_source[c] is ORIGINAL or caption_source[c] == source for c in fit]]
+                    with_source[source].append(_train_and_score(video_features, text_features, pairs, *args))
+    for source in sources:
+        differences = [a[0] - b[0] for a, b in zip(with_source[source], without)]
+        v2t = float(np.mean([a[1] - b[1] for a, b in zip(with_source[source], without)]))
+        weight, stderr, reason = decide_weight(differences)
+        evidence.sources.append(SourceEvidence(
+            source=source, train_pairs=int(sum(caption_source[c] == source for c in train_captions)),
+            r1_without=float(np.mean([r[0] for r in without])),
+            r1_with=float(np.mean([r[0] for r in with_source[source]])),
+            differences=[round(d, 3) for d in differences], difference=float(np.mean(differences)),
+            stderr=stderr, weight=weight, reason=reason, v2t_difference=v2t,
+        ))
+        evidence.weights[source] = weight
+    evidence.seconds = time.time() - started
+    return evidence
+
+
+def source_name(model, prompt_name, prompt_sha256) -> str:
+    """A source as a user reads it: the model and the prompt (its file name, else its hash)."""
+    model = model if isinstance(model, str) and model else "unknown model"
+    if isinstance(prompt_name, str) and prompt_name:
+        return f"{model} / {prompt_name}"
+    if isinstance(prompt_sha256, str) and prompt_sha256:
+        return f"{model} / prompt {prompt_sha256[:12]}"
+    return model
+
+
+def caption_sources(workdir, data) -> list[str | None]:
+    """For every caption id of ``data``: None (an original or meta caption) or the name
+    of the generated caption's source, from ``captions.parquet``'s model and prompt."""
+    from mama_augment.manifest import CAPTIONS, read_manifest
+
+    table = read_manifest(workdir, CAPTIONS, columns=["model", "prompt_name", "prompt_sha256"]).to_pydict()
+    name_of = {
+        (video_id, int(index)): source_name(model, prompt, sha)
+        for video_id, index, model, prompt, sha in zip(table["video_id"], table["caption_index"], table["model"],
+                                                       table["prompt_name"], table["prompt_sha256"])
+    }
+    names: list[str | None] = []
+    for c, index in enumerate(data.caption_index):
+        if index is None or data.caption_source[c] != "generated":
+            names.append(ORIGINAL)
+        else:
+            names.append(name_of.get((data.videos.video_ids[int(data.caption_video[c])], int(index)), "unknown model"))
+    return names
+
+
+def _video_features(data) -> np.ndarray | None:
+    """Pooled keyframe embeddings, one row per video; None when some video has none."""
+    embeddings = data.videos.keyframe_embeddings
+    if not len(embeddings) or any(len(e) == 0 for e in embeddings):
+        return None
+    return np.stack([np.asarray(e, dtype=np.float32).mean(axis=0) for e in embeddings])
+
+
+def gather_evidence(data, sources: list[str | None], seed: int, caption_embedder=None) -> Evidence:
+    """:func:`measure_sources` on a run's training pairs: ``data`` as ``build_data``
+    returns it, ``sources`` from :func:`caption_sources`."""
+    from mama_augment.train.data import _dense, _text_features
+
+    started = time.time()
+    train = np.asarray([c for caps in data.train_captions for c in caps], dtype=np.int64)
+    if not any(sources[c] is not ORIGINAL for c in train):
+        return Evidence(skipped="none among the training pairs")
+    video_features = _video_features(data)
+    if video_features is None:
+        names = sorted({sources[c] for c in train if sources[c] is not ORIGINAL})
+        return Evidence(weights={s: 1.0 for s in names},
+                        skipped="the videos have no keyframe embeddings to gather evidence with: evidence step "
+                                "skipped, every generated caption used fully (--generated-weight sets a weight)")
+    # The same list of texts the model embeds, so the cache serves both.
+    text_features = _dense(_text_features(range(len(data.texts)), data.texts, caption_embedder))
+    evidence = measure_sources(data.videos.video_ids, video_features, text_features, data.caption_video,
+                               sources, train, seed=seed)
+    evidence.seconds = time.time() - started
+    return evidence
+
+
+def fixed_weights(sources: list[str | None], weight: float, mode: str) -> Evidence:
+    """Every generated source at the weight the user gave (no evidence gathered)."""
+    names = sorted({s for s in sources if s is not ORIGINAL})
+    return Evidence(weights={s: weight for s in names}, mode=mode)
