@@ -154,3 +154,25 @@ def test_report_and_status_show_a_qa_run(trained):
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if "qa-shown" in line)
     assert f"accuracy {entry['trained']['accuracy']:.4g} %" in line
+
+
+def test_the_answer_count_defaults_to_the_releases_own(trained):
+    workdir, files = trained
+    qa_rows = {s: json.loads((files / f"{s}_qa.json").read_text()) for s in ("train", "test")}
+    tgif = files / "tgif"
+    tgif.mkdir(exist_ok=True)
+    for split, rows in qa_rows.items():
+        lines = ["gif_name\tquestion\tanswer\tvid_id\tkey\ttype"]
+        lines += [f"video{r['video_id']}\twhat is shown\t{r['answer']}\t{r['video_id']}\t{r['id']}\t0" for r in rows]
+        (tgif / f"{split.title()}_frameqa_question.tsv").write_text("\n".join(lines) + "\n")
+    base = str(workdir / "runs" / "base")
+    cases = (([str(tgif / "Train_frameqa_question.tsv"), str(tgif / "Test_frameqa_question.tsv")], [], 1540, "tgif-qa"),
+             ([str(files / "train_qa.json"), str(files / "test_qa.json")], [], 1000, "msrvtt-qa"),
+             ([str(tgif / "Train_frameqa_question.tsv"), str(tgif / "Test_frameqa_question.tsv")], ["--answers", "7"], 7, None))
+    for n, (paths, extra, expected, source) in enumerate(cases):
+        args = ["qa", "--run", base, *[a for p in paths for a in ("--questions", p)], *extra, "--zero-shot",
+                "--device", "cpu", "--name", f"qa-k{n}"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        config = json.loads((workdir / "runs" / f"qa-k{n}" / "config.json").read_text())
+        assert config["answers"] == expected and config.get("answers_default_of") == source

@@ -47,10 +47,13 @@ log = logging.getLogger(__name__)
 
 TASK = QA_TASK
 HEADS_FILE = "qa_heads.safetensors"
-# Xu et al. (2017) answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training
-# answers; later works use 1500 (ClipBERT) and TGIF-FrameQA its whole training set
-# (1540). The default follows the first papers; eval.json reports the coverage.
+# Open-ended answers per release, as the papers that introduced them: Xu et al. (2017)
+# answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training answers; TGIF-QA's
+# FrameQA is answered over its whole training vocabulary, 1540 answers (Jang et al.
+# 2017). Other releases (and later works' files) keep 1000; eval.json reports the
+# coverage, so a too small vocabulary shows.
 DEFAULT_ANSWERS = 1000
+DEFAULT_ANSWERS_BY_FORMAT = {"msrvtt-qa": 1000, "msvd-qa": 1000, "tgif-qa": 1540}
 EVAL_SPLITS = ("val", "test")
 # Questions of each evaluated split stored with the model's answer (eval.json
 # ``examples``): enough for a reader to see what the model gets wrong, small enough
@@ -66,7 +69,7 @@ class QASettings:
     questions: list[str]
     questions_format: str | None = None
     checkpoint: str = "best"
-    answers: int = DEFAULT_ANSWERS
+    answers: int | None = None  # None: the release's own (DEFAULT_ANSWERS_BY_FORMAT)
     epochs: int = 30
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -79,13 +82,23 @@ class QASettings:
     def validate(self) -> None:
         if not self.questions:
             raise UsageError("give the question files with --questions")
-        check_number(self.answers, "--answers", minimum=1, maximum=1_000_000)
+        if self.answers is not None:
+            check_number(self.answers, "--answers", minimum=1, maximum=1_000_000)
         check_number(self.epochs, "--epochs", minimum=1, maximum=100_000)
         check_number(self.batch_size, "--batch-size", minimum=1, maximum=1_000_000)
         check_number(self.learning_rate, "--learning-rate", above=0, maximum=10)
         check_number(self.weight_decay, "--weight-decay", minimum=0, maximum=10)
         check_number(self.hidden, "--hidden", minimum=1, maximum=100_000)
         check_number(self.seed, "--seed", minimum=0, maximum=2**63 - 1)
+
+
+def default_answers(formats: Sequence[str]) -> tuple[int, str | None]:
+    """The answer count of the first of ``formats`` (the question files' detected
+    formats) that has its own, and that format; else :data:`DEFAULT_ANSWERS`."""
+    for name in formats:
+        if name in DEFAULT_ANSWERS_BY_FORMAT:
+            return DEFAULT_ANSWERS_BY_FORMAT[name], name
+    return DEFAULT_ANSWERS, None
 
 
 def answer_vocabulary(items: Sequence[QAItem], size: int) -> list[str]:
@@ -367,8 +380,12 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
     # The vocabulary is the training answers'; a zero-shot run without train questions
     # answers from the evaluated questions' own answers (optimistic: said in eval.json).
     vocabulary_from = "train" if "train" in splits else "evaluated questions"
+    if settings.answers is None:
+        answers, answers_default_from = default_answers(qa.formats)
+    else:
+        answers, answers_default_from = settings.answers, None
     vocabulary = answer_vocabulary(qa.split("train") if "train" in splits else
-                                   [i for s in evaluated for i in qa.split(s)], settings.answers)
+                                   [i for s in evaluated for i in qa.split(s)], answers)
     wanted = evaluated if settings.zero_shot else splits
     items = {s: [i for i in qa.split(s) if i.video_id in known] for s in wanted}
     # Training must not move the global RNG: a later run in this process starts the same.
@@ -410,6 +427,9 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
 
     paths.root.mkdir(parents=True, exist_ok=True)
     config = asdict(settings)
+    config["answers"] = answers  # the count used, whoever chose it
+    if settings.answers is None:
+        config["answers_default_of"] = answers_default_from or "any release"
     config["base_checkpoint"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in chosen.items()}
     config["history"] = history
     atomic_write_text(paths.config, json.dumps(config, indent=2))
