@@ -27,7 +27,7 @@ from mama_augment.manifest import (
     parts_dir,
     read_manifest,
 )
-from mama_augment.train.runs import RUNS_DIR, RunPaths
+from mama_augment.train.runs import QA_TASK, RUNS_DIR, RunPaths
 
 TOP_ERROR_KINDS = 10
 UNKNOWN_KIND = "unknown"
@@ -292,6 +292,9 @@ def read_run(run_dir: Path) -> dict:
     for key in ("loss", "backbone", "margin", "epochs", "batch_size", "augment", "seed"):
         if key in options:
             run[key] = options[key]
+    if options.get("task") == QA_TASK:
+        run["task"] = QA_TASK
+        run["base_run"] = options.get("base_run")
     metrics_path = paths.metrics
     run["metrics_rows"] = 0
     if metrics_path.exists():
@@ -312,7 +315,9 @@ def read_run(run_dir: Path) -> dict:
             evaluation = json.loads(eval_path.read_text(encoding="utf-8"))
             run["evaluated"] = True
             run["eval"] = evaluation
-            if isinstance(evaluation, dict):
+            if isinstance(evaluation, dict) and run.get("task") == QA_TASK:
+                run["qa_accuracy"] = qa_accuracy(evaluation)
+            elif isinstance(evaluation, dict):
                 run["t2v_r1"] = find_metric(evaluation, "t2v")
                 run["v2t_r1"] = find_metric(evaluation, "v2t")
         except (OSError, ValueError) as exc:
@@ -320,6 +325,19 @@ def read_run(run_dir: Path) -> dict:
     run["pictures"] = sorted(p.name for p in run_dir.glob("*.png"))
     run["checkpoints"] = sorted(p.name for p in run_dir.glob("*.safetensors"))
     return run
+
+
+def qa_accuracy(evaluation: dict) -> float | None:
+    """A QA run's headline accuracy: test before val, trained heads before zero-shot."""
+    for split in ("test", "val"):
+        entry = evaluation.get(split)
+        if not isinstance(entry, dict):
+            continue
+        for kind in ("trained", "zero_shot"):
+            score = entry.get(kind)
+            if isinstance(score, dict) and isinstance(score.get("accuracy"), (int, float)):
+                return float(score["accuracy"])
+    return None
 
 
 def list_runs(workdir: Path) -> list[dict]:
@@ -332,7 +350,7 @@ def list_runs(workdir: Path) -> list[dict]:
 def _runs_status(workdir: Path) -> dict:
     runs = list_runs(workdir)
     summary_keys = ("name", "loss", "backbone", "margin", "epochs", "step", "epoch", "metrics_rows",
-                    "evaluated", "t2v_r1", "v2t_r1", "pictures", "checkpoints", "errors")
+                    "evaluated", "t2v_r1", "v2t_r1", "task", "qa_accuracy", "pictures", "checkpoints", "errors")
     return {
         "count": len(runs),
         "evaluated": sum(1 for r in runs if r["evaluated"]),

@@ -264,3 +264,26 @@ def test_datasets_command_with_format_auto_still_checks_qa_files(tmp_path):
     train = write(tmp_path / "train_qa.json", xu_json([(0, "what is a man doing?", "sing", 0)]))
     result = runner.invoke(app, ["datasets", str(train), "--captions-format", "auto"])
     assert result.exit_code == 0 and "msrvtt-qa, 1 questions" in result.output, result.output
+
+
+# ----------------------------------------------------------------------------- files read as streams
+
+
+def test_a_caption_csv_is_still_recognised_as_captions(tmp_path):
+    # Every caption file passes QA detection first: it must work on the streamed Source.
+    captions = write(tmp_path / "captions.csv", "video_id,caption\nv1,a dog runs\nv2,a cat sleeps\n")
+    assert detect_qa_format(Source(captions)) is None
+    assert detect_format(Source(captions)) != "msvd-qa-map"
+
+
+def test_a_mapping_larger_than_the_head_is_recognised(tmp_path):
+    lines = "".join(f"clip{n:06d}_{n}_{n + 3} vid{n}\n" for n in range(1, 20_000))
+    mapping = write(tmp_path / "youtube_mapping.txt", lines)
+    assert Source(mapping).head_is_whole() is False
+    assert detect_qa_format(Source(mapping)) == "msvd-qa-map"
+
+
+def test_a_blank_question_file_is_named_empty(tmp_path):
+    blank = write(tmp_path / "train_qa.json", "  \n\n")
+    with pytest.raises(UsageError, match="is empty"):
+        read_qa([blank])

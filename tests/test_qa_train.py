@@ -112,3 +112,67 @@ def test_an_answer_outside_the_vocabulary_counts_as_wrong(trained):
     assert entry["answers"] == 1 and entry["answer_coverage"] < 100
     assert entry["trained"]["accuracy"] <= entry["answer_coverage"] + 1e-9
     assert entry["zero_shot"]["accuracy"] <= entry["answer_coverage"] + 1e-9
+
+
+def test_eval_json_keeps_a_few_questions_with_the_models_answers(trained, monkeypatch):
+    from mama_augment.train import qa
+
+    monkeypatch.setattr(qa, "EXAMPLES", 5)  # fewer than the split's questions: the cap is used
+    workdir, files = trained
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(files / "train_qa.json"),
+                                 "--questions", str(files / "test_qa.json"), "--questions", str(files / "train_mc.jsonl"),
+                                 "--questions", str(files / "test_mc.jsonl"), "--epochs", "5", "--device", "cpu",
+                                 "--name", "qa-examples"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-examples" / "eval.json").read_text())["test"]
+    examples = entry["examples"]
+    assert entry["examples_from"] == "trained" and len(examples) == 5 < entry["questions"]
+    # spread over the split: the multiple-choice questions come after the open-ended ones
+    assert {bool(e.get("candidates")) for e in examples} == {True, False}
+    for e in examples:
+        assert e["correct"] == (str(e["predicted"]).strip().lower() == str(e["answer"]).strip().lower())
+        if e.get("candidates"):
+            assert e["predicted"] in e["candidates"] and e["answer"] in e["candidates"]
+
+
+def test_report_and_status_show_a_qa_run(trained):
+    from mama_augment.report import build_report
+
+    workdir, files = trained
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(files / "train_mc.jsonl"),
+                                 "--questions", str(files / "test_mc.jsonl"), "--epochs", "5", "--device", "cpu",
+                                 "--name", "qa-shown"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-shown" / "eval.json").read_text())["test"]
+    page = build_report(workdir).read_text()
+    run_part = page.split('data-run="qa-shown"')[1].split("</article>")[0]
+    assert "Question answering" in run_part and "zero-shot" in run_part
+    assert f"{entry['trained']['accuracy']:.4g}" in run_part
+    assert "which thing is it?" in run_part and "qa-examples" in run_part
+    assert "Evaluation (eval.json)" not in run_part
+    result = runner.invoke(app, ["status", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "qa-shown" in line)
+    assert f"accuracy {entry['trained']['accuracy']:.4g} %" in line
+
+
+def test_the_answer_count_defaults_to_the_releases_own(trained):
+    workdir, files = trained
+    qa_rows = {s: json.loads((files / f"{s}_qa.json").read_text()) for s in ("train", "test")}
+    tgif = files / "tgif"
+    tgif.mkdir(exist_ok=True)
+    for split, rows in qa_rows.items():
+        lines = ["gif_name\tquestion\tanswer\tvid_id\tkey\ttype"]
+        lines += [f"video{r['video_id']}\twhat is shown\t{r['answer']}\t{r['video_id']}\t{r['id']}\t0" for r in rows]
+        (tgif / f"{split.title()}_frameqa_question.tsv").write_text("\n".join(lines) + "\n")
+    base = str(workdir / "runs" / "base")
+    cases = (([str(tgif / "Train_frameqa_question.tsv"), str(tgif / "Test_frameqa_question.tsv")], [], 1540, "tgif-qa"),
+             ([str(files / "train_qa.json"), str(files / "test_qa.json")], [], 1000, "msrvtt-qa"),
+             ([str(tgif / "Train_frameqa_question.tsv"), str(tgif / "Test_frameqa_question.tsv")], ["--answers", "7"], 7, None))
+    for n, (paths, extra, expected, source) in enumerate(cases):
+        args = ["qa", "--run", base, *[a for p in paths for a in ("--questions", p)], *extra, "--zero-shot",
+                "--device", "cpu", "--name", f"qa-k{n}"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        config = json.loads((workdir / "runs" / f"qa-k{n}" / "config.json").read_text())
+        assert config["answers"] == expected and config.get("answers_default_of") == source

@@ -21,7 +21,7 @@ def qa_command(
     questions: List[Path] = typer.Option(..., "--questions", metavar="FILE", help="Question files of one release, repeatable (MSRVTT-QA, MSVD-QA, TGIF-QA, NExT-QA, ActivityNet-QA, JSON Lines; see `mama-augment datasets`), with their mapping files."),
     questions_format: Optional[str] = typer.Option(None, "--questions-format", metavar="NAME", help="Format of the question files (default: recognised from content): one name, or one per file comma-separated."),
     name: Optional[str] = typer.Option(None, "--name", help="QA run folder name under WORKDIR/runs (default: qa-<run name>)."),
-    answers: int = typer.Option(_DEFAULT["answers"], "--answers", help="Open-ended: answer over the K most frequent training answers (1000 as Xu et al. 2017 for MSRVTT-QA / MSVD-QA); other answers count as wrong."),
+    answers: Optional[int] = typer.Option(_DEFAULT["answers"], "--answers", help="Open-ended: answer over the K most frequent training answers; other answers count as wrong. Default: the release's own, from the detected format (MSRVTT-QA / MSVD-QA 1000 as Xu et al. 2017, TGIF-QA 1540 as Jang et al. 2017, others 1000)."),
     epochs: int = typer.Option(_DEFAULT["epochs"], "--epochs", help="Training epochs of the QA heads."),
     batch_size: int = typer.Option(_DEFAULT["batch_size"], "--batch-size", help="Questions per step."),
     learning_rate: float = typer.Option(_DEFAULT["learning_rate"], "--learning-rate", help="AdamW learning rate of the heads."),

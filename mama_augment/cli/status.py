@@ -92,7 +92,12 @@ def print_status(status: dict) -> None:
             step = r.get("step", "")
             t2v = "" if r.get("t2v_r1") is None else f"{r['t2v_r1']:.4g}"
             v2t = "" if r.get("v2t_r1") is None else f"{r['v2t_r1']:.4g}"
-            out(f"  {r['name'].ljust(nw)}  {str(r.get('loss', '')):8}  {str(r.get('backbone', '')):9}  {str(step):>7}  {t2v:>8}  {v2t:>8}")
+            if r.get("task") == "qa":
+                # a QA run has no retrieval numbers: its accuracy takes their place
+                accuracy = "" if r.get("qa_accuracy") is None else f"  accuracy {r['qa_accuracy']:.4g} %"
+                out(f"  {r['name'].ljust(nw)}  {'qa':8}  {'':9}  {'':>7}{accuracy}")
+            else:
+                out(f"  {r['name'].ljust(nw)}  {str(r.get('loss', '')):8}  {str(r.get('backbone', '')):9}  {str(step):>7}  {t2v:>8}  {v2t:>8}")
             for error in r.get("errors", []):
                 typer.secho(f"    cannot read {error}", fg=typer.colors.RED)
 

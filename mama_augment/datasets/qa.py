@@ -266,7 +266,9 @@ def read_msvd_qa(source: Source) -> QAPart:
 def detect_youtube_mapping(source: Source) -> bool:
     if source.looks_like_json():
         return False
-    lines = [line for line in source.head_lines() if line.strip()]
+    lines = [line for line in source.head.splitlines() if line.strip()]
+    if not source.head_is_whole():
+        lines = lines[:-1]  # cut by the end of the head
     return bool(lines) and all(len(f := line.split()) == 2 and _MSVD_VID.match(f[1]) for line in lines)
 
 
@@ -571,9 +573,14 @@ QA_FORMATS: dict[str, QAFormat] = dict([
 ])  # fmt: skip
 
 
+def _blank(source: Source) -> bool:
+    """Nothing but white space; judged from the head, so a large file is not read whole."""
+    return source.head_is_whole() and not source.head.strip()
+
+
 def detect_qa_format(source: Source) -> str | None:
     """The name of the first QA format that recognises ``source``; None when none does."""
-    if not source.head.strip() or source.is_pickle() or source.is_parquet():
+    if _blank(source) or source.is_pickle() or source.is_parquet():
         return None
     for name, fmt in QA_FORMATS.items():
         if fmt.detect(source):
@@ -625,7 +632,7 @@ def read_qa_file(path: str | Path, format: str | None = None, problems: Problems
             raise UsageError(f"unknown question-answering format {format!r}: one of {', '.join(QA_FORMATS)}")
         name = format
     else:
-        if not source.head.strip():
+        if _blank(source):
             raise UsageError(f"{source.path} is empty")
         source.refuse_binary()
         name = detect_qa_format(source)

@@ -27,6 +27,7 @@ table { border-collapse:collapse; background:#fff; }
 th, td { border:1px solid var(--line); padding:4px 8px; text-align:left; vertical-align:top; }
 th { background:#eef2f5; font-weight:600; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+table.qa-examples tr.wrong td { background:#fdecea; }
 .muted, .none { color:var(--muted); }
 .problem { color:var(--bad); background:var(--bad-bg); padding:6px 10px; border-radius:4px; margin:6px 0; }
 .toolbar { position:sticky; top:0; z-index:2; background:var(--bg); padding:8px 0; display:flex;

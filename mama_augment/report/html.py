@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from mama_augment.manifest import STATUS_OK
-from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE, RUNS_DIR, RunPaths
+from mama_augment.train.runs import GENERATED_CAPTIONS_NOTE, QA_TASK, RUNS_DIR, RunPaths
 
 
 def json_for_script(value: Any) -> str:
@@ -125,6 +125,56 @@ def _eval_result(evaluation: Any) -> str:
     return "".join(parts)
 
 
+def qa_eval_html(evaluation: Any) -> str:
+    """A question-answering run's ``eval.json``: per split, the accuracy of the trained
+    heads and of zero-shot, overall and per question type, then a few questions with
+    the model's answer next to the truth."""
+    if not isinstance(evaluation, dict):
+        return eval_tables(evaluation)
+    parts = []
+    for split, entry in evaluation.items():
+        if not isinstance(entry, dict):
+            continue
+        parts.append(f'<div class="eval qa" data-split="{esc(str(split))}"><h4>split {esc(str(split))}</h4>')
+        counts = [f"{entry.get('questions', '?')} questions",
+                  f"{entry.get('open_ended_questions', 0)} open-ended",
+                  f"{entry.get('multiple_choice_questions', 0)} multiple-choice"]
+        if entry.get("answer_coverage") is not None:
+            counts.append(f"the {entry.get('answers')} answers cover {_fmt(entry['answer_coverage'])} % of the open-ended")
+        if entry.get("questions_without_video"):
+            counts.append(f"{entry['questions_without_video']} left out (no video)")
+        parts.append(f'<p class="muted">{esc(" · ".join(counts))}</p>')
+        scores = {label: entry[key] for label, key in (("trained", "trained"), ("zero-shot", "zero_shot"))
+                  if isinstance(entry.get(key), dict)}
+        types = list(dict.fromkeys(t for score in scores.values() for t in (score.get("by_type") or {})))
+        if scores:
+            columns = ["", "accuracy %", *[f"{t} ({(s.get('by_type') or {}).get(t, {}).get('questions', '')})"
+                                           for s in list(scores.values())[:1] for t in types]]
+            rows = [[label, score.get("accuracy"),
+                     *[((score.get("by_type") or {}).get(t) or {}).get("accuracy") for t in types]]
+                    for label, score in scores.items()]
+            parts.append(_table(columns, rows, True))
+        examples = [e for e in entry.get("examples") or [] if isinstance(e, dict)]
+        if examples:
+            source = "trained heads" if entry.get("examples_from") == "trained" else "zero-shot"
+            parts.append(f'<h4>{len(examples)} questions and the answers of the {esc(source)}</h4>')
+            parts.append('<table class="qa-examples"><thead><tr><th>video_id</th><th>type</th><th>question</th>'
+                         "<th>candidates</th><th>truth</th><th>answer</th><th></th></tr></thead><tbody>")
+            for e in examples:
+                right = e.get("correct") is True
+                mark = "\u2713" if right else "\u2717"
+                parts.append(
+                    f'<tr class="{"right" if right else "wrong"}"><td>{esc(_fmt(e.get("video_id")))}</td>'
+                    f'<td>{esc(_fmt(e.get("type")))}</td><td>{esc(_fmt(e.get("question")))}</td>'
+                    f'<td>{esc(" | ".join(str(c) for c in e.get("candidates") or []))}</td>'
+                    f'<td>{esc(_fmt(e.get("answer")))}</td><td>{esc(_fmt(e.get("predicted")))}</td>'
+                    f"<td>{mark}</td></tr>"
+                )
+            parts.append("</tbody></table>")
+        parts.append("</div>")
+    return "".join(parts)
+
+
 def totals_html(status: dict, originals_note: str) -> str:
     kf = status["stages"]["keyframes"]
     cap = status["stages"]["captions"]
@@ -166,6 +216,8 @@ def runs_html(runs: list[dict], media: Any) -> str:
         out.append(f'<article class="run" data-run="{esc(run["name"])}"><h3>{esc(run["name"])}</h3>')
         facts = [(k, run[k]) for k in ("loss", "backbone", "margin", "epochs", "batch_size", "augment", "seed", "step", "epoch")
                  if k in run]
+        if run.get("task") == QA_TASK:
+            facts = [("question answering on", run.get("base_run")), *facts]
         if facts:
             out.append('<p class="muted">' + " \u00b7 ".join(f"{esc(k)} {esc(_fmt(v))}" for k, v in facts) + "</p>")
         for error in run.get("errors", []):
@@ -183,7 +235,10 @@ def runs_html(runs: list[dict], media: Any) -> str:
                     out.append(f'<figure><img loading="lazy" src="{esc(url)}" alt="{esc(name)} of {esc(run["name"])}">'
                                f"<figcaption>{esc(name)}</figcaption></figure>")
             out.append("</div>")
-        if run.get("evaluated"):
+        if run.get("evaluated") and run.get("task") == QA_TASK:
+            out.append("<h4>Question answering (eval.json)</h4>")
+            out.append(qa_eval_html(run.get("eval")))
+        elif run.get("evaluated"):
             out.append("<h4>Evaluation (eval.json)</h4>")
             out.append(eval_tables(run.get("eval")))
         else:

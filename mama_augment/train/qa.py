@@ -20,7 +20,8 @@ answer would encode questions x K texts).
 With a ``val`` split the heads of the epoch with the best validation accuracy are
 kept, as retrieval keeps its best epoch. The run folder is ``<workdir>/runs/<name>/``:
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
-the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split).
+the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
+with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 
 from mama_augment.checks import check_name, check_number
 from mama_augment.datasets.qa import QAItem, load_qa
-from mama_augment.datasets.qa_eval import is_correct, normalise_answer, score_credit
+from mama_augment.datasets.qa_eval import is_correct, normalise_answer, question_groups, score_credit
 from mama_augment.errors import UsageError
 from mama_augment.fileio import atomic_write_text
 from mama_augment.train.runs import QA_TASK, RunPaths
@@ -46,11 +47,18 @@ log = logging.getLogger(__name__)
 
 TASK = QA_TASK
 HEADS_FILE = "qa_heads.safetensors"
-# Xu et al. (2017) answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training
-# answers; later works use 1500 (ClipBERT) and TGIF-FrameQA its whole training set
-# (1540). The default follows the first papers; eval.json reports the coverage.
+# Open-ended answers per release, as the papers that introduced them: Xu et al. (2017)
+# answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training answers; TGIF-QA's
+# FrameQA is answered over its whole training vocabulary, 1540 answers (Jang et al.
+# 2017). Other releases (and later works' files) keep 1000; eval.json reports the
+# coverage, so a too small vocabulary shows.
 DEFAULT_ANSWERS = 1000
+DEFAULT_ANSWERS_BY_FORMAT = {"msrvtt-qa": 1000, "msvd-qa": 1000, "tgif-qa": 1540}
 EVAL_SPLITS = ("val", "test")
+# Questions of each evaluated split stored with the model's answer (eval.json
+# ``examples``): enough for a reader to see what the model gets wrong, small enough
+# that eval.json stays readable whatever the split's size.
+EXAMPLES = 24
 
 
 @dataclass
@@ -61,7 +69,7 @@ class QASettings:
     questions: list[str]
     questions_format: str | None = None
     checkpoint: str = "best"
-    answers: int = DEFAULT_ANSWERS
+    answers: int | None = None  # None: the release's own (DEFAULT_ANSWERS_BY_FORMAT)
     epochs: int = 30
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -74,13 +82,23 @@ class QASettings:
     def validate(self) -> None:
         if not self.questions:
             raise UsageError("give the question files with --questions")
-        check_number(self.answers, "--answers", minimum=1, maximum=1_000_000)
+        if self.answers is not None:
+            check_number(self.answers, "--answers", minimum=1, maximum=1_000_000)
         check_number(self.epochs, "--epochs", minimum=1, maximum=100_000)
         check_number(self.batch_size, "--batch-size", minimum=1, maximum=1_000_000)
         check_number(self.learning_rate, "--learning-rate", above=0, maximum=10)
         check_number(self.weight_decay, "--weight-decay", minimum=0, maximum=10)
         check_number(self.hidden, "--hidden", minimum=1, maximum=100_000)
         check_number(self.seed, "--seed", minimum=0, maximum=2**63 - 1)
+
+
+def default_answers(formats: Sequence[str]) -> tuple[int, str | None]:
+    """The answer count of the first of ``formats`` (the question files' detected
+    formats) that has its own, and that format; else :data:`DEFAULT_ANSWERS`."""
+    for name in formats:
+        if name in DEFAULT_ANSWERS_BY_FORMAT:
+            return DEFAULT_ANSWERS_BY_FORMAT[name], name
+    return DEFAULT_ANSWERS, None
 
 
 def answer_vocabulary(items: Sequence[QAItem], size: int) -> list[str]:
@@ -189,10 +207,39 @@ def _credits(items: list[QAItem], open_scores: np.ndarray | None, vocabulary: li
     return credit
 
 
-def _zero_shot(emb: _Embedded, answer_emb, answer_texts: list[str]) -> list[float]:
+def _example_rows(count: int) -> list[int]:
+    """:data:`EXAMPLES` rows spread evenly over ``count`` (files list questions grouped
+    by video or type: the first ones would show one kind only)."""
+    limit = EXAMPLES
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(k * count / limit) for k in range(limit)})
+
+
+def _examples(items: list[QAItem], open_scores: np.ndarray | None, vocabulary: list[str],
+              choice_scores: np.ndarray, mask: np.ndarray, credit: list[float]) -> list[dict]:
+    """A few questions with the model's answer next to the truth."""
+    out = []
+    for row in _example_rows(len(items)):
+        item = items[row]
+        example = {"question_id": item.question_id, "video_id": item.video_id, "question": item.question,
+                   "type": question_groups(item)[-1], "answer": item.answer}
+        if item.multiple_choice:
+            valid = choice_scores[row][mask[row]]
+            example["candidates"] = list(item.candidates)
+            example["predicted"] = item.candidates[int(valid.argmax())]
+        else:
+            example["predicted"] = vocabulary[int(open_scores[row].argmax())] if (
+                open_scores is not None and vocabulary) else None
+        example["correct"] = credit[row] == 1.0
+        out.append(example)
+    return out
+
+
+def _zero_shot_scores(emb: _Embedded, answer_emb, answer_texts: list[str]):
     open_scores = (emb.video @ answer_emb.T).numpy() if len(answer_texts) else None
     choice_scores = (emb.candidates @ emb.video[:, :, None]).squeeze(-1).numpy()
-    return _credits(emb.items, open_scores, answer_texts, choice_scores, emb.mask.numpy())
+    return open_scores, choice_scores
 
 
 def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +380,12 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
     # The vocabulary is the training answers'; a zero-shot run without train questions
     # answers from the evaluated questions' own answers (optimistic: said in eval.json).
     vocabulary_from = "train" if "train" in splits else "evaluated questions"
+    if settings.answers is None:
+        answers, answers_default_from = default_answers(qa.formats)
+    else:
+        answers, answers_default_from = settings.answers, None
     vocabulary = answer_vocabulary(qa.split("train") if "train" in splits else
-                                   [i for s in evaluated for i in qa.split(s)], settings.answers)
+                                   [i for s in evaluated for i in qa.split(s)], answers)
     wanted = evaluated if settings.zero_shot else splits
     items = {s: [i for i in qa.split(s) if i.video_id in known] for s in wanted}
     # Training must not move the global RNG: a later run in this process starts the same.
@@ -360,17 +411,25 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
             entry["answers"] = len(vocabulary)
             entry["answers_from"] = vocabulary_from
             entry["answer_coverage"] = 100.0 * sum(normalise_answer(i.answer) in in_vocabulary for i in open_items) / len(open_items)
-        zero = _zero_shot(emb, answer_emb, vocabulary)
-        entry["zero_shot"] = score_credit(emb.items, zero).to_dict()
+        mask = emb.mask.numpy()
+        open_scores, choice_scores = _zero_shot_scores(emb, answer_emb, vocabulary)
+        credit = _credits(emb.items, open_scores, vocabulary, choice_scores, mask)
+        entry["zero_shot"] = score_credit(emb.items, credit).to_dict()
         if heads is not None:
             open_scores, choice_scores = _head_scores(heads, emb, dev)
-            credit = _credits(emb.items, open_scores, vocabulary, choice_scores, emb.mask.numpy())
+            credit = _credits(emb.items, open_scores, vocabulary, choice_scores, mask)
             entry["trained"] = score_credit(emb.items, credit).to_dict()
             entry["heads_kept"] = kept
+        # the answers of what is reported first: the heads when trained, else zero-shot
+        entry["examples_from"] = "trained" if heads is not None else "zero_shot"
+        entry["examples"] = _examples(emb.items, open_scores, vocabulary, choice_scores, mask, credit)
         results[split] = entry
 
     paths.root.mkdir(parents=True, exist_ok=True)
     config = asdict(settings)
+    config["answers"] = answers  # the count used, whoever chose it
+    if settings.answers is None:
+        config["answers_default_of"] = answers_default_from or "any release"
     config["base_checkpoint"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in chosen.items()}
     config["history"] = history
     atomic_write_text(paths.config, json.dumps(config, indent=2))
