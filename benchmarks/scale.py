@@ -27,7 +27,7 @@ side by side:
 Usage::
 
     nice -n 10 python benchmarks/scale.py --sizes 10000 50000 \\
-        --code after=. --code before=/work/main --out benchmarks/out/scale
+        --code after=. --code before=../old-checkout --out benchmarks/out/scale
 
 ``--code NAME=ROOT`` puts ROOT first on ``PYTHONPATH`` in the children (run with ``-P``,
 so the current folder does not come first), so the same
