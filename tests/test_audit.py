@@ -139,7 +139,7 @@ def test_recorded_weights_survive_a_kill_in_the_last_epoch(tmp_path):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit_cli")
     workdir, captions = make_workdir(root, n_videos=120, generated=True)
-    weighted = run_train(_config(captions, epochs=3, batch_size=16, name="weighted"), workdir)
+    weighted = run_train(_config(captions, epochs=3, batch_size=16, name="weighted", generated_weight=1.0), workdir)
     plain = run_train(_config(captions, epochs=2, batch_size=16, name="plain", loss="infonce"), workdir)
     return Path(weighted.extra["run"]), Path(plain.extra["run"])
 

@@ -31,7 +31,8 @@ def _config(captions, **overrides):
 
 def test_training_on_generated_data_beats_chance_by_far(tmp_path):
     workdir, captions = make_workdir(tmp_path, n_videos=200, generated=True)
-    report = run_train(_config(captions), workdir)
+    # every generated caption used, whatever the evidence says: the pair-weights file lists both sources
+    report = run_train(_config(captions, generated_weight=1.0), workdir)
     assert report.exit_code == 0 and report.done == report.total > 0
     run = Path(report.extra["run"])
     for name in ("config.json", "model.safetensors", "weighting_net.safetensors", "checkpoint.safetensors",
