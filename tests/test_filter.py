@@ -248,8 +248,10 @@ def test_report_shows_the_flags_next_to_the_captions(tmp_path):
     run_filter(FilterConfig(text_model="hashing"), info["workdir"])
     summary = build_report_summary(info["workdir"], info["originals"])
     text = summary.path.read_text(encoding="utf-8")
-    data = json.loads(re.search(r'<script id="mama-data" type="application/json">(.*?)</script>', text, re.S).group(1))
-    shown = {(v["id"], g["i"]): g.get("f") for v in data["videos"] for g in v.get("gen", [])}
+    videos = []  # the cards, from the data files the page loads
+    for path in sorted((summary.path.parent / "data").glob("videos-*.js")):
+        videos += json.loads(re.fullmatch(r'mamaReportData\("videos",\d+,(.*)\);\n', path.read_text(), re.S).group(1))
+    shown = {(v["id"], g["i"]): g.get("f") for v in videos for g in v.get("gen", [])}
     ids = info["ids"]
     assert shown[(ids[0], 0)] == ["too_short"] and shown[(ids[2], 1)] == ["prompt_echo"]
     assert shown[(ids[0], 1)] == []  # checked, nothing raised

@@ -149,7 +149,14 @@ def page_data(index: Path) -> dict:
     text = index.read_text(encoding="utf-8")
     match = re.search(r'<script id="mama-data" type="application/json">(.*?)</script>', text, re.S)
     assert match, "data blob missing"
-    return json.loads(match.group(1))
+    data = json.loads(match.group(1))
+    data["videos"] = []  # the cards, from the data files the page loads
+    for number in range(data["chunks"]):
+        script = (index.parent / "data" / f"videos-{number:04d}.js").read_text(encoding="utf-8")
+        call = re.fullmatch(r'mamaReportData\("videos",(\d+),(.*)\);\n', script, re.S)
+        assert call and int(call.group(1)) == number, "data file malformed"
+        data["videos"].extend(json.loads(call.group(2)))
+    return data
 
 
 def _image_urls(data: dict) -> list[str]:
