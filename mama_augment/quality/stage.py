@@ -62,7 +62,10 @@ def _text_embedder(config: FilterConfig, workdir: Path):
 
     def embed(texts: list[str]) -> np.ndarray:
         vectors = np.asarray(cached_text_embeddings(encoder, texts, workdir / "cache" / "text"), dtype=np.float32)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if not vectors.flags.writeable:  # straight from the cache file
+            vectors = vectors.copy()
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # in place: no second copy
+        return vectors
 
     return encoder.name, embed
 
