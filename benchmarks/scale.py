@@ -18,6 +18,9 @@ side by side:
   over a folder of ``--videos`` empty ``.mp4`` files (made for this command, their
   fingerprints in the manifest) and ``plan_jobs`` against the manifest, which finds
   nothing new (``--failed-every K`` rows failed, kept failed);
+* ``filter``: ``mama-augment filter --text-model hashing`` (no model to load; the text
+  embedding cache is removed first, so every run embeds every caption);
+* ``report``: ``mama-augment report`` (after ``filter``, the flags are on the page);
 * ``train``: the features backbone up to its first step: ``load_videos`` (embeddings
   of every usable video), ``FeaturesModel.set_videos``, and one forward and backward
   pass of a batch of 256 videos through the frame pooling and video projection. The
@@ -104,6 +107,25 @@ elif command == "train":
 """
 
 
+_SUBJECTS = ["a man", "a woman", "two children", "a dog", "a cyclist", "a chef", "a crowd", "an old car",
+             "a bird", "a skateboarder", "a dancer", "a fisherman", "a horse", "a robot", "a nurse", "a drummer"]
+_ACTIONS = ["walks along", "runs past", "stands near", "waves at", "sits beside", "jumps over", "looks at",
+            "cleans", "paints", "repairs", "carries a box to", "films", "climbs", "circles", "points at", "leaves"]
+_PLACES = ["a busy street", "a quiet beach", "a red door", "a wooden bridge", "a kitchen counter", "a park bench",
+           "a snowy hill", "a market stall", "a train platform", "a garden", "a stage", "a river bank"]
+_DETAILS = ["at dusk", "in the rain", "under bright lights", "while music plays", "as the camera pans left",
+            "in slow motion", "on a windy day", "before noon", "with a smile", "among tall trees", "near traffic"]
+
+
+def _captions(rng, count: int) -> list[str]:
+    """Captions that vary like a model's (subject, action, place, two details, a number), so
+    text embeddings and near-duplicate search do real work; a few repeat exactly."""
+    picks = [rng.integers(0, len(words), count) for words in (_SUBJECTS, _ACTIONS, _PLACES, _DETAILS, _DETAILS)]
+    numbers = rng.integers(0, 1000, count)
+    return [f"{_SUBJECTS[a]} {_ACTIONS[b]} {_PLACES[c]} {_DETAILS[d]}, then {_DETAILS[e]}; shot {m}."
+            for a, b, c, d, e, m in zip(*(p.tolist() for p in picks), numbers.tolist())]
+
+
 INPUT_MTIME = 1_700_000_000.0  # the modification time of every synthetic input
 
 
@@ -157,7 +179,7 @@ def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int =
             kf.write_table(conform(table, KEYFRAMES.schema), row_group_size=8192)
             captions = pa.table({
                 "video_id": [v for v in ids for _ in range(2)], "caption_index": pa.array([0, 1] * n, pa.int32()),
-                "caption": [f"a synthetic video number {v} caption {k}" for v in ids for k in range(2)],
+                "caption": _captions(rng, 2 * n),
                 "status": ["ok"] * (2 * n), "created_at": pa.array([now] * (2 * n), CAPTIONS.schema.field("created_at").type),
             })
             cap.write_table(conform(captions, CAPTIONS.schema), row_group_size=8192)
@@ -167,6 +189,11 @@ def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, coun
     env = dict(os.environ, PYTHONPATH=str(root.resolve()))
     if command == "status":
         argv = [sys.executable, "-P", "-m", "mama_augment", "status", "--json", "-w", str(workdir)]
+    elif command == "filter":
+        argv = [sys.executable, "-P", "-m", "mama_augment", "filter", "--text-model", "hashing", "--no-progress",
+                "-w", str(workdir)]
+    elif command == "report":
+        argv = [sys.executable, "-P", "-m", "mama_augment", "report", "-w", str(workdir)]
     else:
         argv = [sys.executable, "-P", "-c", CHILD, command, str(workdir), str(dim), str(frames), str(count)]
     started = time.perf_counter()
@@ -179,6 +206,11 @@ def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, coun
     cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", done.stderr))
     result = {"ok": done.returncode == 0 or command == "status", "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
               "peak_rss_mb": round(int(match.group(1)) / 1024) if match else None, "returncode": done.returncode}
+    report = workdir / "report"
+    if command == "report" and report.is_dir():
+        files = [p for p in report.rglob("*") if p.is_file()]
+        result["report_mb"] = round(sum(p.stat().st_size for p in files) / 2**20, 1)
+        result["report_largest_mb"] = round(max((p.stat().st_size for p in files), default=0) / 2**20, 2)
     if not result["ok"]:
         result["error"] = done.stderr.strip().splitlines()[-3:] if done.stderr else ""
     return result
@@ -191,7 +223,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--code", action="append", default=[], help="NAME=ROOT (repeatable); default after=.")
     parser.add_argument("--commands", nargs="+", default=["status", "train", "compact", "write"],
-                        help="of write, compact, fold, status, resume, train")
+                        help="of write, compact, fold, status, resume, filter, report, train")
     parser.add_argument("--failed-every", type=int, default=0, help="every K-th video is a failed row (0: none)")
     parser.add_argument("--skip", action="append", default=[], help="NAME:COMMAND:SIZE to leave out")
     parser.add_argument("--timeout", type=int, default=300, help="seconds a measurement may take")
@@ -221,8 +253,10 @@ def main() -> None:
                 if command == "write":
                     target = args.out / f"write-{size}"
                     shutil.rmtree(target, ignore_errors=True)
-                if command == "train":
+                if command in ("train", "filter"):
                     shutil.rmtree(workdir / "cache", ignore_errors=True)
+                if command == "report":  # each tree writes its own report from scratch
+                    shutil.rmtree(workdir / "report", ignore_errors=True)
                 result = measure(command, target, Path(root), args.dim, args.frames, size, args.timeout)
                 if command == "write":
                     shutil.rmtree(target, ignore_errors=True)

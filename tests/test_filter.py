@@ -120,6 +120,52 @@ def test_ivf_finds_the_same_close_pairs_as_exact_search():
     assert np.mean(ivf_ids[close, 1] == exact_ids[close, 1]) > 0.95
 
 
+def test_many_texts_are_embedded_and_searched_a_batch_at_a_time(monkeypatch):
+    # Above BATCH texts, embed sees one batch at a time (memory holds the index and a batch,
+    # not every vector twice) and the groups are those of one call over all of them.
+    pytest.importorskip("faiss", reason="faiss-cpu is a dependency")
+    from mama_augment.quality import duplicates
+
+    vectors = _planted_vectors()
+    texts = [f"caption {i}" for i in range(len(vectors))]
+    videos = [f"v{i:04d}" for i in range(len(vectors))]
+    row = {t: i for i, t in enumerate(texts)}
+    asked = []
+
+    def embed(batch):
+        asked.append(len(batch))
+        return vectors[[row[t] for t in batch]]
+
+    whole = find_duplicates(texts, videos, embed, threshold=0.95, method="exact")
+    monkeypatch.setattr(duplicates, "BATCH", 7)
+    asked.clear()
+    batched = find_duplicates(texts, videos, embed, threshold=0.95, method="exact")
+    assert asked and max(asked) <= 7
+    assert batched.group.tolist() == whole.group.tolist()
+    assert np.allclose(batched.nearest_similarity, whole.nearest_similarity, equal_nan=True)
+
+
+def test_ivf_lists_grow_with_the_texts_and_keep_the_close_pairs(monkeypatch):
+    # Past LIST_SIZE_FROM texts the lists hold about LIST_SIZE vectors each (n / LIST_SIZE
+    # of them, not 4·sqrt(n)): the work per query stays the same as the data grows.
+    pytest.importorskip("faiss", reason="faiss-cpu is a dependency")
+    from mama_augment.quality import duplicates
+
+    monkeypatch.setattr(duplicates, "LIST_SIZE_FROM", 1000)
+    monkeypatch.setattr(duplicates, "LIST_SIZE", 16)
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(50, 48))
+    vectors = (centres[rng.integers(0, 50, 6000)] + 0.4 * rng.normal(size=(6000, 48))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = duplicates.NN_INDEXES["ivf"](len(vectors), 48, lambda a, b: vectors[a:b], lambda p: vectors[p])
+    assert index.nlist == 6000 // 16
+    exact_sims, exact_ids = nearest_neighbours(vectors, 5, "exact")
+    ivf_sims, ivf_ids = nearest_neighbours(vectors, 5, "ivf")
+    close = exact_sims[:, 1] >= 0.9
+    assert close.sum() > 50
+    assert np.mean(ivf_ids[close, 1] == exact_ids[close, 1]) > 0.95
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -248,8 +294,10 @@ def test_report_shows_the_flags_next_to_the_captions(tmp_path):
     run_filter(FilterConfig(text_model="hashing"), info["workdir"])
     summary = build_report_summary(info["workdir"], info["originals"])
     text = summary.path.read_text(encoding="utf-8")
-    data = json.loads(re.search(r'<script id="mama-data" type="application/json">(.*?)</script>', text, re.S).group(1))
-    shown = {(v["id"], g["i"]): g.get("f") for v in data["videos"] for g in v.get("gen", [])}
+    videos = []  # the cards, from the data files the page loads
+    for path in sorted((summary.path.parent / "data").glob("videos-*.js")):
+        videos += json.loads(re.fullmatch(r'mamaReportData\("videos",\d+,(.*)\);\n', path.read_text(), re.S).group(1))
+    shown = {(v["id"], g["i"]): g.get("f") for v in videos for g in v.get("gen", [])}
     ids = info["ids"]
     assert shown[(ids[0], 0)] == ["too_short"] and shown[(ids[2], 1)] == ["prompt_echo"]
     assert shown[(ids[0], 1)] == []  # checked, nothing raised

@@ -532,6 +532,7 @@ def test_report_links_nothing_outside_and_shows_no_machine_paths(tmp_path):
     assert "lead outside the work folder" in result.stderr
     page = (workdir / "report" / "index.html").read_text()
     assert str(tmp_path) not in page
+    assert all(str(tmp_path) not in path.read_text() for path in (workdir / "report" / "data").iterdir())
     data = page_data(workdir / "report" / "index.html")
     first, second = data["videos"][0], data["videos"][1]
     assert first["grid"] is None and all(frame[0] is None for frame in second["frames"])

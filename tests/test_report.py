@@ -149,7 +149,14 @@ def page_data(index: Path) -> dict:
     text = index.read_text(encoding="utf-8")
     match = re.search(r'<script id="mama-data" type="application/json">(.*?)</script>', text, re.S)
     assert match, "data blob missing"
-    return json.loads(match.group(1))
+    data = json.loads(match.group(1))
+    data["videos"] = []  # the cards, from the data files the page loads
+    for number in range(data["chunks"]):
+        script = (index.parent / "data" / f"videos-{number:04d}.js").read_text(encoding="utf-8")
+        call = re.fullmatch(r'mamaReportData\("videos",(\d+),(.*)\);\n', script, re.S)
+        assert call and int(call.group(1)) == number, "data file malformed"
+        data["videos"].extend(json.loads(call.group(2)))
+    return data
 
 
 def _image_urls(data: dict) -> list[str]:
@@ -492,4 +499,42 @@ def test_report_in_headless_chromium(tmp_path, browser):
     browser.call("Page.navigate", session=True, url=index.resolve().as_uri() + "#q=zebra")
     browser.wait_for("document.getElementById('cards').dataset.query === 'zebra'")
     assert browser.evaluate(CARD_IDS) == ["clips/v000"]
+    assert browser.problems() == []
+
+
+def test_report_cards_in_data_files_of_a_few_videos(tmp_path, monkeypatch):
+    # The page holds no card: they sit in data files of CHUNK_VIDEOS videos, so neither the
+    # page nor the build grows with the dataset; a later, smaller report drops the extra files.
+    import mama_augment.report.build as build
+
+    monkeypatch.setattr(build, "CHUNK_VIDEOS", 2)
+    facts = make_workdir(tmp_path, n_ok=5)
+    index = build_report(facts["workdir"], captions_file=facts["originals"], page_size=3)
+    names = sorted(p.name for p in (index.parent / "data").iterdir())
+    assert names == [f"{kind}-{n:04d}.js" for kind in ("search", "videos") for n in range(3)]
+    data = page_data(index)
+    assert data["total"] == 5 and data["chunkSize"] == 2
+    assert [v["id"] for v in data["videos"]] == [f"clips/v{i:03d}" for i in range(5)]
+    assert "clips/v004" not in index.read_text(encoding="utf-8")
+    monkeypatch.setattr(build, "CHUNK_VIDEOS", 5)
+    build_report(facts["workdir"], captions_file=facts["originals"], page_size=3)
+    assert sorted(p.name for p in (index.parent / "data").iterdir()) == ["search-0000.js", "videos-0000.js"]
+
+
+def test_report_pages_and_search_across_data_files_in_chromium(tmp_path, browser, monkeypatch):
+    import mama_augment.report.build as build
+
+    monkeypatch.setattr(build, "CHUNK_VIDEOS", 2)
+    facts = make_workdir(tmp_path, n_ok=5)
+    index = build_report(facts["workdir"], captions_file=facts["originals"], page_size=3)
+    browser.call("Page.navigate", session=True, url=index.resolve().as_uri())
+    browser.wait_for("document.readyState === 'complete' && document.body.dataset.ready === '1'")
+    assert browser.evaluate(CARD_IDS) == ["clips/v000", "clips/v001", "clips/v002"]  # two files
+    browser.evaluate("document.querySelector('#pager-top .next').click()")
+    browser.wait_for("document.getElementById('cards').dataset.page === '1'")
+    assert browser.evaluate(CARD_IDS) == ["clips/v003", "clips/v004"]
+    _type(browser, "V004")  # in the last file
+    assert browser.evaluate(CARD_IDS) == ["clips/v004"]
+    _type(browser, "falcon")
+    assert browser.evaluate(CARD_IDS) == ["clips/v002"]
     assert browser.problems() == []

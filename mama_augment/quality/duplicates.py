@@ -42,54 +42,104 @@ def _faiss():
     return faiss
 
 
-def _search_exact(vectors: np.ndarray, k: int):
+# Vectors are indexed and searched this many at a time: above it, ``find_duplicates``
+# asks ``embed`` for one batch at a time and memory holds the index and one batch.
+BATCH = 16_384
+# Inverted lists: 4·√n of them up to LIST_SIZE_FROM texts, as the benchmark tuned them;
+# above, lists of about LIST_SIZE vectors. With √n lists each query scans ~√n vectors
+# (the search grows as n^1.5); with lists of a fixed size found through a graph over
+# their centres, it scans the same number whatever n, and the whole search grows as n.
+LIST_SIZE = 64
+LIST_SIZE_FROM = 65_536
+NPROBE = 16
+
+VectorRows = Callable[[int, int], np.ndarray]  # rows [start, stop) of the vectors, float32
+
+
+def _new_exact(n: int, dim: int, rows: VectorRows, sample: Callable[[np.ndarray], np.ndarray]):
+    return _faiss().IndexFlatIP(dim)
+
+
+def _new_hnsw(n: int, dim: int, rows: VectorRows, sample: Callable[[np.ndarray], np.ndarray],
+              m: int = 32, ef: int = 64):
     faiss = _faiss()
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return index.search(vectors, k)
-
-
-def _search_ivf(vectors: np.ndarray, k: int, nprobe: int = 16):
-    faiss = _faiss()
-    n, dim = vectors.shape
-    nlist = int(min(4096, max(16, 4 * np.sqrt(n))))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)] if n > nlist * 40 else vectors
-    index.cp.seed = 0
-    index.train(sample)
-    index.add(vectors)
-    index.nprobe = min(nprobe, nlist)
-    return index.search(vectors, k)
-
-
-def _search_hnsw(vectors: np.ndarray, k: int, m: int = 32, ef: int = 64):
-    faiss = _faiss()
-    index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef
-    index.add(vectors)
     index.hnsw.efSearch = ef
-    return index.search(vectors, k)
+    return index
 
 
-NN_INDEXES: dict[str, Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]] = {
-    "exact": _search_exact,
-    "ivf": _search_ivf,
-    "hnsw": _search_hnsw,
+def _new_ivf(n: int, dim: int, rows: VectorRows, sample: Callable[[np.ndarray], np.ndarray]):
+    faiss = _faiss()
+    rng = np.random.default_rng(0)
+    if n <= LIST_SIZE_FROM:
+        nlist = int(max(16, 4 * np.sqrt(n)))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 0
+        if n > nlist * 40:
+            index.train(sample(rng.choice(n, size=nlist * 40, replace=False)))
+        else:
+            index.train(rows(0, n))
+    else:
+        # Lists centred on randomly drawn captions (no k-means: its cost grows with the
+        # number of lists times the sample, quadratic here); near-duplicates sit far
+        # closer to each other than to any centre, so probing the nearest centres finds them.
+        nlist = n // LIST_SIZE
+        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        quantizer.hnsw.efConstruction = 64
+        quantizer.hnsw.efSearch = 64
+        centres = np.ascontiguousarray(sample(np.sort(rng.choice(n, size=nlist, replace=False))), np.float32)
+        quantizer.add(centres)
+        # Vectors stored as float16 (of their offset from the list's centre): half the memory
+        # of the largest thing held; similarities move by ~1e-4, far below the thresholds' steps.
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_INNER_PRODUCT)
+        index.train(centres)
+    index.nprobe = min(NPROBE, nlist)
+    return index
+
+
+NN_INDEXES: dict[str, Callable] = {
+    "exact": _new_exact,
+    "ivf": _new_ivf,
+    "hnsw": _new_hnsw,
 }
 NN_CHOICES = ("auto", *NN_INDEXES)
 
 
 def nearest_neighbours(vectors: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Similarities and indices of each row's ``k`` nearest rows (itself included), by inner product."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return nearest_neighbours_of(
+        len(vectors), lambda start, stop: vectors[start:stop], lambda positions: vectors[positions], k, method
+    )
+
+
+def nearest_neighbours_of(n: int, rows: VectorRows, sample: Callable[[np.ndarray], np.ndarray], k: int,
+                          method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_neighbours` of ``n`` vectors read a batch at a time: ``rows(start, stop)``
+    gives rows of them, ``sample(positions)`` the rows at those positions (to place the
+    lists of ``ivf``). Memory holds the index and one batch."""
     if method == "auto":
-        method = "exact" if len(vectors) <= EXACT_MAX else "ivf"
+        method = "exact" if n <= EXACT_MAX else "ivf"
     if method not in NN_INDEXES:
         raise UsageError(f"unknown nearest-neighbour index {method!r}; choose one of: {', '.join(NN_CHOICES)}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    k = max(1, min(k, len(vectors)))
-    return NN_INDEXES[method](vectors, k)
+    k = max(1, min(k, n))
+
+    def batch(start: int) -> np.ndarray:
+        return np.ascontiguousarray(rows(start, min(n, start + BATCH)), dtype=np.float32)
+
+    first = batch(0)
+    index = NN_INDEXES[method](n, first.shape[1], rows, sample)
+    for start in range(0, n, BATCH):
+        index.add(first if start == 0 else batch(start))
+    sims = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, BATCH):
+        part = first if start == 0 else batch(start)
+        sims[start:start + len(part)], ids[start:start + len(part)] = index.search(part, k)
+    return sims, ids
 
 
 @dataclass
@@ -178,8 +228,14 @@ def find_duplicates(
     best_sim = np.full(m, np.nan)
     best_video: list = [None] * m
     if m >= 2:
-        vectors = np.asarray(embed(first_text), dtype=np.float32)
-        sims, neighbours = nearest_neighbours(vectors, k + 1, method)
+        if m <= BATCH:  # one call, as small datasets and the tests have always had it
+            vectors = np.asarray(embed(first_text), dtype=np.float32)
+            sims, neighbours = nearest_neighbours(vectors, k + 1, method)
+            del vectors
+        else:  # a batch of texts embedded at a time (twice: to index, then to search)
+            sims, neighbours = nearest_neighbours_of(
+                m, lambda start, stop: embed(first_text[start:stop]),
+                lambda positions: embed([first_text[p] for p in positions.tolist()]), k + 1, method)
         rows, cols = np.nonzero((sims >= threshold) & (neighbours >= 0))
         for t, u in zip(rows.tolist(), neighbours[rows, cols].tolist()):
             if u != t:

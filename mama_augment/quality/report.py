@@ -14,24 +14,29 @@ from mama_augment.errors import MamaError
 from mama_augment.manifest import CAPTION_FLAGS, manifest_path, parts_dir, read_manifest
 
 
+def flags_table(workdir: Path):
+    """The flags manifest's ``video_id``, ``caption_index``, ``caption_sha256`` and ``flags``
+    as an Arrow table, or None when there is none or it cannot be read."""
+    workdir = Path(workdir)
+    if not manifest_path(workdir, CAPTION_FLAGS).exists() and not parts_dir(workdir, CAPTION_FLAGS).is_dir():
+        return None
+    with contextlib.suppress(MamaError):  # a damaged flags file hides the flags, not the report
+        return read_manifest(workdir, CAPTION_FLAGS, columns=["caption_sha256", "flags"])
+    return None
+
+
 def attach_flags(workdir: Path, caption_rows: Iterable[dict]) -> int:
     """Set ``row["flags"]`` (names of raised flags) on every caption row that has current
     flags (same caption text as when `filter` ran); returns how many rows got them."""
-    workdir = Path(workdir)
-    if not manifest_path(workdir, CAPTION_FLAGS).exists() and not parts_dir(workdir, CAPTION_FLAGS).is_dir():
-        return 0
+    table = flags_table(workdir)
+    return 0 if table is None else attach_flag_rows(table.to_pylist(), caption_rows)
+
+
+def attach_flag_rows(flag_rows: Iterable[dict], caption_rows: Iterable[dict]) -> int:
+    """:func:`attach_flags` with the flags rows at hand (a report reads them a slice at a time)."""
     from mama_augment.export.sources import caption_sha256
 
-    table = None
-    with contextlib.suppress(MamaError):  # a damaged flags file hides the flags, not the report
-        table = read_manifest(workdir, CAPTION_FLAGS, columns=["caption_sha256", "flags"])
-    if table is None:
-        return 0
-    flags = {
-        (video_id, index): (sha, raised)
-        for video_id, index, sha, raised in zip(*(table.column(c).to_pylist() for c in
-                                                  ("video_id", "caption_index", "caption_sha256", "flags")))
-    }
+    flags = {(r["video_id"], r["caption_index"]): (r["caption_sha256"], r["flags"]) for r in flag_rows}
     count = 0
     for row in caption_rows:
         found = flags.get((row["video_id"], row["caption_index"]))

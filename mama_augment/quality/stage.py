@@ -62,7 +62,10 @@ def _text_embedder(config: FilterConfig, workdir: Path):
 
     def embed(texts: list[str]) -> np.ndarray:
         vectors = np.asarray(cached_text_embeddings(encoder, texts, workdir / "cache" / "text"), dtype=np.float32)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if not vectors.flags.writeable:  # straight from the cache file
+            vectors = vectors.copy()
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # in place: no second copy
+        return vectors
 
     return encoder.name, embed
 
@@ -134,16 +137,21 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     captions = captions.filter(pc.equal(captions.column("status"), STATUS_OK)).sort_by(
         [("video_id", "ascending"), ("caption_index", "ascending")]
     )
-    videos = read_manifest(workdir, KEYFRAMES, columns=["status", "grid_rows", "grid_cols", "keyframe_paths"])
+    # Columns, not a dict per row: at 200 000 videos a dict per keyframes row (with its
+    # list of paths) and a token list per caption held gigabytes.
+    videos = read_manifest(workdir, KEYFRAMES, columns=["grid_rows", "grid_cols", "keyframe_paths"])
     grid = {
-        row["video_id"]: (row["grid_rows"] or 1, row["grid_cols"] or 1, row["keyframe_paths"] or [])
-        for row in videos.to_pylist()
+        video_id: (rows or 1, cols or 1, frames or 0)
+        for video_id, rows, cols, frames in zip(
+            videos.column("video_id").to_pylist(), videos.column("grid_rows").to_pylist(),
+            videos.column("grid_cols").to_pylist(), pc.list_value_length(videos.column("keyframe_paths")).to_pylist())
     }
-    data = {name: captions.column(name).to_pylist() for name in captions.column_names}
-    n = len(data["video_id"])
+    frame_paths = videos.select(["video_id", "keyframe_paths"]) if config.clip_model else None
+    del videos
+    video_ids = captions.column("video_id").to_pylist()
+    n = len(video_ids)
     report.total = n
-    texts = [t or "" for t in data["caption"]]
-    words = [tokens(t) for t in texts]
+    texts = [t or "" for t in captions.column("caption").to_pylist()]
     timings["read_s"] = time.monotonic() - clock
 
     # Per caption: length, truncation, echo of the prompt.
@@ -152,24 +160,33 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     echo = PromptEcho()
     rendered: dict[tuple, list[str]] = {}
     known = prompts.all()
-    word_counts = np.array([len(w) for w in words], dtype=np.int32)
-    too_short = word_counts < config.min_words
+    word_counts = np.zeros(n, dtype=np.int32)
     truncated = np.zeros(n, bool)
     overlap = np.zeros(n)
     prompt_echo = np.zeros(n, bool)
-    for i in range(n):
-        rows, cols, frames = grid.get(data["video_id"][i], (1, 1, []))
-        key = (data["prompt_sha256"][i], rows, cols, len(frames))
-        texts_to_compare = rendered.get(key)
-        if texts_to_compare is None:
-            own = prompts.get(data["prompt_sha256"][i])
-            candidates = ([own] if own else []) + [p for p in known if p is not own]
-            texts_to_compare = [p.render(rows, cols, len(frames) or rows * cols) for p in candidates]
-            rendered[key] = texts_to_compare
-        overlap[i] = echo.overlap(words[i], texts_to_compare)
-        prompt_echo[i] = overlap[i] >= config.echo_threshold or looks_like_instruction(words[i])
-        truncated[i] = is_truncated(texts[i], data["raw_output"][i], data["completion_tokens"][i],
-                                    _max_tokens(data["sampling"][i]))
+    max_tokens: dict[str | None, int | None] = {}
+    for start in range(0, n, WRITE_CHUNK):
+        part = captions.slice(start, WRITE_CHUNK)
+        columns = [part.column(c).to_pylist() for c in ("prompt_sha256", "raw_output", "completion_tokens", "sampling")]
+        for i, (prompt_sha256, raw_output, completion_tokens, sampling) in enumerate(zip(*columns), start):
+            words = tokens(texts[i])
+            word_counts[i] = len(words)
+            rows, cols, frames = grid.get(video_ids[i], (1, 1, 0))
+            key = (prompt_sha256, rows, cols, frames)
+            texts_to_compare = rendered.get(key)
+            if texts_to_compare is None:
+                own = prompts.get(prompt_sha256)
+                candidates = ([own] if own else []) + [p for p in known if p is not own]
+                texts_to_compare = [p.render(rows, cols, frames or rows * cols) for p in candidates]
+                rendered[key] = texts_to_compare
+            overlap[i] = echo.overlap(words, texts_to_compare)
+            prompt_echo[i] = overlap[i] >= config.echo_threshold or looks_like_instruction(words)
+            if sampling not in max_tokens:
+                max_tokens[sampling] = _max_tokens(sampling)
+            truncated[i] = is_truncated(texts[i], raw_output, completion_tokens, max_tokens[sampling])
+    too_short = word_counts < config.min_words
+    caption_indexes = captions.column("caption_index").to_pylist()
+    del captions
     timings["text_s"] = time.monotonic() - clock
 
     # Near-duplicates across videos.
@@ -178,7 +195,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     # what it is, not also as the duplicate of every other one like it.
     text_model, embed = _text_embedder(config, workdir)
     described = np.flatnonzero(~too_short & ~prompt_echo)
-    duplicates = find_duplicates([texts[i] for i in described], [data["video_id"][i] for i in described], embed,
+    duplicates = find_duplicates([texts[i] for i in described], [video_ids[i] for i in described], embed,
                                  threshold=config.duplicate_threshold, k=config.neighbours, method=config.nn_index)
     duplicates = duplicates.expand(described, n)
     timings["duplicates_s"] = time.monotonic() - clock
@@ -189,8 +206,16 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     for i in described.tolist():
         first_of_group.setdefault(int(duplicates.distinct_group[i]), i)
     model = GenericModel(config.common_word_df, config.phrase_df, config.phrase_min_count)
-    model.fit([words[i] for i in first_of_group.values()])
-    generic_results = [model.check(w) for w in words]
+    model.fit([tokens(texts[i]) for i in first_of_group.values()])
+    del first_of_group
+    informative = np.zeros(n, dtype=np.int32)
+    generic_flag = np.zeros(n, bool)
+    phrases: list[tuple] = [()] * n  # most captions have none: the one empty tuple
+    for i in range(n):
+        result = model.check(tokens(texts[i]))
+        informative[i], generic_flag[i] = result.informative, result.generic
+        if result.phrases:
+            phrases[i] = result.phrases
     timings["generic_s"] = time.monotonic() - clock
 
     # Image-text agreement.
@@ -203,14 +228,16 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
 
         scorer = ClipAgreement(config.clip_model, device=config.device, batch_size=config.clip_batch_size,
                                frames=config.clip_frames)
-        video_ids = sorted(set(data["video_id"]))
-        position = {v: k for k, v in enumerate(video_ids)}
+        clip_videos = sorted(set(video_ids))
+        position = {v: k for k, v in enumerate(clip_videos)}
+        paths = dict(zip(frame_paths.column("video_id").to_pylist(), frame_paths.column("keyframe_paths").to_pylist()))
         video_vectors, clip_errors = scorer.embed_videos(
-            workdir, [(v, grid.get(v, (1, 1, []))[2]) for v in video_ids], progress=progress
+            workdir, [(v, paths.get(v) or []) for v in clip_videos], progress=progress
         )
-        usable = np.array([v not in clip_errors for v in video_ids])
+        del paths
+        usable = np.array([v not in clip_errors for v in clip_videos])
         text_vectors = scorer.embed_texts(texts)
-        caption_video = np.array([position[v] for v in data["video_id"]], dtype=np.int64)
+        caption_video = np.array([position[v] for v in video_ids], dtype=np.int64)
         clip_score, clip_z = agreement(video_vectors, text_vectors, caption_video, config.clip_others,
                                        config.seed, usable)
         timings["clip_s"] = time.monotonic() - clock
@@ -221,23 +248,18 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     now = utc_now()
     flag_counts: Counter = Counter()
     flagged = 0
-    previous = set()
     main = manifest_path(workdir, CAPTION_FLAGS)
-    if main.exists():
-        keys = pq.read_table(main, columns=["video_id", "caption_index"]).to_pydict()
-        previous = set(zip(keys["video_id"], keys["caption_index"]))
-    current = set()
+    previous = pq.read_table(main, columns=["video_id", "caption_index"]) if main.exists() else None
     with PartWriter(workdir, CAPTION_FLAGS) as writer:
         rows = []
         for i in range(n):
-            generic = generic_results[i]
             clip_mismatch = None
             if config.clip_model and not np.isnan(clip_z[i]):
                 clip_mismatch = bool(clip_z[i] < config.clip_min_z)
             values = {
                 "too_short": bool(too_short[i]),
                 "truncated": bool(truncated[i]),
-                "generic": generic.generic and not too_short[i] and not prompt_echo[i],
+                "generic": bool(generic_flag[i]) and not too_short[i] and not prompt_echo[i],
                 "prompt_echo": bool(prompt_echo[i]),
                 "near_duplicate": bool(duplicates.near_duplicate[i]),
                 "clip_mismatch": clip_mismatch,
@@ -245,11 +267,11 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
             raised = [name for name in FLAG_NAMES if values.get(name)]
             flag_counts.update(raised)
             flagged += bool(raised)
-            video_id = data["video_id"][i]
+            video_id = video_ids[i]
             error_kind, error = clip_errors.get(video_id, (None, None)) if config.clip_model else (None, None)
             row = {
                 "video_id": video_id,
-                "caption_index": data["caption_index"][i],
+                "caption_index": caption_indexes[i],
                 "caption_sha256": caption_sha256(texts[i]),
                 "status": STATUS_FAILED if error else STATUS_OK,
                 "error_kind": error_kind,
@@ -257,8 +279,8 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
                 "flags": raised,
                 "flagged": bool(raised),
                 "words": int(word_counts[i]),
-                "informative_words": generic.informative,
-                "generic_phrases": list(generic.phrases),
+                "informative_words": int(informative[i]),
+                "generic_phrases": list(phrases[i]),
                 "prompt_overlap": float(overlap[i]),
                 "duplicate_group": int(duplicates.group[i]) if duplicates.group[i] >= 0 else None,
                 "duplicate_videos": int(duplicates.group_videos[i]),
@@ -273,7 +295,6 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
                 "created_at": now,
                 **values,
             }
-            current.add((video_id, row["caption_index"]))
             rows.append(row)
             if error:
                 report.add_failure(error_kind, error, video_id)
@@ -284,7 +305,13 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
                 rows = []
         writer.write(rows)
     compact(workdir, CAPTION_FLAGS)
-    stale = previous - current
+    stale = set()
+    if previous is not None and previous.num_rows:
+        # Keys of the last run that no caption has now (an Arrow anti-join, not two sets of every key).
+        current = pa.table({"video_id": pa.array(video_ids, pa.string()),
+                            "caption_index": pa.array(caption_indexes, previous.schema.field("caption_index").type)})
+        gone = previous.join(current, keys=["video_id", "caption_index"], join_type="left anti")
+        stale = set(zip(gone.column("video_id").to_pylist(), gone.column("caption_index").to_pylist()))
     if stale:
         _drop_rows(main, stale)
     timings["write_s"] = time.monotonic() - clock

@@ -1,9 +1,13 @@
 """The report page's inline CSS and JavaScript (no network, no libraries).
 
-The video cards are drawn by the script from the JSON blob in the page
-(``<script id="mama-data" type="application/json">``), one page at a time, so a
-report of 10 000 videos keeps a small DOM and loads only the images in view
-(``loading="lazy"``). The search box filters by ``video_id`` and caption words; the
+The video cards are drawn by the script, one page at a time, from the data files of
+``data/`` (``videos-NNNN.js``: loaded as scripts, which a page opened from disk may
+do, when a page shows their videos; a few are kept); the blob in the page
+(``<script id="mama-data" type="application/json">``) holds only the page size and
+how many videos and files there are. So a report of any size keeps a small DOM and
+loads only the images in view (``loading="lazy"``). The search box filters by
+``video_id`` and caption words over ``data/search-NNNN.js`` (the lower-case texts of
+each video, loaded on the first search); the
 query and page live in the URL fragment (``index.html#q=dog&page=2``), so a view can
 be bookmarked or shared.
 """
@@ -72,31 +76,65 @@ JS = r"""
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("mama-data").textContent);
-  var videos = data.videos;
+  var total = data.total || 0, chunkSize = Math.max(1, data.chunkSize || 500), nChunks = data.chunks || 0;
   var pageSize = Math.max(1, data.pageSize || 50);
-  var haystack = videos.map(function (v) {
-    var parts = [v.id];
-    (v.orig || []).forEach(function (t) { parts.push(t); });
-    (v.gen || []).forEach(function (g) { if (g.t) { parts.push(g.t); } if (g.f) { parts.push(g.f.join(" ")); } });
-    return parts.join("\n").toLowerCase();
-  });
-  var state = { query: "", page: 0, matches: [] };
+  var KEEP_CHUNKS = 4;  // video files kept after use: paging back and forth reloads nothing
+  var store = { videos: {}, search: {} }, waiting = {}, recent = [];
+  window.mamaReportData = function (kind, number, value) {
+    store[kind][number] = value;
+    var key = kind + number;
+    (waiting[key] || []).forEach(function (w) { w[0](value); });
+    delete waiting[key];
+  };
+  function load(kind, number) {
+    if (store[kind][number] !== undefined) { return Promise.resolve(store[kind][number]); }
+    var key = kind + number;
+    return new Promise(function (resolve, reject) {
+      if (waiting[key]) { waiting[key].push([resolve, reject]); return; }
+      waiting[key] = [[resolve, reject]];
+      var script = document.createElement("script");
+      script.src = "data/" + kind + "-" + String(number).padStart(4, "0") + ".js";
+      script.onload = function () { script.remove(); };
+      script.onerror = function () {
+        script.remove();
+        (waiting[key] || []).forEach(function (w) { w[1](new Error("cannot load " + script.src)); });
+        delete waiting[key];
+      };
+      document.head.appendChild(script);
+    });
+  }
+  function keepRecent(numbers) {
+    numbers.forEach(function (n) { recent = recent.filter(function (r) { return r !== n; }); recent.push(n); });
+    while (recent.length > KEEP_CHUNKS) { delete store.videos[recent.shift()]; }
+  }
+  var state = { query: "", page: 0, matches: null };
   var $ = function (id) { return document.getElementById(id); };
   var search = $("search"), cards = $("cards"), count = $("match-count");
+  var generation = 0, searchGeneration = 0;  // answers of a superseded page or search are dropped
 
   function filter() {
+    // Resolves to the indices of the matching videos, or null for all of them.
     var terms = state.query.toLowerCase().split(/\s+/).filter(Boolean);
-    state.matches = [];
-    for (var i = 0; i < videos.length; i++) {
-      var hay = haystack[i], ok = true;
-      for (var j = 0; j < terms.length; j++) {
-        if (hay.indexOf(terms[j]) < 0) { ok = false; break; }
-      }
-      if (ok) { state.matches.push(i); }
-    }
+    if (!terms.length) { return Promise.resolve(null); }
+    var all = [];
+    for (var c = 0; c < nChunks; c++) { all.push(load("search", c)); }
+    return Promise.all(all).then(function (lists) {
+      var matches = [];
+      lists.forEach(function (hays, c) {
+        for (var i = 0; i < hays.length; i++) {
+          var hay = hays[i], ok = true;
+          for (var j = 0; j < terms.length; j++) {
+            if (hay.indexOf(terms[j]) < 0) { ok = false; break; }
+          }
+          if (ok) { matches.push(c * chunkSize + i); }
+        }
+      });
+      return matches;
+    });
   }
 
-  function pages() { return Math.max(1, Math.ceil(state.matches.length / pageSize)); }
+  function matchCount() { return state.matches ? state.matches.length : total; }
+  function pages() { return Math.max(1, Math.ceil(matchCount() / pageSize)); }
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -197,18 +235,45 @@ JS = r"""
   function render() {
     if (state.page > pages() - 1) { state.page = pages() - 1; }
     if (state.page < 0) { state.page = 0; }
-    var start = state.page * pageSize;
-    var slice = state.matches.slice(start, start + pageSize);
-    var frag = document.createDocumentFragment();
-    slice.forEach(function (i) { frag.appendChild(card(videos[i])); });
-    cards.textContent = "";
-    cards.appendChild(frag);
-    var n = state.matches.length;
-    count.textContent = (state.query ? n + " of " + videos.length + " videos match" : videos.length + " videos") +
-      (n ? " \u2014 showing " + (start + 1) + "\u2013" + (start + slice.length) : "");
-    cards.setAttribute("data-query", state.query);
-    cards.setAttribute("data-page", String(state.page));
-    renderPager();
+    var start = state.page * pageSize, n = matchCount();
+    var slice = [];
+    for (var k = start; k < Math.min(n, start + pageSize); k++) { slice.push(state.matches ? state.matches[k] : k); }
+    var needed = [];
+    slice.forEach(function (i) { var c = Math.floor(i / chunkSize); if (needed.indexOf(c) < 0) { needed.push(c); } });
+    var mine = ++generation, query = state.query, page = state.page;
+    return Promise.all(needed.map(function (c) { return load("videos", c); })).then(function (lists) {
+      if (mine !== generation) { return; }  // a newer page or query came first
+      var byChunk = {};
+      needed.forEach(function (c, k) { byChunk[c] = lists[k]; });
+      var frag = document.createDocumentFragment();
+      slice.forEach(function (i) { frag.appendChild(card(byChunk[Math.floor(i / chunkSize)][i % chunkSize])); });
+      keepRecent(needed);
+      cards.textContent = "";
+      cards.appendChild(frag);
+      count.textContent = (query ? n + " of " + total + " videos match" : total + " videos") +
+        (n ? " \u2014 showing " + (start + 1) + "\u2013" + (start + slice.length) : "");
+      cards.setAttribute("data-query", query);
+      cards.setAttribute("data-page", String(page));
+      renderPager();
+    }, function (error) {
+      if (mine !== generation) { return; }
+      cards.textContent = "";
+      cards.appendChild(el("p", "problem", "The data of this page cannot be loaded (" + error.message +
+        "); the report folder's data/ files must sit beside index.html."));
+    });
+  }
+
+  function refresh() {
+    var mine = ++searchGeneration;
+    return filter().then(function (matches) {
+      if (mine !== searchGeneration) { return; }
+      state.matches = matches;
+      return render();
+    }, function (error) {
+      if (mine !== searchGeneration) { return; }
+      cards.textContent = "";
+      cards.appendChild(el("p", "problem", "The search data cannot be loaded (" + error.message + ")."));
+    });
   }
 
   function writeHash() {
@@ -245,16 +310,14 @@ JS = r"""
   search.addEventListener("input", function () {
     clearTimeout(timer);
     timer = setTimeout(function () {
-      state.query = search.value.trim(); state.page = 0; filter(); render(); writeHash();
+      state.query = search.value.trim(); state.page = 0; refresh(); writeHash();
     }, 120);
   });
   window.addEventListener("hashchange", function () {
-    readHash(); search.value = state.query; filter(); render();
+    readHash(); search.value = state.query; refresh();
   });
   readHash();
   search.value = state.query;
-  filter();
-  render();
-  document.body.setAttribute("data-ready", "1");
+  refresh().then(function () { document.body.setAttribute("data-ready", "1"); });
 })();
 """

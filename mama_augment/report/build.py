@@ -4,8 +4,11 @@ This module reads the manifests, the runs and the original captions and turns th
 into the records the page shows; ``report/html.py`` holds the HTML pieces and
 ``report/assets.py`` the page's CSS and script.
 
-The report is one HTML file with inline CSS, script and data; it needs no server
-and no network and opens from disk (``file://``). Images are not embedded: by default
+The report is ``index.html`` (inline CSS and script, the totals, runs and failed
+inputs) and ``data/``: the video cards in files of ``CHUNK_VIDEOS`` videos, loaded as
+scripts when a page shows them, and their search texts, loaded when the user searches.
+It needs no server and no network and opens from disk (``file://``); the page's size
+and the build's memory do not grow with the number of videos. Images are not embedded: by default
 the page points at the work folder's own JPEGs and pictures with relative paths
 (``../grids/...``, ``../frames/...``, ``../runs/...``), so the report costs almost no
 disk and stays valid while it sits inside the work folder. With ``copy_images`` the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import math
 import os
 import posixpath
@@ -28,12 +32,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+import pyarrow.compute as pc
+
 from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path, atomic_write_text
 from mama_augment.datasets import CaptionSpec, locate_captions
 from mama_augment.errors import ItemError, MamaError, UsageError
 from mama_augment.manifest import CAPTIONS, KEYFRAMES, STATUS_OK, read_manifest
-from mama_augment.quality.report import attach_flags
+from mama_augment.quality.report import attach_flag_rows, flags_table
 from mama_augment.report.assets import CSS, JS
 from mama_augment.report.html import PAGE, esc, failed_html, json_for_script, runs_html, totals_html
 from mama_augment.status import list_runs, workdir_status
@@ -44,6 +51,10 @@ from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder, writable_fo
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
 DEFAULT_PAGE_SIZE = 50
+DATA_DIR = "data"
+# Videos per data file: a page loads the one or two files its cards are in, whatever
+# the number of videos, and the build holds one chunk's rows as Python objects at a time.
+CHUNK_VIDEOS = 500
 MAX_FAILED_ROWS = 2000
 
 _KF_COLUMNS = [
@@ -283,6 +294,75 @@ def _video_records(keyframes: list[dict], captions: dict[str, list[dict]],
     return records
 
 
+class _ByVideo:
+    """The rows of a table sorted by ``video_id`` for a range of ids, as dicts, on demand."""
+
+    def __init__(self, table):
+        self.table = table
+        self.ids = table.column("video_id").to_numpy(zero_copy_only=False) if table is not None else None
+
+    def rows(self, first: str, last: str) -> list[dict]:
+        if self.table is None:
+            return []
+        start = int(np.searchsorted(self.ids, first, side="left"))
+        stop = int(np.searchsorted(self.ids, last, side="right"))
+        return self.table.slice(start, stop - start).to_pylist()
+
+
+def _haystack(record: dict) -> str:
+    """What the search box matches for a video: its id, captions and flags."""
+    parts = [record["id"], *record.get("orig", [])]
+    for entry in record.get("gen", []):
+        if entry.get("t"):
+            parts.append(entry["t"])
+        if entry.get("f"):
+            parts.append(" ".join(entry["f"]))
+    return "\n".join(parts).lower()
+
+
+def chunk_file(kind: str, number: int) -> str:
+    """``data/videos-0000.js``: a script (not JSON: a page opened from disk may not fetch
+    files, but it may load scripts) handing its records to the page."""
+    return f"{DATA_DIR}/{kind}-{number:04d}.js"
+
+
+def _write_chunk(out_dir: Path, kind: str, number: int, value: Any) -> None:
+    atomic_write_text(out_dir / chunk_file(kind, number),
+                      f"mamaReportData({json.dumps(kind)},{number},{json_for_script(value)});\n")
+
+
+def _write_chunks(data_dir: Path, keyframes, captions: _ByVideo, flags: _ByVideo,
+                  originals: dict[str, list[str]], media: Media, shown: ShownPaths) -> int:
+    """Write the video cards ``CHUNK_VIDEOS`` at a time (``data/videos-NNNN.js``) and their
+    search texts (``data/search-NNNN.js``, small: what a search loads); returns how many
+    chunks. Older chunk files past the new count are removed."""
+    out_dir = data_dir.parent
+    count = 0
+    total = keyframes.num_rows if keyframes is not None else 0
+    for start in range(0, total, CHUNK_VIDEOS):
+        rows = keyframes.slice(start, CHUNK_VIDEOS).to_pylist()
+        for row in rows:
+            row["path"], row["error"] = shown.path(row.get("path")), shown.text(row.get("error"))
+        first, last = rows[0]["video_id"], rows[-1]["video_id"]
+        caption_rows = captions.rows(first, last)
+        attach_flag_rows(flags.rows(first, last), caption_rows)
+        by_video: dict[str, list[dict]] = defaultdict(list)
+        for row in caption_rows:
+            row["error"] = shown.text(row.get("error"))
+            by_video[row["video_id"]].append(row)
+        records = _video_records(rows, by_video, originals, media)
+        _write_chunk(out_dir, "videos", count, records)
+        _write_chunk(out_dir, "search", count, [_haystack(r) for r in records])
+        count += 1
+    for kind in ("videos", "search"):
+        for path in data_dir.glob(f"{kind}-*.js"):
+            match = re.fullmatch(rf"{kind}-(\d{{4,}})\.js", path.name)
+            if match and int(match.group(1)) >= count:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+    return count
+
+
 # ----------------------------------------------------------------------------- entry point
 
 # Every page this module writes carries it in its head (report/html.py PAGE).
@@ -303,6 +383,10 @@ def check_replaceable(page: Path) -> None:
         pass
     raise UsageError(f"{page} exists and is not a report written by mama-augment: it is left as it is; "
                      "remove it or choose another folder with --output")
+
+
+def _is_ok(table):
+    return pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False)
 
 
 def _rows(table) -> list[dict]:
@@ -359,32 +443,44 @@ def build_report_summary(
         raise UsageError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}") from None
     media = Media(workdir, out_dir, copy_images)
     summary = ReportSummary(path=out_dir / "index.html", problems=list(status["problems"]))
+    try:  # report/data/ reached through a link: nothing is written through it
+        data_dir = writable_folder(out_dir, DATA_DIR)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except ItemError as exc:
+        raise UsageError(f"{exc.message}; nothing is written through it") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the report folder {out_dir / DATA_DIR}: {exc.strerror or exc}") from None
 
-    keyframes: list[dict] = []
+    # Arrow tables sorted by video_id; rows become Python dicts one chunk of videos at a
+    # time, so memory holds the columns the page shows, not a dict per row of everything.
+    keyframes = None
     if status["stages"]["keyframes"]["error"] is None:
         with contextlib.suppress(MamaError):
-            keyframes = _rows(read_manifest(workdir, KEYFRAMES, columns=_KF_COLUMNS))
-    caption_rows: list[dict] = []
+            keyframes = read_manifest(workdir, KEYFRAMES, columns=_KF_COLUMNS).sort_by("video_id")
+    captions = None
     if status["stages"]["captions"]["error"] is None:
         with contextlib.suppress(MamaError):
-            caption_rows = _rows(read_manifest(workdir, CAPTIONS, columns=_CAP_COLUMNS))
-    keyframes.sort(key=lambda r: r["video_id"])
-    attach_flags(workdir, caption_rows)
-    captions_by_video: dict[str, list[dict]] = defaultdict(list)
-    for row in sorted(caption_rows, key=lambda r: (r["video_id"], r["caption_index"])):
-        captions_by_video[row["video_id"]].append(row)
+            captions = read_manifest(workdir, CAPTIONS, columns=_CAP_COLUMNS).sort_by(
+                [("video_id", "ascending"), ("caption_index", "ascending")])
+    flags = flags_table(workdir)
+    if flags is not None:
+        flags = flags.sort_by("video_id")
+    ok_keyframes = keyframes.filter(_is_ok(keyframes)) if keyframes is not None else None
+    failed_keyframes = _rows(keyframes.filter(pc.invert(_is_ok(keyframes)))) if keyframes is not None else []
+    failed_captions = _rows(captions.filter(pc.invert(_is_ok(captions)))) if captions is not None else []
 
     shown = ShownPaths(workdir)
-    for row in keyframes:
+    for row in failed_keyframes:
         row["path"], row["error"] = shown.path(row.get("path")), shown.text(row.get("error"))
-    for row in caption_rows:
+    for row in failed_captions:
         row["error"] = shown.text(row.get("error"))
     runs = list_runs(workdir)
     originals: dict[str, list[str]] = {}
     source = CaptionSpec.of(captions_file) if captions_file is not None else find_captions_file(workdir, runs)
-    ok_ids = {r["video_id"] for r in keyframes if r["status"] == STATUS_OK}
+    ok_id_list = ok_keyframes.column("video_id").to_pylist() if ok_keyframes is not None else []
+    ok_ids = set(ok_id_list)
     if source is not None:
-        originals = read_captions_file(source, video_ids=sorted(ok_ids) or None)
+        originals = read_captions_file(source, video_ids=ok_id_list or None)
         summary.originals_file = " + ".join(source.paths)
     matched = {v: caps for v, caps in originals.items() if v in ok_ids}
     summary.originals = sum(len(c) for c in matched.values())
@@ -396,18 +492,20 @@ def build_report_summary(
             f"{summary.originals} caption(s) for {len(matched)} of {len(ok_ids)} videos from {' + '.join(shown.path(str(Path(p).absolute())) for p in source.paths)}"
             + (f"; {unmatched} video_id(s) in that file have no keyframes row" if unmatched else "")
         )
+    del ok_ids, originals
 
-    videos = _video_records(keyframes, captions_by_video, matched, media)
-    failed_part, failed_total = failed_html(keyframes, caption_rows, max_failed_rows)
+    chunks = _write_chunks(data_dir, ok_keyframes, _ByVideo(captions), _ByVideo(flags), matched, media, shown)
+    failed_part, failed_total = failed_html(failed_keyframes, failed_captions, max_failed_rows)
     runs_part = runs_html(shown.tree(runs), media)
-    summary.videos = len(videos)
+    summary.videos = len(ok_id_list)
     summary.failed = failed_total
     summary.runs = len(runs)
     summary.missing_images = media.missing
     if media.outside:
         summary.problems.append(f"{PATH_OUTSIDE_WORKDIR}: {media.outside} image path(s) in the manifests lead "
                                 "outside the work folder; they are not linked")
-    data = {"pageSize": page_size, "hasOriginals": source is not None, "videos": videos}
+    data = {"pageSize": page_size, "hasOriginals": source is not None, "total": len(ok_id_list),
+            "chunkSize": CHUNK_VIDEOS, "chunks": chunks}
     page_title = title or f"mama-augment report \u2014 {workdir.resolve().name}"
     page = PAGE.format(
         title=esc(page_title),
@@ -415,7 +513,7 @@ def build_report_summary(
         js=JS,
         workdir=esc(workdir.resolve().name),
         written=esc(_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
-        n_videos=len(videos),
+        n_videos=len(ok_id_list),
         n_runs=len(runs),
         n_failed=failed_total,
         totals=totals_html(shown.tree({**status, "problems": summary.problems}), originals_note),

@@ -58,8 +58,8 @@ class HashingTextEncoder(TextEncoder):
             for token in tokens:
                 h = zlib.crc32(token.encode())
                 out[row, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # in place: no second copy
+        return out
 
 
 class SentenceTransformerEncoder(TextEncoder):
@@ -141,7 +141,7 @@ def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir
         except Exception:  # a damaged cache is recomputed, never trusted
             table = None
     if table is None:
-        table = encoder.encode(unique).astype(np.float32) if unique else np.zeros((0, encoder.dim), np.float32)
+        table = encoder.encode(unique).astype(np.float32, copy=False) if unique else np.zeros((0, encoder.dim), np.float32)
         if path is not None:
             from safetensors.numpy import save_file
 
