@@ -88,14 +88,14 @@ class Evidence:
                 "seconds": round(self.seconds, 3), "sources": [asdict(s) for s in self.sources]}
 
     def lines(self) -> list[str]:
-        """What a user reads: one line per source, or why there was no evidence."""
+        """What a user reads: one line per source, or why there was no evidence (the
+        summary prints them after ``generated_captions:``, the log after the same words)."""
         if self.skipped:
-            return [f"generated captions: {self.skipped}"]
+            return [self.skipped]
         if self.mode != "auto":
-            return [f"generated captions: weight {w:g} for {s} (--generated-weight {self.mode})"
-                    for s, w in self.weights.items()]
+            return [f"weight {w:g} for {s} (--generated-weight {self.mode})" for s, w in self.weights.items()]
         return [
-            f"generated captions of {e.source}: holdout t2v R@1 {e.r1_with:.2f} with them, {e.r1_without:.2f} "
+            f"of {e.source}: holdout t2v R@1 {e.r1_with:.2f} with them, {e.r1_without:.2f} "
             f"without ({e.difference:+.2f} +- {e.stderr:.2f}) -> weight {e.weight:g} ({e.reason})"
             for e in self.sources
         ]

@@ -318,7 +318,7 @@ class TrainRecipe:
         evidence.seconds = time.time() - started
         self.evidence = evidence
         for line in evidence.lines():
-            log.info(line)
+            log.info("generated captions%s %s", "" if line.startswith("of ") else ":", line)
         if not config.resume:  # the decision is part of the run: config.json and a resume keep it
             config.extra = {**config.extra, "generated_weights": dict(evidence.weights),
                             "generated_evidence": evidence.as_dict()}
