@@ -8,6 +8,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
 from pathlib import Path
@@ -50,3 +51,15 @@ def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -
     with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinity made ``None``: strict JSON, which readers other
+    than Python's accept (a metric of an empty split is NaN)."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

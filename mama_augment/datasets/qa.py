@@ -211,6 +211,25 @@ def _table(source: Source) -> tuple[list[str], list[list[str]]]:
     return header, rows[1:]
 
 
+def _table_rows(source: Source, header: list[str], column: dict[str, int], rows: list[list[str]]):
+    """(line number, where, cell) of every data row with all its fields; blank rows are
+    skipped and short ones counted (``malformed_line``). ``cell(name)`` is the stripped
+    field of that column, empty when the file has no such column."""
+    file_name = source.name  # once: the loop runs per question
+    for number, row in enumerate(rows, 2):
+        if not any(field.strip() for field in row):
+            continue
+        where = f"{file_name} line {number}"
+        if len(row) < len(header):
+            source.problems.add("malformed_line", f"{where}: {len(row)} fields, the header names {len(header)}")
+            continue
+
+        def cell(name: str, row: list[str] = row) -> str:
+            return row[column[name]].strip() if name in column else ""
+
+        yield number, where, cell
+
+
 def _header(source: Source) -> list[str]:
     for line in source.head.splitlines():
         if line.strip():
@@ -364,18 +383,7 @@ def read_tgif(source: Source) -> QAPart:
     task = "action" if "action" in lowered else "transition" if "transition" in lowered else None
     split = split_from_name(source.name)
     part = QAPart(source.path, "tgif-qa")
-    file_name = source.name  # once: the loop below runs per question
-    for number, row in enumerate(rows, 2):
-        if not any(cell.strip() for cell in row):
-            continue
-        where = f"{file_name} line {number}"
-        if len(row) < len(header):
-            source.problems.add("malformed_line", f"{where}: {len(row)} fields, the header names {len(header)}")
-            continue
-
-        def cell(name: str) -> str:
-            return row[column[name]].strip() if name in column else ""
-
+    for number, where, cell in _table_rows(source, header, column, rows):
         video_id, question = cell("gif_name"), cell("question")
         if not video_id or not question:
             source.problems.add("malformed_record", f"{where}: no {'gif_name' if not video_id else 'question'}")
@@ -428,18 +436,7 @@ def read_next(source: Source) -> QAPart:
     choice = all(f"a{i}" in column for i in range(5))
     split = split_from_name(source.name)
     part = QAPart(source.path, "next-qa")
-    file_name = source.name  # once: the loop below runs per question
-    for number, row in enumerate(rows, 2):
-        if not any(cell.strip() for cell in row):
-            continue
-        where = f"{file_name} line {number}"
-        if len(row) < len(header):
-            source.problems.add("malformed_line", f"{where}: {len(row)} fields, the header names {len(header)}")
-            continue
-
-        def cell(name: str) -> str:
-            return row[column[name]].strip() if name in column else ""
-
+    for _, where, cell in _table_rows(source, header, column, rows):
         video_id, question, qid = cell("video"), cell("question"), cell("qid")
         if not video_id or not question or not qid:
             source.problems.add("malformed_record", f"{where}: no {'video' if not video_id else 'question' if not question else 'qid'}")

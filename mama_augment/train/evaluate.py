@@ -11,13 +11,12 @@ best-scoring own caption.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 import numpy as np
 import torch
 
-from mama_augment.fileio import atomic_write_text
+from mama_augment.fileio import atomic_write_text, json_safe
 from mama_augment.errors import UsageError
 from mama_augment.train import protocols
 from mama_augment.train.protocols import METRIC_KEYS  # noqa: F401  (re-exported)
@@ -212,16 +211,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def evaluate_run(
     run_dir: str | Path,
     captions: str | Sequence[str] | None = None,
@@ -288,7 +277,7 @@ def evaluate_run(
         key += f" ({protocol})"
     if checkpoint == "last":
         key += "@last"
-    existing[key] = _json_safe(result)
+    existing[key] = json_safe(result)
     atomic_write_text(path, json.dumps(existing, indent=2))
     return result
 

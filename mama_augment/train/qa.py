@@ -40,7 +40,7 @@ from mama_augment.checks import check_name, check_number
 from mama_augment.datasets.qa import QAItem, load_qa
 from mama_augment.datasets.qa_eval import is_correct, normalise_answer, question_groups, score_credit
 from mama_augment.errors import UsageError
-from mama_augment.fileio import atomic_write_text
+from mama_augment.fileio import atomic_write_text, json_safe
 from mama_augment.train.runs import QA_TASK, RunPaths
 
 log = logging.getLogger(__name__)
@@ -439,19 +439,9 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
                                                              "hidden": settings.hidden})
     elif (paths.root / HEADS_FILE).exists():
         (paths.root / HEADS_FILE).unlink()  # a zero-shot rerun: stale heads would not match eval.json
-    atomic_write_text(paths.eval, json.dumps(_json_safe(results), indent=2))
+    atomic_write_text(paths.eval, json.dumps(json_safe(results), indent=2))
     problems = [line for line in qa.problems.lines()]
     return QARunResult(paths.root, results, sum(left_out.values()), problems)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def format_qa(result: QARunResult) -> str:
