@@ -13,20 +13,13 @@ from typer.testing import CliRunner
 from mama_augment.cli import app
 from mama_augment.datasets import read_annotations, read_multiple_choice, read_pairs_file
 from mama_augment.errors import UsageError
+from workdir_helpers import write
 
 runner = CliRunner()
 
 DEEP = "[" * 100_000 + "]" * 100_000
 SPARSE_SIZE = 2 * 1024**3  # holes on disk: costs nothing to write, 2 GB to read
 
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def sparse(path: Path, head: str, size: int = SPARSE_SIZE) -> Path:

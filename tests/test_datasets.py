@@ -22,17 +22,10 @@ from mama_augment.datasets import (
     split_from_name,
 )
 from mama_augment.errors import UsageError
+from workdir_helpers import write
 
 runner = CliRunner()
 
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def rows(result) -> list[tuple]:

@@ -5,7 +5,6 @@ counted problems, id matching and the ``datasets`` command."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -14,17 +13,10 @@ from mama_augment.cli import app
 from mama_augment.datasets import Source, detect_format
 from mama_augment.datasets.qa import QA_FORMATS, QAItem, detect_qa_format, load_qa, read_qa
 from mama_augment.errors import UsageError
+from workdir_helpers import write
 
 runner = CliRunner()
 
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def xu_json(rows: list[tuple[int, str, str, int]]) -> str:

@@ -129,3 +129,13 @@ def make_run(root: Path, info: dict, weighted: bool = True, seed: int = 0) -> Pa
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    """``text`` (or bytes, as they are) written to ``path``, its folders made: an annotation file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
