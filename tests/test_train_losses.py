@@ -109,3 +109,38 @@ def test_negative_margin_is_rejected():
     with pytest.raises(ValueError):
         ContrastiveLoss(margin=-0.1)
     assert math.isclose(build_loss("mama", 0.2).margin, 0.2)
+
+
+def test_a_registered_loss_gets_what_its_entry_declares(monkeypatch, tmp_path):
+    """The meta-weighting and the margin follow the loss's registry entry, not its name:
+    registering a loss is all it takes (config, build_loss, the audit of old runs)."""
+    import json
+
+    from mama_augment.train.audit import _was_weighted
+    from mama_augment.train.config import LOSSES, LossEntry, TrainConfig
+
+    monkeypatch.setitem(LOSSES, "weighted-plain", LossEntry("test: weighted, no margin", takes_meta_weighting=True))
+    monkeypatch.setitem(LOSSES, "margin-only", LossEntry("test: margin, not weighted", takes_margin=True))
+
+    weighted = TrainConfig(captions="c.csv", loss="weighted-plain", margin=0.2).validate()
+    assert weighted.use_meta_weighting and weighted.meta_weighting_decided_by_data
+    assert weighted.effective_margin == 0.0 and build_loss("weighted-plain", 0.2).margin == 0.0
+    assert TrainConfig(captions="c.csv", loss="weighted-plain", paper=True).validate().meta_weighting is True
+
+    margin = TrainConfig(captions="c.csv", loss="margin-only", margin=0.2).validate()
+    assert not margin.use_meta_weighting and not margin.meta_weighting_decided_by_data
+    assert margin.effective_margin == 0.2 and math.isclose(build_loss("margin-only", 0.2).margin, 0.2)
+    with pytest.raises(Exception, match="--paper"):
+        TrainConfig(captions="c.csv", loss="margin-only", paper=True).validate()
+
+    # A run recorded before the "auto" decision was stored: weighted when its loss takes it.
+    for loss, expected in (("weighted-plain", True), ("margin-only", False)):
+        run = tmp_path / loss
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"loss": loss, "meta_weighting": None}))
+        assert _was_weighted(run) is expected
+
+
+def test_build_loss_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="unknown loss 'triplet'"):
+        build_loss("triplet", 0.1)

@@ -36,6 +36,7 @@ from mama_augment.checks import check_number
 from mama_augment.fileio import atomic_path
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.manifest import ROW_GROUP_ROWS
+from mama_augment.train.config import TrainConfig, loss_takes_meta_weighting
 from mama_augment.train.runs import RunPaths, load_run_config
 
 PAIR_WEIGHTS_SCHEMA = pa.schema([
@@ -372,7 +373,9 @@ def _was_weighted(run_dir: Path) -> bool:
     except (OSError, ValueError):
         return True
     flag = config.get("meta_weighting")
-    return flag if flag is not None else config.get("loss", "mama") == "mama"
+    if flag is not None:
+        return flag
+    return loss_takes_meta_weighting(config.get("loss", TrainConfig.loss))
 
 
 def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold: float | None = None) -> "AuditResult":

@@ -14,11 +14,37 @@ from dataclasses import dataclass, field
 from mama_augment.checks import check_device, check_name, check_number, check_numbers
 from mama_augment.errors import UsageError
 
-# The objectives (``--loss``), name -> what it is; ``losses.build_loss`` builds them.
-LOSSES = {
-    "mama": "subtractive angular margin on positives (docs/method.md)",
-    "infonce": "symmetric InfoNCE",
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """One objective of ``--loss``: what it is, and which options it takes.
+
+    The rest of the code asks the entry, never the loss's name, so a new objective is
+    one line here (``losses.build_loss`` builds it from the same entry).
+    """
+
+    description: str
+    # Without --meta-weighting/--no-meta-weighting the run weights its pairs ("auto":
+    # when they look noisy enough, see meta_noise_threshold); --paper needs this.
+    takes_meta_weighting: bool = False
+    # --margin sits on its positives; a loss without it trains with margin 0.
+    takes_margin: bool = False
+
+
+# The objectives (``--loss``), name -> entry.
+LOSSES: dict[str, LossEntry] = {
+    "mama": LossEntry("subtractive angular margin on positives (docs/method.md)",
+                      takes_meta_weighting=True, takes_margin=True),
+    "infonce": LossEntry("symmetric InfoNCE"),
 }
+
+
+def loss_takes_meta_weighting(name: str | None) -> bool:
+    """Whether ``--loss name`` weights by default; an unknown name does not (validate
+    refuses it with the list of the known ones)."""
+    entry = LOSSES.get(name) if name is not None else None
+    return entry is not None and entry.takes_meta_weighting
 AUGMENT_MODES = ("add", "none")
 DEVICES = ("auto", "cpu", "cuda")
 META_PARAMS = ("last", "heads", "all")
@@ -89,7 +115,7 @@ class TrainConfig:
     # is off by default and --margin turns it on (it is tested and correct either way).
     margin: float = 0.0
     eps: float = 1e-6  # clamp of cosines before the angle is taken
-    meta_weighting: bool | None = None  # None: on with mama, off with infonce
+    meta_weighting: bool | None = None  # None: on with a loss that takes it (mama), off with infonce
     meta_every: int = 1  # a meta step every K training steps
     meta_lr: float = 1e-3  # Adam on the weighting net (Meta-Weight-Net's value)
     meta_hidden: int = 100  # width of the weighting MLP (Meta-Weight-Net's value)
@@ -147,14 +173,15 @@ class TrainConfig:
     @property
     def use_meta_weighting(self) -> bool:
         if self.meta_weighting is None:
-            return self.loss == "mama"
+            return loss_takes_meta_weighting(self.loss)
         return self.meta_weighting
 
     @property
     def meta_weighting_decided_by_data(self) -> bool:
-        """mama without --meta-weighting/--no-meta-weighting: the run weights only when
-        the estimated share of wrong pairs reaches ``meta_noise_threshold``."""
-        return self.meta_weighting is None and self.loss == "mama" and self.meta_noise_threshold > 0
+        """A loss that takes the meta-weighting, without --meta-weighting/--no-meta-weighting:
+        the run weights only when the estimated share of wrong pairs reaches
+        ``meta_noise_threshold``."""
+        return self.meta_weighting is None and loss_takes_meta_weighting(self.loss) and self.meta_noise_threshold > 0
 
     @property
     def generated_weight_value(self) -> float | None:
@@ -165,7 +192,8 @@ class TrainConfig:
 
     @property
     def effective_margin(self) -> float:
-        return self.margin if self.loss == "mama" else 0.0
+        entry = LOSSES.get(self.loss)
+        return self.margin if entry is not None and entry.takes_margin else 0.0
 
     @property
     def run_name(self) -> str:
@@ -188,17 +216,19 @@ class TrainConfig:
 
         check_numbers(self)
         self._check_generated_weight()
+        if self.loss not in LOSSES:
+            raise bad(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.paper:
-            if self.loss != "mama":
-                raise bad(f"--paper is the paper's MAMA: it needs --loss mama, not {self.loss!r}")
+            if not loss_takes_meta_weighting(self.loss):
+                takers = ", ".join(name for name, entry in LOSSES.items() if entry.takes_meta_weighting)
+                raise bad(f"--paper is the paper's MAMA: it weights every run, and --loss {self.loss} "
+                          f"takes no meta-weighting (use --loss {takers})")
             if self.meta_weighting is False:
                 raise bad("--paper weights every run: it cannot be combined with --no-meta-weighting")
             self.meta_weighting, self.meta_select, self.meta_holdout = True, "random", True
             self.generated_weight = 1.0
         if self.name is not None:
             check_name(self.name, "--name")  # the run folder: it must stay inside WORKDIR/runs
-        if self.loss not in LOSSES:
-            raise bad(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.augment not in AUGMENT_MODES:
             raise bad(f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}")
         check_device(self.device, "--device", DEVICES)

@@ -35,7 +35,7 @@ from mama_augment.manifest import ensure_workdir, make_folder, workdir_lock
 from mama_augment.stage import StageReport
 from mama_augment.train import checkpoint as ckpt
 from mama_augment.train.backbones import get_backbone, build_model
-from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig
+from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, TrainConfig, loss_takes_meta_weighting
 from mama_augment.train.data import (
     SOURCE_GENERATED,
     TrainData,
@@ -202,7 +202,7 @@ class TrainRecipe:
             stored.resume, stored.progress, stored.device = True, config.progress, config.device
             stored.num_workers = config.num_workers
             if stored.meta_weighting is None:  # a run from before the "auto" decision was recorded
-                stored.meta_weighting = stored.loss == "mama"
+                stored.meta_weighting = loss_takes_meta_weighting(stored.loss)
             self.config = config = stored
             check_recorded_files([*_as_list(config.captions), *_as_list(config.meta_set)], self.workdir)
         elif saved.exists():

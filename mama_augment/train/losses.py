@@ -130,10 +130,11 @@ class ContrastiveLoss(nn.Module):
 
 
 def build_loss(name: str, margin: float, eps: float = 1e-6, rank: int = 0, world_size: int = 1) -> ContrastiveLoss:
-    """``mama``: margin ``margin`` on positives; ``infonce``: margin 0."""
-    if name == "infonce":
-        return ContrastiveLoss(0.0, eps, rank, world_size)
-    if name == "mama":
-        return ContrastiveLoss(margin, eps, rank, world_size)
-    raise ValueError(f"unknown loss {name!r}")
+    """The ``--loss name`` of ``config.LOSSES``: ``margin`` on positives where the entry
+    takes a margin (mama), else margin 0 (infonce)."""
+    from mama_augment.train.config import LOSSES
 
+    entry = LOSSES.get(name)
+    if entry is None:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    return ContrastiveLoss(margin if entry.takes_margin else 0.0, eps, rank, world_size)
