@@ -226,7 +226,7 @@ def score_windows(clips: dict[str, np.ndarray], methods: dict, lengths: list[int
     """Score non-overlapping windows of ``lengths`` frames of the longer clips."""
     if not lengths:
         return
-    print(f"\nwindows of the longer clips as short clips: ratio to uniform, mean / worst (count)")
+    print("\nwindows of the longer clips as short clips: ratio to uniform, mean / worst (count)")
     print(f"{'frames':>6s} {'count':>5s} " + " ".join(f"{name:>15s}" for name in methods if name != "uniform"))
     for length in lengths:
         if length <= keyframes:

@@ -74,7 +74,6 @@ def build(workdir: Path, videos: int, pool: int, seed: int = 0) -> None:
         (workdir / "pool" / f"frame{k:05d}.jpg").write_bytes(_jpeg_bytes(pool + k, (48, 36)))
     rng = random.Random(seed)
     ids = [f"clips/video{i:07d}" for i in range(videos)]
-    now = pa.scalar(0, pa.timestamp("us", tz="UTC"))
     keyframes = pa.table({
         "video_id": ids,
         "status": ["ok"] * videos,

@@ -28,7 +28,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time

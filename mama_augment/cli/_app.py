@@ -7,7 +7,6 @@ calls one library function, prints a summary and sets the exit code:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
@@ -123,7 +122,3 @@ def finish(report: StageReport) -> None:
     print_report(report)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

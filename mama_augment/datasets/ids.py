@@ -29,7 +29,6 @@ from typing import Iterable, Sequence
 
 from mama_augment.inputs import MEDIA_EXTENSIONS
 
-RULES = ("exact", "file name", "v_ prefix", "time suffix")
 _TIME_SUFFIX = re.compile(r"^(.+?)_\d+(?:\.\d+)?_\d+(?:\.\d+)?$")
 
 

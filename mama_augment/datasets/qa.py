@@ -363,10 +363,6 @@ def read_jsonl(source: Source) -> QAPart:
 
 # ---- TGIF-QA ---------------------------------------------------------------------------
 
-_TGIF_FRAME = ["gif_name", "question", "answer", "vid_id", "key", "type"]
-_TGIF_CHOICE = ["gif_name", "question", "a1", "a2", "a3", "a4", "a5", "answer", "vid_id", "key"]
-_TGIF_COUNT = ["gif_name", "question", "answer", "vid_id", "key"]
-
 
 def detect_tgif(source: Source) -> bool:
     return not source.looks_like_json() and _header(source)[:1] == ["gif_name"] and "question" in _header(source)

@@ -75,7 +75,3 @@ FORMATS: dict[str, Format] = dict([
             "mama-augment train --captions AllVideoDescriptions.txt --captions train_list.txt --captions val_list.txt "
             "--captions test_list.txt"),
 ])  # fmt: skip
-
-
-def format_names() -> tuple[str, ...]:
-    return tuple(FORMATS)

@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import heapq
 import itertools
-import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field

@@ -37,10 +37,6 @@ def tokens(text: str | None) -> list[str]:
     return _WORD.findall((text or "").lower())
 
 
-def word_count(text: str | None) -> int:
-    return len(tokens(text))
-
-
 def is_truncated(caption: str, raw_output: str | None, completion_tokens: int | None, max_tokens: int | None) -> bool:
     """Whether the caption stops mid-sentence.
 

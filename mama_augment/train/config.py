@@ -59,8 +59,6 @@ FRAME_SOURCES = {
     "gpu": "decode the JPEGs on the GPU (TorchCodec or torchvision); CUDA only",
 }
 
-# CLIP's temperature 0.07, as open_clip initialises its log logit scale.
-CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 # The paper release clamps exp(log scale) to at most 200 ...
 LOGIT_SCALE_MAX = math.log(200.0)
 # ... and at least 1.

@@ -44,8 +44,6 @@ from mama_augment.errors import MamaError, UsageError
 
 log = logging.getLogger(__name__)
 
-# Options of ``mama-augment train`` that configure the launch, not the run.
-LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 DEFAULT_MASTER_PORT = 29500
 # How long a rank that finished waits at the end for the others (rank 0 writes the
 # run's last files after the last collective); past it, it warns and leaves (gloo's

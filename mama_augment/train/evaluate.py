@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
+
 import numpy as np
 import torch
 

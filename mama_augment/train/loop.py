@@ -372,7 +372,7 @@ class TrainRecipe:
     def train(self) -> None:
         from tqdm.auto import tqdm
 
-        config, model, data = self.config, self.model, self.data
+        config, model = self.config, self.model
         params = [p for p in model.parameters() if p.requires_grad]
         scale_param = model.head.logit_scale
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_writer),
