@@ -371,3 +371,55 @@ def test_cli_runs_the_stage_and_maps_exit_codes(workdir, fake):
     assert usage.exit_code == 2 and "keyframes" in usage.output
     bad = runner.invoke(app, base + ["--num-captions", "0"])
     assert bad.exit_code == 2
+
+
+def test_every_caption_config_field_is_an_option_and_a_config_file_key(tmp_path, monkeypatch):
+    import dataclasses
+    import inspect
+
+    import mama_augment.caption.stage as caption_stage
+    from mama_augment.caption.config import RENAMED
+    from mama_augment.stage import StageReport
+
+    command = next(c for c in app.registered_commands if (c.name or c.callback.__name__) == "caption")
+    options = set(inspect.signature(command.callback).parameters)
+    parameter = {name: option.lstrip("-").replace("-", "_") for name, option in RENAMED.items()}
+    missing = [f.name for f in dataclasses.fields(CaptionConfig) if parameter.get(f.name, f.name) not in options]
+    assert missing == []
+
+    # Values set only in the TOML file reach the stage's config.
+    seen = {}
+
+    def recorder(config, workdir, progress=True):
+        seen["config"] = config
+        return StageReport(stage="caption")
+
+    monkeypatch.setattr(caption_stage, "run_caption", recorder)
+    config_file = tmp_path / "mama.toml"
+    config_file.write_text('[caption]\nretry-backoff = 0.25\njpeg-quality = 70\nenforce-eager = false\n'
+                           'engine-args = \'{"enable_prefix_caching": true}\'\ndevice = "cpu"\n'
+                           'flush-interval = 2.5\nflush-rows = 7\n')
+    result = CliRunner().invoke(app, ["--config", str(config_file), "caption", "-w", str(tmp_path)],
+                                env={"MAMA_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    got = seen["config"]
+    assert (got.retry_backoff_s, got.jpeg_quality, got.enforce_eager, got.engine_args, got.device,
+            got.flush_interval_s, got.flush_rows) == (0.25, 70, False, {"enable_prefix_caching": True}, "cpu", 2.5, 7)
+    got.validate()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--jpeg-quality", "0"], "--jpeg-quality"),
+    (["--retry-backoff", "-1"], "--retry-backoff"),
+    (["--flush-interval", "0"], "--flush-interval"),
+    (["--flush-rows", "0"], "--flush-rows"),
+    (["--engine-args", "[1, 2]"], "--engine-args"),
+    (["--engine-args", "{not json"], "--engine-args"),
+    (["--device", "tpu"], "--device"),
+])
+def test_caption_tuning_options_are_checked_before_any_work(workdir, fake, args, option):
+    result = CliRunner().invoke(app, ["caption", "-w", str(workdir), "--model", "/models/tiny", "--backend", "fake",
+                                      "--no-progress", *args], env={"MAMA_CONFIG": ""})
+    assert result.exit_code == 2, result.output
+    assert f"{option} must" in " ".join(result.output.split())  # the option's own check, not "no such option"
+    assert not read_manifest(workdir, CAPTIONS).num_rows

@@ -10,12 +10,34 @@ from mama_augment.checks import MAX_TIMEOUT_S, check_device, check_number, check
 from mama_augment.errors import UsageError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEVICES = ("auto", "cpu", "cuda")  # of the transformers backend
 # Options whose name is not the field's.
-RENAMED = {"request_timeout_s": "--timeout", "max_retries": "--retries", "kv_cache_memory_bytes": "--kv-cache-gib"}
+RENAMED = {
+    "request_timeout_s": "--timeout",
+    "max_retries": "--retries",
+    "retry_backoff_s": "--retry-backoff",
+    "kv_cache_memory_bytes": "--kv-cache-gib",
+    "flush_interval_s": "--flush-interval",
+}
 # Upper bounds of counts where a larger value is a typo that would hold a run for days.
 MAX_CAPTIONS_PER_GRID = 1000
 MAX_CONCURRENCY = 4096
 MAX_RETRIES = 100
+ENGINE_ARGS_EXAMPLE = '{"enable_prefix_caching": true}'
+
+
+def parse_engine_args(text: str | None) -> dict:
+    """``--engine-args``: a JSON object of further ``vllm.LLM`` keyword arguments
+    (a string in the config file too: TOML tables are commands, not values)."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--engine-args must be a JSON object such as '{ENGINE_ARGS_EXAMPLE}': {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--engine-args must be a JSON object such as '{ENGINE_ARGS_EXAMPLE}', not {text!r}")
+    return value
 
 
 @dataclass
@@ -63,7 +85,7 @@ class CaptionConfig:
     kv_cache_memory_bytes: int | None = None  # default on a CPU: 256 MiB
     dtype: str = "auto"
     enforce_eager: bool | None = None  # default: True on a CPU (fast start)
-    engine_args: dict = field(default_factory=dict)  # anything else vllm.LLM accepts
+    engine_args: dict = field(default_factory=dict)  # anything else vllm.LLM accepts; wins over the above
     batch_size: int = 512  # requests handed to LLM.chat at once
 
     # Where the engines run (not part of config_hash: a run can switch and resume).
@@ -133,8 +155,8 @@ class CaptionConfig:
             (self.concurrency, "--concurrency", {"minimum": 1, "maximum": MAX_CONCURRENCY}),
             (self.max_retries, "--retries", {"minimum": 0, "maximum": MAX_RETRIES}),
             (self.request_timeout_s, "--timeout", {"above": 0, "maximum": MAX_TIMEOUT_S}),
-            (self.retry_backoff_s, "retry_backoff_s", {"minimum": 0, "maximum": MAX_TIMEOUT_S}),
-            (self.jpeg_quality, "jpeg_quality", {"minimum": 1, "maximum": 100}),
+            (self.retry_backoff_s, "--retry-backoff", {"minimum": 0, "maximum": MAX_TIMEOUT_S}),
+            (self.jpeg_quality, "--jpeg-quality", {"minimum": 1, "maximum": 100}),
             (self.max_model_len, "--max-model-len", {"minimum": 1}),
             (self.gpu_memory_utilization, "--gpu-memory-utilization", {"above": 0, "maximum": 1}),
             (self.max_num_seqs, "--max-num-seqs", {"minimum": 1}),
@@ -145,12 +167,15 @@ class CaptionConfig:
             (self.num_cpus, "--num-cpus", {"above": 0}),
             (self.num_gpus, "--num-gpus", {"minimum": 0}),
             (self.limit, "--limit", {"minimum": 0}),
-            (self.flush_interval_s, "flush_interval_s", {"above": 0, "maximum": MAX_TIMEOUT_S}),
-            (self.flush_rows, "flush_rows", {"minimum": 1}),
+            (self.flush_interval_s, "--flush-interval", {"above": 0, "maximum": MAX_TIMEOUT_S}),
+            (self.flush_rows, "--flush-rows", {"minimum": 1}),
         ]:
             check_number(value, option, **bounds)
         checks = [
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}"),
+            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}"),
+            (isinstance(self.engine_args, dict) and all(isinstance(k, str) for k in self.engine_args),
+             f"--engine-args must be a JSON object such as '{ENGINE_ARGS_EXAMPLE}'"),
             (not (self.backend == "server" and not self.endpoint), "--backend server needs --endpoint"),
             (self.engine in ENGINES, f"--engine must be one of: {', '.join(ENGINES)}"),
             (not (self.engine == "ray" and (self.backend == "server" or self.endpoint)),
@@ -166,4 +191,4 @@ class CaptionConfig:
                 "each replica needs one GPU per tensor-parallel rank"
             )
         if self.backend in ("auto", "transformers") and not self.endpoint:
-            check_device(self.device)
+            check_device(self.device, "--device", DEVICES)  # is a GPU there? only where it is used

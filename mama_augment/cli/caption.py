@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mama_augment.caption.backends import BACKENDS
-from mama_augment.caption.config import CaptionConfig
+from mama_augment.caption.config import ENGINE_ARGS_EXAMPLE, CaptionConfig, parse_engine_args
 from mama_augment.checks import gib_to_bytes
 from mama_augment.cli._app import DEFAULT_WORKDIR, WORKDIR_HELP, app, call_library, finish, parse_workdir
 from mama_augment.engines import engine_help
@@ -18,6 +18,7 @@ _ENGINE = "Offline engine (vLLM)"
 _SERVER = "Server backend"
 _SAMPLING = "Sampling and post-processing"
 _RAY = "Ray (--engine ray)"
+_WRITING = "Writing"
 
 
 def _print_models() -> None:
@@ -56,18 +57,25 @@ def caption(
     concurrency: Annotated[int, typer.Option(help="Requests in flight.", rich_help_panel=_SERVER)] = _D.concurrency,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one answer.", rich_help_panel=_SERVER)] = _D.request_timeout_s,
     retries: Annotated[int, typer.Option(help="Retries (exponential backoff) on refused, 5xx, timeout or malformed answers.", rich_help_panel=_SERVER)] = _D.max_retries,
+    retry_backoff: Annotated[float, typer.Option(help="Seconds before the first retry; doubled for each next one.", rich_help_panel=_SERVER)] = _D.retry_backoff_s,
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality (1-100) of the grids sent to the server.", rich_help_panel=_SERVER)] = _D.jpeg_quality,
     max_model_len: Annotated[Optional[int], typer.Option(rich_help_panel=_ENGINE)] = _D.max_model_len,
     gpu_memory_utilization: Annotated[float, typer.Option(rich_help_panel=_ENGINE)] = _D.gpu_memory_utilization,
     max_num_seqs: Annotated[Optional[int], typer.Option(rich_help_panel=_ENGINE)] = _D.max_num_seqs,
     tensor_parallel_size: Annotated[int, typer.Option(rich_help_panel=_ENGINE)] = _D.tensor_parallel_size,
     kv_cache_gib: Annotated[Optional[float], typer.Option(help="KV cache size in GiB (default on a CPU: 0.25).", rich_help_panel=_ENGINE)] = None,
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16 or float32.", rich_help_panel=_ENGINE)] = _D.dtype,
+    enforce_eager: Annotated[Optional[bool], typer.Option("--enforce-eager/--no-enforce-eager", help="Run the model eagerly, without CUDA graphs (faster start, slower steps). Default: eager on a CPU only.", rich_help_panel=_ENGINE, show_default=False)] = _D.enforce_eager,
+    engine_args: Annotated[Optional[str], typer.Option(metavar="JSON", help=f"Further vllm.LLM arguments as a JSON object, e.g. '{ENGINE_ARGS_EXAMPLE}'; they win over the preset and the options above.", rich_help_panel=_ENGINE, show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Requests handed to the engine at once (also for how often rows are saved).", rich_help_panel=_ENGINE)] = _D.batch_size,
     engine: Annotated[str, typer.Option(help=f"Where the vision-language engines run: {engine_help()}.", rich_help_panel=_RAY)] = _D.engine,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: 'auto' (the cluster of `ray start` on this node) or an address; default: start a local Ray.", rich_help_panel=_RAY)] = _D.ray_address,
     replicas: Annotated[int, typer.Option(help="Engines (Ray actors), each with --tensor-parallel-size GPUs.", rich_help_panel=_RAY)] = _D.replicas,
     num_cpus: Annotated[float, typer.Option(help="CPUs reserved per replica.", rich_help_panel=_RAY)] = _D.num_cpus,
     num_gpus: Annotated[Optional[float], typer.Option(help="GPUs reserved per replica (default: --tensor-parallel-size on a cluster with GPUs, else 0).", rich_help_panel=_RAY)] = _D.num_gpus,
+    device: Annotated[str, typer.Option(help="Where the transformers backend runs: auto, cpu or cuda.")] = _D.device,
+    flush_interval: Annotated[float, typer.Option(help="Seconds at most between writes of the captions done (a killed run loses no more).", rich_help_panel=_WRITING)] = _D.flush_interval_s,
+    flush_rows: Annotated[int, typer.Option(help="Captions done that are written at once (or after --flush-interval, whichever comes first).", rich_help_panel=_WRITING)] = _D.flush_rows,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--skip-failed", help="Caption again the grids whose caption failed (the default), or keep those rows failed and count them as failures.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete captions.parquet and caption everything again.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Caption at most this many grids (a smoke run).")] = None,
@@ -96,6 +104,9 @@ def caption(
         **ctx.params,
         "request_timeout_s": timeout,
         "max_retries": retries,
+        "retry_backoff_s": retry_backoff,
+        "flush_interval_s": flush_interval,
+        "engine_args": call_library(parse_engine_args, engine_args),
         "kv_cache_memory_bytes": call_library(gib_to_bytes, kv_cache_gib, "--kv-cache-gib"),
     })
     from mama_augment.caption.stage import run_caption
