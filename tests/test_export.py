@@ -230,14 +230,63 @@ def test_sources_and_split_filters(work, tmp_path):
 
 def test_unknown_split_is_a_usage_error_naming_the_splits(work, tmp_path):
     out = tmp_path / "bogus"
+    for by in ("train", "column"):
+        result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
+                                     "--captions", str(work["originals"]), "--split", "bogus", "--split-by", by,
+                                     "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert "bogus" in result.output and "test, train" in result.output
+        assert not out.exists()  # nothing written, not an empty export
+    # By the captions' split column, no captions give no split ...
     result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
-                                 "--captions", str(work["originals"]), "--split", "bogus", "--no-progress"])
-    assert result.exit_code == 2, result.output
-    assert "bogus" in result.output and "test, train" in result.output
-    assert not out.exists()  # nothing written, not an empty export
+                                 "--split", "train", "--split-by", "column", "--no-progress"])
+    assert result.exit_code == 2 and "--captions" in result.output, result.output
+    # ... while train splits generated captions alone by the hash of the id.
     result = runner.invoke(app, ["export", "-w", str(work["workdir"]), "-f", "jsonl", "-o", str(out),
                                  "--split", "train", "--no-progress"])
-    assert result.exit_code == 2 and "--captions" in result.output, result.output
+    assert result.exit_code == 0 and "a hash of video_id" in result.output, result.output
+
+
+def _write_captions(path, rows, columns):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["no split column", "split column"])
+def test_export_split_selects_the_videos_train_used(work, tmp_path, layout):
+    """``--split NAME`` exports the videos training put in NAME: without a split column
+    by the hash of the id with the run's fractions; with one, by the majority of a
+    video's captions in any spelling (``Validation``), a video without originals in
+    train. Before, the first failed and the second missed val and the generated-only video."""
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.data import build_data
+
+    ids = work["ok_ids"]
+    originals = [dict(o) for o in work["original_rows"] if o["video_id"] in ids[1:]]  # ids[0]: generated only
+    if layout == "split column":
+        originals[0]["split"] = "Validation"
+        originals[1]["split"] = "test"
+        originals.append({**originals[1], "caption": "another caption", "split": "train"})
+        originals.append({**originals[1], "caption": "a third caption", "split": "train"})
+        path = _write_captions(tmp_path / "split.csv", originals, ["video_id", "caption", "split"])
+    else:
+        path = _write_captions(tmp_path / "plain.csv", originals, ["video_id", "caption"])
+    run = make_run(tmp_path / "trained", work)
+    recorded = {"captions": str(path), "loss": "mama", "meta_weighting": False,
+                "test_fraction": 0.1, "val_fraction": 0.2}  # not the defaults: v002 is val only by these
+    (run / "config.json").write_text(json.dumps(recorded))
+    trained = build_data(TrainConfig.from_dict(recorded), work["workdir"], need="keyframe_paths")
+    placed = dict(zip(trained.videos.video_ids, trained.video_split))
+    assert len(set(placed.values())) == 3  # the fixture puts a video in every split
+
+    for split in ("train", "val", "test"):
+        out = tmp_path / f"export-{split}"
+        export(work, "jsonl", out, run=run, captions=None, split=split)
+        lines = (out / "pairs.jsonl").read_text().splitlines() if (out / "pairs.jsonl").exists() else []
+        assert {json.loads(line)["video_id"] for line in lines} == {v for v in ids if placed[v] == split}, split
 
 
 def test_weight_filters_drop_exactly_the_low_weight_pairs(work, tmp_path):
@@ -432,3 +481,25 @@ def test_killed_export_resumes_without_duplicate_or_half_shards(work, tmp_path):
         with tarfile.open(shard) as tar:
             ids += [json.loads(tar.extractfile(m).read())["video_id"] for m in tar.getmembers() if m.name.endswith(".json")]
     assert ids == work["ok_ids"]
+
+
+def test_split_by_column_keeps_the_captions_split_values_as_written(work, tmp_path):
+    """``--split-by column``: what --split meant before it followed train (a video by
+    its first caption's split value, any name the file uses)."""
+    ids = work["ok_ids"]
+    originals = [dict(o) for o in work["original_rows"] if o["video_id"] in ids]
+    originals[1]["split"] = "test-1k"
+    assert originals[2]["split"] == "train"  # outvoted below: train would call it test
+    originals += [{**originals[2], "caption": f"caption {k}", "split": "test"} for k in range(2)]
+    path = _write_captions(tmp_path / "named.csv", originals, ["video_id", "caption", "split"])
+    out = tmp_path / "named"
+    report = export(work, "jsonl", out, captions=path, split="test-1k", split_by="column")
+    assert report.extra["split"].startswith("test-1k")
+    assert {json.loads(line)["video_id"] for line in (out / "pairs.jsonl").read_text().splitlines()} == {ids[1]}
+    first = {}
+    for o in originals:
+        first.setdefault(o["video_id"], o["split"])
+    out = tmp_path / "first"
+    export(work, "jsonl", out, captions=path, split="test", split_by="column")
+    got = {json.loads(line)["video_id"] for line in (out / "pairs.jsonl").read_text().splitlines()}
+    assert got == {v for v, s in first.items() if s == "test"} and originals[2]["video_id"] not in got

@@ -19,7 +19,7 @@ from mama_augment.cli._app import (
     parse_workdir,
 )
 from mama_augment.export import FORMATS
-from mama_augment.export.config import ALL_FLAGS, MAX_SHARD_SIZE, SOURCES, UNITS, ExportConfig
+from mama_augment.export.config import ALL_FLAGS, MAX_SHARD_SIZE, SOURCES, SPLIT_BY, UNITS, ExportConfig
 from mama_augment.quality import FLAG_NAMES
 
 _D = ExportConfig(format="webdataset", out=Path("."))  # defaults live in ExportConfig
@@ -48,7 +48,8 @@ def export_command(
     drop_least_trusted: Annotated[Optional[float], typer.Option(help="Drop the P percent of the run's pairs with the lowest weight (the audit's ranking; needs --run).", rich_help_panel=_FILTERS, show_default=False)] = None,
     drop_flags: Annotated[Optional[str], typer.Option(help=f"Drop generated captions with these quality flags (from `mama-augment filter`), comma-separated, or '{ALL_FLAGS}': {', '.join(FLAG_NAMES)}.", rich_help_panel=_FILTERS, show_default=False)] = None,
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Keep one caption of every near-duplicate group (from `mama-augment filter`).", rich_help_panel=_FILTERS)] = False,
-    split: Annotated[Optional[str], typer.Option(help="Only videos of this split, as the original captions give it (a split column, or a benchmark's split lists).", rich_help_panel=_FILTERS, show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only videos of this split: train, val or test, the videos `train` used as such (see --split-by).", rich_help_panel=_FILTERS, show_default=False)] = None,
+    split_by: Annotated[str, typer.Option(help="How --split places a video: " + "; ".join(f"{k} = {v}" for k, v in SPLIT_BY.items()) + ".", rich_help_panel=_FILTERS)] = _D.split_by,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an export already in --out (only an export made by this tool).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
@@ -70,6 +71,7 @@ def export_command(
         format=format, out=out, run=run, captions=caption_paths(captions), captions_format=captions_format,
         sources=_split_list(sources), min_weight=min_weight,
         drop_least_trusted=drop_least_trusted, drop_flags=_split_list(drop_flags), dedupe=dedupe, split=split,
+        split_by=split_by,
         unit=unit, shard_size=shard_size, images=images, keyframes=keyframes, prompt=prompt, overwrite=overwrite,
     )
     from mama_augment.export.stage import run_export

@@ -15,6 +15,14 @@ SOURCE_ORIGINAL = "original"
 SOURCE_GENERATED = "generated"
 SOURCES = (SOURCE_ORIGINAL, SOURCE_GENERATED)
 UNITS = ("video", "pair")
+# How --split places a video: as train does (its split column, train/val/test and their
+# spellings, else the hash of the id with the run's fractions), or by the captions
+# file's split value as written (what --split meant before it meant train's split).
+SPLIT_BY = {
+    "train": "the split train puts the video in: the captions' split column (train/val/test), "
+             "else the hash of its id with the --run's --val-fraction/--test-fraction",
+    "column": "the captions' split value as written; videos without one are in no split",
+}
 # ``--drop-flags all`` drops a generated caption with any raised flag.
 ALL_FLAGS = "all"
 # Samples per shard: a shard's samples are held in memory until it is written.
@@ -51,7 +59,8 @@ class ExportConfig:
     drop_least_trusted: float | None = None  # percent of the run's weighted pairs, lowest weights first
     drop_flags: tuple[str, ...] = ()  # quality flags of caption_flags.parquet, or ("all",)
     dedupe: bool = False  # keep one caption of every near-duplicate group
-    split: str | None = None  # only videos of this split (from the captions file's split column)
+    split: str | None = None  # only videos of this split, placed as split_by says
+    split_by: str = "train"  # see SPLIT_BY
     unit: str | None = None  # video | pair; None: the format's default
     shard_size: int = 1000  # samples per shard
     images: bool = True  # copy the grid (and keyframe) pictures into the export
@@ -84,6 +93,8 @@ class ExportConfig:
                 f"--sources takes a comma-separated list of {', '.join(SOURCES)}, not {','.join(self.sources)!r}"
             )
         check_drop_flags(self.drop_flags)
+        if self.split_by not in SPLIT_BY:
+            raise UsageError(f"--split-by must be one of {', '.join(SPLIT_BY)}, not {self.split_by!r}")
         if (self.min_weight is not None or self.drop_least_trusted) and self.run is None:
             raise UsageError("--min-weight and --drop-least-trusted need --run (a training run with pair_weights.parquet)")
         if self.captions_format:
@@ -93,8 +104,10 @@ class ExportConfig:
 
             parse_formats(self.captions_format, len(self.captions) if isinstance(self.captions, list) else 1)
 
-    def identity(self, unit: str, inputs: dict) -> dict:
-        return {
+    def identity(self, unit: str, inputs: dict, split_fractions: dict | None = None) -> dict:
+        """What the export is: ``split_fractions`` are the hash split's fractions
+        ``--split`` uses (the run's), which change the videos selected."""
+        identity = {
             "format": self.format,
             "unit": unit,
             "sources": sorted(self.sources),
@@ -109,9 +122,12 @@ class ExportConfig:
             "prompt": self.prompt,
             "inputs": inputs,
         }
+        if self.split is not None:  # exports without --split keep the identity they had
+            identity.update({"split_by": self.split_by, "split_fractions": split_fractions})
+        return identity
 
-    def identity_hash(self, unit: str, inputs: dict) -> str:
-        blob = json.dumps(self.identity(unit, inputs), sort_keys=True, default=str).encode()
+    def identity_hash(self, unit: str, inputs: dict, split_fractions: dict | None = None) -> str:
+        blob = json.dumps(self.identity(unit, inputs, split_fractions), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def as_dict(self) -> dict:

@@ -9,6 +9,7 @@ survived the filters (originals first, in file order, then generated ones by
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +65,12 @@ class VideoItem:
     grid_cols: int | None
     media_type: str | None
     duration_s: float | None
-    split: str | None = None
+    split: str | None = None  # the first split value of its original captions, as written
     concept: str | None = None
     captions: list[CaptionEntry] = field(default_factory=list)
+    # Its original captions' splits as train reads them (train/val/test -> count): the
+    # split train gives the video (export --split), not written to the export.
+    split_votes: Counter = field(default_factory=Counter)
 
     def metadata(self) -> dict[str, Any]:
         return {

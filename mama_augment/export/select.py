@@ -8,6 +8,39 @@ from dataclasses import dataclass, field
 from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, ExportConfig
 from mama_augment.export.records import CaptionEntry, VideoItem
 from mama_augment.export.sources import RunWeights
+from mama_augment.train.data import normalize_split, split_of_video
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Which videos ``--split`` keeps (``--split-by``, config.SPLIT_BY).
+
+    ``train``: the split training gives the video, by the very rule of training
+    (``train.data.split_of_video``): ``has_split`` says whether the original
+    captions name a split at all, the fractions are the run's hash split.
+    ``column``: the first split value of the video's original captions, as written.
+    """
+
+    split: str
+    by: str = "train"
+    has_split: bool = False
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+
+    def keeps(self, item: VideoItem) -> bool:
+        if self.by == "column":
+            return item.split == self.split
+        placed = split_of_video(item.video_id, item.split_votes, self.has_split, self.test_fraction,
+                                self.val_fraction)
+        return placed == normalize_split(self.split)
+
+    def describe(self) -> str:
+        if self.by == "column":
+            return f"{self.split} (the captions' split column as written)"
+        if self.has_split:
+            return f"{normalize_split(self.split)} (as train: the captions' split column)"
+        return (f"{normalize_split(self.split)} (as train: a hash of video_id, test fraction "
+                f"{self.test_fraction:g}, val fraction {self.val_fraction:g})")
 
 
 @dataclass(frozen=True)
@@ -64,9 +97,12 @@ class SelectionCounts:
 class Selector:
     """Applies the filters of ``config`` to each video's captions, in place."""
 
-    def __init__(self, config: ExportConfig, weights: RunWeights | None):
+    def __init__(self, config: ExportConfig, weights: RunWeights | None, split_rule: SplitRule | None = None):
         self.config = config
         self.weights = weights
+        if config.split is not None and split_rule is None:
+            raise ValueError("--split needs its SplitRule (stage._split_rule), made once the captions are read")
+        self.split_rule = split_rule
         self.sources = set(config.sources)
         self.flag_filter = FlagFilter(tuple(config.drop_flags), config.dedupe)
         self.use_flags = self.flag_filter.active
@@ -77,7 +113,7 @@ class Selector:
         counts.videos_in += 1
         for entry in item.captions:
             counts.captions_in[entry.source] += 1
-        if self.config.split is not None and item.split != self.config.split:
+        if self.split_rule is not None and not self.split_rule.keeps(item):
             counts.dropped["split"] += len(item.captions)
             counts.videos_without_captions += 1
             return None

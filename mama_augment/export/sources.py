@@ -60,6 +60,7 @@ from mama_augment.manifest import (
     parts_dir,
     workdir_lock,
 )
+from mama_augment.train.data import normalize_split
 
 # The stage whose lock guards each manifest (the lock names the stages use).
 MANIFEST_LOCKS = {KEYFRAMES.name: "keyframes", CAPTIONS.name: "caption", CAPTION_FLAGS.name: "filter"}
@@ -631,6 +632,9 @@ def iter_videos(
             item.captions.append(entry)
             if item.split is None and o.get("split"):
                 item.split = o["split"]
+            normalized = normalize_split(o.get("split"))
+            if normalized is not None:
+                item.split_votes[normalized] += 1
             if item.concept is None and o.get("concept"):
                 item.concept = o["concept"]
         flag_by_index = {int(f["caption_index"]): f for f in flag_rows}

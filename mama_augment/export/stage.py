@@ -36,7 +36,7 @@ from mama_augment.export.registry import get_format
 from mama_augment.export.base import ShardContext, finish_files
 from mama_augment.export.config import ExportConfig
 from mama_augment.export.records import Sample, VideoItem
-from mama_augment.export.select import Selector
+from mama_augment.export.select import Selector, SplitRule
 from mama_augment.export.sources import (
     PAIR_WEIGHTS_FILE,
     JoinCounts,
@@ -241,9 +241,44 @@ def _ok_video_ids(workdir: Path) -> list[str]:
     return table.filter(pc.equal(table.column("status"), STATUS_OK)).column("video_id").to_pylist()
 
 
+def _split_fractions(config: ExportConfig) -> dict | None:
+    """The hash split's fractions ``--split`` places videos with (``--split-by train``):
+    the ``--run``'s, else train's defaults; None where no hash split can be used."""
+    if config.split is None or config.split_by != "train":
+        return None
+    from mama_augment.train.config import TrainConfig
+
+    if config.run is None:
+        trained = TrainConfig()
+    else:
+        paths = RunPaths(Path(config.run))
+        if not paths.config.is_file():
+            raise UsageError(f"--run {paths.root} is not a training run folder (no {RunPaths.CONFIG})")
+        trained = load_run_config(paths)
+    return {"test_fraction": trained.test_fraction, "val_fraction": trained.val_fraction}
+
+
+def _split_rule(config: ExportConfig, originals: CaptionSpec | None, splits: set[str],
+                fractions: dict | None) -> SplitRule | None:
+    """How ``--split`` places each video, once the original captions' splits are known."""
+    if config.split is None:
+        return None
+    if config.split_by == "column":
+        _check_split(config.split, originals, splits)
+        return SplitRule(config.split, "column")
+    from mama_augment.train.data import SPLIT_ALIASES, SPLITS, normalize_split
+
+    if normalize_split(config.split) is None:
+        there = f" (there: {', '.join(sorted(splits))})" if splits else ""
+        raise UsageError(f"--split {config.split!r} is not a split train makes: {', '.join(SPLITS)} "
+                         f"(also spelt {', '.join(a for a in SPLIT_ALIASES if a not in SPLITS)}); to select by "
+                         f"the captions' own split values use --split-by column{there}")
+    return SplitRule(config.split, "train", has_split=bool(splits), **(fractions or {}))
+
+
 def _check_split(split: str | None, originals: CaptionSpec | None, splits: set[str]) -> None:
-    """``--split`` must name a split of the original captions: an unknown one would
-    drop every video and leave an empty export."""
+    """``--split-by column``: ``--split`` must name a split of the original captions: an
+    unknown one would drop every video and leave an empty export."""
     if split is None or split in splits:
         return
     if originals is None:
@@ -297,7 +332,8 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         },
         "pair_weights": file_fingerprint(weights.path) if weights else None,
     }
-    identity_hash = config.identity_hash(unit, inputs)
+    split_fractions = _split_fractions(config)
+    identity_hash = config.identity_hash(unit, inputs, split_fractions)
     out = Path(config.out)
     state = _check_out(out, config.overwrite)
     created = not out.exists()
@@ -334,7 +370,7 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
                                       config.sort_memory_rows, problems, splits)
                 if originals is not None else None
             )
-            _check_split(config.split, originals, splits)
+            split_rule = _split_rule(config, originals, splits, split_fractions)
         except BaseException:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
@@ -358,7 +394,7 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         })
         shards = _export_shards(
             config, workdir, fmt, unit, out, state_dir, original_rows, weights, with_flags, prompts, fallback_prompt,
-            report, progress,
+            report, progress, split_rule,
         )
         shards["counts"]["original_captions"] = None if originals is None else {
             "files": [str(Path(p).resolve()) for p in originals.paths],
@@ -375,7 +411,7 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
             "mama_augment_version": __version__,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "workdir": str(workdir.resolve()),
-            "options": config.identity(unit, inputs),
+            "options": config.identity(unit, inputs, split_fractions),
             "counts": shards["counts"],
             "files": files,
             "shards": [
@@ -397,6 +433,8 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         "format": fmt.name, "unit": unit, "index": str(out / INDEX_FILE), "shards": len(shards["shards"]),
         "videos": shards["counts"]["videos"], "captions": shards["counts"]["captions"],
     })
+    if split_rule is not None:
+        report.extra["split"] = split_rule.describe()
     return report
 
 
@@ -409,7 +447,7 @@ def _count_failures(report: StageReport, failures: list[dict]) -> None:
 
 
 def _export_shards(config, workdir, fmt, unit, out, state_dir, original_rows, weights, with_flags, prompts,
-                   fallback_prompt, report, progress) -> dict:
+                   fallback_prompt, report, progress, split_rule: SplitRule | None = None) -> dict:
     shard_dir = make_folder(state_dir / "shards")
     parts = make_folder(state_dir / "parts")
     tmp = state_dir / "tmp"
@@ -420,7 +458,7 @@ def _export_shards(config, workdir, fmt, unit, out, state_dir, original_rows, we
             recorded[record["index"]] = record
 
     join = JoinCounts()
-    selector = Selector(config, weights)
+    selector = Selector(config, weights, split_rule)
     weight_rows = (
         sorted_rows(pair_weight_batches(weights.path, config.batch_rows), "video_id", tmp, config.sort_memory_rows)
         if weights is not None else None

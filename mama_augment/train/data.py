@@ -38,7 +38,7 @@ from mama_augment.manifest import CAPTIONS, STATUS_OK, read_manifest
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 SOURCE_ORIGINAL = "original"
 SOURCE_GENERATED = "generated"
 
@@ -62,6 +62,24 @@ def hash_split(video_id: str, test_fraction: float, val_fraction: float) -> str:
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def normalize_split(raw) -> str | None:
+    """A split column's value as one of SPLITS (``validation`` is ``val``), or None."""
+    return SPLIT_ALIASES.get(str(raw).strip().lower()) if raw is not None else None
+
+
+def split_of_video(video_id: str, votes: Counter | None, has_split: bool, test_fraction: float,
+                   val_fraction: float) -> str:
+    """The split training puts a video in; ``export --split`` asks the same.
+
+    With a split column anywhere in the original captions (``has_split``), the split
+    most of the video's captions name (``votes``: normalised split -> count; a video
+    none of whose captions names one trains); without, the hash of its id.
+    """
+    if has_split:
+        return votes.most_common(1)[0][0] if votes else "train"
+    return hash_split(video_id, test_fraction, val_fraction)
 
 
 @dataclass
@@ -341,7 +359,7 @@ def build_data(
             v = index_of[video_id]
             if has_split:
                 raw = getattr(row, "split")
-                split = _SPLIT_ALIASES.get(str(raw).strip().lower()) if raw is not None else None
+                split = normalize_split(raw)
                 if split is None:
                     _note(issues, examples, "unknown_split", 1, f"{video_id}: {raw!r}")
                     continue
@@ -393,13 +411,10 @@ def build_data(
 
     video_split: list[str] = []
     for i, video_id in enumerate(videos.video_ids):
-        if has_split:
-            votes = split_votes.get(i)
-            if votes and len(votes) > 1:
-                _note(issues, examples, "video_in_several_splits", 1, video_id)
-            video_split.append(votes.most_common(1)[0][0] if votes else "train")
-        else:
-            video_split.append(hash_split(video_id, config.test_fraction, config.val_fraction))
+        votes = split_votes.get(i)
+        if has_split and votes and len(votes) > 1:
+            _note(issues, examples, "video_in_several_splits", 1, video_id)
+        video_split.append(split_of_video(video_id, votes, has_split, config.test_fraction, config.val_fraction))
 
     # Generated captions of val/test videos would leak them into training: drop them.
     train_caps: dict[int, list[int]] = {}
