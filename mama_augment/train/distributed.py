@@ -355,12 +355,16 @@ def launch(train_args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node
     torchrun (the elastic agent of ``torch.distributed.run``) and wait for them. Raises
     :class:`MamaError` when a process fails."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
     argv = torchrun_arguments(train_args, nproc_per_node, nnodes, node_rank, master_addr, master_port, command)
     log.info("torchrun %s", " ".join(argv))
+    parser = get_args_parser()
+    # Our options go to the command unread; with abbreviations on, torchrun's parser took
+    # qa's --run for an ambiguous abbreviation of its own --run-path and stopped.
+    parser.allow_abbrev = False
     try:
-        run(parse_args(argv))
+        run(parser.parse_args(argv))
     except ChildFailedError as exc:
         failures = exc.failures
         codes = sorted({f.exitcode for f in failures.values()})
