@@ -234,3 +234,35 @@ def test_resume_without_a_checkpoint_is_a_usage_error(trained):
                         "--device", "cpu", "--name", "qa-zero"])
     result = runner.invoke(app, ["qa", "--run", base, "--name", "qa-zero", "--resume"])
     assert result.exit_code == 2 and "zero-shot" in result.output, result.output
+
+
+def test_causal_vidqa_is_answered_with_its_paired_types(trained, tmp_path):
+    workdir, _ = trained
+    concepts = pd.read_csv(workdir.parent / "captions.csv")["concept"].tolist()  # make_workdir writes it there
+    data = tmp_path / "data"
+    options = CONCEPT_WORDS[:5]
+    for v in range(N_VIDEOS):
+        right = options.index(concepts[v]) if concepts[v] in options else 0
+        entry = {"question": "which thing is it?", "answer": options}
+        text = {"descriptive": entry, "explanatory": entry, "predictive": {**entry, "reason": options},
+                "counterfactual": {**entry, "reason": options}}
+        answer = {"descriptive": {"answer": right}, "explanatory": {"answer": right},
+                  "predictive": {"answer": right, "reason": right}, "counterfactual": {"answer": right, "reason": right}}
+        (data / "QA" / f"video{v}").mkdir(parents=True)
+        (data / "QA" / f"video{v}" / "text.json").write_text(json.dumps(text))
+        (data / "QA" / f"video{v}" / "answer.json").write_text(json.dumps(answer))
+    (data / "split").mkdir()
+    (data / "split" / "train.txt").write_text("".join(f"video{v}\n" for v in range(N_TRAIN)))
+    (data / "split" / "test.txt").write_text("".join(f"video{v}\n" for v in range(N_TRAIN, N_VIDEOS)))
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(data / "QA"),
+                                 "--questions", str(data / "split" / "train.txt"), "--questions",
+                                 str(data / "split" / "test.txt"), "--epochs", "3", "--device", "cpu",
+                                 "--name", "qa-causal"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-causal" / "eval.json").read_text())["test"]
+    assert entry["multiple_choice_questions"] == 6 * (N_VIDEOS - N_TRAIN)
+    by_type = entry["trained"]["by_type"]
+    assert set(by_type) == {"D", "E", "P-A", "P-R", "P-AR", "C-A", "C-R", "C-AR"}
+    assert by_type["P-AR"]["questions"] == N_VIDEOS - N_TRAIN
+    assert by_type["P-AR"]["accuracy"] <= min(by_type["P-A"]["accuracy"], by_type["P-R"]["accuracy"]) + 1e-9
+    assert "P-AR" in result.output
