@@ -23,7 +23,7 @@ _RESUME_OPTIONS = ("run", "name", "workdir", "resume", "device", *_LAUNCH_PARAMS
 def qa_command(
     ctx: typer.Context,
     run: Optional[Path] = typer.Option(None, "--run", help="The retrieval run whose model answers (WORKDIR/runs/NAME); needed unless --resume names the QA run with --name and --workdir."),
-    questions: Optional[List[Path]] = typer.Option(None, "--questions", metavar="FILE", help="Question files of one release, repeatable (MSRVTT-QA, MSVD-QA, TGIF-QA, NExT-QA, ActivityNet-QA, JSON Lines; see `mama-augment datasets`), with their mapping files."),
+    questions: Optional[List[Path]] = typer.Option(None, "--questions", metavar="FILE", help="Question files of one release, repeatable (MSRVTT-QA, MSVD-QA, TGIF-QA, NExT-QA, ActivityNet-QA, JSON Lines; Causal-VidQA: its QA folder and split lists; see `mama-augment datasets`), with their mapping files."),
     questions_format: Optional[str] = typer.Option(None, "--questions-format", metavar="NAME", help="Format of the question files (default: recognised from content): one name, or one per file comma-separated."),
     name: Optional[str] = typer.Option(None, "--name", help="QA run folder name under WORKDIR/runs (default: qa-<run name>)."),
     answers: Optional[int] = typer.Option(_DEFAULT["answers"], "--answers", help="Open-ended: answer over the K most frequent training answers; other answers count as wrong. Default: the release's own, from the detected format (MSRVTT-QA / MSVD-QA 1000 as Xu et al. 2017, TGIF-QA 1540 as Jang et al. 2017, others 1000)."),
