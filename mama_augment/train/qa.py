@@ -404,7 +404,7 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
     import torch
 
     from mama_augment.train import checkpoint as ckpt
-    from mama_augment.train.qa_state import CHECKPOINT_FILE
+    from mama_augment.train.qa_state import CHECKPOINT_FILE, ShardedEncoder
     from mama_augment.train.runs import load_run, run_weights
 
     if resume:
@@ -463,7 +463,8 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
             atomic_write_text(paths.config, json.dumps(config, indent=2))
     # Training must not move the global RNG: a later run in this process starts the same.
     with torch.random.fork_rng(devices=[]):
-        embedded, answer_emb = _embed(model, data, items, vocabulary, settings.batch_size)
+        encoder = ShardedEncoder(model, rank, world_size) if world_size > 1 else model
+        embedded, answer_emb = _embed(encoder, data, items, vocabulary, settings.batch_size)
         heads, history, kept = None, [], None
         if not settings.zero_shot:
             keeping = _Keeping(checkpoint_path, resume, rank, world_size, epoch_callback)

@@ -92,3 +92,51 @@ def load_progress(path: Path, heads, optimizer, generator, fingerprint: dict) ->
     best = state.get("best_accuracy")
     return Progress(epochs_done, -math.inf if best is None else float(best), int(state.get("best_epoch") or 0),
                     best_heads, list(state.get("history") or []))
+
+
+class ShardedEncoder:
+    """The frozen model as ``_embed`` (train/qa.py) uses it, each of ``world_size``
+    processes encoding its share of the videos and texts and every process receiving all
+    of them, in order: the embedding, a QA run's costly part, is divided too.
+
+    Texts are handed to the model when encoded, as this process's share, so afterwards
+    the model holds that share: a QA run does not encode with it again.
+    """
+
+    def __init__(self, model, rank: int, world_size: int):
+        self._model, self._rank, self._world_size = model, rank, world_size
+        self._texts: list[str] = []
+
+    def __getattr__(self, name):  # eval(), train(), training, device: the model's own
+        return getattr(self._model, name)
+
+    def set_texts(self, texts) -> None:
+        self._texts = list(texts)
+
+    def encode_videos(self, indices, batch_size: int = 256):
+        return self._encode(list(indices), lambda mine: self._model.encode_videos(mine, batch_size))
+
+    def encode_texts(self, indices, batch_size: int = 256):
+        import numpy as np
+
+        def encode(mine):
+            self._model.set_texts([self._texts[int(i)] for i in mine])
+            return self._model.encode_texts(np.arange(len(mine)), batch_size)
+
+        return self._encode(list(indices), encode)
+
+    def _encode(self, indices: list, encode):
+        import torch
+        import torch.distributed as dist
+
+        total, world = len(indices), self._world_size
+        if total < world:  # a process would have nothing to encode (and no width to send)
+            return encode(indices)
+        local = encode(indices[batch_share(total, self._rank, world)])
+        width = -(-total // world)  # the largest share
+        padded = torch.zeros(width, *local.shape[1:], dtype=local.dtype, device=local.device)
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        sizes = [len(range(total)[batch_share(total, r, world)]) for r in range(world)]
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
