@@ -22,6 +22,9 @@ kept, as retrieval keeps its best epoch. The run folder is ``<workdir>/runs/<nam
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
 the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
 with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
+As with retrieval runs, training saves its state after every epoch
+(``qa_checkpoint.safetensors``, train/qa_state.py), from which ``resume`` continues, and
+runs on several processes under torchrun, rank 0 writing.
 """
 
 from __future__ import annotations
