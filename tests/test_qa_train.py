@@ -230,6 +230,10 @@ def test_resume_without_a_checkpoint_is_a_usage_error(trained):
     base = str(workdir / "runs" / "base")
     result = runner.invoke(app, ["qa", "--run", base, "--name", "qa-never", "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.output, result.output
+    result = runner.invoke(app, ["qa", "--workdir", str(workdir), "--name", "qa-never", "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output, result.output
+    result = runner.invoke(app, ["qa", "--resume"])
+    assert result.exit_code == 2 and "--name and --workdir" in result.output, result.output
     runner.invoke(app, ["qa", "--run", base, "--questions", str(files / "test_qa.json"), "--zero-shot",
                         "--device", "cpu", "--name", "qa-zero"])
     result = runner.invoke(app, ["qa", "--run", base, "--name", "qa-zero", "--resume"])

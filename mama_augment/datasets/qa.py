@@ -57,7 +57,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mama_augment.datasets.base import PICKLE_HINT, Problems, Source, id_value, split_from_name, text_value
+from mama_augment.datasets.base import (
+    PICKLE_HINT,
+    Problems,
+    Source,
+    annotation_limit_bytes,
+    id_value,
+    split_from_name,
+    text_value,
+)
 from mama_augment.datasets.ids import IdMatch, match_video_ids
 from mama_augment.errors import UsageError
 
@@ -597,6 +605,10 @@ def _causal_video(folder: Path, video_id: str, split: str | None, problems: Prob
 
     where = f"QA/{video_id}"
     try:
+        for name in (CAUSAL_TEXT, CAUSAL_ANSWER):  # each is read whole: the cap of any annotation file
+            if (folder / name).stat().st_size > annotation_limit_bytes():
+                problems.add("malformed_record", f"{where}: {name} is over the annotation file size cap")
+                return []
         text = json.loads((folder / CAUSAL_TEXT).read_text(encoding="utf-8-sig"))
         answer = json.loads((folder / CAUSAL_ANSWER).read_text(encoding="utf-8-sig"))
     except FileNotFoundError as exc:
