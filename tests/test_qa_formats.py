@@ -279,3 +279,92 @@ def test_a_blank_question_file_is_named_empty(tmp_path):
     blank = write(tmp_path / "train_qa.json", "  \n\n")
     with pytest.raises(UsageError, match="is empty"):
         read_qa([blank])
+
+
+# ----------------------------------------------------------------------------- Causal-VidQA
+
+
+def causal_video(root, video_id: str, answers=(0, 1, 2, 3, 4, 0)) -> None:
+    """``QA/<video>/text.json`` and ``answer.json`` as the release lays them out."""
+    def choices(word):
+        return [f"{word} {k}" for k in range(5)]
+
+    text = {"descriptive": {"question": "what is the man holding?", "answer": choices("a cup")},
+            "explanatory": {"question": "why does he run?", "answer": choices("he is late")},
+            "predictive": {"question": "what will he do next?", "answer": choices("sit"), "reason": choices("tired")},
+            "counterfactual": {"question": "what if it rained?", "answer": choices("stay"), "reason": choices("wet")}}
+    d, e, pa, pr, ca, cr = answers
+    answer = {"descriptive": {"answer": d}, "explanatory": {"answer": e}, "predictive": {"answer": pa, "reason": pr},
+              "counterfactual": {"answer": ca, "reason": cr}}
+    write(root / "QA" / video_id / "text.json", json.dumps(text))
+    write(root / "QA" / video_id / "answer.json", json.dumps(answer))
+
+
+def test_causal_vidqa_folder_with_split_lists(tmp_path):
+    data = tmp_path / "data"
+    for video_id in ("vidA_000010_000020", "vidB_000001_000011", "vidC_000005_000015"):
+        causal_video(data, video_id)
+    train = write(data / "split" / "train.txt", "vidA_000010_000020\nvidB_000001_000011\n")
+    valid = write(data / "split" / "valid.txt", "vidC_000005_000015\nvidGone_1_2\n")
+    assert detect_qa_format(Source(train)) == "causal-vidqa-split"
+    assert detect_qa_format(Source(data / "QA" / "vidA_000010_000020" / "text.json")) == "causal-vidqa"
+    qa = read_qa([data / "QA", train, valid])
+    assert len(qa.items) == 18 and {i.split for i in qa.items} == {"train", "val"}
+    first = qa.items[:6]
+    assert [i.question_id for i in first] == [f"vidA_000010_000020_{k}" for k in range(6)]
+    assert [i.question_type for i in first] == ["D", "E", "P-A", "P-R", "C-A", "C-R"]
+    # the reason question is the prediction's question, answered with a reason
+    assert first[3].question == "what will he do next?" and first[3].answer == "tired 3"
+    assert first[3].candidates == tuple(f"tired {k}" for k in range(5)) and first[3].answer_index == 3
+    assert qa.problems.counts == {"video_not_in_folder": 1}
+    # the lists alone find the QA folder where the release puts it (data/split beside data/QA)
+    assert read_qa([train]).items == [i for i in qa.items if i.split == "train"]
+    # a single video's text.json, its answer.json beside it
+    assert read_qa([data / "QA" / "vidA_000010_000020" / "text.json"]).items == [
+        QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, i.answer_index, i.question_type)
+        for i in first]
+
+
+def test_causal_vidqa_pickled_split_is_refused_with_the_conversion(tmp_path):
+    import pickle
+
+    data = tmp_path / "data"
+    causal_video(data, "vidA_1_2")
+    pickled = data / "split" / "train.pkl"
+    pickled.parent.mkdir(parents=True)
+    pickled.write_bytes(pickle.dumps(["vidA_1_2"]))
+    with pytest.raises(UsageError, match=r"one video id per line.*train\.txt"):
+        read_qa([data / "QA", pickled])
+    result = runner.invoke(app, ["datasets", str(data / "QA"), str(pickled)])
+    assert result.exit_code == 2 and "train.txt" in result.output, result.output
+
+
+def test_causal_vidqa_accuracy_pairs_answer_and_reason_as_the_paper(tmp_path):
+    from mama_augment.datasets.qa_eval import qa_accuracy
+
+    data = tmp_path / "data"
+    causal_video(data, "v1")
+    causal_video(data, "v2")
+    test = write(data / "split" / "test.txt", "v1\nv2\n")
+    qa = read_qa([data / "QA", test])
+    right = {i.question_id: i.answer_index for i in qa.items}
+    # v1: all right but its predictive reason; v2: all right but its counterfactual answer
+    predictions = {**right, "v1_3": (right["v1_3"] + 1) % 5, "v2_4": (right["v2_4"] + 1) % 5}
+    score = qa_accuracy(qa.items, predictions)
+    by_type = {k: g.accuracy for k, g in score.by_type.items()}
+    assert by_type == {"D": 100, "E": 100, "P-A": 100, "P-R": 50, "P-AR": 50, "C-A": 50, "C-R": 100, "C-AR": 50}
+    assert score.questions == 12
+    # the official "Acc": D, E, P-AR and C-AR of each video, 6 of 8 right
+    assert score.accuracy == pytest.approx(75.0)
+
+
+def test_datasets_lists_and_checks_causal_vidqa(tmp_path):
+    data = tmp_path / "data"
+    causal_video(data, "v1")
+    test = write(data / "split" / "test.txt", "v1\n")
+    listing = runner.invoke(app, ["datasets"])
+    assert "causal-vidqa" in listing.output and "causal-vidqa-split" in listing.output
+    result = runner.invoke(app, ["datasets", str(data / "QA"), str(test)])
+    assert result.exit_code == 0, result.output
+    assert "causal-vidqa, 1 video folders" in result.output and "test: 6 questions" in result.output
+    assert "C-R 1" in result.output

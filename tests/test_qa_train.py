@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -176,3 +177,96 @@ def test_the_answer_count_defaults_to_the_releases_own(trained):
         assert result.exit_code == 0, result.output
         config = json.loads((workdir / "runs" / f"qa-k{n}" / "config.json").read_text())
         assert config["answers"] == expected and config.get("answers_default_of") == source
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_after_first_epoch(epochs_done: int) -> None:
+    if epochs_done == 1:
+        raise _Stopped()
+
+
+def test_a_stopped_qa_run_resumes_to_the_uninterrupted_result(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from mama_augment.train.qa import QASettings, run_qa
+
+    workdir, files = trained
+    # a val split, so that the heads of the best epoch (kept across the stop) are used
+    val = tmp_path / "val_qa.json"
+    val.write_text((files / "test_qa.json").read_text())
+    questions = [str(files / "train_qa.json"), str(val), str(files / "test_qa.json"),
+                 str(files / "train_mc.jsonl"), str(files / "test_mc.jsonl")]
+    base = workdir / "runs" / "base"
+
+    def settings():
+        return QASettings(base_run=str(base), questions=questions, epochs=3, batch_size=16, learning_rate=3e-3)
+
+    run_qa(settings(), name="qa-whole", device="cpu")
+    with pytest.raises(_Stopped):
+        run_qa(settings(), name="qa-stopped", device="cpu", epoch_callback=_stop_after_first_epoch)
+    stopped = workdir / "runs" / "qa-stopped"
+    assert (stopped / "qa_checkpoint.safetensors").exists() and not (stopped / "eval.json").exists()
+    # options that change training are refused with --resume
+    refused = runner.invoke(app, ["qa", "--run", str(base), "--name", "qa-stopped", "--resume", "--epochs", "5"])
+    assert refused.exit_code == 2 and "--epochs" in refused.output, refused.output
+    result = runner.invoke(app, ["qa", "--run", str(base), "--name", "qa-stopped", "--resume", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+    whole, resumed = load_file(workdir / "runs" / "qa-whole" / "qa_heads.safetensors"), load_file(stopped / "qa_heads.safetensors")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+    history = [json.loads((workdir / "runs" / n / "config.json").read_text())["history"] for n in ("qa-whole", "qa-stopped")]
+    assert len(history[0]) == 3 and history[1] == history[0]
+    evals = [json.loads((workdir / "runs" / n / "eval.json").read_text())["test"] for n in ("qa-whole", "qa-stopped")]
+    assert evals[1]["trained"] == evals[0]["trained"] and evals[1]["heads_kept"] == evals[0]["heads_kept"]
+
+
+def test_resume_without_a_checkpoint_is_a_usage_error(trained):
+    workdir, files = trained
+    base = str(workdir / "runs" / "base")
+    result = runner.invoke(app, ["qa", "--run", base, "--name", "qa-never", "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output, result.output
+    result = runner.invoke(app, ["qa", "--workdir", str(workdir), "--name", "qa-never", "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output, result.output
+    result = runner.invoke(app, ["qa", "--resume"])
+    assert result.exit_code == 2 and "--name and --workdir" in result.output, result.output
+    runner.invoke(app, ["qa", "--run", base, "--questions", str(files / "test_qa.json"), "--zero-shot",
+                        "--device", "cpu", "--name", "qa-zero"])
+    result = runner.invoke(app, ["qa", "--run", base, "--name", "qa-zero", "--resume"])
+    assert result.exit_code == 2 and "zero-shot" in result.output, result.output
+
+
+def test_causal_vidqa_is_answered_with_its_paired_types(trained, tmp_path):
+    workdir, _ = trained
+    concepts = pd.read_csv(workdir.parent / "captions.csv")["concept"].tolist()  # make_workdir writes it there
+    data = tmp_path / "data"
+    options = CONCEPT_WORDS[:5]
+    for v in range(N_VIDEOS):
+        right = options.index(concepts[v]) if concepts[v] in options else 0
+        entry = {"question": "which thing is it?", "answer": options}
+        text = {"descriptive": entry, "explanatory": entry, "predictive": {**entry, "reason": options},
+                "counterfactual": {**entry, "reason": options}}
+        answer = {"descriptive": {"answer": right}, "explanatory": {"answer": right},
+                  "predictive": {"answer": right, "reason": right}, "counterfactual": {"answer": right, "reason": right}}
+        (data / "QA" / f"video{v}").mkdir(parents=True)
+        (data / "QA" / f"video{v}" / "text.json").write_text(json.dumps(text))
+        (data / "QA" / f"video{v}" / "answer.json").write_text(json.dumps(answer))
+    (data / "split").mkdir()
+    (data / "split" / "train.txt").write_text("".join(f"video{v}\n" for v in range(N_TRAIN)))
+    (data / "split" / "test.txt").write_text("".join(f"video{v}\n" for v in range(N_TRAIN, N_VIDEOS)))
+    result = runner.invoke(app, ["qa", "--run", str(workdir / "runs" / "base"), "--questions", str(data / "QA"),
+                                 "--questions", str(data / "split" / "train.txt"), "--questions",
+                                 str(data / "split" / "test.txt"), "--epochs", "3", "--device", "cpu",
+                                 "--name", "qa-causal"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((workdir / "runs" / "qa-causal" / "eval.json").read_text())["test"]
+    assert entry["multiple_choice_questions"] == 6 * (N_VIDEOS - N_TRAIN)
+    by_type = entry["trained"]["by_type"]
+    assert set(by_type) == {"D", "E", "P-A", "P-R", "P-AR", "C-A", "C-R", "C-AR"}
+    assert by_type["P-AR"]["questions"] == N_VIDEOS - N_TRAIN
+    assert by_type["P-AR"]["accuracy"] <= min(by_type["P-A"]["accuracy"], by_type["P-R"]["accuracy"]) + 1e-9
+    assert "P-AR" in result.output

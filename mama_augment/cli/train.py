@@ -46,13 +46,13 @@ _LAUNCH_PARAMS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "maste
 _RESUME_OPTIONS = ("name", "workdir", "resume", "progress", "quiet", "device", "num_workers", *_LAUNCH_PARAMS)
 
 
-def _options_resume_keeps(ctx: typer.Context) -> list[str]:
+def _options_resume_keeps(ctx: typer.Context, allowed: tuple[str, ...] = _RESUME_OPTIONS) -> list[str]:
     """Options given on the command line (or in the environment) that --resume would
-    ignore, as their flags. Values of a --config file are left out: the same file
-    serves the run's first start and its resume."""
+    ignore, as their flags (``allowed``: the parameters it takes). Values of a --config
+    file are left out: the same file serves the run's first start and its resume."""
     given = []
     for param in ctx.command.params:
-        if param.name in _RESUME_OPTIONS or param.name not in ctx.params:
+        if param.name in allowed or param.name not in ctx.params:
             continue
         source = ctx.get_parameter_source(param.name)
         if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):

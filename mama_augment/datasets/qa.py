@@ -35,6 +35,17 @@ Layouts (the split comes from the file name: ``train_qa.json``, ``Test_frameqa_q
   ``train_a.json`` (``{answer, question_id, type}``), joined by ``question_id``; type
   0 motion, 1 spatial, 2 temporal, 3 yes/no, 4 color, 5 object, 6 location, 7 number,
   8 other.
+* ``causal-vidqa``: the ``QA`` folder, one folder per video holding ``text.json``
+  (``descriptive``, ``explanatory``, ``predictive``, ``counterfactual``: each a
+  ``question`` and five ``answer`` candidates; ``predictive`` and ``counterfactual``
+  also five ``reason`` candidates) and ``answer.json`` (the right indices, same keys).
+  A video gives six questions, ``<video>_0`` .. ``<video>_5`` as the official code names
+  them, typed ``D``, ``E``, ``P-A``, ``P-R``, ``C-A``, ``C-R`` (the reason question
+  is the same question asked for the reason). ``causal-vidqa-split``: the split lists,
+  one video id per line (``split/train.txt``, ``valid.txt``, ``test.txt``); the release
+  ships them pickled (``train.pkl``), which is refused with the one-line conversion.
+  A list reads its videos from the ``QA`` folder given beside it, else from the
+  release's own place, ``../QA`` of the list's folder.
 """
 
 from __future__ import annotations
@@ -46,7 +57,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mama_augment.datasets.base import Problems, Source, id_value, split_from_name, text_value
+from mama_augment.datasets.base import (
+    PICKLE_HINT,
+    Problems,
+    Source,
+    annotation_limit_bytes,
+    id_value,
+    split_from_name,
+    text_value,
+)
 from mama_augment.datasets.ids import IdMatch, match_video_ids
 from mama_augment.errors import UsageError
 
@@ -55,6 +74,8 @@ ROLE_ITEMS = "items"  # complete questions
 ROLE_QUESTIONS = "questions"  # ActivityNet-QA's questions, answers in another file
 ROLE_ANSWERS = "answers"  # ActivityNet-QA's answers
 ROLE_VIDEO_MAP = "video_map"  # release video id -> the id of the video file
+ROLE_QA_FOLDER = "video folders"  # Causal-VidQA's QA folder: the questions of each video
+ROLE_SPLIT_LIST = "videos listed"  # Causal-VidQA's split list: the videos of one split
 
 TGIF_FRAME_TYPES = {"0": "object", "1": "number", "2": "color", "3": "location"}
 ACTIVITYNET_TYPES = {"0": "motion", "1": "spatial", "2": "temporal", "3": "yes/no", "4": "color",
@@ -101,9 +122,11 @@ class QAPart:
     video_map: dict[str, str] = field(default_factory=dict)  # ROLE_VIDEO_MAP
     answers: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # ROLE_ANSWERS: id -> (answer, type)
     numeric_ids: bool = False  # msrvtt-qa: video ids are numbers, named by the mapping (or video<N>)
+    video_ids: list[str] = field(default_factory=list)  # ROLE_QA_FOLDER, ROLE_SPLIT_LIST
+    split: str | None = None  # ROLE_SPLIT_LIST
 
     def __len__(self) -> int:
-        return len(self.items) + len(self.video_map) + len(self.answers)
+        return len(self.items) + len(self.video_map) + len(self.answers) + len(self.video_ids)
 
 
 @dataclass(frozen=True)
@@ -529,6 +552,151 @@ def read_activitynet(source: Source) -> QAPart:
     return part
 
 
+# ---- Causal-VidQA ----------------------------------------------------------------------
+
+CAUSAL_TEXT = "text.json"
+CAUSAL_ANSWER = "answer.json"
+# (question id suffix, text.json key, candidates key, type) in the official order.
+CAUSAL_QUESTIONS = (
+    (0, "descriptive", "answer", "D"), (1, "explanatory", "answer", "E"),
+    (2, "predictive", "answer", "P-A"), (3, "predictive", "reason", "P-R"),
+    (4, "counterfactual", "answer", "C-A"), (5, "counterfactual", "reason", "C-R"),
+)
+CAUSAL_SPLIT_HINT = (
+    "Causal-VidQA's split lists ship pickled: convert each once, in an environment you trust, to a text list "
+    "of one video id per line, e.g. python -c \"import pickle; print('\\n'.join(pickle.load(open('{name}', 'rb'))))\" "
+    "> {stem}.txt, and pass {stem}.txt (with the QA folder, or from the release's split folder beside QA)"
+)
+_TOKEN_LINE = re.compile(r"^[^\s,;]+$")
+
+
+def _is_causal_folder(path: Path) -> bool:
+    """A folder of per-video folders holding text.json (looks at a few, not all)."""
+    try:
+        folders = [p for _, p in zip(range(20), path.iterdir()) if p.is_dir()]
+    except OSError:
+        return False
+    return any((p / CAUSAL_TEXT).is_file() for p in folders)
+
+
+def detect_causal_text(source: Source) -> bool:
+    head = source.head.lstrip()
+    return head.startswith("{") and source.name.lower() == CAUSAL_TEXT and all(
+        f'"{key}"' in head for key in ("descriptive", "explanatory"))
+
+
+def detect_causal_split(source: Source) -> bool:
+    """One id per line, in the release's place beside the QA folder (an id list alone
+    is also what caption releases ship: the folder tells this one apart)."""
+    if source.looks_like_json() or split_from_name(source.name) is None:
+        return False
+    lines = [line.strip() for line in source.head.splitlines() if line.strip()]
+    return bool(lines) and all(_TOKEN_LINE.match(line) for line in lines) and _is_causal_folder(
+        source.path.parent.parent / "QA")
+
+
+def _causal_video(folder: Path, video_id: str, split: str | None, problems: Problems) -> list[QAItem]:
+    """The six questions of one video folder; none (counted) when its files are bad."""
+    import json
+
+    where = f"QA/{video_id}"
+    try:
+        for name in (CAUSAL_TEXT, CAUSAL_ANSWER):  # each is read whole: the cap of any annotation file
+            if (folder / name).stat().st_size > annotation_limit_bytes():
+                problems.add("malformed_record", f"{where}: {name} is over the annotation file size cap")
+                return []
+        text = json.loads((folder / CAUSAL_TEXT).read_text(encoding="utf-8-sig"))
+        answer = json.loads((folder / CAUSAL_ANSWER).read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as exc:
+        problems.add("video_not_in_folder", f"{where}: no {Path(exc.filename).name}")
+        return []
+    except (OSError, ValueError, RecursionError) as exc:
+        problems.add("malformed_record", f"{where}: {type(exc).__name__}: {str(exc)[:80]}")
+        return []
+    items = []
+    for number, key, candidates_key, kind in CAUSAL_QUESTIONS:
+        entry, right = text.get(key) if isinstance(text, dict) else None, answer.get(key) if isinstance(answer, dict) else None
+        question = text_value(entry.get("question")) if isinstance(entry, dict) else None
+        candidates = entry.get(candidates_key) if isinstance(entry, dict) else None
+        candidates = [text_value(c) for c in candidates] if isinstance(candidates, list) else []
+        index = _answer_index(right.get(candidates_key), len(candidates)) if isinstance(right, dict) else None
+        if not question or len(candidates) < 2 or not all(candidates) or index is None:
+            problems.add("malformed_record", f"{where} {key} {candidates_key}: needs the question, two or more "
+                                             "non-empty candidates and the index of the right one in answer.json")
+            continue
+        items.append(QAItem(f"{video_id}_{number}", video_id, question, candidates[index], tuple(candidates), index,
+                            kind, split))
+    return items
+
+
+def read_causal_text(source: Source) -> QAPart:
+    """One video's ``QA/<video>/text.json`` (its answer.json beside it); no split."""
+    part = QAPart(source.path, "causal-vidqa")
+    part.items = _causal_video(source.path.parent, source.path.parent.name, None, source.problems)
+    if not part.items:
+        raise _unusable(source, "questions (text.json with its answer.json)")
+    return part
+
+
+def read_causal_folder(path: Path, problems: Problems) -> QAPart:
+    """The ``QA`` folder: its videos are read when combined, for the split lists given."""
+    try:
+        videos = sorted(p.name for p in path.iterdir() if (p / CAUSAL_TEXT).is_file())
+    except OSError as exc:
+        raise UsageError(f"cannot read the folder {path}: {exc.strerror or exc}") from None
+    if not videos:
+        raise UsageError(f"{path} holds no Causal-VidQA video folder (<video>/{CAUSAL_TEXT} and {CAUSAL_ANSWER})")
+    return QAPart(path, "causal-vidqa", role=ROLE_QA_FOLDER, video_ids=videos)
+
+
+def read_causal_split(source: Source) -> QAPart:
+    split = split_from_name(source.name)
+    part = QAPart(source.path, "causal-vidqa-split", role=ROLE_SPLIT_LIST, split=split)
+    for number, line in enumerate(source.lines(), 1):
+        token = line.strip()
+        if not token:
+            continue
+        if not _TOKEN_LINE.match(token):
+            source.problems.add("malformed_line", f"{source.name} line {number}: not one video id")
+            continue
+        part.video_ids.append(token)
+    if not part.video_ids:
+        raise _unusable(source, "video ids (one per line)")
+    if split is None:
+        raise UsageError(f"{source.path}: the split comes from the file name (train.txt, valid.txt, test.txt)")
+    return part
+
+
+def _causal_items(parts: list[QAPart], problems: Problems, notes: list[str]) -> list[QAItem]:
+    """The questions of the videos each split list names, read from the QA folder given
+    (or the release's own ``../QA`` of the list); without lists every video of the
+    folder, without a split."""
+    folders = [p for p in parts if p.role == ROLE_QA_FOLDER]
+    lists = [p for p in parts if p.role == ROLE_SPLIT_LIST]
+    if len(folders) > 1:
+        raise UsageError("give one Causal-VidQA QA folder")
+    items: list[QAItem] = []
+    if not lists:
+        for folder in folders:
+            notes.append(f"{folder.path}: no split list given, so no split (give split/train.txt, valid.txt, test.txt)")
+            for video_id in folder.video_ids:
+                items += _causal_video(Path(folder.path) / video_id, video_id, None, problems)
+        return items
+    for listed in lists:
+        root = Path(folders[0].path) if folders else Path(listed.path).parent.parent / "QA"
+        if not root.is_dir():
+            raise UsageError(f"{listed.path}: give the Causal-VidQA QA folder too (--questions path/to/QA); "
+                             f"it is not at {root}")
+        for video_id in listed.video_ids:
+            items += _causal_video(root / video_id, video_id, listed.split, problems)
+    if folders:
+        listed_ids = {v for p in lists for v in p.video_ids}
+        unlisted = sum(v not in listed_ids for v in folders[0].video_ids)
+        if unlisted:
+            notes.append(f"{folders[0].path}: {unlisted} videos in no split list given (not read)")
+    return items
+
+
 # ---- registry --------------------------------------------------------------------------
 
 
@@ -563,6 +731,13 @@ QA_FORMATS: dict[str, QAFormat] = dict([
     _format("qa-jsonl", "VideoQA JSON Lines (ClipBERT / ALPRO / VindLU style)", "train.jsonl, test.jsonl",
             read_jsonl, detect_jsonl,
             "mama-augment datasets msrvtt_qa_train.jsonl msrvtt_qa_test.jsonl"),
+    _format("causal-vidqa", "Causal-VidQA (D, E, P-A, P-R, C-A, C-R; P-AR and C-AR scored)",
+            "the QA folder (QA/<video>/text.json + answer.json), or one text.json",
+            read_causal_text, detect_causal_text,
+            "mama-augment datasets data/QA data/split/train.txt data/split/valid.txt data/split/test.txt"),
+    _format("causal-vidqa-split", "Causal-VidQA split lists", "split/train.txt, valid.txt, test.txt (one id a line; "
+            "the shipped .pkl converted)", read_causal_split, detect_causal_split,
+            "mama-augment datasets data/QA data/split/train.txt data/split/test.txt"),
 ])  # fmt: skip
 
 
@@ -582,6 +757,8 @@ def detect_qa_format(source: Source) -> str | None:
 
 
 def is_qa_file(path: str | Path) -> bool:
+    if Path(path).is_dir():
+        return _is_causal_folder(Path(path))
     try:
         return detect_qa_format(Source(path)) is not None
     except UsageError:
@@ -618,8 +795,15 @@ class QASet:
 
 
 def read_qa_file(path: str | Path, format: str | None = None, problems: Problems | None = None) -> QAPart:
+    if Path(path).is_dir():  # Causal-VidQA ships its questions as a folder per video
+        if format not in (None, "auto", "causal-vidqa") or not _is_causal_folder(Path(path)):
+            raise UsageError(f"{path} is a folder: only Causal-VidQA's QA folder (<video>/{CAUSAL_TEXT}) is read as one")
+        return read_causal_folder(Path(path), problems if problems is not None else Problems())
     source = Source(path, problems)
-    source.refuse_pickle()
+    if source.is_pickle():
+        raise UsageError(f"{source.path} is a Python pickle. " + CAUSAL_SPLIT_HINT.format(
+            name=source.path.name, stem=source.path.stem) + ". Otherwise: " + PICKLE_HINT.format(
+            name=source.path.name, stem=source.path.stem))
     if format and format != "auto":
         if format not in QA_FORMATS:
             raise UsageError(f"unknown question-answering format {format!r}: one of {', '.join(QA_FORMATS)}")
@@ -660,7 +844,7 @@ def combine_qa(parts: list[QAPart], problems: Problems) -> QASet:
         if part.role == ROLE_ANSWERS:
             answers.update(part.answers)
 
-    items: list[QAItem] = []
+    items: list[QAItem] = _causal_items(parts, problems, notes)
     for part in parts:
         if part.role == ROLE_ITEMS:
             for item in part.items:
@@ -680,7 +864,8 @@ def combine_qa(parts: list[QAPart], problems: Problems) -> QASet:
     if any(p.format == "msvd-qa" or (p.numeric_ids and youtube) for p in parts):
         files = [QAFileInfo(f.path, "msvd-qa" if f.format == "msrvtt-qa" else f.format, f.role, f.rows) for f in files]
     if not items:
-        raise UsageError("the question-answering files hold no questions: only mapping files or answers were given")
+        raise UsageError("the question-answering files hold no questions: only mapping files, answers or "
+                         "split lists of no video were given")
     seen: set[tuple[str | None, str]] = set()
     duplicates = []
     for item in items:
@@ -767,12 +952,22 @@ def qa_files_given(paths: Sequence[str | Path], formats=None) -> bool:
         raise UsageError("--captions-format mixes question-answering and caption formats: check them in separate calls")
     if names:
         return False
+    # A pickle is refused by either reader, each with its own hint: it sides with the rest
+    # (Causal-VidQA's split/train.pkl next to its QA folder is a question file).
+    paths = [p for p in paths if not _is_pickle(p)]
     kinds = [is_qa_file(p) for p in paths]
     if any(kinds) and not all(kinds):
         qa = next(p for p, k in zip(paths, kinds) if k)
         other = next(p for p, k in zip(paths, kinds) if not k)
         raise UsageError(f"{qa} is a question-answering file but {other} is not: check them in separate calls")
     return bool(kinds) and all(kinds)
+
+
+def _is_pickle(path: str | Path) -> bool:
+    try:
+        return Path(path).is_file() and Source(path).is_pickle()
+    except UsageError:
+        return False
 
 
 def qa_failed(qa: QASet) -> bool:

@@ -9,6 +9,11 @@ The types are the benchmark's own:
   "Bef&Aft" column is both.
 * ActivityNet-QA and TGIF-QA: the type the release gives (motion, spatial, ... / object,
   number, color, location, action, transition, count).
+* Causal-VidQA: ``D`` (description), ``E`` (explanation), and for prediction and the
+  counterfactual the answer and the reason questions ``P-A``, ``P-R``, ``C-A``, ``C-R``
+  and, as the paper reports, ``P-AR`` and ``C-AR``: a video's answer and reason both
+  right. Its overall accuracy is the official one: the mean over D, E, P-AR and C-AR
+  (an answer or reason question without its pair counts alone).
 * MSRVTT-QA and MSVD-QA (no type shipped): the question's first word, ``what``, ``who``,
   ``how``, ``when``, ``where``, else ``other``; a shipped ``answer_type`` (the JSON Lines
   variants) is used as given.
@@ -33,6 +38,8 @@ NEXT_FAMILIES = {"C": "causal", "T": "temporal", "D": "descriptive"}
 NEXT_SUBTYPES = {"CW": "why", "CH": "how", "TN": "before/after", "TC": "when",
                  "DC": "count", "DL": "location", "DO": "other"}  # fmt: skip
 FIRST_WORDS = ("what", "who", "how", "when", "where")
+# Causal-VidQA: answer type -> (reason type, the type of both right)
+ANSWER_REASON = {"P-A": ("P-R", "P-AR"), "C-A": ("C-R", "C-AR")}
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -98,9 +105,33 @@ def score_credit(items: Sequence[QAItem], credit: Sequence[float], unanswered: i
     for item, value in zip(items, credit):
         for name in question_groups(item):
             groups.setdefault(name, []).append(float(value))
+    units = [float(c) for c in credit]
+    paired = _answer_reason_pairs(items)
+    if paired:
+        in_pair = {row for pair in paired for row in pair[1:]}
+        units = [float(c) for row, c in enumerate(credit) if row not in in_pair]
+        for name, answer_row, reason_row in paired:
+            both = float(credit[answer_row]) * float(credit[reason_row])  # ties: the chance both are drawn right
+            groups.setdefault(name, []).append(both)
+            units.append(both)
     order = sorted(groups, key=lambda n: (-len(groups[n]), n))
-    return QAScore(_mean_percent([float(c) for c in credit]), len(items), unanswered,
+    return QAScore(_mean_percent(units), len(items), unanswered,
                    {name: GroupScore(_mean_percent(groups[name]), len(groups[name])) for name in order})
+
+
+def _answer_reason_pairs(items: Sequence[QAItem]) -> list[tuple[str, int, int]]:
+    """(combined type, answer row, reason row) of each video's Causal-VidQA answer and
+    reason questions (see the module doc)."""
+    reasons: dict[tuple[str, str], list[int]] = {}
+    for row, item in enumerate(items):
+        reasons.setdefault((item.video_id, item.question_type or ""), []).append(row)
+    out = []
+    for row, item in enumerate(items):
+        pair = ANSWER_REASON.get(item.question_type or "")
+        waiting = reasons.get((item.video_id, pair[0])) if pair else None
+        if waiting:
+            out.append((pair[1], row, waiting.pop(0)))
+    return out
 
 
 def qa_accuracy(items: Sequence[QAItem], predictions: Mapping[str, object] | Sequence[object]) -> QAScore:

@@ -319,8 +319,10 @@ def torchrun_arguments(
     node_rank: int = 0,
     master_addr: str | None = None,
     master_port: int | None = None,
+    command: str = "train",
 ) -> list[str]:
-    """The torchrun command line (after ``torchrun``) for ``mama-augment train``.
+    """The torchrun command line (after ``torchrun``) for ``mama-augment COMMAND``
+    (``train``, or ``qa``) with the arguments ``train_args``.
 
     One node without an address: ``--standalone`` (a local rendezvous on a free port).
     Otherwise a static rendezvous at ``master_addr:master_port``, which every node
@@ -342,21 +344,25 @@ def torchrun_arguments(
             f"--master-addr={master_addr or '127.0.0.1'}",
             f"--master-port={master_port or DEFAULT_MASTER_PORT}",
         ]
-    return [*args, "-m", "mama_augment", "train", *train_args]
+    return [*args, "-m", "mama_augment", command, *train_args]
 
 
 def launch(train_args: Sequence[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-           master_addr: str | None = None, master_port: int | None = None) -> None:
-    """Start ``nproc_per_node`` training processes on this node with torchrun (the
-    elastic agent of ``torch.distributed.run``) and wait for them. Raises
+           master_addr: str | None = None, master_port: int | None = None, command: str = "train") -> None:
+    """Start ``nproc_per_node`` processes of ``mama-augment COMMAND`` on this node with
+    torchrun (the elastic agent of ``torch.distributed.run``) and wait for them. Raises
     :class:`MamaError` when a process fails."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
-    argv = torchrun_arguments(train_args, nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    argv = torchrun_arguments(train_args, nproc_per_node, nnodes, node_rank, master_addr, master_port, command)
     log.info("torchrun %s", " ".join(argv))
+    parser = get_args_parser()
+    # Our options go to the command unread; with abbreviations on, torchrun's parser took
+    # qa's --run for an ambiguous abbreviation of its own --run-path and stopped.
+    parser.allow_abbrev = False
     try:
-        run(parse_args(argv))
+        run(parser.parse_args(argv))
     except ChildFailedError as exc:
         failures = exc.failures
         codes = sorted({f.exitcode for f in failures.values()})

@@ -22,24 +22,26 @@ kept, as retrieval keeps its best epoch. The run folder is ``<workdir>/runs/<nam
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
 the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
 with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
+As with retrieval runs, training saves its state after every epoch
+(``qa_checkpoint.safetensors``, train/qa_state.py), from which ``resume`` continues, and
+runs on several processes under torchrun, rank 0 writing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from mama_augment.checks import check_name, check_number
 from mama_augment.datasets.qa import QAItem, load_qa
 from mama_augment.datasets.qa_eval import is_correct, normalise_answer, question_groups, score_credit
-from mama_augment.errors import UsageError
+from mama_augment.errors import MamaError, UsageError
 from mama_augment.fileio import atomic_write_text, json_safe
 from mama_augment.train.runs import QA_TASK, RunPaths
 
@@ -257,11 +259,21 @@ def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]
 # ---- training --------------------------------------------------------------------------
 
 
-def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device):
-    """Heads trained on ``train``; with ``val``, those of the best validation epoch."""
+def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device,
+                 keep: "_Keeping | None" = None):
+    """Heads trained on ``train``; with ``val``, those of the best validation epoch.
+
+    ``keep`` (a run folder's checkpoint, this process's rank): the state is saved after
+    every epoch and, with ``keep.resume``, training continues from it (train/qa_state.py).
+    """
     import torch
     import torch.nn.functional as F
 
+    from mama_augment.train.distributed import average_gradients, broadcast_module, sum_across_ranks
+    from mama_augment.train.qa_state import Progress, batch_share, load_progress, save_progress
+
+    keep = keep or _Keeping()
+    rank, world_size = keep.rank, keep.world_size
     position = {a: k for k, a in enumerate(vocabulary)}
     items = train.items
     labels = torch.tensor([position.get(normalise_answer(i.answer), -1) if not i.multiple_choice else -1 for i in items])
@@ -274,13 +286,19 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     heads = [h.to(device) for h in build_heads(train.video.shape[1], settings.hidden, len(vocabulary))]
+    for head in heads:  # seeded alike everywhere; rank 0's copy wins should an init differ
+        broadcast_module(head, world_size)
     params = [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     video, question = train.video.to(device), train.question.to(device)
     cand, mask = train.candidates.to(device), train.mask.to(device)
-    best = (-math.inf, 0, None)
-    history = []
-    for epoch in range(settings.epochs):
+    fingerprint = {"train_questions": len(items), "open_rows": len(open_rows), "choice_rows": len(choice_rows),
+                   "answers": len(vocabulary), "val_questions": len(val.items) if val is not None else 0}
+    progress = Progress()
+    if keep.resume:
+        progress = load_progress(keep.checkpoint, heads, optimizer, generator, fingerprint)
+        log.info("qa resumed after epoch %d of %d", progress.epochs_done, settings.epochs)
+    for epoch in range(progress.epochs_done, settings.epochs):
         for heads_ in heads:
             heads_.train()
         losses = []
@@ -288,8 +306,11 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                    ("choice", torch.randperm(len(choice_rows), generator=generator))]
         for kind, order in batches:
             for start in range(0, len(order), settings.batch_size):
-                rows = order[start : start + settings.batch_size]
-                if kind == "open":
+                batch = order[start : start + settings.batch_size]
+                rows = batch[batch_share(len(batch), rank, world_size)]  # this process's share
+                if len(rows) == 0:  # a short last batch: still take part in the gradient average
+                    loss = _zero_loss(heads[0] if kind == "open" else heads[1])
+                elif kind == "open":
                     logits = heads[0](_fused(video[rows], question[rows]))
                     loss = F.cross_entropy(logits, labels[rows].to(device))
                 else:
@@ -298,27 +319,54 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                     scores = heads[1](_fused(video[picked][:, None, :].expand_as(c), c)).squeeze(-1)
                     scores = scores.masked_fill(~mask[picked], float("-inf"))
                     loss = F.cross_entropy(scores, choice_answers[rows].to(device))
+                share = len(rows) / len(batch)
                 optimizer.zero_grad()
-                loss.backward()
+                # averaged over the processes, these give the gradient of the batch's mean loss
+                (loss * (share * world_size) if world_size > 1 else loss).backward()
+                average_gradients(params, world_size)
                 optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach() * share)
         for heads_ in heads:
             heads_.eval()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        train_loss = float(sum_across_ranks(torch.stack(losses), world_size).mean()) if losses else float("nan")
+        row = {"epoch": epoch + 1, "train_loss": train_loss}
         if val is not None and val.items:
             open_scores, choice_scores = _head_scores(heads, val, device)
             accuracy = float(np.mean(_credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())))
             row["val_accuracy"] = 100 * accuracy
-            if accuracy > best[0]:
-                best = (accuracy, epoch + 1, [{k: v.detach().clone() for k, v in h.state_dict().items()} for h in heads])
-        history.append(row)
+            if accuracy > progress.best_accuracy:
+                progress.best_accuracy, progress.best_epoch = accuracy, epoch + 1
+                progress.best_heads = [{k: v.detach().clone() for k, v in h.state_dict().items()} for h in heads]
+        progress.history.append(row)
+        progress.epochs_done = epoch + 1
         log.info("qa epoch %d: %s", epoch + 1, row)
+        if keep.checkpoint is not None and rank == 0:
+            save_progress(keep.checkpoint, heads, optimizer, generator, progress, fingerprint)
+        if keep.epoch_callback is not None:
+            keep.epoch_callback(epoch + 1)
     kept = "last"
-    if best[2] is not None:
-        for h, state in zip(heads, best[2]):
+    if progress.best_heads is not None:
+        for h, state in zip(heads, progress.best_heads):
             h.load_state_dict(state)
-        kept = f"best validation accuracy, epoch {best[1]}"
-    return heads, history, kept
+        kept = f"best validation accuracy, epoch {progress.best_epoch}"
+    return heads, progress.history, kept
+
+
+@dataclass
+class _Keeping:
+    """Where a training run keeps its state and which process this is (see _train_heads)."""
+
+    checkpoint: Path | None = None
+    resume: bool = False
+    rank: int = 0
+    world_size: int = 1
+    epoch_callback: Callable[[int], None] | None = None  # after each epoch's checkpoint (tests stop a run here)
+
+
+def _zero_loss(head):
+    """A loss of 0 that reaches every parameter of ``head``: a process without rows in a
+    batch still sends (zero) gradients, so every process averages the same tensors."""
+    return sum((p * 0).sum() for p in head.parameters())
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -344,15 +392,30 @@ def _prepare_folder(paths: RunPaths) -> None:
         raise UsageError(f"{paths.root} holds another run: choose another --name")
 
 
-def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | None = None,
-           device: str = "auto") -> QARunResult:
+def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name: str | None = None,
+           device: str = "auto", resume: bool = False, rank: int = 0, world_size: int = 1,
+           epoch_callback: Callable[[int], None] | None = None, base_run: str | Path | None = None) -> QARunResult:
     """Train (unless ``zero_shot``) and evaluate a QA run on a retrieval run's frozen
-    model; writes the run folder (see the module doc)."""
+    model; writes the run folder (see the module doc).
+
+    ``resume``: continue the QA run ``workdir``/runs/``name`` after its last finished
+    epoch, with the settings of its config.json (``settings`` is then None; ``base_run``,
+    when given, must be the run's own). On ``world_size`` processes (torchrun, the group
+    already joined) each trains on its share of every batch and rank 0 alone writes.
+    ``epoch_callback(epochs_done)`` runs after each epoch's checkpoint.
+    """
     import torch
 
     from mama_augment.train import checkpoint as ckpt
+    from mama_augment.train.qa_state import CHECKPOINT_FILE, ShardedEncoder
     from mama_augment.train.runs import load_run, run_weights
 
+    if resume:
+        if workdir is None or name is None:
+            raise UsageError("--resume needs the QA run to continue: its --name and --workdir, or the --run it was made from")
+        settings = _resumed_settings(RunPaths.of(workdir, name), base_run)
+    if settings is None:
+        raise UsageError("give the retrieval run (--run) and the question files (--questions)")
     settings.validate()
     base = Path(settings.base_run)
     chosen = run_weights(base, settings.checkpoint)
@@ -363,6 +426,8 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
     if paths.root.resolve() == base.resolve():
         raise UsageError("--name names the retrieval run itself: choose another name")
     _prepare_folder(paths)
+    checkpoint_path = paths.root / CHECKPOINT_FILE
+    is_writer = rank == 0
 
     _, model, data = load_run(base, device=device, workdir=workdir, checkpoint=chosen["checkpoint"])
     qa = load_qa(settings.questions, settings.questions_format, video_ids=data.videos.video_ids)
@@ -388,12 +453,26 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
                                    [i for s in evaluated for i in qa.split(s)], answers)
     wanted = evaluated if settings.zero_shot else splits
     items = {s: [i for i in qa.split(s) if i.video_id in known] for s in wanted}
+    config = _config(settings, answers, answers_default_from, chosen)
+    if resume:
+        began = json.loads(paths.config.read_text(encoding="utf-8")).get("base_checkpoint")
+        if began != config["base_checkpoint"]:
+            raise MamaError(f"the retrieval run's weights changed since the QA run began ({began} then, "
+                            f"{config['base_checkpoint']} now): start the QA run again without --resume")
+    if is_writer and not resume:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        checkpoint_path.unlink(missing_ok=True)  # a rerun into its own folder starts afresh
+        if not settings.zero_shot:  # written now: a run stopped while training resumes from it
+            atomic_write_text(paths.config, json.dumps(config, indent=2))
     # Training must not move the global RNG: a later run in this process starts the same.
     with torch.random.fork_rng(devices=[]):
-        embedded, answer_emb = _embed(model, data, items, vocabulary, settings.batch_size)
+        encoder = ShardedEncoder(model, rank, world_size) if world_size > 1 else model
+        embedded, answer_emb = _embed(encoder, data, items, vocabulary, settings.batch_size)
         heads, history, kept = None, [], None
         if not settings.zero_shot:
-            heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev)
+            keeping = _Keeping(checkpoint_path, resume, rank, world_size, epoch_callback)
+            heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev,
+                                                keeping)
 
     results = {}
     for split in evaluated:
@@ -425,12 +504,10 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
         entry["examples"] = _examples(emb.items, open_scores, vocabulary, choice_scores, mask, credit)
         results[split] = entry
 
+    problems = [line for line in qa.problems.lines()]
+    if not is_writer:
+        return QARunResult(paths.root, results, sum(left_out.values()), problems)
     paths.root.mkdir(parents=True, exist_ok=True)
-    config = asdict(settings)
-    config["answers"] = answers  # the count used, whoever chose it
-    if settings.answers is None:
-        config["answers_default_of"] = answers_default_from or "any release"
-    config["base_checkpoint"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in chosen.items()}
     config["history"] = history
     atomic_write_text(paths.config, json.dumps(config, indent=2))
     if heads is not None:
@@ -440,8 +517,49 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
     elif (paths.root / HEADS_FILE).exists():
         (paths.root / HEADS_FILE).unlink()  # a zero-shot rerun: stale heads would not match eval.json
     atomic_write_text(paths.eval, json.dumps(json_safe(results), indent=2))
-    problems = [line for line in qa.problems.lines()]
     return QARunResult(paths.root, results, sum(left_out.values()), problems)
+
+
+def _config(settings: QASettings, answers: int, answers_default_from: str | None, chosen: dict) -> dict:
+    """What config.json holds (the per-epoch ``history`` is added when training ends)."""
+    config = asdict(settings)
+    config["answers"] = answers  # the count used, whoever chose it
+    if settings.answers is None:
+        config["answers_default_of"] = answers_default_from or "any release"
+    config["base_checkpoint"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in chosen.items()}
+    config["history"] = []
+    return config
+
+
+def _resumed_settings(paths: RunPaths, base_run: str | Path | None) -> QASettings:
+    """The settings a QA run began with (its config.json), for ``--resume``."""
+    import dataclasses
+
+    from mama_augment.train.qa_state import CHECKPOINT_FILE
+
+    if not paths.config.exists():
+        raise UsageError(f"nothing to resume: {paths.root} is not a QA run folder (no {RunPaths.CONFIG})")
+    try:
+        stored = json.loads(paths.config.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise ValueError(f"a JSON {type(stored).__name__}, not an object")
+        names = {f.name for f in dataclasses.fields(QASettings)}
+        settings = QASettings(**{k: v for k, v in stored.items() if k in names})
+    except (OSError, ValueError, TypeError) as exc:
+        raise MamaError(f"the run's {RunPaths.CONFIG} ({paths.config}) is damaged: {exc}") from None
+    if settings.task != TASK:
+        raise UsageError(f"{paths.root} is not a QA run: resume it with `mama-augment train --resume`")
+    if "answers_default_of" in stored:
+        settings.answers = None  # the release's own count, as the run was started
+    if base_run is not None and Path(base_run).resolve() != Path(settings.base_run).resolve():
+        raise UsageError(f"--run {base_run} is not the retrieval run {paths.root.name} was made from "
+                         f"({settings.base_run}): --resume continues a run as it began")
+    if settings.zero_shot:
+        raise UsageError(f"{paths.root} is a zero-shot run: it trains nothing to resume; run it again without --resume")
+    if not (paths.root / CHECKPOINT_FILE).exists():
+        raise UsageError(f"nothing to resume: {paths.root / CHECKPOINT_FILE} does not exist (the run stopped before "
+                         "its first epoch ended): run it again without --resume")
+    return settings
 
 
 def format_qa(result: QARunResult) -> str:
