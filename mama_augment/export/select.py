@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, ExportConfig
 from mama_augment.export.records import CaptionEntry, VideoItem
-from mama_augment.export.sources import RunWeights
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ class SelectionCounts:
 class Selector:
     """Applies the filters of ``config`` to each video's captions, in place."""
 
-    def __init__(self, config: ExportConfig, weights: RunWeights | None):
+    def __init__(self, config: ExportConfig, dropped_pair_ids: np.ndarray | None = None):
         self.config = config
-        self.weights = weights
+        self.dropped_pair_ids = dropped_pair_ids  # bool mask by pair_id: the least trusted pairs
         self.sources = set(config.sources)
         self.flag_filter = FlagFilter(tuple(config.drop_flags), config.dedupe)
         self.use_flags = self.flag_filter.active
@@ -99,7 +100,7 @@ class Selector:
     def _drop_reason(self, entry: CaptionEntry) -> str | None:
         if entry.source not in self.sources:
             return "source"
-        dropped = self.weights.dropped_pair_ids if self.weights is not None else None
+        dropped = self.dropped_pair_ids
         if dropped is not None and entry.pair_id is not None and entry.pair_id < len(dropped) and dropped[entry.pair_id]:
             return "least_trusted"
         if self.config.min_weight is not None:
