@@ -19,6 +19,123 @@ def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def _keyframes(workdir: Path, count: int, failed=(), embedding_dim: int = 4, compacted: bool = True) -> list[str]:
+    """A keyframes manifest of ``count`` videos, those numbered in ``failed`` failed; the
+    ids of the ok ones, sorted."""
+    from mama_augment.manifest import KEYFRAMES, PartWriter, compact, utc_now
+
+    rows = []
+    for i in range(count):
+        video_id = f"v{i:04d}"
+        if i in failed:
+            rows.append({"video_id": video_id, "status": "failed", "error_kind": "undecodable", "error": "bad"})
+            continue
+        rows.append({"video_id": video_id, "status": "ok", "grid_path": f"grids/{video_id}.jpg", "grid_rows": 2,
+                     "grid_cols": 2, "keyframe_paths": [f"frames/{video_id}/00.jpg"],
+                     "keyframe_embeddings": [[float(i)] * embedding_dim], "created_at": utc_now()})
+    writer = PartWriter(workdir, KEYFRAMES)
+    writer.write(rows)
+    writer.close()
+    if compacted:
+        compact(workdir, KEYFRAMES, full=True)
+    return sorted(r["video_id"] for r in rows if r["status"] == "ok")
+
+
+def test_ok_videos_come_in_bounded_batches_of_the_columns_asked_for(tmp_path):
+    from mama_augment.workread import ok_video_batches, ok_video_ids
+
+    ok = _keyframes(tmp_path, 50, failed=(3, 17, 18, 49))
+    batches = list(ok_video_batches(tmp_path, ["grid_path"], batch_rows=8))
+    assert all(0 < b.num_rows <= 8 for b in batches)
+    assert all(b.schema.names == ["video_id", "grid_path"] for b in batches)  # no status, no embeddings
+    assert [v for b in batches for v in b.column("video_id").to_pylist()] == ok
+    assert ok_video_ids(tmp_path) == ok
+    with_status = next(ok_video_batches(tmp_path, ["status", "keyframe_embeddings"]))
+    assert with_status.schema.names == ["video_id", "status", "keyframe_embeddings"]
+
+
+def test_ok_videos_never_decode_a_column_not_asked_for(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from mama_augment.workread import ok_video_batches
+
+    _keyframes(tmp_path, 20, failed=(2,))
+    _keyframes(tmp_path, 5, compacted=False)  # parts beside the table: the merged view
+    asked: list = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs.get("columns"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert sum(b.num_rows for b in ok_video_batches(tmp_path, ["grid_rows"])) == 20
+    assert asked and all(c is not None and "keyframe_embeddings" not in c for c in asked)
+
+
+def test_a_compacted_table_is_streamed_without_an_index_of_its_keys(tmp_path, monkeypatch):
+    # The index of every key costs memory in proportion to the videos; a compacted table
+    # holds one row per key, so a reader of it needs none.
+    from mama_augment import manifest
+    from mama_augment.workread import ok_video_ids
+
+    ok = _keyframes(tmp_path, 30, failed=(0,))
+
+    def no_index(*args, **kwargs):
+        raise AssertionError("read the keys of the whole table")
+
+    monkeypatch.setattr(manifest, "_read_one", no_index)
+    monkeypatch.setattr(manifest, "dedupe_latest", no_index)
+    assert ok_video_ids(tmp_path, batch_rows=4) == ok
+
+
+def test_ok_videos_take_the_newest_row_of_each_video(tmp_path):
+    from mama_augment.manifest import KEYFRAMES, PartWriter
+    from mama_augment.workread import ok_video_ids, ok_videos_table
+
+    _keyframes(tmp_path, 6, failed=(1,))
+    writer = PartWriter(tmp_path, KEYFRAMES)  # a later run: v0001 now decodes, v0004 no longer does
+    writer.write([{"video_id": "v0001", "status": "ok", "grid_path": "grids/new.jpg"},
+                  {"video_id": "v0004", "status": "failed", "error_kind": "undecodable"}])
+    writer.close()
+    assert sorted(ok_video_ids(tmp_path)) == ["v0000", "v0001", "v0002", "v0003", "v0005"]
+    table = ok_videos_table(tmp_path, ["grid_path"])
+    assert table.column("video_id").to_pylist() == ["v0000", "v0001", "v0002", "v0003", "v0005"]
+    assert table.column("grid_path").to_pylist()[1] == "grids/new.jpg"
+
+
+def test_generated_captions_are_the_ok_rows_sorted_by_key(tmp_path):
+    from mama_augment.manifest import CAPTIONS, PartWriter
+    from mama_augment.workread import generated_caption_batches, generated_captions_table
+
+    writer = PartWriter(tmp_path, CAPTIONS)
+    writer.write([{"video_id": v, "caption_index": i, "status": status, "caption": text}
+                  for v, i, status, text in [("b", 1, "ok", "b1"), ("a", 0, "ok", "a0"), ("b", 0, "failed", None),
+                                             ("a", 1, "ok", "")]])
+    writer.close()
+    table = generated_captions_table(tmp_path, ["caption"])
+    assert table.column_names == ["video_id", "caption_index", "caption"]
+    assert table.to_pylist() == [{"video_id": "a", "caption_index": 0, "caption": "a0"},
+                                 {"video_id": "a", "caption_index": 1, "caption": ""},
+                                 {"video_id": "b", "caption_index": 1, "caption": "b1"}]
+    assert all(b.num_rows <= 1 for b in generated_caption_batches(tmp_path, ["caption"], batch_rows=1))
+
+
+def test_a_manifest_without_a_column_asked_for_is_named(tmp_path):
+    import pyarrow.parquet as pq
+    import pytest
+
+    from mama_augment.errors import UsageError
+    from mama_augment.manifest import KEYFRAMES, manifest_path
+    from mama_augment.workread import ok_video_ids
+
+    _keyframes(tmp_path, 3)
+    path = manifest_path(tmp_path, KEYFRAMES)
+    pq.write_table(pq.read_table(path).drop_columns(["status"]), path)
+    with pytest.raises(UsageError, match="status"):
+        ok_video_ids(tmp_path)
+
+
 def test_checking_annotation_files_does_not_import_torch(tmp_path):
     # `datasets check` reads files and picks a protocol: torch costs seconds and is not needed.
     (tmp_path / "caps.csv").write_text("video_id,caption,split\nv1,a dog runs,test\nv2,a cat sits,test\n")
