@@ -182,3 +182,40 @@ def test_export_drops_the_pairs_the_audit_ranks_least_trusted_even_on_ties(tmp_p
         weights = load_run_weights(run, percent, needs_weights=True)
         dropped = sorted(int(p) for p in weights.dropped_pair_ids.nonzero()[0])
         assert dropped == sorted(ranked[:count]), percent
+
+
+# ----------------------------------------------------------------------------- one rule for a captions table's ids
+
+
+def _tricky_tables(folder: Path) -> list[Path]:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv = folder / "caps.csv"
+    csv.write_text("video_id,caption,split\n v1 ,  a dog ,train\n007,x,\n,y,test\nv4, z , test \n")
+    jsonl = folder / "caps.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"video_id": 12, "caption": "a"}, {"video_id": 12.0, "caption": "b"}, {"video_id": " v5", "caption": "c"},
+        {"video_id": None, "caption": "d"}, {"video_id": True, "caption": "e"}]))
+    parquet = folder / "caps.parquet"  # ints with a null: pandas reads them as floats
+    pq.write_table(pa.table({"video_id": pa.array([1, 2, None], pa.int64()), "caption": ["p", "q", "r"]}), parquet)
+    return [csv, jsonl, parquet]
+
+
+def test_training_and_export_read_a_captions_tables_ids_by_one_rule(tmp_path):
+    from mama_augment.datasets import Problems, read_pairs_file
+    from mama_augment.export.sources import original_caption_batches
+
+    expected = {"caps.csv": ["v1", "007", "v4"], "caps.jsonl": ["12", "12", "v5"], "caps.parquet": ["1", "2"]}
+    for path in _tricky_tables(tmp_path):
+        training, exporting = Problems(), Problems()
+        frame = read_pairs_file(path, training)
+        rows = [r for b in original_caption_batches(path, 2, exporting) for r in b.to_pylist()]
+        assert frame["video_id"].tolist() == expected[path.name], path.name
+        assert [r["video_id"] for r in rows] == expected[path.name], path.name
+        assert training.counts == exporting.counts, path.name  # the rows left out, counted alike
+        if path.name == "caps.csv":
+            assert [r["split"] for r in rows] == ["train", None, "test"]
+            assert [s if isinstance(s, str) else None for s in frame["split"]] == ["train", None, "test"]

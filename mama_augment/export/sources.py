@@ -45,6 +45,7 @@ from mama_augment.datasets import (
     match_video_ids,
     no_video_matches,
 )
+from mama_augment.datasets.base import id_value
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.export.config import SOURCE_GENERATED, SOURCE_ORIGINAL
 from mama_augment.export.records import CaptionEntry, VideoItem
@@ -302,7 +303,10 @@ def original_caption_batches(path: Path, batch_rows: int, problems: Problems | N
                 if missing and batch.num_rows:
                     raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
                 first = False
-            yield _clean_batch(_cast_batch(batch, names))
+            cleaned = _clean_batch(_cast_batch(batch, names))
+            if problems is not None:
+                _count_missing_ids(batch, problems, path)
+            yield cleaned
     except UsageError:
         raise
     except Exception as exc:  # the readers raise many kinds for malformed files
@@ -354,7 +358,10 @@ def _frame_batch(frame, names: Sequence[str]) -> pa.RecordBatch:
     columns = {}
     for name in names:
         if name in frame.columns:
-            values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[name].tolist()]
+            if name == "video_id":  # the datasets' rule: 12.0 is "12", true/false is no id
+                values = [id_value(v) for v in frame[name].tolist()]
+            else:
+                values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[name].tolist()]
             columns[name] = pa.array(values, type=pa.string())
         else:
             columns[name] = pa.nulls(len(frame), type=pa.null())
@@ -369,10 +376,25 @@ def _cast_batch(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:
             arrays.append(pa.nulls(batch.num_rows, type=pa.null()))
             continue
         column = batch.column(index)
-        if column.type not in (pa.string(), pa.null()):
+        if name == "video_id" and column.type not in (pa.string(), pa.null()):
+            # Numbers (a Parquet column of ints, or of floats once nulls are in it) by the
+            # datasets' rule, as training reads them: 12.0 is "12", true/false is no id.
+            column = pa.array([id_value(v) for v in column.to_pylist()], type=pa.string())
+        elif column.type not in (pa.string(), pa.null()):
             column = column.cast(pa.string())
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, names=list(names))
+
+
+def _count_missing_ids(batch: pa.RecordBatch, problems: Problems, path: Path) -> None:
+    """Rows left out for want of an id, counted as training counts them."""
+    import pyarrow.compute as pc
+
+    index = batch.schema.get_field_index("video_id")
+    if index < 0 or batch.column(index).type != pa.string():
+        return
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(batch.column(index)), ""), True)
+    problems.add("malformed_record", f"{path.name}: a row without video_id (left out)", pc.sum(blank).as_py() or 0)
 
 
 def _clean_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
