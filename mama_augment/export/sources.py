@@ -3,17 +3,20 @@
 Memory stays bounded by batches, whatever the size of the work folder:
 
 * the manifests (``keyframes``, ``captions``, ``caption_flags``) are compacted tables
-  sorted by their key (``manifest.compact`` sorts them), read a Parquet batch at a time;
-  uncompacted parts left by a killed stage are compacted first, under that stage's lock;
+  sorted by their key (``manifest.compact`` sorts them), read a Parquet batch at a time
+  through :mod:`mama_augment.workread`, which first compacts the parts a killed stage
+  left, under that stage's lock;
 * the inputs that come in another order (the original captions file, a run's
-  ``pair_weights.parquet``) are sorted by ``video_id`` on disk: in runs of at most
-  ``sort_memory_rows`` rows, merged back as a stream (an external merge sort); an input
-  that fits in one run never touches the disk.
+  ``pair_weights.parquet``, opened by :func:`mama_augment.train.audit.load_run_weights`)
+  are sorted by ``video_id`` on disk: in runs of at most ``sort_memory_rows`` rows,
+  merged back as a stream (an external merge sort); an input that fits in one run
+  never touches the disk.
 
 The original captions are read as ``train`` reads them (:mod:`mama_augment.datasets`),
 their ids matched to the ``keyframes.parquet`` ids by the same rules. This project's
 own table (one ``.csv``, ``.jsonl`` or ``.parquet`` of ``video_id``, ``caption``) is
-streamed through the sort; the benchmarks' files (a JSON document, several files that
+streamed through the sort, its ids read by the datasets' one rule
+(:func:`mama_augment.datasets.base.id_value`); the benchmarks' files (a JSON document, several files that
 decide splits together) are read whole, as training reads them, and then sorted.
 
 :func:`iter_videos` walks ``keyframes.parquet`` and takes, for each video, the rows of
