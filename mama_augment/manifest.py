@@ -319,12 +319,20 @@ def iter_manifest_batches(
 
     First the key columns of every file are read (a small index) to find the newest
     row of each key; then each file is streamed and only those rows are kept. Rows come
-    in file order, not sorted; memory holds the index and about one batch.
+    in file order, not sorted; memory holds the index and about one batch. A compacted
+    table with no parts beside it is streamed as it is (sorted by key), without the index.
     """
     columns = list(dict.fromkeys([*spec.key, *(columns if columns is not None else spec.schema.names)]))
     schema = pa.schema([spec.schema.field(c) for c in columns])
     main = manifest_path(workdir, spec)
-    files = ([main] if main.exists() else []) + _part_files(workdir, spec)
+    parts = _part_files(workdir, spec)
+    if not parts and main.exists() and _is_sorted_run(main):
+        # A compacted table alone holds one row per key: no index of its keys is needed,
+        # so memory stays at one batch however many rows it has.
+        for batch in _file_batches(main, columns, batch_rows):
+            yield _conform_batch(batch, schema)
+        return
+    files = ([main] if main.exists() else []) + parts
     key_tables, readable = [], []
     for path in files:
         try:

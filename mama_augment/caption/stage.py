@@ -58,6 +58,7 @@ from mama_augment.manifest import (
     workdir_lock,
 )
 from mama_augment.workpaths import WorkFolder
+from mama_augment.workread import ok_video_batches
 from mama_augment.stage import StageReport
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,15 @@ def require_keyframes(workdir: Path) -> None:
 
 def load_grids(workdir: Path) -> list[Grid]:
     require_keyframes(workdir)
-    table = read_manifest(
-        workdir, KEYFRAMES, columns=["status", "grid_path", "grid_rows", "grid_cols", "keyframe_paths"]
-    ).to_pylist()
     grids = []
-    for row in sorted(table, key=lambda r: r["video_id"]):
-        if row["status"] != STATUS_OK or not row["grid_path"]:
-            continue
-        rows, cols = row["grid_rows"] or 1, row["grid_cols"] or 1
-        frames = len(row["keyframe_paths"]) if row["keyframe_paths"] else rows * cols
-        grids.append(Grid(row["video_id"], row["grid_path"], rows, cols, frames))
-    return grids
+    for batch in ok_video_batches(workdir, ["grid_path", "grid_rows", "grid_cols", "keyframe_paths"]):
+        for row in batch.to_pylist():
+            if not row["grid_path"]:
+                continue
+            rows, cols = row["grid_rows"] or 1, row["grid_cols"] or 1
+            frames = len(row["keyframe_paths"]) if row["keyframe_paths"] else rows * cols
+            grids.append(Grid(row["video_id"], row["grid_path"], rows, cols, frames))
+    return sorted(grids, key=lambda grid: grid.video_id)
 
 
 class _Run:

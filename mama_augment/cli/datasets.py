@@ -12,13 +12,13 @@ from mama_augment.cli._app import app, call_library, parse_workdir
 
 def _keyframe_ids(workdir: Path) -> list[str]:
     from mama_augment.errors import UsageError
-    from mama_augment.manifest import KEYFRAMES, STATUS_OK, read_manifest
+    from mama_augment.workread import ok_video_ids
 
-    table = read_manifest(workdir, KEYFRAMES, columns=["status"])
-    if table.num_rows == 0:
-        raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first, or leave out --workdir")
-    rows = table.to_pydict()
-    return [v for v, s in zip(rows["video_id"], rows["status"]) if s == STATUS_OK]
+    video_ids = ok_video_ids(workdir)
+    if not video_ids:
+        raise UsageError(f"no keyframes found in {workdir} (no video with status ok): run `mama-augment keyframes` "
+                         "first, or leave out --workdir")
+    return video_ids
 
 
 @app.command("datasets")

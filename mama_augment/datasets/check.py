@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mama_augment.datasets.protocol import choose_protocol
 from mama_augment.datasets.reader import CaptionSet, load_captions
 from mama_augment.datasets.registry import FORMATS
 
@@ -62,7 +63,6 @@ class DatasetCheck:
 def check_files(paths: Sequence[str | Path], formats=None, video_ids: Sequence[str] | None = None) -> DatasetCheck:
     # A file without caption rows is reported as a problem here, not refused as in train.
     loaded = load_captions([str(p) for p in paths], formats, video_ids=video_ids, allow_empty=True)
-    from mama_augment.train.protocols import choose_protocol  # imports torch: only once the files are read
     frame = loaded.frame
     check = DatasetCheck(loaded)
     if "split" in frame.columns:

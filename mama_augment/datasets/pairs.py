@@ -169,12 +169,26 @@ def _pairs_frame(source: Source) -> pd.DataFrame:
             f"(it has {clip_text(', '.join(map(str, frame.columns)))})"
         )
     frame = frame.copy()
-    frame["video_id"] = frame["video_id"].astype(str)
+    # The one rule for an id of this table, as every other reader of it applies it
+    # (export streams it): stripped text, a whole number without ".0", and no id at all
+    # for a missing value or a true/false.
+    ids = [id_value(v) for v in frame["video_id"].tolist()]
+    frame["video_id"] = ids
+    missing = [number for number, video_id in enumerate(ids, 1) if video_id is None]
+    if missing:
+        source.problems.add("malformed_record", f"{source.name} row {missing[0]}: no video_id (left out)", len(missing))
+        frame = frame[frame["video_id"].notna()].reset_index(drop=True)
     frame["caption"] = frame["caption"].map(_text_or_none).fillna("").astype(str).str.strip()
     for column in ("split", "concept"):
         if column in frame.columns:
-            frame[column] = frame[column].map(lambda v: None if _text_or_none(v) in (None, "") else str(v))
+            frame[column] = frame[column].map(_label_or_none)
     return frame
+
+
+def _label_or_none(value) -> str | None:
+    """A split or concept cell: stripped text, None when missing or blank."""
+    text = _text_or_none(value)
+    return text.strip() or None if text is not None else None
 
 
 def _text_or_none(value) -> str | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, ExportConfig
 from mama_augment.export.records import CaptionEntry, VideoItem
-from mama_augment.export.sources import RunWeights
 from mama_augment.train.data import normalize_split, split_of_video
 
 
@@ -97,9 +98,10 @@ class SelectionCounts:
 class Selector:
     """Applies the filters of ``config`` to each video's captions, in place."""
 
-    def __init__(self, config: ExportConfig, weights: RunWeights | None, split_rule: SplitRule | None = None):
+    def __init__(self, config: ExportConfig, dropped_pair_ids: np.ndarray | None = None,
+                 split_rule: SplitRule | None = None):
         self.config = config
-        self.weights = weights
+        self.dropped_pair_ids = dropped_pair_ids  # bool mask by pair_id: the least trusted pairs
         if config.split is not None and split_rule is None:
             raise ValueError("--split needs its SplitRule (stage._split_rule), made once the captions are read")
         self.split_rule = split_rule
@@ -135,7 +137,7 @@ class Selector:
     def _drop_reason(self, entry: CaptionEntry) -> str | None:
         if entry.source not in self.sources:
             return "source"
-        dropped = self.weights.dropped_pair_ids if self.weights is not None else None
+        dropped = self.dropped_pair_ids
         if dropped is not None and entry.pair_id is not None and entry.pair_id < len(dropped) and dropped[entry.pair_id]:
             return "least_trusted"
         if self.config.min_weight is not None:

@@ -3,17 +3,20 @@
 Memory stays bounded by batches, whatever the size of the work folder:
 
 * the manifests (``keyframes``, ``captions``, ``caption_flags``) are compacted tables
-  sorted by their key (``manifest.compact`` sorts them), read a Parquet batch at a time;
-  uncompacted parts left by a killed stage are compacted first, under that stage's lock;
+  sorted by their key (``manifest.compact`` sorts them), read a Parquet batch at a time
+  through :mod:`mama_augment.workread`, which first compacts the parts a killed stage
+  left, under that stage's lock;
 * the inputs that come in another order (the original captions file, a run's
-  ``pair_weights.parquet``) are sorted by ``video_id`` on disk: in runs of at most
-  ``sort_memory_rows`` rows, merged back as a stream (an external merge sort); an input
-  that fits in one run never touches the disk.
+  ``pair_weights.parquet``, opened by :func:`mama_augment.train.audit.load_run_weights`)
+  are sorted by ``video_id`` on disk: in runs of at most ``sort_memory_rows`` rows,
+  merged back as a stream (an external merge sort); an input that fits in one run
+  never touches the disk.
 
 The original captions are read as ``train`` reads them (:mod:`mama_augment.datasets`),
 their ids matched to the ``keyframes.parquet`` ids by the same rules. This project's
 own table (one ``.csv``, ``.jsonl`` or ``.parquet`` of ``video_id``, ``caption``) is
-streamed through the sort; the benchmarks' files (a JSON document, several files that
+streamed through the sort, its ids read by the datasets' one rule
+(:func:`mama_augment.datasets.base.id_value`); the benchmarks' files (a JSON document, several files that
 decide splits together) are read whole, as training reads them, and then sorted.
 
 :func:`iter_videos` walks ``keyframes.parquet`` and takes, for each video, the rows of
@@ -23,7 +26,6 @@ every other source with the same ``video_id`` (a merge join of sorted streams).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import itertools
 import uuid
@@ -46,121 +48,17 @@ from mama_augment.datasets import (
     match_video_ids,
     no_video_matches,
 )
+from mama_augment.datasets.base import id_value
 from mama_augment.errors import MamaError, UsageError
 from mama_augment.export.config import SOURCE_GENERATED, SOURCE_ORIGINAL
 from mama_augment.export.records import CaptionEntry, VideoItem
-from mama_augment.manifest import (
-    CAPTION_FLAGS,
-    CAPTIONS,
-    KEYFRAMES,
-    STATUS_OK,
-    ManifestSpec,
-    compact,
-    manifest_path,
-    parts_dir,
-    workdir_lock,
-)
+from mama_augment.manifest import CAPTION_FLAGS, CAPTIONS, KEYFRAMES, STATUS_OK
 from mama_augment.train.data import normalize_split
+from mama_augment.train.runs import RunPaths
+from mama_augment.workread import caption_sha256, manifest_rows, open_parquet, parquet_rows
 
-# The stage whose lock guards each manifest (the lock names the stages use).
-MANIFEST_LOCKS = {KEYFRAMES.name: "keyframes", CAPTIONS.name: "caption", CAPTION_FLAGS.name: "filter"}
-PAIR_WEIGHTS_FILE = "pair_weights.parquet"
 SEQ = "__seq"
 MERGE_BATCH_ROWS = 1024
-
-
-def caption_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ----------------------------------------------------------------------------- manifests
-
-
-# What to do about a manifest that cannot be read.
-_REPAIR = {
-    KEYFRAMES.name: "restore it from a backup, or start over with `mama-augment keyframes --overwrite`",
-    CAPTIONS.name: "restore it from a backup, or start over with `mama-augment caption --overwrite`",
-    CAPTION_FLAGS.name: "run `mama-augment filter` again: it computes every row anew",
-}
-
-
-def ensure_compacted(workdir: Path, spec: ManifestSpec) -> None:
-    """Check that ``NAME.parquet`` can be read, and fold parts a killed stage left
-    behind into it (as its next run would).
-
-    Takes the stage's lock, so a stage still writing is never disturbed: the export
-    stops with a message instead.
-    """
-    check_readable(workdir, spec)
-    directory = parts_dir(workdir, spec)
-    if not directory.is_dir() or not any(directory.glob("part-*.parquet")):
-        return
-    stage = MANIFEST_LOCKS[spec.name]
-    try:
-        with workdir_lock(workdir, stage):
-            # The export streams NAME.parquet alone, so every part goes in, however few.
-            compact(workdir, spec, full=True)
-    except MamaError as exc:
-        raise MamaError(f"{spec.filename} is still being written ({exc}); export when that run has ended") from None
-
-
-def check_readable(workdir: Path, spec: ManifestSpec) -> None:
-    """A compacted manifest that exists opens as Parquet with its key columns (a file
-    cut short by a full disk or a killed copy does not); MamaError saying what to do."""
-    path = manifest_path(workdir, spec)
-    if not path.exists():
-        return
-    try:
-        names = open_parquet(path).schema_arrow.names
-    except (OSError, pa.ArrowException) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise MamaError(f"{spec.filename} ({path}) cannot be read ({reason}); {_REPAIR[spec.name]}") from None
-    missing = [k for k in spec.key if k not in names]
-    if missing:
-        raise MamaError(f"{spec.filename} ({path}) is not a {spec.name} manifest (no {', '.join(missing)} column); "
-                        f"{_REPAIR[spec.name]}")
-
-
-def manifest_rows(workdir: Path, spec: ManifestSpec, columns: Sequence[str], batch_rows: int) -> Iterator[dict]:
-    """Rows of a compacted manifest (sorted by its key), a batch at a time."""
-    path = manifest_path(workdir, spec)
-    if not path.exists():
-        return iter(())
-    return _parquet_rows(path, [*spec.key, *[c for c in columns if c not in spec.key]], batch_rows, spec.filename)
-
-
-def open_parquet(path: Path) -> pq.ParquetFile:
-    """A Parquet file read as its pages are decoded (``pre_buffer`` off: memory stays at
-    about a batch per column, where pre-buffering holds ranges of the file ahead)."""
-    return pq.ParquetFile(path, pre_buffer=False)
-
-
-def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int, label: str) -> Iterator[dict]:
-    try:
-        handle = open_parquet(path)
-        present = set(handle.schema_arrow.names)
-        wanted = [c for c in columns if c in present] if columns is not None else None
-        missing = [c for c in (columns or []) if c not in present]
-        for batch in handle.iter_batches(batch_size=batch_rows, columns=wanted):
-            rows = batch.to_pylist()
-            if missing:
-                for row in rows:
-                    for name in missing:
-                        row[name] = None
-            yield from rows
-    except (OSError, pa.ArrowException) as exc:
-        raise MamaError(f"cannot read {label} ({path}): {exc}") from exc
-
-
-def file_fingerprint(path: Path | None) -> dict | None:
-    """Size and modification time: what decides whether a resumed export may continue."""
-    if path is None:
-        return None
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return None
-    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 # ----------------------------------------------------------------------------- external sort
@@ -210,7 +108,7 @@ def sorted_rows(
             runs.append(path)
             pending = []
         # The merge holds a batch per run: small batches keep many runs cheap.
-        streams = [_parquet_rows(path, None, MERGE_BATCH_ROWS, "sort run") for path in runs]
+        streams = [parquet_rows(path, None, MERGE_BATCH_ROWS, "sort run") for path in runs]
         yield from heapq.merge(*streams, key=lambda row: (row[key], row[SEQ]))
     finally:
         for path in runs:
@@ -409,7 +307,10 @@ def original_caption_batches(path: Path, batch_rows: int, problems: Problems | N
                 if missing and batch.num_rows:
                     raise UsageError(f"captions file {path} lacks column(s) {', '.join(missing)}")
                 first = False
-            yield _clean_batch(_cast_batch(batch, names))
+            cleaned = _clean_batch(_cast_batch(batch, names))
+            if problems is not None:
+                _count_missing_ids(batch, problems, path)
+            yield cleaned
     except UsageError:
         raise
     except Exception as exc:  # the readers raise many kinds for malformed files
@@ -461,7 +362,10 @@ def _frame_batch(frame, names: Sequence[str]) -> pa.RecordBatch:
     columns = {}
     for name in names:
         if name in frame.columns:
-            values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[name].tolist()]
+            if name == "video_id":  # the datasets' rule: 12.0 is "12", true/false is no id
+                values = [id_value(v) for v in frame[name].tolist()]
+            else:
+                values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[name].tolist()]
             columns[name] = pa.array(values, type=pa.string())
         else:
             columns[name] = pa.nulls(len(frame), type=pa.null())
@@ -476,10 +380,25 @@ def _cast_batch(batch: pa.RecordBatch, names: Sequence[str]) -> pa.RecordBatch:
             arrays.append(pa.nulls(batch.num_rows, type=pa.null()))
             continue
         column = batch.column(index)
-        if column.type not in (pa.string(), pa.null()):
+        if name == "video_id" and column.type not in (pa.string(), pa.null()):
+            # Numbers (a Parquet column of ints, or of floats once nulls are in it) by the
+            # datasets' rule, as training reads them: 12.0 is "12", true/false is no id.
+            column = pa.array([id_value(v) for v in column.to_pylist()], type=pa.string())
+        elif column.type not in (pa.string(), pa.null()):
             column = column.cast(pa.string())
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, names=list(names))
+
+
+def _count_missing_ids(batch: pa.RecordBatch, problems: Problems, path: Path) -> None:
+    """Rows left out for want of an id, counted as training counts them."""
+    import pyarrow.compute as pc
+
+    index = batch.schema.get_field_index("video_id")
+    if index < 0 or batch.column(index).type != pa.string():
+        return
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(batch.column(index)), ""), True)
+    problems.add("malformed_record", f"{path.name}: a row without video_id (left out)", pc.sum(blank).as_py() or 0)
 
 
 def _clean_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -500,62 +419,6 @@ def _clean_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     table = pa.RecordBatch.from_pydict(arrays)
     keep = pc.and_(pc.is_valid(table.column("video_id")), pc.not_equal(pc.fill_null(table.column("caption"), ""), ""))
     return table.filter(keep)
-
-
-# ----------------------------------------------------------------------------- run weights
-
-
-@dataclass
-class RunWeights:
-    """A run's ``pair_weights.parquet``: whether it has weights, and the pairs to drop."""
-
-    path: Path
-    weighted: bool
-    dropped_pair_ids: np.ndarray | None = None  # bool mask by pair_id (--drop-least-trusted)
-    least_trusted_threshold: float | None = None
-    total_pairs: int = 0
-
-
-def load_run_weights(run: Path, drop_least_trusted: float | None, needs_weights: bool) -> RunWeights:
-    path = Path(run) / PAIR_WEIGHTS_FILE
-    if not path.is_file():
-        raise UsageError(f"{run} has no {PAIR_WEIGHTS_FILE}: is it a finished training run?")
-    try:
-        handle = pq.ParquetFile(path)
-        metadata = handle.schema_arrow.metadata or {}
-        if b"mama_augment.weighted" in metadata:
-            weighted = metadata[b"mama_augment.weighted"] == b"true"
-        else:  # a file without the flag: weighted when its first weights are not all null
-            first = handle.read_row_group(0, columns=["weight"]) if handle.num_row_groups else None
-            weighted = first is not None and first.column("weight").null_count < first.num_rows
-    except (OSError, pa.ArrowException) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
-    if needs_weights and not weighted:
-        raise UsageError(
-            f"{run} was trained without meta-weighting: its pairs have no weights, so --min-weight and "
-            "--drop-least-trusted cannot apply"
-        )
-    result = RunWeights(path=path, weighted=weighted, total_pairs=handle.metadata.num_rows)
-    if drop_least_trusted:
-        # The ranking needs every pair's weight and loss: 24 bytes a pair.
-        table = handle.read(columns=["pair_id", "weight", "loss"])
-        weight = table.column("weight").to_numpy(zero_copy_only=False)
-        pair_id = table.column("pair_id").to_numpy()
-        loss = table.column("loss").to_numpy(zero_copy_only=False).astype(float)
-        weights = weight.astype(float)
-        # The audit's ranking: lowest weight first, ties broken by the higher loss.
-        order = np.lexsort((-loss, weights))
-        count = int(np.floor(len(order) * drop_least_trusted / 100.0))
-        mask = np.zeros(int(pair_id.max()) + 1 if len(pair_id) else 0, dtype=bool)
-        mask[pair_id[order[:count]]] = True
-        result.dropped_pair_ids = mask
-        result.least_trusted_threshold = float(weights[order[count - 1]]) if count else None
-    return result
-
-
-def pair_weight_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    columns = ["pair_id", "video_id", "caption", "caption_source", "caption_index", "weight", "loss"]
-    yield from open_parquet(path).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 # ----------------------------------------------------------------------------- the join
@@ -595,7 +458,7 @@ def iter_videos(
         if with_flags else None
     )
     original = KeyedCursor(originals, "video_id", "the original captions") if originals is not None else None
-    weight = KeyedCursor(weights, "video_id", PAIR_WEIGHTS_FILE) if weights is not None else None
+    weight = KeyedCursor(weights, "video_id", RunPaths.PAIR_WEIGHTS) if weights is not None else None
 
     for row in keyframes.rows():
         video_id = row["video_id"]

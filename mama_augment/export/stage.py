@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow.compute as pc
-
 from mama_augment import __version__
 from mama_augment.caption.prompts import DEFAULT_PROMPT, load_prompt
 from mama_augment.datasets import CaptionSpec, Problems, locate_captions
@@ -37,32 +35,22 @@ from mama_augment.export.base import ShardContext, finish_files
 from mama_augment.export.config import ExportConfig
 from mama_augment.export.records import Sample, VideoItem
 from mama_augment.export.select import Selector, SplitRule
-from mama_augment.export.sources import (
-    PAIR_WEIGHTS_FILE,
-    JoinCounts,
-    ensure_compacted,
-    file_fingerprint,
-    iter_videos,
-    load_run_weights,
-    original_caption_rows,
-    pair_weight_batches,
-    sorted_rows,
-)
+from mama_augment.export.sources import JoinCounts, iter_videos, original_caption_rows, sorted_rows
 from mama_augment.fileio import atomic_write_text
 from mama_augment.manifest import (
     CAPTION_FLAGS,
     CAPTIONS,
     KEYFRAMES,
-    STATUS_OK,
     make_folder,
     manifest_path,
     parts_dir,
-    read_manifest,
     workdir_lock,
 )
 from mama_augment.quality.prompts import PromptBook
 from mama_augment.stage import StageReport
+from mama_augment.train.audit import load_run_weights, pair_weight_batches
 from mama_augment.train.runs import RunPaths, load_run_config
+from mama_augment.workread import ensure_compacted, file_fingerprint, ok_video_ids
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +224,6 @@ def _originals_spec(config: ExportConfig, workdir: Path) -> CaptionSpec | None:
     return spec
 
 
-def _ok_video_ids(workdir: Path) -> list[str]:
-    table = read_manifest(workdir, KEYFRAMES, columns=["status"])
-    return table.filter(pc.equal(table.column("status"), STATUS_OK)).column("video_id").to_pylist()
-
-
 def _split_fractions(config: ExportConfig) -> dict | None:
     """The hash split's fractions ``--split`` places videos with (``--split-by train``):
     the ``--run``'s, else train's defaults; None where no hash split can be used."""
@@ -366,7 +349,7 @@ def run_export(config: ExportConfig, workdir: str | os.PathLike, progress: bool 
         splits: set[str] = set()
         try:
             original_rows = (
-                original_caption_rows(originals, _ok_video_ids(workdir), state_dir / "tmp", config.batch_rows,
+                original_caption_rows(originals, ok_video_ids(workdir), state_dir / "tmp", config.batch_rows,
                                       config.sort_memory_rows, problems, splits)
                 if originals is not None else None
             )
@@ -458,7 +441,7 @@ def _export_shards(config, workdir, fmt, unit, out, state_dir, original_rows, we
             recorded[record["index"]] = record
 
     join = JoinCounts()
-    selector = Selector(config, weights, split_rule)
+    selector = Selector(config, weights.dropped_pair_ids if weights is not None else None, split_rule)
     weight_rows = (
         sorted_rows(pair_weight_batches(weights.path, config.batch_rows), "video_id", tmp, config.sort_memory_rows)
         if weights is not None else None
@@ -550,7 +533,7 @@ def _export_shards(config, workdir, fmt, unit, out, state_dir, original_rows, we
         "prompts_unknown": sum(s.get("prompts_unknown", 0) for s in shards),
         "weights": None if weights is None else {
             "run": str(Path(config.run).resolve()),
-            "file": PAIR_WEIGHTS_FILE,
+            "file": RunPaths.PAIR_WEIGHTS,
             "weighted": weights.weighted,
             "pairs_in_run": weights.total_pairs,
             "least_trusted_threshold": weights.least_trusted_threshold,

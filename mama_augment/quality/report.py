@@ -34,7 +34,7 @@ def attach_flags(workdir: Path, caption_rows: Iterable[dict]) -> int:
 
 def attach_flag_rows(flag_rows: Iterable[dict], caption_rows: Iterable[dict]) -> int:
     """:func:`attach_flags` with the flags rows at hand (a report reads them a slice at a time)."""
-    from mama_augment.export.sources import caption_sha256
+    from mama_augment.workread import caption_sha256
 
     flags = {(r["video_id"], r["caption_index"]): (r["caption_sha256"], r["flags"]) for r in flag_rows}
     count = 0

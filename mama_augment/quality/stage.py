@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 
 from mama_augment.configfile import record_run_config
 from mama_augment.errors import MamaError, UsageError
-from mama_augment.export.sources import caption_sha256, ensure_compacted
 from mama_augment.fileio import atomic_path
 from mama_augment.manifest import (
     CAPTION_FLAGS,
@@ -38,7 +37,6 @@ from mama_augment.manifest import (
     ensure_workdir,
     manifest_path,
     parts_dir,
-    read_manifest,
     utc_now,
     workdir_lock,
 )
@@ -49,6 +47,7 @@ from mama_augment.quality.generic import GenericModel
 from mama_augment.quality.prompts import PromptBook
 from mama_augment.quality.text import PromptEcho, is_truncated, looks_like_instruction, tokens
 from mama_augment.stage import StageReport
+from mama_augment.workread import caption_sha256, ensure_compacted, generated_captions_table, ok_videos_table
 
 log = logging.getLogger(__name__)
 WRITE_CHUNK = 10_000
@@ -131,15 +130,12 @@ def ensure_compacted_own(workdir: Path) -> None:
 def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progress: bool) -> None:
     timings: dict[str, float] = {}
     clock = time.monotonic()
-    captions = read_manifest(
-        workdir, CAPTIONS, columns=["caption", "raw_output", "status", "prompt_sha256", "completion_tokens", "sampling"]
-    )
-    captions = captions.filter(pc.equal(captions.column("status"), STATUS_OK)).sort_by(
-        [("video_id", "ascending"), ("caption_index", "ascending")]
+    captions = generated_captions_table(
+        workdir, ["caption", "raw_output", "prompt_sha256", "completion_tokens", "sampling"]
     )
     # Columns, not a dict per row: at 200 000 videos a dict per keyframes row (with its
     # list of paths) and a token list per caption held gigabytes.
-    videos = read_manifest(workdir, KEYFRAMES, columns=["grid_rows", "grid_cols", "keyframe_paths"])
+    videos = ok_videos_table(workdir, ["grid_rows", "grid_cols", "keyframe_paths"])
     grid = {
         video_id: (rows or 1, cols or 1, frames or 0)
         for video_id, rows, cols, frames in zip(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -203,7 +203,8 @@ def score_pairs(model, criterion, meta, data, batch_size: int, seed: int,
 def _grid_paths(workdir: Path, data, caption_ids: np.ndarray) -> list[str | None]:
     """The picture behind each pair: the caption's grid (generated), else the video's
     grid from keyframes.parquet, else for an image the image itself."""
-    from mama_augment.manifest import CAPTIONS, KEYFRAMES, read_manifest
+    from mama_augment.manifest import CAPTIONS, read_manifest
+    from mama_augment.workread import ok_video_batches
 
     def absolute(p):
         if not p:
@@ -213,10 +214,10 @@ def _grid_paths(workdir: Path, data, caption_ids: np.ndarray) -> list[str | None
 
     video_grid: dict[str, str | None] = {}
     try:
-        frames = read_manifest(workdir, KEYFRAMES, columns=["grid_path", "path", "media_type"]).to_pydict()
-        for i, video_id in enumerate(frames["video_id"]):
-            grid = frames["grid_path"][i] or (frames["path"][i] if frames["media_type"][i] == "image" else None)
-            video_grid[video_id] = absolute(grid)
+        for batch in ok_video_batches(workdir, ["grid_path", "path", "media_type"]):
+            for row in batch.to_pylist():
+                grid = row["grid_path"] or (row["path"] if row["media_type"] == "image" else None)
+                video_grid[row["video_id"]] = absolute(grid)
     except Exception:  # a picture path is a convenience; never fail the run for it
         pass
     caption_grid: dict[tuple[str, int], str | None] = {}
@@ -378,6 +379,22 @@ def _was_weighted(run_dir: Path) -> bool:
     return loss_takes_meta_weighting(config.get("loss", TrainConfig.loss))
 
 
+def least_trusted_order(weight: np.ndarray | None, loss: np.ndarray, pair_id: np.ndarray) -> np.ndarray:
+    """Positions of the pairs, least trusted first: the one ranking the audit shows and
+    ``export --drop-least-trusted`` drops by.
+
+    With weights: lowest ``weight`` first, ties broken by the higher loss, then the lower
+    ``pair_id``; a pair without a weight comes last. Without (``weight`` None): highest
+    loss first, then the lower ``pair_id``.
+    """
+    loss = np.asarray(loss, dtype=float)
+    pair_id = np.asarray(pair_id)
+    if weight is None:
+        return np.lexsort((pair_id, -loss))
+    # np.lexsort sorts by the last key first and puts NaN last, as the audit always has.
+    return np.lexsort((pair_id, -loss, np.asarray(weight, dtype=float)))
+
+
 def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold: float | None = None) -> "AuditResult":
     """Rank a run's training pairs, least trusted first.
 
@@ -396,11 +413,9 @@ def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold
     frame, weighted, note = read_pair_weights(run_dir)
     if source != "all":
         frame = frame[frame["caption_source"] == source]
-    if weighted:
-        frame = frame.sort_values(["weight", "loss", "pair_id"], ascending=[True, False, True], kind="stable")
-    else:
-        frame = frame.sort_values(["loss", "pair_id"], ascending=[False, True], kind="stable")
-    frame = frame.reset_index(drop=True)
+    order = least_trusted_order(frame["weight"].to_numpy() if weighted else None, frame["loss"].to_numpy(),
+                                frame["pair_id"].to_numpy())
+    frame = frame.iloc[order].reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     summary_threshold = DEFAULT_SUMMARY_THRESHOLD if threshold is None else float(threshold)
     counts = frame["caption_source"].value_counts().to_dict()
@@ -427,3 +442,62 @@ def export_audit(result: AuditResult, path: str | Path) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc}") from exc
     return len(rows)
+
+
+# --------------------------------------------------------------------- for export
+
+
+@dataclass
+class RunWeights:
+    """A run's ``pair_weights.parquet`` as ``export --run`` uses it: whether it has
+    weights, and the pairs ``--drop-least-trusted`` drops."""
+
+    path: Path
+    weighted: bool
+    dropped_pair_ids: np.ndarray | None = None  # bool mask by pair_id (--drop-least-trusted)
+    least_trusted_threshold: float | None = None
+    total_pairs: int = 0
+
+
+def load_run_weights(run: str | Path, drop_least_trusted: float | None, needs_weights: bool) -> RunWeights:
+    """Open ``RUN/pair_weights.parquet``; with ``drop_least_trusted`` (a percentage), mark
+    that share of the pairs, taken from the top of the audit's ranking
+    (:func:`least_trusted_order`). Only the ranking reads the whole file (three columns,
+    24 bytes a pair); the rows themselves are streamed by :func:`pair_weight_batches`."""
+    path = RunPaths(Path(run)).pair_weights
+    if not path.is_file():
+        raise UsageError(f"{run} has no {RunPaths.PAIR_WEIGHTS}: is it a finished training run?")
+    try:
+        handle = pq.ParquetFile(path)
+        metadata = handle.schema_arrow.metadata or {}
+        if META_WEIGHTED in metadata:
+            weighted = metadata[META_WEIGHTED] == b"true"
+        else:  # a file without the flag: weighted when its first weights are not all null
+            first = handle.read_row_group(0, columns=["weight"]) if handle.num_row_groups else None
+            weighted = first is not None and first.column("weight").null_count < first.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if needs_weights and not weighted:
+        raise UsageError(
+            f"{run} was trained without meta-weighting: its pairs have no weights, so --min-weight and "
+            "--drop-least-trusted cannot apply"
+        )
+    result = RunWeights(path=path, weighted=weighted, total_pairs=handle.metadata.num_rows)
+    if drop_least_trusted:
+        table = handle.read(columns=["pair_id", "weight", "loss"])
+        pair_id = table.column("pair_id").to_numpy()
+        weights = table.column("weight").to_numpy(zero_copy_only=False).astype(float)
+        loss = table.column("loss").to_numpy(zero_copy_only=False).astype(float)
+        order = least_trusted_order(weights, loss, pair_id)
+        count = int(np.floor(len(order) * drop_least_trusted / 100.0))
+        mask = np.zeros(int(pair_id.max()) + 1 if len(pair_id) else 0, dtype=bool)
+        mask[pair_id[order[:count]]] = True
+        result.dropped_pair_ids = mask
+        result.least_trusted_threshold = float(weights[order[count - 1]]) if count else None
+    return result
+
+
+def pair_weight_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows of ``pair_weights.parquet`` an export joins, a batch at a time."""
+    columns = ["pair_id", "video_id", "caption", "caption_source", "caption_index", "weight", "loss"]
+    yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns)

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from mama_augment.errors import UsageError
-from mama_augment.manifest import CAPTIONS, STATUS_OK, read_manifest
+from mama_augment.manifest import CAPTIONS, read_manifest
+from mama_augment.workread import generated_captions_table
 
 log = logging.getLogger(__name__)
 
@@ -371,13 +372,10 @@ def build_data(
             caption_index.append(None)
 
     if config.augment == "add":
-        generated = read_manifest(workdir, CAPTIONS, columns=["caption", "status"])
+        generated = generated_captions_table(workdir, ["caption"])
         flag_reason = _flag_filter(config, workdir, issues, examples)
         if generated.num_rows:
-            gen = generated.to_pandas().sort_values(["video_id", "caption_index"])
-            for row in gen.itertuples(index=False):
-                if row.status != STATUS_OK:
-                    continue
+            for row in generated.to_pandas().itertuples(index=False):
                 caption = (row.caption or "").strip()
                 if not caption:
                     _note(issues, examples, "empty_generated_caption", 1, row.video_id)
@@ -551,7 +549,7 @@ def _flag_filter(config, workdir: Path, issues: Counter, examples: dict):
     None when no flag option is set. Captions without current flags (none, or flags of
     another text: captioned again after `filter`) are kept and counted, as export does."""
     from mama_augment.export.select import FlagFilter
-    from mama_augment.export.sources import caption_sha256
+    from mama_augment.workread import caption_sha256
     from mama_augment.manifest import CAPTION_FLAGS, manifest_path
 
     rule = FlagFilter.from_option(getattr(config, "drop_flags", None), getattr(config, "dedupe", False))

@@ -270,9 +270,10 @@ def source_name(model, prompt_name, prompt_sha256) -> str:
 def caption_sources(workdir, data) -> list[str | None]:
     """For every caption id of ``data``: None (an original or meta caption) or the name
     of the generated caption's source, from ``captions.parquet``'s model and prompt."""
-    from mama_augment.manifest import CAPTIONS, read_manifest
+    from mama_augment.workread import generated_captions_table
 
-    table = read_manifest(workdir, CAPTIONS, columns=["model", "prompt_name", "prompt_sha256"]).to_pydict()
+    # Training took its generated captions from the ok rows: the failed ones are never needed.
+    table = generated_captions_table(workdir, ["model", "prompt_name", "prompt_sha256"]).to_pydict()
     name_of = {
         (video_id, int(index)): source_name(model, prompt, sha)
         for video_id, index, model, prompt, sha in zip(table["video_id"], table["caption_index"], table["model"],

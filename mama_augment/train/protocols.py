@@ -40,12 +40,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-PROTOCOLS = ("one-caption", "multi-sentence", "paragraph")
-PROTOCOL_TITLES = {
-    "one-caption": "one caption per video",
-    "multi-sentence": "multi-sentence: every caption is a query; video->text hit when any own caption is within K",
-    "paragraph": "paragraph-to-video: each video's sentences joined in time order",
-}
+# Chosen from the files alone (torch-free), re-exported here for the scoring code.
+from mama_augment.datasets.protocol import PROTOCOL_TITLES, PROTOCOLS, choose_protocol  # noqa: F401
+
 TIE_RULE = "expected rank under random order of tied items: rank = 1 + higher + ties/2, R@K = clip((K - higher) / (ties + 1), 0, 1)"
 DSL_TEMPERATURE = 100.0
 RECALL_AT = (1, 5, 10)
@@ -152,15 +149,6 @@ def first_caption_per_video(caption_video) -> np.ndarray:
     caption_video = np.asarray(caption_video)
     _, first = np.unique(caption_video, return_index=True)
     return np.sort(first)
-
-
-def choose_protocol(caption_video, paragraph: bool) -> str:
-    """``auto``: paragraph files -> paragraph; one caption per video -> one-caption;
-    else multi-sentence."""
-    if paragraph:
-        return "paragraph"
-    counts = np.bincount(np.asarray(caption_video)) if len(caption_video) else np.zeros(0)
-    return "one-caption" if counts.size and counts.max() <= 1 else "multi-sentence"
 
 
 def group_metrics(higher, ties, groups: Sequence) -> dict:
