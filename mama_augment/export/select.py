@@ -9,7 +9,7 @@ import numpy as np
 
 from mama_augment.export.config import ALL_FLAGS, SOURCE_GENERATED, ExportConfig
 from mama_augment.export.records import CaptionEntry, VideoItem
-from mama_augment.train.data import normalize_split, split_of_video
+from mama_augment.datasets.splits import normalize_split, split_of_video
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class SplitRule:
     """Which videos ``--split`` keeps (``--split-by``, config.SPLIT_BY).
 
     ``train``: the split training gives the video, by the very rule of training
-    (``train.data.split_of_video``): ``has_split`` says whether the original
+    (``datasets.splits.split_of_video``): ``has_split`` says whether the original
     captions name a split at all, the fractions are the run's hash split.
     ``column``: the first split value of the video's original captions, as written.
     """

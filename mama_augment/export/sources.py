@@ -53,7 +53,7 @@ from mama_augment.errors import MamaError, UsageError
 from mama_augment.export.config import SOURCE_GENERATED, SOURCE_ORIGINAL
 from mama_augment.export.records import CaptionEntry, VideoItem
 from mama_augment.manifest import CAPTION_FLAGS, CAPTIONS, KEYFRAMES, STATUS_OK
-from mama_augment.train.data import normalize_split
+from mama_augment.datasets.splits import normalize_split
 from mama_augment.train.runs import RunPaths
 from mama_augment.workread import caption_sha256, manifest_rows, open_parquet, parquet_rows
 

@@ -249,7 +249,7 @@ def _split_rule(config: ExportConfig, originals: CaptionSpec | None, splits: set
     if config.split_by == "column":
         _check_split(config.split, originals, splits)
         return SplitRule(config.split, "column")
-    from mama_augment.train.data import SPLIT_ALIASES, SPLITS, normalize_split
+    from mama_augment.datasets.splits import SPLIT_ALIASES, SPLITS, normalize_split
 
     if normalize_split(config.split) is None:
         there = f" (there: {', '.join(sorted(splits))})" if splits else ""
