@@ -8,17 +8,23 @@ video, question and answer text once; small heads are trained on those embedding
   counts as wrong in evaluation (``answer_coverage`` says how many, an upper bound on
   the accuracy);
 * multiple-choice: one score per (question, candidate) against the video, the text
-  being ``"<question> <candidate>"``, trained with cross-entropy over the candidates.
+  being ``"<question> <candidate>"``: the retrieval similarity of the text to the video
+  plus a learned correction, trained with cross-entropy over the candidates (the scores
+  times a learned logit scale, started at the retrieval model's). The correction's last
+  layer starts at zero, so the untrained head answers exactly as zero-shot and training
+  can only move away from it where the training answers say so.
 
-Both heads read ``[video, text, video * text]`` of the projected, normalised embeddings
-(the product carries the retrieval similarity, so a head starts from what retrieval
-learned). The zero-shot baseline needs no QA training: a candidate's score is its
-retrieval similarity to the video, and an open-ended answer's the similarity of the
-answer text to the video (the question is not used: scoring every question with every
-answer would encode questions x K texts).
+The open-ended head reads ``[video, question, video * question]`` and the correction
+``[video, text, video * text, question]`` of the projected, normalised embeddings. The
+zero-shot baseline needs no QA training: a candidate's score is its retrieval
+similarity to the video, and an open-ended answer's the similarity of the answer text
+to the video (the question is not used: scoring every question with every answer would
+encode questions x K texts).
 
-With a ``val`` split the heads of the epoch with the best validation accuracy are
-kept, as retrieval keeps its best epoch. The run folder is ``<workdir>/runs/<name>/``:
+With a ``val`` split each head is kept at its own best validation epoch (open-ended
+accuracy for the one, multiple-choice accuracy for the other), epoch 0 (untrained: the
+multiple-choice head is then zero-shot) included, so the kept multiple-choice head is
+never below zero-shot on val. The run folder is ``<workdir>/runs/<name>/``:
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
 the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
 with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 
 TASK = QA_TASK
 HEADS_FILE = "qa_heads.safetensors"
+# In the heads file's header. 2: the multiple-choice head is ``choice.correction.*``
+# (an MLP added to the retrieval similarity) and ``choice.logit_scale``; files without
+# the key (version 1) hold ``choice.0-3.*``, an MLP whose output was the whole score.
+HEADS_VERSION = 2
 # Open-ended answers per release, as the papers that introduced them: Xu et al. (2017)
 # answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training answers; TGIF-QA's
 # FrameQA is answered over its whole training vocabulary, 1540 answers (Jang et al.
@@ -117,14 +127,48 @@ def _fused(video, text):
     return torch.cat([video, text, video * text], dim=-1)
 
 
-def build_heads(dim: int, hidden: int, answers: int):
-    """(open-ended head: fused -> answer logits, multiple-choice head: fused -> score)."""
+def _similarity(video, candidates):
+    """(questions, width) retrieval similarity of each candidate text to its question's
+    video; zero-shot and the multiple-choice head share it, so that their scores agree to
+    the bit when the correction is zero."""
+    return (candidates @ video[:, :, None]).squeeze(-1)
+
+
+# The correction reads four embeddings: video, candidate text, their product, question.
+CHOICE_INPUTS = 4
+
+
+def build_heads(dim: int, hidden: int, answers: int, logit_scale: float = 1 / 0.07):
+    """(open-ended head: fused -> answer logits, multiple-choice head: see
+    :class:`ChoiceHead`); ``logit_scale`` is the retrieval model's (not its log)."""
+    import torch
     from torch import nn
 
-    def mlp(out: int) -> nn.Module:
-        return nn.Sequential(nn.LayerNorm(3 * dim), nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+    def mlp(inputs: int, out: int) -> nn.Module:
+        return nn.Sequential(nn.LayerNorm(inputs), nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, out))
 
-    return mlp(max(answers, 1)), mlp(1)
+    class ChoiceHead(nn.Module):
+        """score = cos(video, text) + correction; the loss reads score * exp(logit_scale).
+
+        The correction's output layer starts at zero: before training the scores are the
+        zero-shot ones exactly, and the scale starts at the retrieval model's, so the
+        first steps' loss is retrieval's own view of the candidates."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.correction = mlp(CHOICE_INPUTS * dim, 1)
+            nn.init.zeros_(self.correction[-1].weight)
+            nn.init.zeros_(self.correction[-1].bias)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(max(logit_scale, 1.0))))
+
+        def forward(self, video, candidates, question):
+            """(questions, width) scores; ``video`` and ``question`` (questions, dim),
+            ``candidates`` (questions, width, dim)."""
+            expanded = video[:, None, :].expand_as(candidates)
+            features = torch.cat([_fused(expanded, candidates), question[:, None, :].expand_as(candidates)], dim=-1)
+            return _similarity(video, candidates) + self.correction(features).squeeze(-1)
+
+    return mlp(3 * dim, max(answers, 1)), ChoiceHead()
 
 
 @dataclass
@@ -238,7 +282,7 @@ def _examples(items: list[QAItem], open_scores: np.ndarray | None, vocabulary: l
 
 def _zero_shot_scores(emb: _Embedded, answer_emb, answer_texts: list[str]):
     open_scores = (emb.video @ answer_emb.T).numpy() if len(answer_texts) else None
-    choice_scores = (emb.candidates @ emb.video[:, :, None]).squeeze(-1).numpy()
+    choice_scores = _similarity(emb.video, emb.candidates).numpy()
     return open_scores, choice_scores
 
 
@@ -249,18 +293,33 @@ def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]
     with torch.no_grad():
         video = emb.video.to(device)
         open_scores = open_head(_fused(video, emb.question.to(device))).float().cpu().numpy()
-        cand = emb.candidates.to(device)
-        choice = choice_head(_fused(video[:, None, :].expand_as(cand), cand)).squeeze(-1).float().cpu().numpy()
+        choice = choice_head(video, emb.candidates.to(device), emb.question.to(device)).float().cpu().numpy()
     return open_scores, choice
 
 
 # ---- training --------------------------------------------------------------------------
 
 
-def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device):
-    """Heads trained on ``train``; with ``val``, those of the best validation epoch."""
+def _kinds_accuracy(items: list[QAItem], credit: list[float]) -> dict[str, float]:
+    """Percent accuracy of the open-ended and of the multiple-choice questions (the
+    kinds present only)."""
+    out = {}
+    for kind, wanted in (("open", False), ("choice", True)):
+        chosen = [c for item, c in zip(items, credit) if item.multiple_choice == wanted]
+        if chosen:
+            out[kind] = 100.0 * float(np.mean(chosen))
+    return out
+
+
+def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device,
+                 logit_scale: float = 1 / 0.07):
+    """Heads trained on ``train``; with ``val``, each head of its own best validation
+    epoch, epoch 0 (untrained) included. ``logit_scale``: the retrieval model's, where
+    the multiple-choice head's scale starts."""
     import torch
     import torch.nn.functional as F
+
+    from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN
 
     position = {a: k for k, a in enumerate(vocabulary)}
     items = train.items
@@ -273,16 +332,41 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                          "of the work folder (see `mama-augment datasets --workdir`)")
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
-    heads = [h.to(device) for h in build_heads(train.video.shape[1], settings.hidden, len(vocabulary))]
-    params = [p for h in heads for p in h.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    heads = [h.to(device) for h in build_heads(train.video.shape[1], settings.hidden, len(vocabulary), logit_scale)]
+    # No weight decay on gains, biases and the logit scale (as retrieval training).
+    decay, no_decay = [], []
+    for h in heads:
+        for name, p in h.named_parameters():
+            (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.learning_rate)
     video, question = train.video.to(device), train.question.to(device)
     cand, mask = train.candidates.to(device), train.mask.to(device)
-    best = (-math.inf, 0, None)
+    # Each head is kept at its own best epoch: one epoch rarely suits both (the
+    # open-ended head starts from nothing, the multiple-choice one from zero-shot).
+    best = {kind: (-math.inf, 0, None) for kind in ("open", "choice")}
     history = []
-    for epoch in range(settings.epochs):
-        for heads_ in heads:
-            heads_.train()
+
+    def validate(epoch: int, row: dict) -> None:
+        if val is None or not val.items:
+            return
+        open_scores, choice_scores = _head_scores(heads, val, device)
+        credit = _credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())
+        row["val_accuracy"] = 100.0 * float(np.mean(credit))
+        for kind, accuracy in _kinds_accuracy(val.items, credit).items():
+            row[f"val_{kind}_accuracy"] = accuracy
+            if accuracy > best[kind][0]:
+                head = heads[0 if kind == "open" else 1]
+                best[kind] = (accuracy, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
+
+    for h in heads:
+        h.eval()
+    row = {"epoch": 0}
+    validate(0, row)
+    history.append(row)
+    for epoch in range(1, settings.epochs + 1):
+        for h in heads:
+            h.train()
         losses = []
         batches = [("open", open_rows[torch.randperm(len(open_rows), generator=generator)]),
                    ("choice", torch.randperm(len(choice_rows), generator=generator))]
@@ -294,31 +378,30 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                     loss = F.cross_entropy(logits, labels[rows].to(device))
                 else:
                     picked = choice_rows[rows]
-                    c = cand[picked]
-                    scores = heads[1](_fused(video[picked][:, None, :].expand_as(c), c)).squeeze(-1)
-                    scores = scores.masked_fill(~mask[picked], float("-inf"))
-                    loss = F.cross_entropy(scores, choice_answers[rows].to(device))
+                    scores = heads[1](video[picked], cand[picked], question[picked])
+                    logits = (scores * heads[1].logit_scale.exp()).masked_fill(~mask[picked], float("-inf"))
+                    loss = F.cross_entropy(logits, choice_answers[rows].to(device))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                with torch.no_grad():
+                    heads[1].logit_scale.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
                 losses.append(float(loss.detach()))
-        for heads_ in heads:
-            heads_.eval()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if val is not None and val.items:
-            open_scores, choice_scores = _head_scores(heads, val, device)
-            accuracy = float(np.mean(_credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())))
-            row["val_accuracy"] = 100 * accuracy
-            if accuracy > best[0]:
-                best = (accuracy, epoch + 1, [{k: v.detach().clone() for k, v in h.state_dict().items()} for h in heads])
+        for h in heads:
+            h.eval()
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "choice_logit_scale": float(heads[1].logit_scale.detach().exp())}
+        validate(epoch, row)
         history.append(row)
-        log.info("qa epoch %d: %s", epoch + 1, row)
-    kept = "last"
-    if best[2] is not None:
-        for h, state in zip(heads, best[2]):
-            h.load_state_dict(state)
-        kept = f"best validation accuracy, epoch {best[1]}"
-    return heads, history, kept
+        log.info("qa epoch %d: %s", epoch, row)
+    kept = []
+    for kind, label in (("open", "open-ended"), ("choice", "multiple-choice")):
+        _, epoch, state = best[kind]
+        if state is not None:
+            heads[0 if kind == "open" else 1].load_state_dict(state)
+            kept.append(f"{label} epoch {epoch}" + (" (untrained)" if epoch == 0 else ""))
+    kept_text = "best validation accuracy: " + ", ".join(kept) if kept else "last"
+    return heads, history, kept_text
 
 
 # ---- the run ---------------------------------------------------------------------------
@@ -393,7 +476,8 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
         embedded, answer_emb = _embed(model, data, items, vocabulary, settings.batch_size)
         heads, history, kept = None, [], None
         if not settings.zero_shot:
-            heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev)
+            heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev,
+                                                float(model.head.logit_scale.detach().exp()))
 
     results = {}
     for split in evaluated:
@@ -436,7 +520,7 @@ def run_qa(settings: QASettings, workdir: str | Path | None = None, name: str | 
     if heads is not None:
         tensors = {f"{kind}.{k}": v for kind, h in zip(("open", "choice"), heads) for k, v in h.state_dict().items()}
         ckpt.atomic_save(tensors, paths.root / HEADS_FILE, {"vocabulary": vocabulary, "dim": int(answer_emb.shape[1]),
-                                                             "hidden": settings.hidden})
+                                                             "hidden": settings.hidden, "heads_version": HEADS_VERSION})
     elif (paths.root / HEADS_FILE).exists():
         (paths.root / HEADS_FILE).unlink()  # a zero-shot rerun: stale heads would not match eval.json
     atomic_write_text(paths.eval, json.dumps(json_safe(results), indent=2))
