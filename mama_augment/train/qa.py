@@ -14,8 +14,9 @@ video, question and answer text once; small heads are trained on those embedding
   layer starts at zero, so the untrained head answers exactly as zero-shot and training
   can only move away from it where the training answers say so.
 
-The open-ended head reads ``[video, question, video * question]`` and the correction
-``[video, text, video * text, question]`` of the projected, normalised embeddings. The
+Both the open-ended head and the correction read ``[video, text, video * text]`` of the
+projected, normalised embeddings (the text: the question, or the question with the
+candidate). The
 zero-shot baseline needs no QA training: a candidate's score is its retrieval
 similarity to the video, and an open-ended answer's the similarity of the answer text
 to the video (the question is not used: scoring every question with every answer would
@@ -134,10 +135,6 @@ def _similarity(video, candidates):
     return (candidates @ video[:, :, None]).squeeze(-1)
 
 
-# The correction reads four embeddings: video, candidate text, their product, question.
-CHOICE_INPUTS = 4
-
-
 def build_heads(dim: int, hidden: int, answers: int, logit_scale: float = 1 / 0.07):
     """(open-ended head: fused -> answer logits, multiple-choice head: see
     :class:`ChoiceHead`); ``logit_scale`` is the retrieval model's (not its log)."""
@@ -156,17 +153,16 @@ def build_heads(dim: int, hidden: int, answers: int, logit_scale: float = 1 / 0.
 
         def __init__(self) -> None:
             super().__init__()
-            self.correction = mlp(CHOICE_INPUTS * dim, 1)
+            self.correction = mlp(3 * dim, 1)
             nn.init.zeros_(self.correction[-1].weight)
             nn.init.zeros_(self.correction[-1].bias)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(max(logit_scale, 1.0))))
 
-        def forward(self, video, candidates, question):
-            """(questions, width) scores; ``video`` and ``question`` (questions, dim),
-            ``candidates`` (questions, width, dim)."""
-            expanded = video[:, None, :].expand_as(candidates)
-            features = torch.cat([_fused(expanded, candidates), question[:, None, :].expand_as(candidates)], dim=-1)
-            return _similarity(video, candidates) + self.correction(features).squeeze(-1)
+        def forward(self, video, candidates):
+            """(questions, width) scores; ``video`` (questions, dim), ``candidates``
+            (questions, width, dim), texts that hold the question."""
+            correction = self.correction(_fused(video[:, None, :].expand_as(candidates), candidates)).squeeze(-1)
+            return _similarity(video, candidates) + correction
 
     return mlp(3 * dim, max(answers, 1)), ChoiceHead()
 
@@ -293,22 +289,35 @@ def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]
     with torch.no_grad():
         video = emb.video.to(device)
         open_scores = open_head(_fused(video, emb.question.to(device))).float().cpu().numpy()
-        choice = choice_head(video, emb.candidates.to(device), emb.question.to(device)).float().cpu().numpy()
+        choice = choice_head(video, emb.candidates.to(device)).float().cpu().numpy()
     return open_scores, choice
 
 
 # ---- training --------------------------------------------------------------------------
 
 
-def _kinds_accuracy(items: list[QAItem], credit: list[float]) -> dict[str, float]:
-    """Percent accuracy of the open-ended and of the multiple-choice questions (the
-    kinds present only)."""
+def _kinds_credit(items: list[QAItem], credit: list[float]) -> dict[str, np.ndarray]:
+    """The credits of the open-ended and of the multiple-choice questions (the kinds
+    present only)."""
     out = {}
     for kind, wanted in (("open", False), ("choice", True)):
         chosen = [c for item, c in zip(items, credit) if item.multiple_choice == wanted]
         if chosen:
-            out[kind] = 100.0 * float(np.mean(chosen))
+            out[kind] = np.asarray(chosen, dtype=float)
     return out
+
+
+def beats_untrained(credit: np.ndarray, untrained: np.ndarray) -> bool:
+    """Whether a trained head's val credits beat the untrained head's on the same
+    questions beyond chance: a paired sign test at about 95 % (questions gained minus
+    questions lost above 1.96 standard deviations of that count under no difference).
+
+    The best of many noisy val epochs is an optimistic pick: without this test, a
+    multiple-choice head whose training taught nothing would replace zero-shot by an
+    epoch that was lucky on val and is below zero-shot on test."""
+    gained = float(np.clip(credit - untrained, 0, None).sum())
+    lost = float(np.clip(untrained - credit, 0, None).sum())
+    return gained - lost > 1.96 * math.sqrt(gained + lost)
 
 
 def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device,
@@ -343,8 +352,10 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
     video, question = train.video.to(device), train.question.to(device)
     cand, mask = train.candidates.to(device), train.mask.to(device)
     # Each head is kept at its own best epoch: one epoch rarely suits both (the
-    # open-ended head starts from nothing, the multiple-choice one from zero-shot).
+    # open-ended head starts from nothing, the multiple-choice one from zero-shot). A
+    # trained epoch must also beat the untrained head (see beats_untrained).
     best = {kind: (-math.inf, 0, None) for kind in ("open", "choice")}
+    untrained: dict[str, np.ndarray] = {}
     history = []
 
     def validate(epoch: int, row: dict) -> None:
@@ -353,8 +364,13 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
         open_scores, choice_scores = _head_scores(heads, val, device)
         credit = _credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())
         row["val_accuracy"] = 100.0 * float(np.mean(credit))
-        for kind, accuracy in _kinds_accuracy(val.items, credit).items():
+        for kind, kind_credit in _kinds_credit(val.items, credit).items():
+            accuracy = 100.0 * float(kind_credit.mean())
             row[f"val_{kind}_accuracy"] = accuracy
+            if epoch == 0:
+                untrained[kind] = kind_credit
+            elif not beats_untrained(kind_credit, untrained[kind]):
+                continue
             if accuracy > best[kind][0]:
                 head = heads[0 if kind == "open" else 1]
                 best[kind] = (accuracy, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
@@ -378,7 +394,7 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                     loss = F.cross_entropy(logits, labels[rows].to(device))
                 else:
                     picked = choice_rows[rows]
-                    scores = heads[1](video[picked], cand[picked], question[picked])
+                    scores = heads[1](video[picked], cand[picked])
                     logits = (scores * heads[1].logit_scale.exp()).masked_fill(~mask[picked], float("-inf"))
                     loss = F.cross_entropy(logits, choice_answers[rows].to(device))
                 optimizer.zero_grad()
