@@ -244,3 +244,20 @@ def test_the_correction_learns_what_zero_shot_misses_and_a_useless_one_is_not_ke
     heads, _, kept = _train_heads(settings, wrong, val, [], "cpu", logit_scale=20.0)
     assert "multiple-choice epoch 0 (untrained)" in kept
     assert _choice_accuracy(val, _head_scores(heads, val, "cpu")[1]) == pytest.approx(zero_shot)
+
+
+def test_a_trained_epoch_must_beat_the_untrained_head_beyond_chance():
+    import numpy as np
+
+    from mama_augment.train.qa import beats_untrained
+
+    untrained = np.array([1.0] * 60 + [0.0] * 40)
+    lucky = untrained.copy()
+    lucky[60:63] = 1.0  # three more right answers out of 100: val noise
+    better = untrained.copy()
+    better[60:80] = 1.0
+    worse_then_better = better.copy()
+    worse_then_better[:10] = 0.0  # ten lost, twenty gained: 10 net of 30 changed, within chance
+    assert not beats_untrained(lucky, untrained) and not beats_untrained(untrained, untrained)
+    assert beats_untrained(better, untrained) and not beats_untrained(worse_then_better, untrained)
+    assert not beats_untrained(untrained, better)
