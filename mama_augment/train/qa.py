@@ -16,16 +16,16 @@ video, question and answer text once; small heads are trained on those embedding
 
 Both the open-ended head and the correction read ``[video, text, video * text]`` of the
 projected, normalised embeddings (the text: the question, or the question with the
-candidate). The
-zero-shot baseline needs no QA training: a candidate's score is its retrieval
-similarity to the video, and an open-ended answer's the similarity of the answer text
-to the video (the question is not used: scoring every question with every answer would
-encode questions x K texts).
+candidate). The zero-shot baseline needs no QA training: a candidate's score is its
+retrieval similarity to the video, and an open-ended answer's the similarity of the
+answer text to the video (the question is not used: scoring every question with every
+answer would encode questions x K texts).
 
 With a ``val`` split each head is kept at its own best validation epoch (open-ended
 accuracy for the one, multiple-choice accuracy for the other), epoch 0 (untrained: the
-multiple-choice head is then zero-shot) included, so the kept multiple-choice head is
-never below zero-shot on val. The run folder is ``<workdir>/runs/<name>/``:
+multiple-choice head is then zero-shot) included, and a trained epoch only when it
+beats the untrained head beyond chance (:func:`beats_untrained`), so the kept
+multiple-choice head is never below zero-shot on val. The run folder is ``<workdir>/runs/<name>/``:
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
 the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
 with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
