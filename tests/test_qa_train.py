@@ -270,3 +270,86 @@ def test_causal_vidqa_is_answered_with_its_paired_types(trained, tmp_path):
     assert by_type["P-AR"]["questions"] == N_VIDEOS - N_TRAIN
     assert by_type["P-AR"]["accuracy"] <= min(by_type["P-A"]["accuracy"], by_type["P-R"]["accuracy"]) + 1e-9
     assert "P-AR" in result.output
+# ---- the multiple-choice head starts from zero-shot ---------------------------------------
+
+
+def _choice_split(n_questions: int, seed: int, width: int = 4, dim: int = 16):
+    """Synthetic embeddings of multiple-choice questions where retrieval similarity
+    misleads: the distractors lie close to the video, the right candidate far from it
+    but along one fixed direction that a learned correction can find."""
+    import torch
+    import torch.nn.functional as F
+
+    from mama_augment.train.qa import _Embedded
+
+    generator = torch.Generator().manual_seed(seed)
+    marker = F.normalize(torch.ones(dim), dim=0)
+    video = F.normalize(torch.randn(n_questions, dim, generator=generator), dim=-1)
+    candidates = F.normalize(video[:, None, :] + 0.6 * torch.randn(n_questions, width, dim, generator=generator), dim=-1)
+    answers = torch.randint(width, (n_questions,), generator=generator)
+    rows = torch.arange(n_questions)
+    candidates[rows, answers] = F.normalize(marker + 0.3 * torch.randn(n_questions, dim, generator=generator), dim=-1)
+    items = [QAItem(str(q), f"v{q}", "which?", f"c{int(a)}", tuple(f"c{k}" for k in range(width)), int(a))
+             for q, a in enumerate(answers)]
+    question = F.normalize(torch.randn(1, dim, generator=generator), dim=-1).expand(n_questions, dim).clone()
+    return _Embedded(items, video, question, candidates, torch.ones(n_questions, width, dtype=torch.bool))
+
+
+def _choice_accuracy(emb, scores) -> float:
+    import numpy as np
+
+    from mama_augment.train.qa import _credits
+
+    return 100.0 * float(np.mean(_credits(emb.items, None, [], scores, emb.mask.numpy())))
+
+
+def test_the_untrained_multiple_choice_head_answers_as_zero_shot():
+    import numpy as np
+
+    from mama_augment.train.qa import _head_scores, _zero_shot_scores, build_heads
+
+    emb = _choice_split(50, seed=3)
+    heads = build_heads(16, 8, answers=3, logit_scale=30.0)
+    for h in heads:
+        h.eval()
+    _, trained = _head_scores(heads, emb, "cpu")
+    _, zero_shot = _zero_shot_scores(emb, emb.video[:0], [])
+    assert np.array_equal(trained, zero_shot)
+    assert float(heads[1].logit_scale.detach().exp()) == pytest.approx(30.0)
+
+
+def test_the_correction_learns_what_zero_shot_misses_and_a_useless_one_is_not_kept():
+    from mama_augment.train.qa import QASettings, _head_scores, _train_heads, _zero_shot_scores
+
+    train, val = _choice_split(300, seed=0), _choice_split(100, seed=1)
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=20, batch_size=32, hidden=32, seed=0)
+    heads, history, kept = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
+    zero_shot = _choice_accuracy(val, _zero_shot_scores(val, val.video[:0], [])[1])
+    trained = _choice_accuracy(val, _head_scores(heads, val, "cpu")[1])
+    assert zero_shot < 30 and trained > zero_shot + 40
+    assert history[0]["epoch"] == 0 and history[0]["val_choice_accuracy"] == pytest.approx(zero_shot)
+    assert "multiple-choice epoch" in kept and "(untrained)" not in kept
+    # Training answers that are all wrong teach only harm: epoch 0, zero-shot itself, is kept.
+    wrong = _choice_split(300, seed=0)
+    wrong.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, (i.answer_index + 1) % 4)
+                   for i in wrong.items]
+    heads, _, kept = _train_heads(settings, wrong, val, [], "cpu", logit_scale=20.0)
+    assert "multiple-choice epoch 0 (untrained)" in kept
+    assert _choice_accuracy(val, _head_scores(heads, val, "cpu")[1]) == pytest.approx(zero_shot)
+
+
+def test_a_trained_epoch_must_beat_the_untrained_head_beyond_chance():
+    import numpy as np
+
+    from mama_augment.train.qa import beats_untrained
+
+    untrained = np.array([1.0] * 60 + [0.0] * 40)
+    lucky = untrained.copy()
+    lucky[60:63] = 1.0  # three more right answers out of 100: val noise
+    better = untrained.copy()
+    better[60:80] = 1.0
+    worse_then_better = better.copy()
+    worse_then_better[:10] = 0.0  # ten lost, twenty gained: 10 net of 30 changed, within chance
+    assert not beats_untrained(lucky, untrained) and not beats_untrained(untrained, untrained)
+    assert beats_untrained(better, untrained) and not beats_untrained(worse_then_better, untrained)
+    assert not beats_untrained(untrained, better)

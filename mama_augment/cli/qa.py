@@ -46,7 +46,8 @@ def qa_command(
 
     Embeds videos, questions and answers with the retrieval run's model (frozen),
     trains an open-ended head (over the --answers most frequent training answers) and
-    a multiple-choice head (a score per question and candidate) on the train
+    a multiple-choice head (per question and candidate, the retrieval similarity
+    plus a learned correction that starts at zero) on the train
     questions, and evaluates them and the zero-shot baseline on the val and test
     questions. Writes config.json, qa_heads.safetensors and eval.json into
     WORKDIR/runs/NAME, and after every epoch qa_checkpoint.safetensors, from which

@@ -8,17 +8,24 @@ video, question and answer text once; small heads are trained on those embedding
   counts as wrong in evaluation (``answer_coverage`` says how many, an upper bound on
   the accuracy);
 * multiple-choice: one score per (question, candidate) against the video, the text
-  being ``"<question> <candidate>"``, trained with cross-entropy over the candidates.
+  being ``"<question> <candidate>"``: the retrieval similarity of the text to the video
+  plus a learned correction, trained with cross-entropy over the candidates (the scores
+  times a learned logit scale, started at the retrieval model's). The correction's last
+  layer starts at zero, so the untrained head answers exactly as zero-shot and training
+  can only move away from it where the training answers say so.
 
-Both heads read ``[video, text, video * text]`` of the projected, normalised embeddings
-(the product carries the retrieval similarity, so a head starts from what retrieval
-learned). The zero-shot baseline needs no QA training: a candidate's score is its
+Both the open-ended head and the correction read ``[video, text, video * text]`` of the
+projected, normalised embeddings (the text: the question, or the question with the
+candidate). The zero-shot baseline needs no QA training: a candidate's score is its
 retrieval similarity to the video, and an open-ended answer's the similarity of the
 answer text to the video (the question is not used: scoring every question with every
 answer would encode questions x K texts).
 
-With a ``val`` split the heads of the epoch with the best validation accuracy are
-kept, as retrieval keeps its best epoch. The run folder is ``<workdir>/runs/<name>/``:
+With a ``val`` split each head is kept at its own best validation epoch (open-ended
+accuracy for the one, multiple-choice accuracy for the other), epoch 0 (untrained: the
+multiple-choice head is then zero-shot) included, and a trained epoch only when it
+beats the untrained head beyond chance (:func:`beats_untrained`), so the kept
+multiple-choice head is never below zero-shot on val. The run folder is ``<workdir>/runs/<name>/``:
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
 the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
 with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +57,10 @@ log = logging.getLogger(__name__)
 
 TASK = QA_TASK
 HEADS_FILE = "qa_heads.safetensors"
+# In the heads file's header. 2: the multiple-choice head is ``choice.correction.*``
+# (an MLP added to the retrieval similarity) and ``choice.logit_scale``; files without
+# the key (version 1) hold ``choice.0-3.*``, an MLP whose output was the whole score.
+HEADS_VERSION = 2
 # Open-ended answers per release, as the papers that introduced them: Xu et al. (2017)
 # answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training answers; TGIF-QA's
 # FrameQA is answered over its whole training vocabulary, 1540 answers (Jang et al.
@@ -119,14 +131,43 @@ def _fused(video, text):
     return torch.cat([video, text, video * text], dim=-1)
 
 
-def build_heads(dim: int, hidden: int, answers: int):
-    """(open-ended head: fused -> answer logits, multiple-choice head: fused -> score)."""
+def _similarity(video, candidates):
+    """(questions, width) retrieval similarity of each candidate text to its question's
+    video; zero-shot and the multiple-choice head share it, so that their scores agree to
+    the bit when the correction is zero."""
+    return (candidates @ video[:, :, None]).squeeze(-1)
+
+
+def build_heads(dim: int, hidden: int, answers: int, logit_scale: float = 1 / 0.07):
+    """(open-ended head: fused -> answer logits, multiple-choice head: see
+    :class:`ChoiceHead`); ``logit_scale`` is the retrieval model's (not its log)."""
+    import torch
     from torch import nn
 
-    def mlp(out: int) -> nn.Module:
-        return nn.Sequential(nn.LayerNorm(3 * dim), nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+    def mlp(inputs: int, out: int) -> nn.Module:
+        return nn.Sequential(nn.LayerNorm(inputs), nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, out))
 
-    return mlp(max(answers, 1)), mlp(1)
+    class ChoiceHead(nn.Module):
+        """score = cos(video, text) + correction; the loss reads score * exp(logit_scale).
+
+        The correction's output layer starts at zero: before training the scores are the
+        zero-shot ones exactly, and the scale starts at the retrieval model's, so the
+        first steps' loss is retrieval's own view of the candidates."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.correction = mlp(3 * dim, 1)
+            nn.init.zeros_(self.correction[-1].weight)
+            nn.init.zeros_(self.correction[-1].bias)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(max(logit_scale, 1.0))))
+
+        def forward(self, video, candidates):
+            """(questions, width) scores; ``video`` (questions, dim), ``candidates``
+            (questions, width, dim), texts that hold the question."""
+            correction = self.correction(_fused(video[:, None, :].expand_as(candidates), candidates)).squeeze(-1)
+            return _similarity(video, candidates) + correction
+
+    return mlp(3 * dim, max(answers, 1)), ChoiceHead()
 
 
 @dataclass
@@ -240,7 +281,7 @@ def _examples(items: list[QAItem], open_scores: np.ndarray | None, vocabulary: l
 
 def _zero_shot_scores(emb: _Embedded, answer_emb, answer_texts: list[str]):
     open_scores = (emb.video @ answer_emb.T).numpy() if len(answer_texts) else None
-    choice_scores = (emb.candidates @ emb.video[:, :, None]).squeeze(-1).numpy()
+    choice_scores = _similarity(emb.video, emb.candidates).numpy()
     return open_scores, choice_scores
 
 
@@ -251,17 +292,42 @@ def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]
     with torch.no_grad():
         video = emb.video.to(device)
         open_scores = open_head(_fused(video, emb.question.to(device))).float().cpu().numpy()
-        cand = emb.candidates.to(device)
-        choice = choice_head(_fused(video[:, None, :].expand_as(cand), cand)).squeeze(-1).float().cpu().numpy()
+        choice = choice_head(video, emb.candidates.to(device)).float().cpu().numpy()
     return open_scores, choice
 
 
 # ---- training --------------------------------------------------------------------------
 
 
+def _kinds_credit(items: list[QAItem], credit: list[float]) -> dict[str, np.ndarray]:
+    """The credits of the open-ended and of the multiple-choice questions (the kinds
+    present only)."""
+    out = {}
+    for kind, wanted in (("open", False), ("choice", True)):
+        chosen = [c for item, c in zip(items, credit) if item.multiple_choice == wanted]
+        if chosen:
+            out[kind] = np.asarray(chosen, dtype=float)
+    return out
+
+
+def beats_untrained(credit: np.ndarray, untrained: np.ndarray) -> bool:
+    """Whether a trained head's val credits beat the untrained head's on the same
+    questions beyond chance: a paired sign test at about 95 % (questions gained minus
+    questions lost above 1.96 standard deviations of that count under no difference).
+
+    The best of many noisy val epochs is an optimistic pick: without this test, a
+    multiple-choice head whose training taught nothing would replace zero-shot by an
+    epoch that was lucky on val and is below zero-shot on test."""
+    gained = float(np.clip(credit - untrained, 0, None).sum())
+    lost = float(np.clip(untrained - credit, 0, None).sum())
+    return gained - lost > 1.96 * math.sqrt(gained + lost)
+
+
 def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, vocabulary: list[str], device,
-                 keep: "_Keeping | None" = None):
-    """Heads trained on ``train``; with ``val``, those of the best validation epoch.
+                 logit_scale: float = 1 / 0.07, keep: "_Keeping | None" = None):
+    """Heads trained on ``train``; with ``val``, each head of its own best validation
+    epoch, epoch 0 (untrained) included. ``logit_scale``: the retrieval model's, where
+    the multiple-choice head's scale starts.
 
     ``keep`` (a run folder's checkpoint, this process's rank): the state is saved after
     every epoch and, with ``keep.resume``, training continues from it (train/qa_state.py).
@@ -269,6 +335,7 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
     import torch
     import torch.nn.functional as F
 
+    from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN
     from mama_augment.train.distributed import average_gradients, broadcast_module, sum_across_ranks
     from mama_augment.train.qa_state import Progress, batch_share, load_progress, save_progress
 
@@ -285,22 +352,55 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                          "of the work folder (see `mama-augment datasets --workdir`)")
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
-    heads = [h.to(device) for h in build_heads(train.video.shape[1], settings.hidden, len(vocabulary))]
+    heads = [h.to(device) for h in build_heads(train.video.shape[1], settings.hidden, len(vocabulary), logit_scale)]
     for head in heads:  # seeded alike everywhere; rank 0's copy wins should an init differ
         broadcast_module(head, world_size)
     params = [p for h in heads for p in h.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # No weight decay on gains, biases and the logit scale (as retrieval training).
+    decay, no_decay = [], []
+    for h in heads:
+        for name, p in h.named_parameters():
+            (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.learning_rate)
     video, question = train.video.to(device), train.question.to(device)
     cand, mask = train.candidates.to(device), train.mask.to(device)
     fingerprint = {"train_questions": len(items), "open_rows": len(open_rows), "choice_rows": len(choice_rows),
                    "answers": len(vocabulary), "val_questions": len(val.items) if val is not None else 0}
+    # Each head is kept at its own best epoch: one epoch rarely suits both (the
+    # open-ended head starts from nothing, the multiple-choice one from zero-shot). A
+    # trained epoch must also beat the untrained head (see beats_untrained).
     progress = Progress()
+
+    def validate(epoch: int, row: dict) -> None:
+        if val is None or not val.items:
+            return
+        open_scores, choice_scores = _head_scores(heads, val, device)
+        credit = _credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())
+        row["val_accuracy"] = 100.0 * float(np.mean(credit))
+        for kind, kind_credit in _kinds_credit(val.items, credit).items():
+            accuracy = 100.0 * float(kind_credit.mean())
+            row[f"val_{kind}_accuracy"] = accuracy
+            if epoch == 0:
+                progress.untrained[kind] = kind_credit
+            elif not beats_untrained(kind_credit, progress.untrained[kind]):
+                continue
+            if accuracy > progress.best[kind][0]:
+                head = heads[0 if kind == "open" else 1]
+                progress.best[kind] = (accuracy, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
+
     if keep.resume:
         progress = load_progress(keep.checkpoint, heads, optimizer, generator, fingerprint)
         log.info("qa resumed after epoch %d of %d", progress.epochs_done, settings.epochs)
-    for epoch in range(progress.epochs_done, settings.epochs):
-        for heads_ in heads:
-            heads_.train()
+    else:
+        for h in heads:
+            h.eval()
+        row = {"epoch": 0}
+        validate(0, row)
+        progress.history.append(row)
+    for epoch in range(progress.epochs_done + 1, settings.epochs + 1):
+        for h in heads:
+            h.train()
         losses = []
         batches = [("open", open_rows[torch.randperm(len(open_rows), generator=generator)]),
                    ("choice", torch.randperm(len(choice_rows), generator=generator))]
@@ -315,41 +415,39 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                     loss = F.cross_entropy(logits, labels[rows].to(device))
                 else:
                     picked = choice_rows[rows]
-                    c = cand[picked]
-                    scores = heads[1](_fused(video[picked][:, None, :].expand_as(c), c)).squeeze(-1)
-                    scores = scores.masked_fill(~mask[picked], float("-inf"))
-                    loss = F.cross_entropy(scores, choice_answers[rows].to(device))
+                    scores = heads[1](video[picked], cand[picked])
+                    logits = (scores * heads[1].logit_scale.exp()).masked_fill(~mask[picked], float("-inf"))
+                    loss = F.cross_entropy(logits, choice_answers[rows].to(device))
                 share = len(rows) / len(batch)
                 optimizer.zero_grad()
                 # averaged over the processes, these give the gradient of the batch's mean loss
                 (loss * (share * world_size) if world_size > 1 else loss).backward()
                 average_gradients(params, world_size)
                 optimizer.step()
+                with torch.no_grad():
+                    heads[1].logit_scale.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
                 losses.append(loss.detach() * share)
-        for heads_ in heads:
-            heads_.eval()
+        for h in heads:
+            h.eval()
         train_loss = float(sum_across_ranks(torch.stack(losses), world_size).mean()) if losses else float("nan")
-        row = {"epoch": epoch + 1, "train_loss": train_loss}
-        if val is not None and val.items:
-            open_scores, choice_scores = _head_scores(heads, val, device)
-            accuracy = float(np.mean(_credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())))
-            row["val_accuracy"] = 100 * accuracy
-            if accuracy > progress.best_accuracy:
-                progress.best_accuracy, progress.best_epoch = accuracy, epoch + 1
-                progress.best_heads = [{k: v.detach().clone() for k, v in h.state_dict().items()} for h in heads]
+        row = {"epoch": epoch, "train_loss": train_loss,
+               "choice_logit_scale": float(heads[1].logit_scale.detach().exp())}
+        validate(epoch, row)
         progress.history.append(row)
-        progress.epochs_done = epoch + 1
-        log.info("qa epoch %d: %s", epoch + 1, row)
+        progress.epochs_done = epoch
+        log.info("qa epoch %d: %s", epoch, row)
         if keep.checkpoint is not None and rank == 0:
             save_progress(keep.checkpoint, heads, optimizer, generator, progress, fingerprint)
         if keep.epoch_callback is not None:
-            keep.epoch_callback(epoch + 1)
-    kept = "last"
-    if progress.best_heads is not None:
-        for h, state in zip(heads, progress.best_heads):
-            h.load_state_dict(state)
-        kept = f"best validation accuracy, epoch {progress.best_epoch}"
-    return heads, progress.history, kept
+            keep.epoch_callback(epoch)
+    kept = []
+    for kind, label in (("open", "open-ended"), ("choice", "multiple-choice")):
+        _, epoch, state = progress.best[kind]
+        if state is not None:
+            heads[0 if kind == "open" else 1].load_state_dict(state)
+            kept.append(f"{label} epoch {epoch}" + (" (untrained)" if epoch == 0 else ""))
+    kept_text = "best validation accuracy: " + ", ".join(kept) if kept else "last"
+    return heads, progress.history, kept_text
 
 
 @dataclass
@@ -472,7 +570,7 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
         if not settings.zero_shot:
             keeping = _Keeping(checkpoint_path, resume, rank, world_size, epoch_callback)
             heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev,
-                                                keeping)
+                                                float(model.head.logit_scale.detach().exp()), keeping)
 
     results = {}
     for split in evaluated:
@@ -513,7 +611,7 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
     if heads is not None:
         tensors = {f"{kind}.{k}": v for kind, h in zip(("open", "choice"), heads) for k, v in h.state_dict().items()}
         ckpt.atomic_save(tensors, paths.root / HEADS_FILE, {"vocabulary": vocabulary, "dim": int(answer_emb.shape[1]),
-                                                             "hidden": settings.hidden})
+                                                             "hidden": settings.hidden, "heads_version": HEADS_VERSION})
     elif (paths.root / HEADS_FILE).exists():
         (paths.root / HEADS_FILE).unlink()  # a zero-shot rerun: stale heads would not match eval.json
     atomic_write_text(paths.eval, json.dumps(json_safe(results), indent=2))

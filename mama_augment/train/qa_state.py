@@ -2,9 +2,10 @@
 
 ``qa_checkpoint.safetensors`` in the QA run folder is written at the end of every epoch,
 with the conventions of the retrieval run's checkpoint (``train/checkpoint.py``): the
-heads, the AdamW state and the batch-order generator as tensors, the heads of the best
-validation epoch beside them (``best.``), and the scalars (epochs done, best accuracy
-and epoch, the per-epoch history) as JSON in the header. The batch order is drawn from
+heads, the AdamW state and the batch-order generator as tensors, each head of its best
+validation epoch beside them (``best.``) with the untrained heads' validation credits
+(``untrained.``), and the scalars (epochs done, each head's best accuracy and epoch,
+the per-epoch history) as JSON in the header. The batch order is drawn from
 that generator alone, so a run resumed from it trains what the uninterrupted run would
 have trained.
 
@@ -26,14 +27,19 @@ CHECKPOINT_FILE = "qa_checkpoint.safetensors"
 _HEADS = ("open", "choice")
 
 
+def _no_best() -> dict:
+    return {kind: (-math.inf, 0, None) for kind in _HEADS}
+
+
 @dataclass
 class Progress:
-    """Where training stands after ``epochs_done`` epochs."""
+    """Where training stands after ``epochs_done`` epochs (epoch 0: the untrained heads)."""
 
     epochs_done: int = 0
-    best_accuracy: float = -math.inf  # validation accuracy (a fraction) of ``best_heads``
-    best_epoch: int = 0  # counted from 1; 0: none yet
-    best_heads: list | None = None  # one state dict per head
+    # per head: (validation accuracy in %, epoch, state dict or None): the head kept so far
+    best: dict = field(default_factory=_no_best)
+    # per head: the untrained head's validation credits, which a trained epoch must beat
+    untrained: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
 
@@ -50,17 +56,22 @@ def save_progress(path: Path, heads, optimizer, generator, progress: Progress, f
     """Write the state after an epoch (atomically: a kill leaves the previous one)."""
     from mama_augment.train import checkpoint as ckpt
 
+    import torch
+
     tensors = {f"{kind}.{k}": v for kind, h in zip(_HEADS, heads) for k, v in h.state_dict().items()}
-    if progress.best_heads is not None:
-        tensors.update({f"best.{kind}.{k}": v for kind, state in zip(_HEADS, progress.best_heads)
-                        for k, v in state.items()})
+    for kind, (_, _, state) in progress.best.items():
+        if state is not None:
+            tensors.update({f"best.{kind}.{k}": v for k, v in state.items()})
+    for kind, credit in progress.untrained.items():
+        tensors[f"untrained.{kind}"] = torch.as_tensor(credit, dtype=torch.float64)
     optimizer_tensors, optimizer_description = ckpt.flatten_optimizer(optimizer.state_dict(), "optim")
     tensors.update(optimizer_tensors)
     tensors["rng.batches"] = generator.get_state()
     state = {
         "epochs_done": progress.epochs_done, "history": progress.history, "optimizer": optimizer_description,
-        "best_accuracy": progress.best_accuracy if math.isfinite(progress.best_accuracy) else None,
-        "best_epoch": progress.best_epoch, "fingerprint": fingerprint,
+        "best": {kind: {"accuracy": acc if math.isfinite(acc) else None, "epoch": epoch}
+                 for kind, (acc, epoch, _) in progress.best.items()},
+        "fingerprint": fingerprint,
     }
     ckpt.atomic_save(tensors, path, state)
 
@@ -85,13 +96,16 @@ def load_progress(path: Path, heads, optimizer, generator, fingerprint: dict) ->
     if state.get("fingerprint") != fingerprint:
         raise MamaError(f"the questions differ from those the run began with ({state.get('fingerprint')} then, "
                         f"{fingerprint} now): start the run again without --resume")
-    best_heads = None
-    if any(k.startswith("best.") for k in tensors):
-        best_heads = [{k[len(kind) + 6:]: v for k, v in tensors.items() if k.startswith(f"best.{kind}.")}
-                      for kind in _HEADS]
-    best = state.get("best_accuracy")
-    return Progress(epochs_done, -math.inf if best is None else float(best), int(state.get("best_epoch") or 0),
-                    best_heads, list(state.get("history") or []))
+    best = _no_best()
+    for kind, recorded in (state.get("best") or {}).items():
+        prefix = f"best.{kind}."
+        head_state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if kind in best and head_state:
+            accuracy = recorded.get("accuracy")
+            best[kind] = (-math.inf if accuracy is None else float(accuracy), int(recorded.get("epoch") or 0),
+                          head_state)
+    untrained = {kind: tensors[f"untrained.{kind}"].numpy() for kind in _HEADS if f"untrained.{kind}" in tensors}
+    return Progress(epochs_done, best, untrained, list(state.get("history") or []))
 
 
 class ShardedEncoder:
