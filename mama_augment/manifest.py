@@ -91,7 +91,12 @@ KEYFRAMES = ManifestSpec(
             pa.field("grid_cols", pa.int32()),
             pa.field("embedder", pa.string()),
             pa.field("embedding_dim", pa.int32()),
+            # Read from work folders of older versions only: the stage now stores the
+            # embeddings in array files and the row references them (frame_embeddings.py).
             pa.field("keyframe_embeddings", pa.list_(pa.list_(pa.float32()))),
+            pa.field("embeddings_file", pa.string()),
+            pa.field("embeddings_offset", pa.int64()),
+            pa.field("embeddings_count", pa.int32()),
             pa.field("input_size_bytes", pa.int64()),
             pa.field("input_mtime", pa.float64()),
             pa.field("config_hash", pa.string()),

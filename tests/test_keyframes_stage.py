@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mama_augment.cli import app
+from mama_augment.frame_embeddings import iter_video_embeddings
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.keyframes.stage import run_keyframes
 from mama_augment.manifest import KEYFRAMES, manifest_path, parts_dir, read_manifest
@@ -64,8 +66,12 @@ def test_stage_writes_rows_frames_and_grids(videos, tmp_path):
     assert len(video["keyframe_indices"]) == 4
     assert video["keyframe_times_s"] == sorted(video["keyframe_times_s"])
     assert video["keyframe_indices"] == sorted(video["keyframe_indices"])
-    assert len(video["keyframe_embeddings"]) == 4
-    assert all(len(e) == video["embedding_dim"] for e in video["keyframe_embeddings"])
+    # The embeddings sit in an array file the row points at, not in the row.
+    assert video["keyframe_embeddings"] is None
+    assert video["embeddings_file"].startswith("embeddings/") and video["embeddings_count"] == 4
+    embeddings = dict(iter_video_embeddings(workdir))["sub/b"]
+    assert embeddings.shape == (4, video["embedding_dim"]) and embeddings.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1.0, atol=2e-3)
     for rel in video["keyframe_paths"]:
         assert (workdir / rel).is_file()
     grid = Image.open(workdir / video["grid_path"])

@@ -25,6 +25,7 @@ from mama_augment.configfile import record_run_config
 from mama_augment.errors import MamaError
 from mama_augment.engines import get_engine
 from mama_augment.engines.base import Placement
+from mama_augment.frame_embeddings import EmbeddingAppender, remove_unreferenced
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.keyframes.worker import (
     FRAMES_DIR,
@@ -178,6 +179,7 @@ def run_keyframes(
         if plan.pending:
             _run_pending(plan.pending, workdir, cfg, report, progress)
         rows = compact(workdir, KEYFRAMES)
+        _remove_unreferenced_embeddings(workdir)
     report.seconds = time.perf_counter() - started
     report.extra["rows_in_manifest"] = rows
     report.extra["grids"] = str(workdir / GRIDS_DIR)
@@ -207,7 +209,19 @@ def remove_outputs(workdir: Path) -> int:
                 removed += 1
             _remove_empty_parents(path.parent, roots)
     remove_manifest(workdir, KEYFRAMES)
+    removed += remove_unreferenced(workdir, [])
     return removed
+
+
+def _remove_unreferenced_embeddings(workdir: Path) -> None:
+    """Array files no row points at any more: every video in them was redone, or a killed
+    run wrote them before any of its rows. Runs under the stage's lock, no writer open."""
+    try:
+        referenced = read_manifest(workdir, KEYFRAMES, columns=["embeddings_file"]).column("embeddings_file")
+    except MamaError as exc:  # nothing can tell which files are still named: they stay
+        log.warning("%s; the embeddings files are left in place", exc)
+        return
+    remove_unreferenced(workdir, referenced.unique().to_pylist())
 
 
 def _owned_path(workdir: Path, rel: str | None, roots: list[Path]) -> Path | None:
@@ -238,6 +252,7 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
     desc = "keyframes" if cfg.engine == "local" else f"keyframes ({cfg.engine})"
     bar = tqdm(total=len(jobs), unit="video", desc=desc, disable=not progress, dynamic_ncols=True)
     writer = PartWriter(workdir, KEYFRAMES)
+    arrays = EmbeddingAppender(workdir)
     # Largest inputs first: a long video started last would leave the other workers
     # idle at the end of the run (rows arrive in any order anyway).
     ordered = sorted(jobs, key=lambda job: -(job.size_bytes or 0))
@@ -249,7 +264,8 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
         results = engine.map_items(items, keyframes_task(cfg, workdir), placement, KEYFRAMES.schema)
     try:
         for table in results:
-            writer.write_table(table)
+            # The embeddings reach their array file before the part that points at them.
+            writer.write_table(arrays.externalize(table))
             for row in table.select(["video_id", "status", "error_kind", "error"]).to_pylist():
                 record_row(report, row)
             bar.update(table.num_rows)
@@ -257,4 +273,5 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
     finally:
         results.close()  # now, not when the traceback goes: stops the workers
         bar.close()
+        arrays.close()
         writer.close()
