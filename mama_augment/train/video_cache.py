@@ -160,7 +160,7 @@ def _plan(workdir: Path) -> "tuple[_Scan, list[tuple[str, int, int]]] | None":
                 continue
             if files[i] is None:
                 return None
-            if not _take_dim(scan, video_id, arrays[i]):
+            if not _take_dim(scan, video_id, arrays[i], True):
                 continue
             references.append((files[i], offsets[i], len(arrays[i])))
             _add_video(scan, video_id, len(arrays[i]), [p for p in (paths[i] or []) if p])
@@ -241,6 +241,7 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
             status = batch.column("status").to_pylist()
             paths = batch.column("keyframe_paths").to_pylist()
             arrays = reader.rows(batch) if out is not None else None
+            referenced = batch.column("embeddings_file").is_valid().to_pylist() if out is not None else None
             for i, video_id in enumerate(ids):
                 if status[i] != STATUS_OK:
                     _note(scan, "video_failed_in_keyframes", video_id)
@@ -255,7 +256,7 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
                     scan.video_ids.append(video_id)
                     scan.keyframe_paths.append(frame_paths)
                     continue
-                if not _take_dim(scan, video_id, arrays[i]):
+                if not _take_dim(scan, video_id, arrays[i], referenced[i]):
                     continue
                 out.write(np.ascontiguousarray(arrays[i], dtype=FEATURE_DTYPE).tobytes())
                 _add_video(scan, video_id, len(arrays[i]), frame_paths)
@@ -265,11 +266,13 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
     return scan
 
 
-def _take_dim(scan: _Scan, video_id: str, array: np.ndarray | None) -> bool:
-    """Whether ``array`` holds the video's embeddings (else it is counted as without);
+def _take_dim(scan: _Scan, video_id: str, array: np.ndarray | None, referenced: bool) -> bool:
+    """Whether ``array`` holds the video's embeddings (else it is counted as without,
+    unless it has a reference the reader could not follow: the reader counted why);
     embeddings of another size than the videos before are a UsageError."""
     if array is None or len(array) == 0:
-        _note(scan, "video_without_embeddings", video_id)
+        if not referenced:
+            _note(scan, "video_without_embeddings", video_id)
         return False
     dim = int(array.shape[1])
     if scan.dim and dim != scan.dim:
