@@ -214,6 +214,9 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     proc.wait()
     saved = _rows(workdir)
     assert 1 <= len(saved) < 8, "the kill should land mid-run"
+    # Every saved row's embeddings can be read: the kill left no dangling reference.
+    saved_embeddings = {video_id: np.array(array) for video_id, array in iter_video_embeddings(workdir)}
+    assert all(saved_embeddings[video_id].shape[0] > 0 for video_id in saved)
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -222,8 +225,10 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     assert sorted(ids) == sorted(f"v{i}" for i in range(8))
     assert len(ids) == len(set(ids))
     after = {row["video_id"]: row for row in rows}
+    embeddings = dict(iter_video_embeddings(workdir))
     for video_id, row in saved.items():  # finished before the kill: kept, not redone
         assert after[video_id]["created_at"] == row["created_at"]
+        np.testing.assert_array_equal(embeddings[video_id], saved_embeddings[video_id])
     assert f"{len(saved)} skipped" in result.stdout
 
 
