@@ -91,6 +91,28 @@ def test_old_and_new_rows_in_one_folder_both_train(tmp_path):
     assert not issues
 
 
+def test_a_folder_of_either_layout_trains_to_the_same_model(tmp_path):
+    import json
+    from pathlib import Path
+
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.loop import run_train
+    from train_helpers import make_workdir
+
+    curves = {}
+    for layout in ("rows", "arrays"):
+        workdir, captions = make_workdir(tmp_path / layout, n_videos=64, n_concepts=4, dim=16, seed=3, layout=layout)
+        assert (layout == "arrays") == bool(embedding_files(workdir))
+        config = TrainConfig(captions=str(captions), text_model="hashing", epochs=2, batch_size=16, lr=3e-3,
+                             progress=False, embed_dim=16, head_hidden=32, loss="infonce", seed=0)
+        report = run_train(config, workdir)
+        assert report.exit_code == 0
+        lines = (Path(report.extra["run"]) / "metrics.jsonl").read_text().splitlines()
+        curves[layout] = [row["loss"] for row in map(json.loads, lines) if "loss" in row]
+    # The cache holds the same float16 values either way, so training is the same.
+    assert curves["rows"] and curves["rows"] == curves["arrays"]
+
+
 def test_a_reference_that_cannot_be_followed_leaves_the_video_out_with_a_reason(tmp_path):
     workdir = tmp_path / "work"
     _write_new(workdir, [_row(0, 2)])
