@@ -262,16 +262,64 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
         results = engine.map_model_items(items, model_task, placement, KEYFRAMES.schema)
     else:
         results = engine.map_items(items, keyframes_task(cfg, workdir), placement, KEYFRAMES.schema)
+    rows = _RowBuffer(writer, arrays)
     try:
         for table in results:
-            # The embeddings reach their array file before the part that points at them.
-            writer.write_table(arrays.externalize(table))
+            rows.add(table)
             for row in table.select(["video_id", "status", "error_kind", "error"]).to_pylist():
                 record_row(report, row)
             bar.update(table.num_rows)
             bar.set_postfix(failed=report.failed, refresh=False)
+        rows.flush()
+    except BaseException:
+        rows.flush_after_error()  # the rows already back are kept, unless writing them failed
+        raise
     finally:
         results.close()  # now, not when the traceback goes: stops the workers
         bar.close()
         arrays.close()
         writer.close()
+
+
+# Rows come back one a video. At a few videos a second each is written at once (one part
+# each); faster than that, rows wait up to this long and are written together, so the
+# manifest costs a few parts a second however fast the engine runs (one Parquet part
+# costs milliseconds: at hundreds of videos a second, a part a row would hold up the run).
+# A run killed meanwhile loses these rows only; the next run redoes them.
+WRITE_INTERVAL_S = 0.5
+WRITE_MAX_ROWS = 512
+
+
+class _RowBuffer:
+    def __init__(self, writer: PartWriter, arrays: EmbeddingAppender, clock=time.perf_counter):
+        self.writer, self.arrays, self.clock = writer, arrays, clock
+        self.tables: list = []
+        self.rows = 0
+        self.last_write = float("-inf")
+        self.failed = False
+
+    def add(self, table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.clock() - self.last_write >= WRITE_INTERVAL_S or self.rows >= WRITE_MAX_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if not self.tables:
+            return
+        table = pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
+        self.tables, self.rows = [], 0
+        try:
+            # The embeddings reach their array file before the part that points at them.
+            self.writer.write_table(self.arrays.externalize(table))
+        except BaseException:
+            self.failed = True
+            raise
+        self.last_write = self.clock()
+
+    def flush_after_error(self) -> None:
+        if not self.failed:
+            with contextlib.suppress(Exception):
+                self.flush()
