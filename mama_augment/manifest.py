@@ -58,6 +58,9 @@ class ManifestSpec:
     key: tuple[str, ...]
     schema: pa.Schema
     stage: str = ""  # the command that writes it, named in errors about its contents
+    # Columns added after files of this manifest were first written: a file of an older
+    # version lacks them, and readers get nulls instead of an error.
+    added: frozenset[str] = frozenset()
 
     @property
     def filename(self) -> str:
@@ -68,6 +71,7 @@ KEYFRAMES = ManifestSpec(
     name="keyframes",
     stage="keyframes",
     key=("video_id",),
+    added=frozenset({"embeddings_file", "embeddings_offset", "embeddings_count"}),
     schema=pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
@@ -254,10 +258,11 @@ def _read_one(path: Path, spec: ManifestSpec, columns: Sequence[str] | None) -> 
             # Arrow's own error for an absent column prints the file's whole schema and
             # names neither the manifest nor what writes it.
             present = set(pq.read_schema(path).names)
-            missing = [c for c in columns if c not in present]
+            missing = [c for c in columns if c not in present and c not in spec.added]
             if missing:
                 raise UsageError(missing_columns_message(path, spec, missing))
-        table = pq.read_table(path, columns=list(columns) if columns is not None else None)
+            read = [c for c in columns if c in present]  # the added ones come back as nulls
+        table = pq.read_table(path, columns=read if columns is not None else None)
     except (OSError, pa.ArrowException) as exc:
         raise MamaError(f"cannot read manifest file {path}: {exc}") from exc
     target = schema if columns is None else pa.schema([schema.field(c) for c in columns])

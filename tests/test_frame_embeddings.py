@@ -75,6 +75,43 @@ def test_files_roll_over_and_float32_files_read_too(tmp_path):
         np.testing.assert_array_equal(got[row["video_id"]], _embedding(i, 3))
 
 
+def _write_old_version_file(workdir, rows) -> None:
+    """keyframes.parquet as a version before the array files wrote it: no reference columns."""
+    import pyarrow.parquet as pq
+
+    from mama_augment.manifest import ensure_workdir
+
+    ensure_workdir(workdir)
+    old_schema = KEYFRAMES.schema
+    for name in ("embeddings_file", "embeddings_offset", "embeddings_count"):
+        old_schema = old_schema.remove(old_schema.get_field_index(name))
+    pq.write_table(rows_to_table(rows, old_schema), workdir / KEYFRAMES.filename)
+
+
+def test_a_folder_of_an_older_version_is_read_as_it_is(inputs, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    workdir = tmp_path / "work"
+    _write_old_version_file(workdir, [_row(i, 2) for i in range(8)])
+    got = dict(iter_video_embeddings(workdir))
+    np.testing.assert_array_equal(got["v001"], _embedding(1, 2))
+    videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    assert videos.video_ids == [f"v{i:03d}" for i in range(8)] and not issues
+    results, _ = _build_on_ranks(workdir, 2, monkeypatch)  # torchrun: rank 0 reads it alone
+    assert results[1].video_ids == videos.video_ids
+    # keyframes adds videos to it (the old file stays as it is: too few new rows to fold),
+    # and still finds the files no row names (a killed run's) among the old rows.
+    orphan = workdir / EMBEDDINGS_DIR / f"emb-{0:020d}-1-deadbeef.f16"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"\0" * 12)
+    report = run_keyframes([inputs / "v0.mp4"], workdir, KeyframesConfig(**FAST), progress=False)
+    assert report.done == 1 and not orphan.exists() and len(embedding_files(workdir)) == 1
+    got = dict(iter_video_embeddings(workdir))
+    assert sorted(got) == ["v0", *videos.video_ids] and got["v0"].shape[0] == 3
+    assert "embeddings_file" not in pq.read_schema(workdir / KEYFRAMES.filename).names
+    np.testing.assert_array_equal(got["v001"], _embedding(1, 2))
+
+
 def test_old_and_new_rows_in_one_folder_both_train(tmp_path):
     workdir = tmp_path / "work"
     _write_old(workdir, [_row(i, 2) for i in range(4)])  # a folder of an older version
