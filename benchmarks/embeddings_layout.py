@@ -115,22 +115,25 @@ def run(args) -> None:
     from media import make_video
 
     spent = {"s": 0.0}
+    parts: dict[str, float] = {}
 
-    def timed(function):
+    def timed(function, name):
         def wrapper(*a, **k):
             started = time.perf_counter()
             try:
                 return function(*a, **k)
             finally:
-                spent["s"] += time.perf_counter() - started
+                took = time.perf_counter() - started
+                spent["s"] += took
+                parts[name] = parts.get(name, 0.0) + took
         return wrapper
 
-    stage.PartWriter.write_table = timed(stage.PartWriter.write_table)
-    stage.PartWriter.close = timed(stage.PartWriter.close)
-    stage.EmbeddingAppender.externalize = timed(stage.EmbeddingAppender.externalize)
-    stage.EmbeddingAppender.close = timed(stage.EmbeddingAppender.close)
-    stage.compact = timed(stage.compact)
-    stage._remove_unreferenced_embeddings = timed(stage._remove_unreferenced_embeddings)
+    stage.PartWriter.write_table = timed(stage.PartWriter.write_table, "parts")
+    stage.PartWriter.close = timed(stage.PartWriter.close, "parts")
+    stage.EmbeddingAppender.externalize = timed(stage.EmbeddingAppender.externalize, "arrays")
+    stage.EmbeddingAppender.close = timed(stage.EmbeddingAppender.close, "arrays")
+    stage.compact = timed(stage.compact, "compact")
+    stage._remove_unreferenced_embeddings = timed(stage._remove_unreferenced_embeddings, "unreferenced")
     root = Path(tempfile.mkdtemp(prefix="emb-run-", dir=args.tmp))
     try:
         for i in range(args.videos):
@@ -141,8 +144,8 @@ def run(args) -> None:
         total = time.perf_counter() - started
         print(f"videos={args.videos} done={report.done} run_s={total:.2f} manifest_writing_s={spent['s']:.3f} "
               f"share={100 * spent['s'] / total:.2f}% per_video_s={total / args.videos:.3f} "
-              f"keyframes_parquet_bytes_per_video={(root / 'work' / 'keyframes.parquet').stat().st_size / args.videos:.0f}",
-              flush=True)
+              f"keyframes_parquet_bytes_per_video={(root / 'work' / 'keyframes.parquet').stat().st_size / args.videos:.0f} "
+              + " ".join(f"{name}_s={value:.3f}" for name, value in parts.items()), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
