@@ -142,6 +142,8 @@ def run(args) -> None:
     stage.EmbeddingAppender.close = timed(stage.EmbeddingAppender.close, "arrays")
     stage.compact = timed(stage.compact, "compact")
     stage._remove_unreferenced_embeddings = timed(stage._remove_unreferenced_embeddings, "unreferenced")
+    if args.write_interval is not None:  # 0: a part a video, as before rows were written together
+        stage.WRITE_INTERVAL_S = args.write_interval
     root = Path(tempfile.mkdtemp(prefix="emb-run-", dir=args.tmp))
     try:
         for i in range(args.videos):
@@ -168,6 +170,7 @@ def main() -> None:
     parser.add_argument("--rows-per-write", type=int, default=1,
                         help="rows a part (1: rows arriving slower than the stage's write interval)")
     parser.add_argument("--train", action="store_true", help="write: then build train's feature cache")
+    parser.add_argument("--write-interval", type=float, default=None, help="run: the stage's WRITE_INTERVAL_S")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--tmp", default=None, help="folder for the temporary work folders")
     args = parser.parse_args()
