@@ -660,8 +660,12 @@ class PartWriter:
         self._levels[level] = []
         self._levels[target].append(merged)
 
-    def close(self) -> None:
-        self._consolidate(0)
+    def close(self, consolidate: bool = True) -> None:
+        """Merge what is left at level 0; ``consolidate=False`` leaves it to a ``compact``
+        that follows at once (it folds the parts or merges runs of small ones itself:
+        merging them here first would write the same rows twice)."""
+        if consolidate:
+            self._consolidate(0)
         self._levels = [[] for _ in range(self.LEVELS)]
 
     def __enter__(self) -> "PartWriter":

@@ -354,3 +354,17 @@ def test_rows_arriving_fast_are_written_a_few_parts_a_second(tmp_path):
     assert parts == [1, 40, 1, 1]
     got = dict(iter_video_embeddings(workdir))
     assert len(got) == 43 and all(array.shape == (2, 6) for array in got.values())
+
+
+def test_a_run_merges_its_rows_once_at_its_end(inputs, tmp_path, monkeypatch):
+    import mama_augment.manifest as manifest
+
+    merges = []
+    original = manifest._merge_runs
+    monkeypatch.setattr(manifest, "_merge_runs", lambda sources, *a, **k: (merges.append(len(sources)),
+                                                                           original(sources, *a, **k))[1])
+    report = run_keyframes([inputs], tmp_path / "work", KeyframesConfig(**FAST), progress=False)
+    assert report.done == 5
+    # compact folds the run's parts into keyframes.parquet; the writer does not merge
+    # them into one part first (the same rows written twice, at the end of every run).
+    assert len(merges) == 1

@@ -278,7 +278,7 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
         results.close()  # now, not when the traceback goes: stops the workers
         bar.close()
         arrays.close()
-        writer.close()
+        writer.close(consolidate=False)  # run_keyframes compacts next
 
 
 # Rows come back one a video. At a video a second or slower each is written at once (one part
