@@ -345,8 +345,8 @@ def test_rows_arriving_fast_are_written_a_few_parts_a_second(tmp_path):
         for i in range(40):  # 100 videos a second for 0.4 s
             now[0] = i * 0.01
             buffer.add(rows_to_table([_row(i, 2)], KEYFRAMES.schema))
-        for i in range(40, 43):  # then one a second
-            now[0] += 1.0
+        for i in range(40, 43):  # then one every write interval
+            now[0] += stage.WRITE_INTERVAL_S
             buffer.add(rows_to_table([_row(i, 2)], KEYFRAMES.schema))
         buffer.flush()
     # The first row at once, the fast ones together (not a part a row), the slow ones as

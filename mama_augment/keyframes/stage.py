@@ -281,12 +281,12 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
         writer.close(consolidate=False)  # run_keyframes compacts next
 
 
-# Rows come back one a video. At a video a second or slower each is written at once (one part
+# Rows come back one a video. At a video every two seconds or slower each is written at once (one part
 # each); faster than that, rows wait up to this long and are written together, so the
-# manifest costs a few parts a second however fast the engine runs (one Parquet part
+# manifest costs a part every two seconds however fast the engine runs (one Parquet part
 # costs milliseconds: at hundreds of videos a second, a part a row would hold up the run).
 # A run killed meanwhile loses these rows only; the next run redoes them.
-WRITE_INTERVAL_S = 1.0
+WRITE_INTERVAL_S = 2.0
 WRITE_MAX_ROWS = 512
 
 
