@@ -152,9 +152,13 @@ def scaled_workdir(out: Path, videos: int, media: list[Path], decoder: str = "au
     except Exception as exc:  # noqa: BLE001 - a missing optional piece: fall back, say so
         shutil.rmtree(real, ignore_errors=True)
         how = _keyframes_with_opencv(clips, real) + f" [stage: {type(exc).__name__}: {exc}]"
-    table = read_manifest(real, KEYFRAMES, columns=["status", "keyframe_paths", "keyframe_embeddings"]).to_pydict()
-    pool = [(path, emb) for i in range(len(table["video_id"])) if table["status"][i] == "ok"
-            for path, emb in zip(table["keyframe_paths"][i] or [], table["keyframe_embeddings"][i] or [])]
+    from mama_augment.frame_embeddings import iter_video_embeddings
+
+    table = read_manifest(real, KEYFRAMES, columns=["status", "keyframe_paths"]).to_pydict()
+    stored = {video_id: array for video_id, array in iter_video_embeddings(real)}  # either layout
+    pool = [(path, emb) for i, video_id in enumerate(table["video_id"]) if table["status"][i] == "ok"
+            for path, emb in zip(table["keyframe_paths"][i] or [],
+                                 [] if stored.get(video_id) is None else stored[video_id].astype(np.float32).tolist())]
     if not pool:
         raise RuntimeError("no keyframes were made from the clips")
     workdir = out / "work"

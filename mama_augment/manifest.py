@@ -58,6 +58,9 @@ class ManifestSpec:
     key: tuple[str, ...]
     schema: pa.Schema
     stage: str = ""  # the command that writes it, named in errors about its contents
+    # Columns added after files of this manifest were first written: a file of an older
+    # version lacks them, and readers get nulls instead of an error.
+    added: frozenset[str] = frozenset()
 
     @property
     def filename(self) -> str:
@@ -68,6 +71,7 @@ KEYFRAMES = ManifestSpec(
     name="keyframes",
     stage="keyframes",
     key=("video_id",),
+    added=frozenset({"embeddings_file", "embeddings_offset", "embeddings_count"}),
     schema=pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
@@ -91,7 +95,12 @@ KEYFRAMES = ManifestSpec(
             pa.field("grid_cols", pa.int32()),
             pa.field("embedder", pa.string()),
             pa.field("embedding_dim", pa.int32()),
+            # Read from work folders of older versions only: the stage now stores the
+            # embeddings in array files and the row references them (frame_embeddings.py).
             pa.field("keyframe_embeddings", pa.list_(pa.list_(pa.float32()))),
+            pa.field("embeddings_file", pa.string()),
+            pa.field("embeddings_offset", pa.int64()),
+            pa.field("embeddings_count", pa.int32()),
             pa.field("input_size_bytes", pa.int64()),
             pa.field("input_mtime", pa.float64()),
             pa.field("config_hash", pa.string()),
@@ -249,10 +258,11 @@ def _read_one(path: Path, spec: ManifestSpec, columns: Sequence[str] | None) -> 
             # Arrow's own error for an absent column prints the file's whole schema and
             # names neither the manifest nor what writes it.
             present = set(pq.read_schema(path).names)
-            missing = [c for c in columns if c not in present]
+            missing = [c for c in columns if c not in present and c not in spec.added]
             if missing:
                 raise UsageError(missing_columns_message(path, spec, missing))
-        table = pq.read_table(path, columns=list(columns) if columns is not None else None)
+            read = [c for c in columns if c in present]  # the added ones come back as nulls
+        table = pq.read_table(path, columns=read if columns is not None else None)
     except (OSError, pa.ArrowException) as exc:
         raise MamaError(f"cannot read manifest file {path}: {exc}") from exc
     target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
@@ -658,8 +668,12 @@ class PartWriter:
         self._levels[level] = []
         self._levels[target].append(merged)
 
-    def close(self) -> None:
-        self._consolidate(0)
+    def close(self, consolidate: bool = True) -> None:
+        """Merge what is left at level 0; ``consolidate=False`` leaves it to a ``compact``
+        that follows at once (it folds the parts or merges runs of small ones itself:
+        merging them here first would write the same rows twice)."""
+        if consolidate:
+            self._consolidate(0)
         self._levels = [[] for _ in range(self.LEVELS)]
 
     def __enter__(self) -> "PartWriter":

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mama_augment.cli import app
+from mama_augment.frame_embeddings import iter_video_embeddings
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.keyframes.stage import run_keyframes
 from mama_augment.manifest import KEYFRAMES, manifest_path, parts_dir, read_manifest
@@ -64,8 +66,12 @@ def test_stage_writes_rows_frames_and_grids(videos, tmp_path):
     assert len(video["keyframe_indices"]) == 4
     assert video["keyframe_times_s"] == sorted(video["keyframe_times_s"])
     assert video["keyframe_indices"] == sorted(video["keyframe_indices"])
-    assert len(video["keyframe_embeddings"]) == 4
-    assert all(len(e) == video["embedding_dim"] for e in video["keyframe_embeddings"])
+    # The embeddings sit in an array file the row points at, not in the row.
+    assert video["keyframe_embeddings"] is None
+    assert video["embeddings_file"].startswith("embeddings/") and video["embeddings_count"] == 4
+    embeddings = dict(iter_video_embeddings(workdir))["sub/b"]
+    assert embeddings.shape == (4, video["embedding_dim"]) and embeddings.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(embeddings.astype(np.float32), axis=1), 1.0, atol=2e-3)
     for rel in video["keyframe_paths"]:
         assert (workdir / rel).is_file()
     grid = Image.open(workdir / video["grid_path"])
@@ -208,6 +214,9 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     proc.wait()
     saved = _rows(workdir)
     assert 1 <= len(saved) < 8, "the kill should land mid-run"
+    # Every saved row's embeddings can be read: the kill left no dangling reference.
+    saved_embeddings = {video_id: np.array(array) for video_id, array in iter_video_embeddings(workdir)}
+    assert all(saved_embeddings[video_id].shape[0] > 0 for video_id in saved)
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -216,8 +225,10 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     assert sorted(ids) == sorted(f"v{i}" for i in range(8))
     assert len(ids) == len(set(ids))
     after = {row["video_id"]: row for row in rows}
+    embeddings = dict(iter_video_embeddings(workdir))
     for video_id, row in saved.items():  # finished before the kill: kept, not redone
         assert after[video_id]["created_at"] == row["created_at"]
+        np.testing.assert_array_equal(embeddings[video_id], saved_embeddings[video_id])
     assert f"{len(saved)} skipped" in result.stdout
 
 

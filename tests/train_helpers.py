@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mama_augment.manifest import KEYFRAMES, CAPTIONS, PartWriter, compact
+from mama_augment.frame_embeddings import EmbeddingAppender
+from mama_augment.manifest import KEYFRAMES, CAPTIONS, PartWriter, compact, rows_to_table
 
 CONCEPT_WORDS = ["dog", "car", "tree", "boat", "cake", "bird", "lamp", "shoe"]
 ATTRIBUTE_WORDS = [
@@ -27,9 +28,12 @@ def make_workdir(
     generated: bool = False,
     shuffled_fraction: float = 0.0,
     id_format: str = "v{i:04d}",
+    layout: str = "arrays",
 ) -> tuple[Path, Path]:
     """Keyframes with embeddings built from (concept, attribute) directions and a
-    captions CSV naming them; returns (workdir, captions file)."""
+    captions CSV naming them; returns (workdir, captions file). ``layout``: "arrays"
+    (embeddings in array files, as the keyframes stage writes them) or "rows" (inside
+    the rows, as older versions wrote them)."""
     rng = np.random.default_rng(seed)
     workdir = root / "work"
     concept_dirs = rng.normal(size=(n_concepts, dim))
@@ -54,7 +58,11 @@ def make_workdir(
         captions.append({"video_id": video_id, "caption": f"a {ATTRIBUTE_WORDS[a]} {CONCEPT_WORDS[c]}",
                          "concept": CONCEPT_WORDS[c]})
     writer = PartWriter(workdir, KEYFRAMES)
-    writer.write(rows)
+    if layout == "rows":
+        writer.write(rows)
+    else:
+        with EmbeddingAppender(workdir) as arrays:
+            writer.write_table(arrays.externalize(rows_to_table(rows, KEYFRAMES.schema)))
     compact(workdir, KEYFRAMES)
     frame = pd.DataFrame(captions)
     if shuffled_fraction:

@@ -25,6 +25,7 @@ from mama_augment.configfile import record_run_config
 from mama_augment.errors import MamaError
 from mama_augment.engines import get_engine
 from mama_augment.engines.base import Placement
+from mama_augment.frame_embeddings import EmbeddingAppender, remove_unreferenced
 from mama_augment.keyframes.config import KeyframesConfig
 from mama_augment.keyframes.worker import (
     FRAMES_DIR,
@@ -178,6 +179,7 @@ def run_keyframes(
         if plan.pending:
             _run_pending(plan.pending, workdir, cfg, report, progress)
         rows = compact(workdir, KEYFRAMES)
+        _remove_unreferenced_embeddings(workdir)
     report.seconds = time.perf_counter() - started
     report.extra["rows_in_manifest"] = rows
     report.extra["grids"] = str(workdir / GRIDS_DIR)
@@ -207,7 +209,19 @@ def remove_outputs(workdir: Path) -> int:
                 removed += 1
             _remove_empty_parents(path.parent, roots)
     remove_manifest(workdir, KEYFRAMES)
+    removed += remove_unreferenced(workdir, [])
     return removed
+
+
+def _remove_unreferenced_embeddings(workdir: Path) -> None:
+    """Array files no row points at any more: every video in them was redone, or a killed
+    run wrote them before any of its rows. Runs under the stage's lock, no writer open."""
+    try:
+        referenced = read_manifest(workdir, KEYFRAMES, columns=["embeddings_file"]).column("embeddings_file")
+    except MamaError as exc:  # nothing can tell which files are still named: they stay
+        log.warning("%s; the embeddings files are left in place", exc)
+        return
+    remove_unreferenced(workdir, referenced.unique().to_pylist())
 
 
 def _owned_path(workdir: Path, rel: str | None, roots: list[Path]) -> Path | None:
@@ -238,6 +252,7 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
     desc = "keyframes" if cfg.engine == "local" else f"keyframes ({cfg.engine})"
     bar = tqdm(total=len(jobs), unit="video", desc=desc, disable=not progress, dynamic_ncols=True)
     writer = PartWriter(workdir, KEYFRAMES)
+    arrays = EmbeddingAppender(workdir)
     # Largest inputs first: a long video started last would leave the other workers
     # idle at the end of the run (rows arrive in any order anyway).
     ordered = sorted(jobs, key=lambda job: -(job.size_bytes or 0))
@@ -247,14 +262,64 @@ def _run_pending(jobs: list[Job], workdir: Path, cfg: KeyframesConfig, report: S
         results = engine.map_model_items(items, model_task, placement, KEYFRAMES.schema)
     else:
         results = engine.map_items(items, keyframes_task(cfg, workdir), placement, KEYFRAMES.schema)
+    rows = _RowBuffer(writer, arrays)
     try:
         for table in results:
-            writer.write_table(table)
+            rows.add(table)
             for row in table.select(["video_id", "status", "error_kind", "error"]).to_pylist():
                 record_row(report, row)
             bar.update(table.num_rows)
             bar.set_postfix(failed=report.failed, refresh=False)
+        rows.flush()
+    except BaseException:
+        rows.flush_after_error()  # the rows already back are kept, unless writing them failed
+        raise
     finally:
         results.close()  # now, not when the traceback goes: stops the workers
         bar.close()
-        writer.close()
+        arrays.close()
+        writer.close(consolidate=False)  # run_keyframes compacts next
+
+
+# Rows come back one a video. At a video every two seconds or slower each is written at once (one part
+# each); faster than that, rows wait up to this long and are written together, so the
+# manifest costs a part every two seconds however fast the engine runs (one Parquet part
+# costs milliseconds: at hundreds of videos a second, a part a row would hold up the run).
+# A run killed meanwhile loses these rows only; the next run redoes them.
+WRITE_INTERVAL_S = 2.0
+WRITE_MAX_ROWS = 512
+
+
+class _RowBuffer:
+    def __init__(self, writer: PartWriter, arrays: EmbeddingAppender, clock=time.perf_counter):
+        self.writer, self.arrays, self.clock = writer, arrays, clock
+        self.tables: list = []
+        self.rows = 0
+        self.last_write = float("-inf")
+        self.failed = False
+
+    def add(self, table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.clock() - self.last_write >= WRITE_INTERVAL_S or self.rows >= WRITE_MAX_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if not self.tables:
+            return
+        table = pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
+        self.tables, self.rows = [], 0
+        try:
+            # The embeddings reach their array file before the part that points at them.
+            self.writer.write_table(self.arrays.externalize(table))
+        except BaseException:
+            self.failed = True
+            raise
+        self.last_write = self.clock()
+
+    def flush_after_error(self) -> None:
+        if not self.failed:
+            with contextlib.suppress(Exception):
+                self.flush()

@@ -157,14 +157,22 @@ def _note(issues: Counter, examples: dict, kind: str, count: int, example: str) 
     examples.setdefault(kind, clip_text(example))  # quotes a user's file: never a whole line
 
 
-def load_videos(workdir: Path, need: str) -> tuple[VideoTable, Counter, dict]:
+def load_videos(workdir: Path, need: str, rank: int = 0, world_size: int = 1) -> tuple[VideoTable, Counter, dict]:
     """Usable videos of ``keyframes.parquet`` sorted by id (``need``: the column the
     backbone reads, ``keyframe_embeddings`` or ``keyframe_paths``). Streamed: the
     embeddings are views of one float16 array cached in the work folder
-    (:mod:`mama_augment.train.video_cache`)."""
+    (:mod:`mama_augment.train.video_cache`); under torchrun each rank reads its share
+    of them into that array."""
     from mama_augment.train.video_cache import load_usable_videos
 
-    loaded = load_usable_videos(workdir, need)
+    wait = None
+    if world_size > 1:  # torch only where a process group exists
+        from functools import partial
+
+        from mama_augment.train.distributed import barrier
+
+        wait = partial(barrier, world_size)
+    loaded = load_usable_videos(workdir, need, rank, world_size, wait)
     videos = VideoTable(loaded.video_ids, loaded.keyframe_embeddings, loaded.keyframe_paths,
                         [None] * len(loaded.video_ids))
     return videos, loaded.issues, loaded.examples
@@ -296,14 +304,18 @@ def build_data(
     caption_embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
     captions_override: str | None = None,
     keep_caption: Callable[[int], bool] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainData:
     """Join videos and captions, split them and choose the meta set.
 
     ``keep_caption(caption_id)`` False leaves that caption out of the training pairs
     (the sources the evidence step drops, train/evidence.py); it stays in ``texts``, so
-    caption ids and the text-embedding cache are those of a run that keeps it."""
+    caption ids and the text-embedding cache are those of a run that keeps it. Every
+    rank of a distributed run calls it (``rank``, ``world_size``: the video features
+    are read once between them)."""
     workdir = Path(workdir)
-    videos, issues, examples = load_videos(workdir, need)
+    videos, issues, examples = load_videos(workdir, need, rank, world_size)
     index_of = {v: i for i, v in enumerate(videos.video_ids)}
     captions_path = captions_override or config.captions
 

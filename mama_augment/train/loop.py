@@ -212,7 +212,8 @@ class TrainRecipe:
         config.validate()
         # Every rank has looked for config.json before rank 0 writes it. (Each rank then
         # builds its own data: a rank-0-first barrier could outlast NCCL's timeout while
-        # rank 0 alone encodes millions of captions; the caches are written atomically.)
+        # rank 0 alone encodes millions of captions; the caches are written atomically.
+        # The video feature cache is the exception: each rank reads its share into it.)
         barrier(self.world_size)
         self.device = select_device(config.device)
         if self.device.type == "cuda" and self.world_size > 1:  # init_distributed pinned this rank's GPU
@@ -232,7 +233,7 @@ class TrainRecipe:
             keep_caption = self._weigh_generated_sources(backbone)
         data_started = time.time()
         self.data: TrainData = build_data(config, self.workdir, need=backbone.needs, caption_embedder=embedder,
-                                          keep_caption=keep_caption)
+                                          keep_caption=keep_caption, rank=self.rank, world_size=self.world_size)
         self.data_seconds = time.time() - data_started
         self.source_weights = self._source_weight_table()
         if config.meta_weighting is None:
@@ -304,7 +305,8 @@ class TrainRecipe:
         config = self.config
         started = time.time()
         # The pairs as the run sees them, without the meta set (chosen later, on the kept pairs).
-        probe = build_data(dataclasses.replace(config, meta_weighting=False), self.workdir, need=backbone.needs)
+        probe = build_data(dataclasses.replace(config, meta_weighting=False), self.workdir, need=backbone.needs,
+                           rank=self.rank, world_size=self.world_size)
         self.caption_source_names = sources = ev.caption_sources(self.workdir, probe)
         recorded = config.extra.get("generated_weights")
         if config.resume and recorded is not None:

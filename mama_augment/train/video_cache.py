@@ -26,11 +26,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from mama_augment.errors import ItemError, UsageError
-from mama_augment.manifest import KEYFRAMES, STATUS_OK, _part_files, iter_manifest_batches, manifest_path
+from mama_augment.frame_embeddings import READ_COLUMNS, REFERENCE_COLUMNS, EmbeddingReader
+from mama_augment.manifest import KEYFRAMES, STATUS_OK, _part_files, iter_manifest_batches, make_folder, manifest_path
 from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder
 
 FEATURE_DTYPE = np.float16
@@ -48,39 +50,145 @@ class LoadedVideos:
     examples: dict[str, str]
 
 
-def load_usable_videos(workdir: Path, need: str) -> LoadedVideos:
+def load_usable_videos(workdir: Path, need: str, rank: int = 0, world_size: int = 1,
+                       barrier: Callable[[], None] | None = None) -> LoadedVideos:
     """The ``ok`` videos with what ``need`` (``keyframe_embeddings`` or
-    ``keyframe_paths``) asks for, sorted by id; the others counted in ``issues``."""
+    ``keyframe_paths``) asks for, sorted by id; the others counted in ``issues``.
+
+    Under torchrun (``world_size`` > 1, ``barrier`` waits for every rank) the feature
+    cache is built together: each rank reads the embeddings of its share of the videos
+    only and writes them into the one shared array, which every rank then maps
+    (:func:`_build_shared`)."""
     if need != "keyframe_embeddings":
         return _sorted(_scan(workdir, need, frames_file=None))
     fingerprint = _fingerprint(workdir)
     folder = workdir / CACHE_DIR / fingerprint
-    cached = _open_cache(folder)
-    if cached is not None:
-        return cached
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    building = folder.parent / f".tmp-{uuid.uuid4().hex}"
-    building.mkdir()
-    try:
-        scan = _scan(workdir, need, frames_file=building / "frames.f16")
-        meta = {"format": _FORMAT, "dim": scan.dim, "frames": scan.total_frames,
-                "issues": dict(scan.issues), "examples": scan.examples}
-        index = {"video_id": scan.video_ids, "offset": scan.offsets, "frames": scan.frame_counts,
-                 "keyframe_paths": scan.keyframe_paths}
-        _write_index(building / "index.parquet", index)
-        del scan, index  # read back below: not held twice
-        (building / "meta.json").write_text(json.dumps(meta), encoding="utf-8")  # last: marks it complete
-        try:
-            os.replace(building, folder)
-        except OSError:  # another run built the same cache meanwhile: use either
-            pass
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    _remove_stale(folder)
+    if world_size > 1 and barrier is not None:
+        _build_shared(workdir, folder, rank, world_size, barrier)
+    elif _open_cache(folder) is None:
+        _build(workdir, folder)
     loaded = _open_cache(folder)
     if loaded is None:  # pragma: no cover - the folder was just completed
         raise UsageError(f"the feature cache {folder} could not be read back")
     return loaded
+
+
+def _build(workdir: Path, folder: Path) -> None:
+    """The cache in ``folder`` from one pass over the manifest, by this process alone."""
+    make_folder(folder.parent)
+    building = folder.parent / f".tmp-{uuid.uuid4().hex}"
+    building.mkdir()
+    try:
+        scan = _scan(workdir, "keyframe_embeddings", frames_file=building / "frames.f16")
+        _complete(scan, building, folder)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    _remove_stale(folder)
+
+
+def _complete(scan: "_Scan", building: Path, folder: Path) -> None:
+    """Write the index and meta of a filled ``building`` folder and rename it to ``folder``."""
+    meta = {"format": _FORMAT, "dim": scan.dim, "frames": scan.total_frames,
+            "issues": dict(scan.issues), "examples": scan.examples}
+    index = {"video_id": scan.video_ids, "offset": scan.offsets, "frames": scan.frame_counts,
+             "keyframe_paths": scan.keyframe_paths}
+    _write_index(building / "index.parquet", index)
+    (building / "meta.json").write_text(json.dumps(meta), encoding="utf-8")  # last: marks it complete
+    try:
+        os.replace(building, folder)
+    except OSError:  # another run built the same cache meanwhile: use either
+        pass
+
+
+def _build_shared(workdir: Path, folder: Path, rank: int, world_size: int, barrier: Callable[[], None]) -> None:
+    """The cache built by every rank together, each reading only its share.
+
+    Every rank reads the manifest's small columns (ids, status, paths, the references
+    into the array files: no embedding values) and so knows every usable video's place
+    in the cache; rank ``r`` then copies the embeddings of the ``r``-th contiguous
+    slice of the videos into the shared file, rank 0 writes the index once all are done.
+    Each rank reads 1/world of the embeddings instead of all of them; the barriers
+    wait for the slowest share, so none waits for a whole build alone. A work folder of
+    an older version holds embeddings inside its rows, whose sizes only reading them
+    tells: there rank 0 builds the cache alone and the others wait for it. Every rank
+    calls ``barrier`` three times whatever it finds, so none is left waiting.
+    """
+    present = _open_cache(folder) is not None
+    barrier()  # every rank has looked: none completes the cache before all have
+    shared = folder.parent / f".shared-{folder.name}"
+    plan = None
+    if not present:
+        make_folder(folder.parent)
+        plan = _plan(workdir)
+        if plan is None:  # embeddings inside the rows: rank 0 alone
+            if rank == 0:
+                _build(workdir, folder)
+        else:
+            scan, references = plan
+            make_folder(shared)
+            _write_share(workdir, shared / "frames.f16", scan, references, rank, world_size)
+    barrier()  # every share is in the file
+    if plan is not None and rank == 0:
+        try:
+            _complete(plan[0], shared, folder)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
+        _remove_stale(folder)
+    barrier()  # the cache is complete: every rank maps it
+
+
+def _plan(workdir: Path) -> "tuple[_Scan, list[tuple[str, int, int]]] | None":
+    """The cache's index from the manifest's small columns, and each usable video's
+    reference (file, first frame, frames); None when a usable row holds its embeddings
+    itself (a work folder of an older version)."""
+    scan = _Scan([], [], [], [], Counter(), {})
+    references: list[tuple[str, int, int]] = []
+    columns = ["status", "keyframe_paths", "embedding_dim", *REFERENCE_COLUMNS]
+    seen = False
+    reader = EmbeddingReader(workdir)
+    for batch in iter_manifest_batches(workdir, KEYFRAMES, columns=columns, batch_rows=4096):
+        seen = True
+        ids = batch.column("video_id").to_pylist()
+        status = batch.column("status").to_pylist()
+        paths = batch.column("keyframe_paths").to_pylist()
+        files = batch.column("embeddings_file").to_pylist()
+        offsets = batch.column("embeddings_offset").to_pylist()
+        arrays = reader.rows(batch)  # mapped, not read: only their shapes are used here
+        for i, video_id in enumerate(ids):
+            if status[i] != STATUS_OK:
+                _note(scan, "video_failed_in_keyframes", video_id)
+                continue
+            if files[i] is None:
+                return None
+            if not _take_dim(scan, video_id, arrays[i], True):
+                continue
+            references.append((files[i], offsets[i], len(arrays[i])))
+            _add_video(scan, video_id, len(arrays[i]), [p for p in (paths[i] or []) if p])
+    _reader_issues(scan, reader)
+    if not seen:
+        raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
+    return scan, references
+
+
+def _write_share(workdir: Path, path: Path, scan: "_Scan", references: list[tuple[str, int, int]],
+                 rank: int, world_size: int) -> None:
+    """Copy the embeddings of this rank's slice of the videos to their place in ``path``."""
+    videos = len(references)
+    first, last = rank * videos // world_size, (rank + 1) * videos // world_size
+    row_bytes = scan.dim * np.dtype(FEATURE_DTYPE).itemsize
+    reader = EmbeddingReader(workdir)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, scan.total_frames * row_bytes)  # every rank sets the same size: no data is lost
+        for k in range(first, last):
+            relative, offset, count = references[k]
+            flat = reader.mapped(relative)
+            block = flat[offset * scan.dim : (offset + count) * scan.dim]
+            data = np.ascontiguousarray(block, dtype=FEATURE_DTYPE).tobytes()
+            os.pwrite(fd, data, scan.offsets[k] * row_bytes)
+    finally:
+        os.close(fd)
+    reader.close()
 
 
 @dataclass
@@ -119,27 +227,21 @@ def _confined_frames(work: WorkFolder, scan: _Scan, video_id: str, frame_paths: 
 
 def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
     """One pass over the manifest; with ``frames_file`` the embeddings of the usable
-    videos are appended to it (file order) and their offsets recorded."""
-    import pyarrow.compute as pc
-
+    videos (either layout, :mod:`mama_augment.frame_embeddings`) are appended to it
+    (file order) and their offsets recorded."""
     scan = _Scan([], [], [], [], Counter(), {})
     work = WorkFolder(workdir)
-    columns = ["status", "keyframe_paths"] + (["keyframe_embeddings"] if frames_file is not None else [])
+    columns = ["status", "keyframe_paths"] + (READ_COLUMNS if frames_file is not None else [])
     seen = False
+    reader = EmbeddingReader(workdir)
     with open(frames_file, "wb") if frames_file is not None else contextlib.nullcontext() as out:
         for batch in iter_manifest_batches(workdir, KEYFRAMES, columns=columns, batch_rows=_BATCH_ROWS):
             seen = True
             ids = batch.column("video_id").to_pylist()
             status = batch.column("status").to_pylist()
             paths = batch.column("keyframe_paths").to_pylist()
-            if out is not None:
-                embeddings = batch.column("keyframe_embeddings")
-                frames = pc.fill_null(pc.list_value_length(embeddings), 0).to_numpy()
-                inner = embeddings.flatten()  # every frame of the batch (null rows have none)
-                widths = pc.fill_null(pc.list_value_length(inner), 0).to_numpy()
-                values = inner.flatten().to_numpy(zero_copy_only=False)
-                frame_start = np.concatenate([[0], np.cumsum(frames)])
-                value_start = np.concatenate([[0], np.cumsum(widths)])
+            arrays = reader.rows(batch) if out is not None else None
+            referenced = batch.column("embeddings_file").is_valid().to_pylist() if out is not None else None
             for i, video_id in enumerate(ids):
                 if status[i] != STATUS_OK:
                     _note(scan, "video_failed_in_keyframes", video_id)
@@ -154,29 +256,46 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
                     scan.video_ids.append(video_id)
                     scan.keyframe_paths.append(frame_paths)
                     continue
-                first, last = int(frame_start[i]), int(frame_start[i + 1])
-                if last == first:
-                    _note(scan, "video_without_embeddings", video_id)
+                if not _take_dim(scan, video_id, arrays[i], referenced[i]):
                     continue
-                row_widths = widths[first:last]
-                dim = int(row_widths[0])
-                if dim == 0 or (row_widths != dim).any():
-                    raise UsageError(f"keyframe embeddings of several sizes in video {video_id!r}: "
-                                     "rerun keyframes with one embedder")
-                if scan.dim and dim != scan.dim:
-                    raise UsageError(f"keyframe embeddings of several sizes {sorted({scan.dim, dim})}: "
-                                     "rerun keyframes with one embedder")
-                scan.dim = dim
-                block = values[int(value_start[first]) : int(value_start[last])]
-                out.write(np.ascontiguousarray(block, dtype=FEATURE_DTYPE).tobytes())
-                scan.video_ids.append(video_id)
-                scan.offsets.append(scan.total_frames)
-                scan.frame_counts.append(last - first)
-                scan.keyframe_paths.append(frame_paths)
-                scan.total_frames += last - first
+                out.write(np.ascontiguousarray(arrays[i], dtype=FEATURE_DTYPE).tobytes())
+                _add_video(scan, video_id, len(arrays[i]), frame_paths)
+    _reader_issues(scan, reader)
     if not seen:
         raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
     return scan
+
+
+def _take_dim(scan: _Scan, video_id: str, array: np.ndarray | None, referenced: bool) -> bool:
+    """Whether ``array`` holds the video's embeddings (else it is counted as without,
+    unless it has a reference the reader could not follow: the reader counted why);
+    embeddings of another size than the videos before are a UsageError."""
+    if array is None or len(array) == 0:
+        if not referenced:
+            _note(scan, "video_without_embeddings", video_id)
+        return False
+    dim = int(array.shape[1])
+    if scan.dim and dim != scan.dim:
+        raise UsageError(f"keyframe embeddings of several sizes {sorted({scan.dim, dim})}: "
+                         "rerun keyframes with one embedder")
+    scan.dim = dim
+    return True
+
+
+def _add_video(scan: _Scan, video_id: str, frames: int, frame_paths: list[str]) -> None:
+    scan.video_ids.append(video_id)
+    scan.offsets.append(scan.total_frames)
+    scan.frame_counts.append(frames)
+    scan.keyframe_paths.append(frame_paths)
+    scan.total_frames += frames
+
+
+def _reader_issues(scan: _Scan, reader: EmbeddingReader) -> None:
+    # A reference that cannot be followed (a file deleted or cut short from outside):
+    # the video is left out as one without embeddings, and the summary says why.
+    for kind, count in reader.problems.items():
+        scan.issues[kind] += count
+        scan.examples.setdefault(kind, reader.examples[kind])
 
 
 def _sorted(scan: _Scan, frames: np.ndarray | None = None) -> LoadedVideos:
