@@ -159,6 +159,11 @@ def test_ivf_lists_grow_with_the_texts_and_keep_the_close_pairs(monkeypatch):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = duplicates.NN_INDEXES["ivf"](len(vectors), 48, lambda a, b: vectors[a:b], lambda p: vectors[p])
     assert index.nlist == 6000 // 16
+    # The graph over the centres holds a byte per dimension (float32 centres outgrew the
+    # caches and made every placement slower as the texts grew).
+    import faiss
+
+    assert faiss.downcast_index(faiss.downcast_index(index.quantizer).storage).code_size == 48
     exact_sims, exact_ids = nearest_neighbours(vectors, 5, "exact")
     ivf_sims, ivf_ids = nearest_neighbours(vectors, 5, "ivf")
     close = exact_sims[:, 1] >= 0.9
