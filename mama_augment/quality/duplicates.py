@@ -221,6 +221,7 @@ def find_duplicates(
         # A caption without words is no description: it gets a text of its own.
         text_of[i] = distinct.setdefault(key if key else f"\0{i}", len(distinct))
     m = len(distinct)
+    del keys, distinct  # a normalised copy of every text: not held through the search
     # Videos of each distinct text (first two are enough to know "another video").
     owners: list[list[str]] = [[] for _ in range(m)]
     first_text: list[str] = [""] * m

@@ -222,7 +222,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
             truncated[i] = is_truncated(texts[i], raw_output, completion_tokens, max_tokens[sampling])
     too_short = word_counts < config.min_words
     caption_indexes = captions.column("caption_index").to_pylist()
-    del captions
+    del captions, grid, rendered
     timings["text_s"] = time.monotonic() - clock
 
     # Near-duplicates across videos.
