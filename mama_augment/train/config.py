@@ -101,7 +101,7 @@ class TrainConfig:
     # cannot fit). On the emoji validation folds the estimate read 1-5 % for clean
     # captions, 31-38 % with 30 % shuffled, 13-18 % with 30 % of the generated ones wrong.
     meta_noise_threshold: float = 0.1
-    # Without --meta-set: agreement | random (data.agreement_losses). Drawn from captions
+    # Without --meta-set: agreement | random (agreement.agreement_losses). Drawn from captions
     # with 30 % shuffled, a random meta set was 22-31 % wrong and the weighting gave
     # shuffled pairs 0.69-0.76 of the correct ones' weight; by agreement it was 1-7 %
     # wrong and the ratio 0.39-0.50 (benchmarks/RESULTS.md, both emoji sets).
