@@ -108,3 +108,42 @@ def wrong_share(scores: np.ndarray, null: np.ndarray) -> float:
     if len(null) == 0:
         return float("nan")
     return float(min(1.0, 2.0 * np.mean(scores > np.median(null))))
+
+
+def most_disagreeing(scores: np.ndarray, share: float) -> np.ndarray:
+    """Positions of the ``round(share * n)`` pairs that agree least (highest scores):
+    what ``--agreement-filter`` leaves out when ``share`` is the estimated wrong share.
+    Ties are broken by position, so the choice is a pure function of the scores."""
+    count = int(round(min(max(share, 0.0), 1.0) * len(scores)))
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return np.sort(order[:count]).astype(np.int64)
+
+
+def right_probability(scores: np.ndarray, null: np.ndarray, share: float, bins: int = 20) -> np.ndarray:
+    """Per pair, the probability that it is right given its score: 1 - the local false
+    discovery rate (Efron) ``share * f_wrong(s) / f(s)``, with ``f_wrong`` the density of
+    the deliberately wrong pairs' scores and ``f`` that of all pairs, both counted in
+    ``bins`` bins holding equal numbers of pairs. The rate is made non-decreasing in the
+    score (a pair that agrees worse is never likelier right) and clipped to [0, 1].
+
+    A hard cut at the estimated share (:func:`most_disagreeing`) treats a borderline
+    pair as surely wrong; this gives it the odds its score supports."""
+    scores = np.asarray(scores, dtype=np.float64)
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if len(scores) == 0 or len(null) == 0 or share <= 0:
+        return np.ones(len(scores))
+    bins = max(1, min(bins, len(scores) // 10))
+    edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
+    edges[0], edges[-1] = -np.inf, np.inf
+    edges = np.maximum.accumulate(edges)
+    which = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, bins - 1)
+    null_which = np.clip(np.searchsorted(edges, null, side="right") - 1, 0, bins - 1)
+    pair_density = np.bincount(which, minlength=bins) / len(scores)
+    null_density = np.bincount(null_which, minlength=bins) / len(null)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(pair_density > 0, min(share, 1.0) * null_density / pair_density, 1.0)
+    rate = np.maximum.accumulate(np.clip(rate, 0.0, 1.0))
+    return 1.0 - rate[which]

@@ -101,6 +101,13 @@ class TrainConfig:
     # cannot fit). On the emoji validation folds the estimate read 1-5 % for clean
     # captions, 31-38 % with 30 % shuffled, 13-18 % with 30 % of the generated ones wrong.
     meta_noise_threshold: float = 0.1
+    # Where the estimated share of wrong pairs reaches meta_noise_threshold (with any loss):
+    # leave that share of the training pairs out, those whose video and caption agree
+    # least under the cross-fitted agreement model (agreement.most_disagreeing) ...
+    agreement_filter: bool = False
+    # ... or scale each pair's weight in the loss by the probability, from its agreement
+    # score, that it is right (agreement.right_probability), on top of the meta weights.
+    agreement_prior: bool = False
     # Without --meta-set: agreement | random (agreement.agreement_losses). Drawn from captions
     # with 30 % shuffled, a random meta set was 22-31 % wrong and the weighting gave
     # shuffled pairs 0.69-0.76 of the correct ones' weight; by agreement it was 1-7 %

@@ -35,7 +35,12 @@ import pandas as pd
 from mama_augment.errors import UsageError
 from mama_augment.manifest import CAPTIONS, STATUS_OK, read_manifest
 # The agreement model lives in its own module; its names stay importable from here.
-from mama_augment.train.agreement import agreement_losses, wrong_share  # noqa: F401
+from mama_augment.train.agreement import (  # noqa: F401
+    agreement_losses,
+    most_disagreeing,
+    right_probability,
+    wrong_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +128,11 @@ class TrainData:
     # The captions val/test are judged on: original, or generated when there are no
     # original captions (then the numbers measure agreement with the captioner)
     eval_source: str = SOURCE_ORIGINAL
+    # --agreement-filter: training pairs left out as the least agreeing (0: none)
+    agreement_filtered: int = 0
+    # --agreement-prior: per caption id, the probability from its agreement score that
+    # the pair is right, a factor of its weight in the loss; None: not used
+    pair_prior: np.ndarray | None = None
 
     def split(self, name: str) -> SplitPairs:
         """Videos of ``name`` with at least one evaluation caption (``eval_source``), and those captions."""
@@ -157,6 +167,7 @@ class TrainData:
             "train_pairs": self.num_train_pairs,
             "eval_captions": self.eval_source,
             **({"estimated_wrong_share": round(self.wrong_share, 4)} if self.wrong_share is not None else {}),
+            **({"agreement_filtered": self.agreement_filtered} if self.agreement_filtered else {}),
             **{f"issue_{k}": v for k, v in sorted(self.issues.items())},
         }
 
@@ -311,16 +322,30 @@ def build_data(
         if video_split[v] == "train" and (keep_caption is None or keep_caption(c)):
             train_caps.setdefault(v, []).append(c)
 
-    use_weighting, wrong = config.use_meta_weighting, None
+    use_weighting, wrong, scored = config.use_meta_weighting, None, None
+    uses_scores = bool(getattr(config, "agreement_filter", False) or getattr(config, "agreement_prior", False))
+    if config.meta_weighting_decided_by_data or uses_scores:
+        # The filter and the prior need every pair's score; the estimate alone a sample.
+        scored = _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
+                                       every_pair=uses_scores)
+        wrong = wrong_share(scored.scores, scored.null) if scored is not None else None
+    noisy = wrong is not None and wrong >= config.meta_noise_threshold
     if config.meta_weighting_decided_by_data:
         # "auto": the weighting is there for wrong pairs, and costs where there are none.
-        wrong = _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder)
-        if wrong is not None and wrong < config.meta_noise_threshold:
+        if wrong is not None and not noisy:
             use_weighting = False
             log.info("estimated share of wrong training pairs %.1f %% < %.1f %% (--meta-noise-threshold): "
                      "no meta-weighting (--meta-weighting turns it on)", 100 * wrong, 100 * config.meta_noise_threshold)
         elif wrong is not None:
             log.info("estimated share of wrong training pairs %.1f %%: meta-weighting on", 100 * wrong)
+    filtered, prior = 0, None
+    if scored is not None and noisy and getattr(config, "agreement_filter", False):
+        filtered = _drop_disagreeing(train_caps, scored, wrong)
+        log.info("--agreement-filter: left out the %d training pairs (%.1f %%, the estimated wrong share) whose "
+                 "video and caption agree least", filtered, 100 * wrong)
+    if scored is not None and noisy and getattr(config, "agreement_prior", False):
+        prior = np.ones(len(texts), dtype=np.float32)
+        prior[scored.caption_ids] = right_probability(scored.scores, scored.null, wrong)
     meta_videos, meta_captions, off_why = [], [], None
     if use_weighting:
         try:
@@ -355,6 +380,9 @@ def build_data(
         meta_weighting=use_weighting,
         meta_weighting_off_why=off_why,
         eval_source=eval_source,
+        agreement_filtered=filtered,
+        pair_prior=None if prior is None else np.concatenate(
+            [prior, np.ones(len(texts) - len(prior), dtype=np.float32)]),  # meta-set captions: 1
     )
     if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
@@ -480,14 +508,26 @@ def _generated_only(workdir: Path, sources: list[str], issues: Counter) -> str:
 WRONG_SHARE_SAMPLE = 50_000  # pairs scored for the estimate: a share needs no more
 
 
-def _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder) -> float | None:
-    """The share of wrong (video, caption) pairs among the training pairs, original and
-    generated, estimated with :func:`wrong_share` (at most ``WRONG_SHARE_SAMPLE`` pairs,
-    drawn by the seed); None when videos have no keyframe embeddings to score with."""
+@dataclass
+class PairScores:
+    """Cross-fitted agreement scores of training pairs (:func:`agreement_losses`), with
+    the scores of deliberately wrong pairs under the same models (``null``)."""
+
+    caption_ids: np.ndarray
+    scores: np.ndarray
+    null: np.ndarray
+
+
+def _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
+                          every_pair: bool = False) -> PairScores | None:
+    """Agreement scores of the training pairs, original and generated: at most
+    ``WRONG_SHARE_SAMPLE`` pairs drawn by the seed (enough for the share of wrong pairs,
+    :func:`wrong_share`), or ``every_pair``; None when videos have no keyframe
+    embeddings to score with."""
     pairs = [c for v in sorted(train_caps) for c in train_caps[v]]
     if len(pairs) < 20:
         return None
-    if len(pairs) > WRONG_SHARE_SAMPLE:
+    if len(pairs) > WRONG_SHARE_SAMPLE and not every_pair:
         rng = np.random.default_rng([config.seed, 13])
         pairs = sorted(rng.choice(pairs, size=WRONG_SHARE_SAMPLE, replace=False).tolist())
     embeddings = videos.keyframe_embeddings
@@ -498,7 +538,20 @@ def _estimate_wrong_share(config, videos, texts, caption_video, train_caps, capt
     pooled = np.stack([np.asarray(embeddings[caption_video[c]], dtype=np.float32).mean(axis=0) for c in pairs])
     text_features = _dense(_text_features(pairs, texts, caption_embedder))
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True)
-    return wrong_share(scores, null)
+    return PairScores(np.asarray(pairs, dtype=np.int64), scores, null)
+
+
+def _drop_disagreeing(train_caps: dict[int, list[int]], scored: PairScores, share: float) -> int:
+    """Leave the ``share`` of scored pairs that agree least out of ``train_caps`` (in
+    place; a video left without captions leaves the training stream); how many."""
+    dropped = set(scored.caption_ids[most_disagreeing(scored.scores, share)].tolist())
+    for v in list(train_caps):
+        kept = [c for c in train_caps[v] if c not in dropped]
+        if kept:
+            train_caps[v] = kept
+        else:
+            del train_caps[v]
+    return len(dropped)
 
 
 def _text_features(caption_ids, texts, caption_embedder):
