@@ -105,9 +105,12 @@ def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: 
         # times the agreement prior, 0 where the agreement filter left the pair out.
         truth = pd.read_csv(captions, dtype={"video_id": str})
         truth = truth[truth.split == "train"]
-        caption_id = {(data.videos.video_ids[data.caption_video[c]], t): c for c, t in enumerate(data.texts)
+        # the readers strip captions (OpenMoji has trailing spaces)
+        caption_id = {(data.videos.video_ids[data.caption_video[c]], t.strip()): c for c, t in enumerate(data.texts)
                       if data.caption_source[c] == "original"}
-        ids = np.asarray([caption_id[(v, t)] for v, t in zip(truth.video_id, truth.caption)])
+        found = [caption_id.get((v, str(t).strip())) for v, t in zip(truth.video_id, truth.caption)]
+        truth = truth[[c is not None for c in found]]
+        ids = np.asarray([c for c in found if c is not None])
         weight = np.ones(len(data.texts))
         if recipe.meta is not None:
             pairs = pd.read_parquet(run_dir / "pair_weights.parquet")
