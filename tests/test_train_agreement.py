@@ -103,3 +103,23 @@ def test_agreement_prior_scales_the_weights_of_the_training_pairs(tmp_path):
     assert (data.pair_prior[outside] == 1).all()
     recipe.train()  # the weighted loss trains
     assert recipe.step == recipe.total_steps
+
+
+def test_the_agreement_prior_is_on_by_default_with_mama_only():
+    assert TrainConfig(captions="c.csv").validate().agreement_prior is True
+    assert TrainConfig(captions="c.csv", loss="infonce").validate().agreement_prior is False
+    assert TrainConfig(captions="c.csv", paper=True).validate().agreement_prior is False
+    assert TrainConfig(captions="c.csv", agreement_prior=False).validate().agreement_prior is False
+
+
+def test_a_run_from_before_the_agreement_prior_resumes_without_it(tmp_path):
+    import json
+
+    from mama_augment.train.runs import RunPaths, load_run_config
+
+    paths = RunPaths.of(tmp_path, "old")
+    paths.root.mkdir(parents=True)
+    stored = TrainConfig(captions="c.csv").to_dict()
+    del stored["agreement_prior"]
+    paths.config.write_text(json.dumps(stored))
+    assert load_run_config(paths).agreement_prior is False

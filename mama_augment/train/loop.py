@@ -307,7 +307,8 @@ class TrainRecipe:
         config = self.config
         started = time.time()
         # The pairs as the run sees them, without the meta set (chosen later, on the kept pairs).
-        probe = build_data(dataclasses.replace(config, meta_weighting=False), self.workdir, need=backbone.needs)
+        probe = build_data(dataclasses.replace(config, meta_weighting=False, agreement_filter=False,
+                                               agreement_prior=False), self.workdir, need=backbone.needs)
         self.caption_source_names = sources = ev.caption_sources(self.workdir, probe)
         recorded = config.extra.get("generated_weights")
         if config.resume and recorded is not None:
