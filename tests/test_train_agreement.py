@@ -2,11 +2,9 @@
 estimated share of least agreeing pairs, ``--agreement-prior`` scales each pair's
 weight by its probability of being right; both only where the estimate says noisy."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from mama_augment.train.agreement import agreement_losses, most_disagreeing, right_probability, wrong_share
 from mama_augment.train.config import TrainConfig

@@ -30,7 +30,6 @@ def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed
     scores wrong pairs get, which :func:`wrong_share` compares the real pairs with.
     """
     import torch
-    import torch.nn.functional as F
 
     # Built under a forked RNG: scoring must not move the global torch RNG that seeds
     # the model (a run's initialisation does not depend on whether pairs were scored).
