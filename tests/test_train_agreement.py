@@ -2,7 +2,6 @@
 estimated share of least agreeing pairs, ``--agreement-prior`` scales each pair's
 weight by its probability of being right; both only where the estimate says noisy."""
 
-
 import numpy as np
 import pandas as pd
 
