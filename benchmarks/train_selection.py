@@ -97,21 +97,46 @@ def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: 
     row["weighting"] = recipe.meta is not None
     if recipe.data.wrong_share is not None:
         row["estimated_wrong_share"] = recipe.data.wrong_share
-    if recipe.meta is not None:
+    data = recipe.data
+    if data.agreement_filtered:
+        row["agreement_filtered"] = data.agreement_filtered
+    if not generated and (recipe.meta is not None or data.agreement_filtered or data.pair_prior is not None):
+        # Every training pair's weight as the run used it: the weighting net's (mean 1),
+        # times the agreement prior, 0 where the agreement filter left the pair out.
+        truth = pd.read_csv(captions, dtype={"video_id": str})
+        truth = truth[truth.split == "train"]
+        # the readers strip captions (OpenMoji has trailing spaces)
+        caption_id = {(data.videos.video_ids[data.caption_video[c]], t.strip()): c for c, t in enumerate(data.texts)
+                      if data.caption_source[c] == "original"}
+        found = [caption_id.get((v, str(t).strip())) for v, t in zip(truth.video_id, truth.caption)]
+        truth = truth[[c is not None for c in found]]
+        ids = np.asarray([c for c in found if c is not None])
+        weight = np.ones(len(data.texts))
+        if recipe.meta is not None:
+            pairs = pd.read_parquet(run_dir / "pair_weights.parquet")
+            weight[pairs.pair_id.to_numpy()] = pairs.weight.to_numpy()
+        if data.pair_prior is not None:
+            weight *= data.pair_prior
+        kept = np.zeros(len(data.texts), dtype=bool)
+        kept[np.concatenate(data.train_captions)] = True
+        weight = np.where(kept, weight, 0.0)[ids]
+        wrong = truth.noisy.to_numpy(dtype=bool)
+        if wrong.any():
+            row["weight_ratio"] = float(weight[wrong].mean() / weight[~wrong].mean())
+            if data.agreement_filtered:
+                row["wrong_dropped"] = float(1 - kept[ids][wrong].mean())
+                row["right_dropped"] = float(1 - kept[ids][~wrong].mean())
+    if recipe.meta is not None and generated:
         pairs = pd.read_parquet(run_dir / "pair_weights.parquet")
-        if generated:
-            truth = pd.read_csv(data_dir / ("generated_named.csv" if "named" in setting else "generated.csv"),
-                                dtype={"video_id": str})
-            pairs = pairs[pairs.caption_source == "generated"].merge(truth[["video_id", "wrong"]], on="video_id")
-        else:
-            truth = pd.read_csv(captions, dtype={"video_id": str})[["video_id", "caption", "noisy"]]
-            pairs = pairs.merge(truth, on=["video_id", "caption"]).rename(columns={"noisy": "wrong"})
+        truth = pd.read_csv(data_dir / ("generated_named.csv" if "named" in setting else "generated.csv"),
+                            dtype={"video_id": str})
+        pairs = pairs[pairs.caption_source == "generated"].merge(truth[["video_id", "wrong"]], on="video_id")
         if pairs.wrong.any():
             row["weight_ratio"] = float(pairs[pairs.wrong].weight.mean() / pairs[~pairs.wrong].weight.mean())
+    if recipe.meta is not None:
         if setting == "noisy30" and not config.meta_set:
             truth = pd.read_csv(captions, dtype={"video_id": str})
             wrong = dict(zip(zip(truth.video_id, truth.caption), truth.noisy))
-            data = recipe.data
             row["meta_wrong"] = float(np.mean([wrong[(data.videos.video_ids[v], data.texts[c])]
                                                for v, c in zip(data.meta_videos, data.meta_captions)]))
     shutil.rmtree(run_dir)
@@ -152,7 +177,7 @@ def main() -> None:
             d = np.asarray([mine[s]["mean"] - reference[s]["mean"] for s in seeds])
             half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
             line += f"  mean - {args.reference} {d.mean():+5.2f} [{d.mean() - half:+5.2f}, {d.mean() + half:+5.2f}]"
-        for key in ("weight_ratio", "meta_wrong"):
+        for key in ("weight_ratio", "meta_wrong", "wrong_dropped", "right_dropped"):
             values = [r[key] for r in mine.values() if key in r]
             if values:
                 line += f"  {key} {np.mean(values):.2f}"

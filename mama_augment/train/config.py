@@ -105,7 +105,7 @@ class TrainConfig:
     loss: str = "mama"
     # The paper's method as published: mama with the meta-weighting in every run (no
     # noise estimate), a meta set drawn at random and held out of training, and every
-    # generated caption at weight 1 (no evidence step). Sets those four options.
+    # generated caption at weight 1 (no evidence step), no agreement prior. Sets those five options.
     paper: bool = False
     # radians, on positive pairs only (mama). Chosen by benchmarks/train_quality.py: no
     # margin in {0.05, 0.1, 0.2, 0.3} beat InfoNCE (R@1 fell as mu grew), and with the
@@ -125,7 +125,19 @@ class TrainConfig:
     # cannot fit). On the emoji validation folds the estimate read 1-5 % for clean
     # captions, 31-38 % with 30 % shuffled, 13-18 % with 30 % of the generated ones wrong.
     meta_noise_threshold: float = 0.1
-    # Without --meta-set: agreement | random (data.agreement_losses). Drawn from captions
+    # Where the estimated share of wrong pairs reaches meta_noise_threshold (with any loss):
+    # leave that share of the training pairs out, those whose video and caption agree
+    # least under the cross-fitted agreement model (agreement.most_disagreeing) ...
+    agreement_filter: bool = False
+    # ... or scale each pair's weight in the loss by the probability, from its agreement
+    # score, that it is right (agreement.right_probability), on top of the meta weights.
+    # None: on with mama, off with infonce (validate() decides). On the emoji validation
+    # folds with 30 % shuffled captions (Twemoji / OpenMoji, 8 seeds) it moved MAMA's
+    # t2v R@1 over InfoNCE from +1.27 / +1.78 to +2.58 / +1.42 (v2t +1.07 / +0.94 to
+    # +2.06 / +1.10) and the wrong/right weight from 0.49 / 0.42 to 0.25 / 0.23; the
+    # agreement filter gave less (benchmarks/RESULTS.md).
+    agreement_prior: bool | None = None
+    # Without --meta-set: agreement | random (agreement.agreement_losses). Drawn from captions
     # with 30 % shuffled, a random meta set was 22-31 % wrong and the weighting gave
     # shuffled pairs 0.69-0.76 of the correct ones' weight; by agreement it was 1-7 %
     # wrong and the ratio 0.39-0.50 (benchmarks/RESULTS.md, both emoji sets).
@@ -224,9 +236,12 @@ class TrainConfig:
             if self.meta_weighting is False:
                 raise bad("--paper weights every run: it cannot be combined with --no-meta-weighting")
             self.meta_weighting, self.meta_select, self.meta_holdout = True, "random", True
+            self.agreement_prior = False
             self.generated_weight = 1.0
         if self.name is not None:
             check_name(self.name, "--name")  # the run folder: it must stay inside WORKDIR/runs
+        if self.agreement_prior is None:  # decided here, so config.json records it
+            self.agreement_prior = loss_takes_meta_weighting(self.loss)
         if self.augment not in AUGMENT_MODES:
             raise bad(f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}")
         check_device(self.device, "--device", DEVICES)

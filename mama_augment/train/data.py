@@ -15,7 +15,7 @@ or every training video with one of its captions (``epoch_captions``), batched b
 RNG seeded with (seed, epoch): no state to save for an exact resume. The meta set is a
 few original pairs, taken evenly across concepts: a ``--meta-set`` file, or drawn from
 the training pairs, by default the ones whose video and caption agree most
-(:func:`agreement_losses`), so a meta set drawn from noisy captions is nearly clean.
+(:func:`mama_augment.train.agreement.agreement_losses`), so a meta set drawn from noisy captions is nearly clean.
 Its videos are trained on too unless ``meta_holdout``. Problems with the inputs are
 counted in ``issues`` and reported; they do not stop the run.
 """
@@ -34,6 +34,13 @@ import pandas as pd
 from mama_augment.datasets.splits import SPLIT_ALIASES, SPLITS, hash_split, normalize_split, split_of_video  # noqa: F401 (re-exported)
 from mama_augment.errors import UsageError
 from mama_augment.manifest import CAPTIONS, read_manifest
+# The agreement model lives in its own module; its names stay importable from here.
+from mama_augment.train.agreement import (  # noqa: F401
+    agreement_losses,
+    most_disagreeing,
+    right_probability,
+    wrong_share,
+)
 from mama_augment.workread import generated_captions_table
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,11 @@ class TrainData:
     # The captions val/test are judged on: original, or generated when there are no
     # original captions (then the numbers measure agreement with the captioner)
     eval_source: str = SOURCE_ORIGINAL
+    # --agreement-filter: training pairs left out as the least agreeing (0: none)
+    agreement_filtered: int = 0
+    # --agreement-prior: per caption id, the probability from its agreement score that
+    # the pair is right, a factor of its weight in the loss; None: not used
+    pair_prior: np.ndarray | None = None
 
     def split(self, name: str) -> SplitPairs:
         """Videos of ``name`` with at least one evaluation caption (``eval_source``), and those captions."""
@@ -144,6 +156,7 @@ class TrainData:
             "train_pairs": self.num_train_pairs,
             "eval_captions": self.eval_source,
             **({"estimated_wrong_share": round(self.wrong_share, 4)} if self.wrong_share is not None else {}),
+            **({"agreement_filtered": self.agreement_filtered} if self.agreement_filtered else {}),
             **{f"issue_{k}": v for k, v in sorted(self.issues.items())},
         }
 
@@ -197,104 +210,6 @@ def _even_sample(groups: dict[str, list[int]], count: int, rng: np.random.Genera
             if queues[name] and len(taken) < count:
                 taken.append(queues[name].pop())
     return taken
-
-
-def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed: int, folds: int = 5,
-                     epochs: int = 2, dim: int = 256, batch_size: int = 128, gallery: int = 4096,
-                     with_null: bool = False):
-    """How badly each (video, caption) pair agrees: lower is better.
-
-    Cross-fitted small-loss scoring, as the noisy-label literature picks clean samples
-    by their loss under a warm-up model, with one change: a model scores only pairs it
-    did not train on. The pairs are split into ``folds``; for each, linear projections
-    of the two feature sets are trained with InfoNCE for ``epochs`` on the other folds,
-    and each held-out pair's score is its symmetric InfoNCE loss against the other
-    pairs of its own fold (in blocks of at most ``gallery``). A wrong caption cannot be
-    memorised by the model that scores it, so it scores badly; a warm-up model scoring
-    its own training pairs learns the wrong ones within a few epochs.
-
-    ``with_null=True`` also returns, for every pair, the same score of a deliberately
-    wrong pair (its video with another caption of its block) under the same model: the
-    scores wrong pairs get, which :func:`wrong_share` compares the real pairs with.
-    """
-    import torch
-
-    # Built under a forked RNG: scoring must not move the global torch RNG that seeds
-    # the model (a run's initialisation does not depend on whether pairs were scored).
-    with torch.random.fork_rng(devices=[]):
-        return _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery,
-                                 with_null)
-
-
-def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery, with_null):
-    import torch
-    import torch.nn.functional as F
-
-    n = len(video_features)
-    rng = np.random.default_rng([seed, 11])
-    fold_of = rng.permutation(n) % folds
-    video = torch.as_tensor(np.asarray(video_features, dtype=np.float32))
-    text = torch.as_tensor(np.asarray(text_features, dtype=np.float32))
-    scores = np.zeros(n, dtype=np.float64)
-    null = np.full(n, np.nan, dtype=np.float64)
-    generator = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
-    for fold in range(folds):
-        train = np.flatnonzero(fold_of != fold)
-        held = np.flatnonzero(fold_of == fold)
-        if len(train) < 2 or len(held) == 0:
-            continue
-        video_head = torch.nn.Sequential(torch.nn.LayerNorm(video.shape[1]), torch.nn.Linear(video.shape[1], dim))
-        text_head = torch.nn.Sequential(torch.nn.LayerNorm(text.shape[1]), torch.nn.Linear(text.shape[1], dim))
-        for layer in (video_head[1], text_head[1]):  # seeded, independent of the global RNG
-            bound = 1 / layer.in_features ** 0.5
-            with torch.no_grad():
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.uniform_(-bound, bound, generator=generator)
-        log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
-        params = [*video_head.parameters(), *text_head.parameters(), log_scale]
-        optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.2)
-        for _ in range(epochs):
-            order = train[rng.permutation(len(train))]
-            for start in range(0, len(order) - 1, batch_size):
-                rows = order[start : start + batch_size]
-                if len(rows) < 2:
-                    continue
-                logits = log_scale.exp() * F.normalize(video_head(video[rows]), dim=-1) @ F.normalize(text_head(text[rows]), dim=-1).T
-                labels = torch.arange(len(rows))
-                loss = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        with torch.no_grad():
-            v = F.normalize(video_head(video[held]), dim=-1)
-            t = F.normalize(text_head(text[held]), dim=-1)
-            scale = log_scale.exp()
-            for start in range(0, len(held), gallery):
-                block = np.arange(start, min(start + gallery, len(held)))
-                logits = scale * v[block] @ t[block].T  # (videos, captions) of the block
-                row_lse, col_lse = torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
-                index = torch.arange(len(block))
-                positive = logits[index, index]
-                scores[held[block]] = ((row_lse - positive) + (col_lse - positive)).double().numpy()
-                if with_null and len(block) > 1:
-                    other = torch.as_tensor((np.arange(len(block)) + 1 + rng.integers(len(block) - 1, size=len(block)))
-                                            % len(block))
-                    wrong = logits[index, other]
-                    null[held[block]] = ((row_lse - wrong) + (col_lse[other] - wrong)).double().numpy()
-    return (scores, null) if with_null else scores
-
-
-def wrong_share(scores: np.ndarray, null: np.ndarray) -> float:
-    """Estimated share of wrong pairs among scored ones, from :func:`agreement_losses`
-    with ``with_null``: a wrong pair scores above the median of the deliberately wrong
-    pairs half the time and a right pair rarely, so the share above that median,
-    doubled, estimates the share of wrong pairs (the estimator of Storey's false
-    discovery rate work, with the null drawn rather than assumed). Right pairs that the
-    scoring model cannot tell apart from wrong ones count as wrong."""
-    null = null[np.isfinite(null)]
-    if len(null) == 0:
-        return float("nan")
-    return float(min(1.0, 2.0 * np.mean(scores > np.median(null))))
 
 
 def build_data(
@@ -402,16 +317,30 @@ def build_data(
         if video_split[v] == "train" and (keep_caption is None or keep_caption(c)):
             train_caps.setdefault(v, []).append(c)
 
-    use_weighting, wrong = config.use_meta_weighting, None
+    use_weighting, wrong, scored = config.use_meta_weighting, None, None
+    uses_scores = bool(getattr(config, "agreement_filter", False) or getattr(config, "agreement_prior", False))
+    if config.meta_weighting_decided_by_data or uses_scores:
+        # The filter and the prior need every pair's score; the estimate alone a sample.
+        scored = _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
+                                       every_pair=uses_scores)
+        wrong = wrong_share(scored.scores, scored.null) if scored is not None else None
+    noisy = wrong is not None and wrong >= config.meta_noise_threshold
     if config.meta_weighting_decided_by_data:
         # "auto": the weighting is there for wrong pairs, and costs where there are none.
-        wrong = _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder)
-        if wrong is not None and wrong < config.meta_noise_threshold:
+        if wrong is not None and not noisy:
             use_weighting = False
             log.info("estimated share of wrong training pairs %.1f %% < %.1f %% (--meta-noise-threshold): "
                      "no meta-weighting (--meta-weighting turns it on)", 100 * wrong, 100 * config.meta_noise_threshold)
         elif wrong is not None:
             log.info("estimated share of wrong training pairs %.1f %%: meta-weighting on", 100 * wrong)
+    filtered, prior = 0, None
+    if scored is not None and noisy and getattr(config, "agreement_filter", False):
+        filtered = _drop_disagreeing(train_caps, scored, wrong)
+        log.info("--agreement-filter: left out the %d training pairs (%.1f %%, the estimated wrong share) whose "
+                 "video and caption agree least", filtered, 100 * wrong)
+    if scored is not None and noisy and getattr(config, "agreement_prior", False):
+        prior = np.ones(len(texts), dtype=np.float32)
+        prior[scored.caption_ids] = right_probability(scored.scores, scored.null, wrong)
     meta_videos, meta_captions, off_why = [], [], None
     if use_weighting:
         try:
@@ -446,6 +375,9 @@ def build_data(
         meta_weighting=use_weighting,
         meta_weighting_off_why=off_why,
         eval_source=eval_source,
+        agreement_filtered=filtered,
+        pair_prior=None if prior is None else np.concatenate(
+            [prior, np.ones(len(texts) - len(prior), dtype=np.float32)]),  # meta-set captions: 1
     )
     if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
@@ -571,14 +503,26 @@ def _generated_only(workdir: Path, sources: list[str], issues: Counter) -> str:
 WRONG_SHARE_SAMPLE = 50_000  # pairs scored for the estimate: a share needs no more
 
 
-def _estimate_wrong_share(config, videos, texts, caption_video, train_caps, caption_embedder) -> float | None:
-    """The share of wrong (video, caption) pairs among the training pairs, original and
-    generated, estimated with :func:`wrong_share` (at most ``WRONG_SHARE_SAMPLE`` pairs,
-    drawn by the seed); None when videos have no keyframe embeddings to score with."""
+@dataclass
+class PairScores:
+    """Cross-fitted agreement scores of training pairs (:func:`agreement_losses`), with
+    the scores of deliberately wrong pairs under the same models (``null``)."""
+
+    caption_ids: np.ndarray
+    scores: np.ndarray
+    null: np.ndarray
+
+
+def _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
+                          every_pair: bool = False) -> PairScores | None:
+    """Agreement scores of the training pairs, original and generated: at most
+    ``WRONG_SHARE_SAMPLE`` pairs drawn by the seed (enough for the share of wrong pairs,
+    :func:`wrong_share`), or ``every_pair``; None when videos have no keyframe
+    embeddings to score with."""
     pairs = [c for v in sorted(train_caps) for c in train_caps[v]]
     if len(pairs) < 20:
         return None
-    if len(pairs) > WRONG_SHARE_SAMPLE:
+    if len(pairs) > WRONG_SHARE_SAMPLE and not every_pair:
         rng = np.random.default_rng([config.seed, 13])
         pairs = sorted(rng.choice(pairs, size=WRONG_SHARE_SAMPLE, replace=False).tolist())
     embeddings = videos.keyframe_embeddings
@@ -589,7 +533,20 @@ def _estimate_wrong_share(config, videos, texts, caption_video, train_caps, capt
     pooled = np.stack([np.asarray(embeddings[caption_video[c]], dtype=np.float32).mean(axis=0) for c in pairs])
     text_features = _dense(_text_features(pairs, texts, caption_embedder))
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True)
-    return wrong_share(scores, null)
+    return PairScores(np.asarray(pairs, dtype=np.int64), scores, null)
+
+
+def _drop_disagreeing(train_caps: dict[int, list[int]], scored: PairScores, share: float) -> int:
+    """Leave the ``share`` of scored pairs that agree least out of ``train_caps`` (in
+    place; a video left without captions leaves the training stream); how many."""
+    dropped = set(scored.caption_ids[most_disagreeing(scored.scores, share)].tolist())
+    for v in list(train_caps):
+        kept = [c for c in train_caps[v] if c not in dropped]
+        if kept:
+            train_caps[v] = kept
+        else:
+            del train_caps[v]
+    return len(dropped)
 
 
 def _text_features(caption_ids, texts, caption_embedder):

@@ -224,9 +224,10 @@ class TrainRecipe:
 
         backbone = get_backbone(config.backbone)
         embedder = None
-        if backbone.caption_embedder is not None and config.use_meta_weighting and (
-                not config.meta_set or config.meta_weighting_decided_by_data):
-            # groups and scores the meta set, and scores the pairs for the "auto" decision
+        if backbone.caption_embedder is not None and (config.agreement_filter or config.agreement_prior or (
+                config.use_meta_weighting and (not config.meta_set or config.meta_weighting_decided_by_data))):
+            # groups and scores the meta set, and scores the pairs for the "auto" decision,
+            # the agreement filter and the prior
             embedder = backbone.caption_embedder(config, self.workdir, self.device)
         self.evidence, keep_caption = None, None
         if config.augment == "add":
@@ -245,6 +246,8 @@ class TrainRecipe:
                 config.extra = {**config.extra, "meta_weighting_off_why": self.data.meta_weighting_off_why}
         if not config.resume:
             config.extra = {**config.extra, "eval_captions": self.data.eval_source}
+            if self.data.agreement_filtered:
+                config.extra = {**config.extra, "agreement_filtered": self.data.agreement_filtered}
         if self.data.eval_source == SOURCE_GENERATED:
             log.warning("%s", GENERATED_CAPTIONS_NOTE)
         for line in describe_issues(self.data):
@@ -305,7 +308,8 @@ class TrainRecipe:
         config = self.config
         started = time.time()
         # The pairs as the run sees them, without the meta set (chosen later, on the kept pairs).
-        probe = build_data(dataclasses.replace(config, meta_weighting=False), self.workdir, need=backbone.needs,
+        probe = build_data(dataclasses.replace(config, meta_weighting=False, agreement_filter=False,
+                                               agreement_prior=False), self.workdir, need=backbone.needs,
                            rank=self.rank, world_size=self.world_size)
         self.caption_source_names = sources = ev.caption_sources(self.workdir, probe)
         recorded = config.extra.get("generated_weights")
@@ -330,16 +334,18 @@ class TrainRecipe:
         return lambda c: c >= len(sources) or sources[c] is None or weights.get(sources[c], 1.0) > 0
 
     def _source_weight_table(self) -> torch.Tensor | None:
-        """Per caption id, the weight of its source in the loss; None when every kept
-        source counts fully (the run is then what it was without the evidence step)."""
-        evidence = self.evidence
-        if evidence is None or all(w in (0.0, 1.0) for w in evidence.weights.values()):
+        """Per caption id, the factor of its weight in the loss: its source's weight
+        (train/evidence.py) times its agreement prior (``--agreement-prior``). None when
+        every kept pair counts fully (the run is then what it was without either)."""
+        evidence, prior = self.evidence, self.data.pair_prior
+        sourced = evidence is not None and not all(w in (0.0, 1.0) for w in evidence.weights.values())
+        if not sourced and prior is None:
             return None
-        sources = self.caption_source_names
-        table = np.ones(len(self.data.texts), dtype=np.float32)
-        for c, source in enumerate(sources):
-            if source is not None:
-                table[c] = evidence.weights.get(source, 1.0)
+        table = np.ones(len(self.data.texts), dtype=np.float32) if prior is None else prior.astype(np.float32)
+        if sourced:
+            for c, source in enumerate(self.caption_source_names):
+                if source is not None:
+                    table[c] *= evidence.weights.get(source, 1.0)
         return torch.as_tensor(table, device=self.device)
 
     def _check_distributed(self) -> None:
@@ -596,6 +602,7 @@ class TrainRecipe:
             "meta_weighting_off_why": self.data.meta_weighting_off_why,
             "estimated_wrong_share": round(self.data.wrong_share, 3) if self.data.wrong_share is not None else None,
             "meta_pairs": int(len(self.data.meta_videos)),
+            "agreement_filtered": self.data.agreement_filtered or None,
             "samples_per_s": round(self.samples_per_s, 1) if math.isfinite(getattr(self, "samples_per_s", float("nan"))) else None,
             "val_t2v_R@1": round(last["text_to_video"]["R@1"], 2) if last else None,
             "val_v2t_R@1": round(last["video_to_text"]["R@1"], 2) if last else None,
