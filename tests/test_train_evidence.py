@@ -23,11 +23,9 @@ def test_decision_rule_keeps_what_helps_and_drops_what_hurts_or_adds_little():
     assert decide_weight([-2.0, -3.0])[0] == 0.0
     # Adding little is not worth a source's cost: left out.
     assert decide_weight([0.2, 0.6])[0] == 0.0
-    # Sources reading about +1 on the holdout helped the full training on validation
-    # folds: kept, and fully (the rule has no half weight).
-    assert decide_weight([0.9, 1.0])[0] == 1.0
-    assert decide_weight([1.2, 1.2])[0] == 1.0
-    assert decide_weight([1.8, 1.6])[0] == 1.0
+    assert decide_weight([1.2, 1.2])[0] == 0.0
+    # Above the bar a source is kept fully (the rule has no half weight).
+    assert decide_weight([1.8, 1.9])[0] == 1.0
     # Two differences far apart (one fold lucky) still decide by their mean: a bar of
     # two standard errors would drop sources that helped.
     weight, stderr, _ = decide_weight([0.8, 3.2])
