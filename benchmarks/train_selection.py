@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,28 @@ import pandas as pd
 FOLDS = 4
 
 
+def captions_kind(setting: str) -> str:
+    """Which captions file a setting's folds are cut from: noisy30, half50 or clean."""
+    if setting == "noisy30":
+        return "noisy30"
+    return "half50" if setting.startswith("half50") else "clean"
+
+
+def work_folder(data_dir: Path, setting: str) -> Path:
+    """``work`` (originals only) or the generated-caption folder a setting names
+    (``half50-named-wrong30`` -> ``named-wrong30``)."""
+    name = setting.removeprefix("half50-") if setting.startswith("half50-") else setting
+    return data_dir / ("work" if name in ("clean", "noisy30", "half50") else name)
+
+
 def fold_captions(data_dir: Path, setting: str, fold: int) -> Path:
-    """The captions file of one validation fold (written once under DATA_DIR/selection/)."""
-    out = data_dir / "selection" / f"{setting if setting == 'noisy30' else 'clean'}_fold{fold}.csv"
+    """The captions file of one validation fold (written once under DATA_DIR/selection/).
+
+    ``half50``: the validation fold keeps every clean caption (the same queries as the
+    clean folds); the training part keeps only the captions ``captions_half50.csv``
+    keeps, so half the training images have none of their own."""
+    kind = captions_kind(setting)
+    out = data_dir / "selection" / f"{kind}_fold{fold}.csv"
     if out.exists():
         return out
     clean = pd.read_csv(data_dir / "captions_clean.csv", dtype={"video_id": str}, keep_default_na=False)
@@ -46,6 +66,9 @@ def fold_captions(data_dir: Path, setting: str, fold: int) -> Path:
     rest = frame.split != "test"
     frame.loc[rest, "split"] = np.where(which[rest] == fold, "val", "train")
     frame["noisy"] = False
+    if kind == "half50":
+        half = pd.read_csv(data_dir / "captions_half50.csv", dtype={"video_id": str}, keep_default_na=False)
+        frame = frame[(frame.split != "train") | frame.video_id.isin(set(half.video_id))]
     if setting == "noisy30":
         rng = np.random.default_rng([fold, 5])
         train = frame.index[frame.split == "train"].to_numpy()
@@ -64,7 +87,8 @@ def held_out_best(ranks: list[np.ndarray]) -> float:
     return float(100 * (b[int(np.argmax(a.mean(1)))].mean() + a[int(np.argmax(b.mean(1)))].mean()) / 2)
 
 
-def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: int) -> dict:
+def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: int,
+                measure_evidence: bool = False) -> dict:
     from mama_augment.train import loop
     from mama_augment.train.config import TrainConfig
     from mama_augment.train.evaluate import ranks_for
@@ -78,9 +102,21 @@ def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: 
             self.ranks.append((t2v, v2t))
             super()._end_of_epoch(epoch, last_losses)
 
+        def _weigh_generated_sources(self, backbone):
+            # With a fixed --generated-weight, the evidence is still gathered (and only
+            # recorded), so a rule on it can be judged against every variant's result.
+            self.measured = None
+            if measure_evidence and self.config.generated_weight_value is not None:
+                fixed = self.config.generated_weight
+                self.config.generated_weight = "auto"
+                super()._weigh_generated_sources(backbone)
+                self.measured = self.evidence
+                self.config.generated_weight = fixed
+            return super()._weigh_generated_sources(backbone)
+
     captions = fold_captions(data_dir, setting, seed % FOLDS)
-    generated = setting not in ("clean", "noisy30")
-    workdir = data_dir / (setting if generated else "work")
+    workdir = work_folder(data_dir, setting)
+    generated = workdir.name != "work"
     config = TrainConfig(**{"captions": str(captions), "augment": "add" if generated else "none", "seed": seed,
                             "progress": False, "name": f"select-{setting}-{name}-s{seed}", **overrides})
     run_dir = workdir / "runs" / config.name
@@ -88,13 +124,26 @@ def run_variant(data_dir: Path, setting: str, name: str, overrides: dict, seed: 
         shutil.rmtree(run_dir)
     recipe = Recipe(config, workdir)
     recipe.ranks = []
+    recipe.measured = None
+    started = time.time()
     recipe.setup()
     recipe.train()
     recipe.save()
+    seconds = time.time() - started
     row = {"setting": setting, "variant": name, "seed": seed,
            "t2v": held_out_best([r[0] for r in recipe.ranks]), "v2t": held_out_best([r[1] for r in recipe.ranks])}
     row["mean"] = (row["t2v"] + row["v2t"]) / 2
     row["weighting"] = recipe.meta is not None
+    row["seconds"] = round(seconds, 2)
+    evidence = recipe.measured or (recipe.evidence if recipe.evidence is not None and recipe.evidence.mode == "auto"
+                                   else None)
+    if evidence is not None:
+        row["evidence_s"] = round(evidence.seconds, 2)
+        row["evidence_share"] = round(evidence.seconds / seconds, 3)  # of this run (double when only measured)
+        row["evidence_weights"] = dict(evidence.weights)
+        row["evidence_differences"] = {e.source: e.differences for e in evidence.sources}
+        if evidence.skipped:
+            row["evidence_skipped"] = evidence.skipped
     if recipe.data.wrong_share is not None:
         row["estimated_wrong_share"] = recipe.data.wrong_share
     data = recipe.data
@@ -151,6 +200,8 @@ def main() -> None:
     parser.add_argument("--reference", required=True, help="the variant the others are compared with")
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/train_selection.jsonl"))
+    parser.add_argument("--measure-evidence", action="store_true",
+                        help="gather (and record) the generated-caption evidence in runs with a fixed --generated-weight too")
     args = parser.parse_args()
     import torch
     from scipy import stats
@@ -161,7 +212,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, overrides in variants.items():
-            row = {"data": args.data_dir.name, **run_variant(args.data_dir, args.setting, name, overrides, seed)}
+            row = {"data": args.data_dir.name, **run_variant(args.data_dir, args.setting, name, overrides, seed,
+                                                                   args.measure_evidence)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as handle:

@@ -12,21 +12,24 @@ from typer.testing import CliRunner
 import mama_augment.cli.train  # noqa: F401  (registers the commands)
 from mama_augment.cli._app import app
 from mama_augment.train.config import TrainConfig
-from mama_augment.train.evidence import decide_weight, measure_sources
+from mama_augment.train.evidence import _project, decide_weight, measure_sources
 from train_helpers import make_workdir
 
 runner = CliRunner()
 
 
-def test_decision_rule_keeps_what_helps_drops_what_hurts_and_hedges_in_between():
-    assert decide_weight([3.0, 4.0, 3.5, 2.5])[0] == 1.0
-    assert decide_weight([-2.0, -3.0, -2.5, -1.5])[0] == 0.0
+def test_decision_rule_keeps_what_helps_and_drops_what_hurts_or_adds_little():
+    assert decide_weight([3.0, 4.0])[0] == 1.0
+    assert decide_weight([-2.0, -3.0])[0] == 0.0
     # Adding little is not worth a source's cost: left out.
-    assert decide_weight([0.2, -0.1, 0.1, 0.0])[0] == 0.0
-    assert decide_weight([1.8, 1.6, 1.7, 1.7])[0] == 0.5
-    # A mean above the bar but within the noise is not kept fully.
-    weight, stderr, _ = decide_weight([12.0, -6.0, 13.0, -9.0])
-    assert weight == 0.5 and stderr > 2.0
+    assert decide_weight([0.2, 0.6])[0] == 0.0
+    assert decide_weight([1.2, 1.2])[0] == 0.0
+    # Above the bar a source is kept fully (the rule has no half weight).
+    assert decide_weight([1.8, 1.9])[0] == 1.0
+    # Two differences far apart (one fold lucky) still decide by their mean: a bar of
+    # two standard errors would drop sources that helped.
+    weight, stderr, _ = decide_weight([0.8, 3.2])
+    assert weight == 1.0 and stderr > 1.0
 
 
 def _synthetic(seed: int = 0, n_videos: int = 400, dim: int = 24):
@@ -67,7 +70,21 @@ def test_a_source_that_hurts_is_left_out_and_one_that_helps_is_kept():
     assert by_source["wrong captioner / p2"].weight == 0.0, by_source
     assert by_source["right captioner / p1"].r1_with > by_source["right captioner / p1"].r1_without
     assert evidence.weights == {"right captioner / p1": 1.0, "wrong captioner / p2": 0.0}
-    assert len(by_source["wrong captioner / p2"].differences) == 4  # 2 folds x 2 seeds, paired
+    assert len(by_source["wrong captioner / p2"].differences) == 2  # 2 folds x 1 seed, paired
+
+
+def test_the_projection_keeps_the_top_principal_directions():
+    rng = np.random.default_rng(3)
+    features = (rng.normal(size=(300, 80)) * np.linspace(3.0, 0.1, 80)).astype(np.float32)
+    projected = _project(features, 16)
+    centred = features - features.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    reference = centred @ vt[:16].T
+    # The same directions, in the same order (each up to its sign).
+    cosines = np.abs((projected * reference).sum(0)) / np.linalg.norm(projected, axis=0) / np.linalg.norm(reference, axis=0)
+    assert projected.shape == (300, 16) and projected.dtype == np.float32
+    assert cosines.min() > 0.999
+    assert _project(features[:, :8], 16).shape == (300, 8)  # narrower than asked: unchanged
 
 
 def test_without_original_captions_the_evidence_step_is_skipped_and_says_so():

@@ -79,7 +79,7 @@ class TrainConfig:
     augment: str = "add"  # add the generated captions of <workdir>/captions.parquet, or none
     # How much each source (model + prompt) of generated captions counts: "auto" measures
     # what it adds on held-out training videos first (train/evidence.py) and leaves it
-    # out (0), halves it (0.5) or keeps it (1); a number in [0, 1] sets every source.
+    # out (0) or keeps it (1); a number in [0, 1] sets every source.
     # On the emoji benchmark keyword captions cost InfoNCE 1.4-2.5 test R@1 even when
     # all were right, and MAMA with them stayed 1.5-4.6 below originals only.
     generated_weight: str | float = "auto"
