@@ -105,7 +105,7 @@ def _steps(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def _compare_runs(one: Path, two: Path) -> dict[str, float]:
+def _compare_runs(one: Path, two: Path, weight_atol: float = ATOL) -> dict[str, float]:
     """Assert the two runs match; return the largest differences seen."""
     rows_one, rows_two = _steps(one), _steps(two)
     assert [r["kind"] for r in rows_one] == [r["kind"] for r in rows_two]
@@ -129,7 +129,8 @@ def _compare_runs(one: Path, two: Path) -> dict[str, float]:
         a, b = load_file(one / name), load_file(two / name)
         assert a.keys() == b.keys()
         for key in sorted(set(a) - NO_GRADIENT):
-            torch.testing.assert_close(b[key], a[key], rtol=RTOL, atol=ATOL, msg=lambda m, k=key: f"{name} {k}: {m}")
+            torch.testing.assert_close(b[key], a[key], rtol=RTOL, atol=weight_atol,
+                                       msg=lambda m, k=key: f"{name} {k}: {m}")
             weight_diff = max(weight_diff, float((a[key] - b[key]).abs().max()))
     pairs_one, pairs_two = pd.read_parquet(one / "pair_weights.parquet"), pd.read_parquet(two / "pair_weights.parquet")
     assert list(pairs_one["pair_id"]) == list(pairs_two["pair_id"])
@@ -160,7 +161,11 @@ def test_two_processes_match_one_process_step_by_step(runs, case):
 
 
 def test_a_killed_distributed_run_resumes_as_one_uninterrupted_process(runs):
-    diffs = _compare_runs(runs / "runs" / "resumed-1proc", runs / "runs" / "resumed-2proc")
+    # Losses agree to ~1e-6 at every step; with the agreement prior (the default) one
+    # weight of 512 (a bias whose gradient is near zero, ~1.6e-3 in value) was seen
+    # 4.5e-6 apart after the checkpoint round trip: rounding that Adam's normalisation
+    # scales up. A resume that lost state moves weights by ~lr = 3e-3, far above 1e-5.
+    diffs = _compare_runs(runs / "runs" / "resumed-1proc", runs / "runs" / "resumed-2proc", weight_atol=1e-5)
     assert diffs["steps"] > KILL_AT
     print(f"resumed: max |loss diff| {diffs['loss']:.2e}, max |weight diff| {diffs['weights']:.2e}")
 
