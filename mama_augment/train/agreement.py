@@ -72,8 +72,7 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
                 if len(rows) < 2:
                     continue
                 logits = log_scale.exp() * F.normalize(video_head(video[rows]), dim=-1) @ F.normalize(text_head(text[rows]), dim=-1).T
-                labels = torch.arange(len(rows))
-                loss = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
+                loss = symmetric_cross_entropy(logits)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -146,3 +145,15 @@ def right_probability(scores: np.ndarray, null: np.ndarray, share: float, bins: 
         rate = np.where(pair_density > 0, min(share, 1.0) * null_density / pair_density, 1.0)
     rate = np.maximum.accumulate(np.clip(rate, 0.0, 1.0))
     return 1.0 - rate[which]
+
+
+def symmetric_cross_entropy(logits):
+    """InfoNCE of a square block of logits (row i's positive is column i), both
+    directions summed, averaged over the rows: the loss of the short probe trainings
+    (the agreement scores, the evidence for caption sources), which need neither the
+    margin nor the gathering across processes of ``losses.ContrastiveLoss``."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = torch.arange(len(logits), device=logits.device)
+    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)

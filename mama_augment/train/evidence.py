@@ -121,6 +121,8 @@ def _train_and_score(video_features, text_features, fit_pairs, caption_video, ho
     import torch
     import torch.nn.functional as F
 
+    from mama_augment.train.agreement import symmetric_cross_entropy
+
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng([seed, 17])
     video = torch.as_tensor(video_features)
@@ -155,8 +157,7 @@ def _train_and_score(video_features, text_features, fit_pairs, caption_video, ho
             # Two captions of one video in a batch are not each other's negatives.
             same = (owners[:, None] == owners[None, :]) & ~torch.eye(len(rows), dtype=torch.bool)
             logits = logits.masked_fill(same, float("-inf"))
-            labels = torch.arange(len(rows))
-            loss = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
+            loss = symmetric_cross_entropy(logits)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
