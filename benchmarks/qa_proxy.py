@@ -42,12 +42,19 @@ import math
 import re
 import shutil
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.train_quality import paired  # noqa: E402  (one paired t interval for every benchmark)
 
 QUESTION_SEED = 1234  # the question files do not depend on the run seed
 CANDIDATES = 5
@@ -132,16 +139,6 @@ def majority_baseline(questions: Path) -> dict:
     out["open"] = 100.0 * sum(r["answer"] == majority[r["answer_type"]] for r in open_rows) / len(open_rows)
     out["choice"] = 100.0 / CANDIDATES
     return out
-
-
-def paired(a: list[float], b: list[float]) -> dict:
-    from scipy import stats
-
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = len(d)
-    mean = float(d.mean()) if n else math.nan
-    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def interval(values: list[float]) -> tuple[float, float]:
