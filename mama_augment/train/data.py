@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from mama_augment.datasets.splits import SPLIT_ALIASES, SPLITS, hash_split, normalize_split, split_of_video  # noqa: F401 (re-exported)
+from mama_augment.datasets.splits import normalize_split, split_of_video
 from mama_augment.errors import UsageError
 from mama_augment.manifest import CAPTIONS, read_manifest
 # The agreement model lives in its own module; its names stay importable from here.
