@@ -28,6 +28,7 @@ from mama_augment.manifest import (
     read_manifest,
 )
 from mama_augment.train.runs import QA_TASK, RUNS_DIR, RunPaths
+from mama_augment.workread import is_ok
 
 TOP_ERROR_KINDS = 10
 UNKNOWN_KIND = "unknown"
@@ -61,7 +62,7 @@ def _error_kinds(table) -> list[dict]:
     """Most common error kinds of the failed rows, each with one example message."""
     import pyarrow.compute as pc
 
-    failed = table.filter(pc.fill_null(pc.not_equal(table.column("status"), STATUS_OK), True))
+    failed = table.filter(pc.invert(is_ok(table.column("status"))))
     if failed.num_rows == 0:
         return []
     kinds = pc.fill_null(failed.column("error_kind"), "")
@@ -145,16 +146,16 @@ def _keyframes_status(workdir: Path) -> tuple[dict, Any]:
     if table is None:
         return info, (pa.array([], pa.string()) if info["error"] is None else None)
     status = table.column("status")
-    is_ok = pc.fill_null(pc.equal(status, STATUS_OK), False)
+    ok = is_ok(status)
     info["rows"] = table.num_rows
     info["done"] = _count_status(status, STATUS_OK)
     info["failed"] = _count_status(status, STATUS_FAILED)
     info["error_kinds"] = _error_kinds(table)
-    info["embedders"] = dict(_most_common(table.column("embedder").filter(is_ok)))
+    info["embedders"] = dict(_most_common(table.column("embedder").filter(ok)))
     info["decoders"] = dict(_most_common(table.column("decode_backend")))
     info["media_types"] = dict(_most_common(table.column("media_type")))
     info["last_written"] = _last_written(table)
-    ok_ids = pc.unique(table.column("video_id").filter(is_ok))
+    ok_ids = pc.unique(table.column("video_id").filter(ok))
     return info, ok_ids
 
 
@@ -190,7 +191,7 @@ def _captions_status(workdir: Path, ok_ids) -> dict:
             "model": pc.fill_null(table.column("model"), ""),
             "prompt_name": pc.fill_null(table.column("prompt_name"), ""),
             "backend": pc.fill_null(table.column("backend"), ""),
-            "ok": pc.fill_null(pc.equal(status, STATUS_OK), False),
+            "ok": is_ok(status),
         }).group_by(["model", "prompt_name", "backend", "ok"], use_threads=False).aggregate([("ok", "count")])
         models: dict[tuple, dict] = {}
         for combo in combos.to_pylist():  # one row per model, prompt, backend and outcome: few

@@ -7,6 +7,11 @@ defined once:
   (status ``ok``). The caller names the columns it needs and only those are decoded:
   the wide ones (embeddings) cost nothing to a reader that does not ask for them, and
   a column moved elsewhere only changes the names its readers pass.
+  :func:`video_batches` gives the same stream with the failed rows beside it (their
+  error kind and message), for a reader that counts what it leaves out; :func:`is_ok`
+  is the one rule for a row that counts as done, for readers holding a table already.
+* :func:`pending_videos`: what a ``keyframes`` run over some inputs has left to do
+  (new, changed, made with other options, failed) and which failed rows it keeps.
 * :func:`generated_caption_batches`: the ``ok`` rows of ``captions.parquet``.
 * :func:`caption_sha256`: the hash that ties a ``caption_flags.parquet`` row to the
   caption text it judged.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -46,6 +52,7 @@ from mama_augment.manifest import (
     manifest_path,
     missing_columns_message,
     parts_dir,
+    read_manifest,
     workdir_lock,
 )
 
@@ -59,16 +66,52 @@ def caption_sha256(text: str) -> str:
 # ----------------------------------------------------------------------------- views
 
 
+def is_ok(status: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Which rows count as done: status ``ok``. A null status (a row cut short) is not."""
+    return pc.fill_null(pc.equal(status, STATUS_OK), False)
+
+
 def _ok_rows(workdir: str | os.PathLike, spec: ManifestSpec, columns: Sequence[str],
              batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Batches of the rows of ``spec`` with status ``ok``: its key and ``columns`` only."""
     wanted = list(dict.fromkeys([*spec.key, *columns]))
     _require_columns(workdir, spec, [*wanted, "status"])
     for batch in iter_manifest_batches(workdir, spec, columns=[*wanted, "status"], batch_rows=batch_rows):
-        ok = pc.fill_null(pc.equal(batch.column("status"), STATUS_OK), False)
-        kept = batch.filter(ok).select(wanted)
+        kept = batch.filter(is_ok(batch.column("status"))).select(wanted)
         if kept.num_rows:
             yield kept
+
+
+# What a failed row says about itself.
+FAILED_COLUMNS = ("error_kind", "error")
+
+
+@dataclass(frozen=True)
+class VideoBatch:
+    """One record batch of ``keyframes.parquet`` split by outcome."""
+
+    ok: pa.RecordBatch  # ``video_id`` and the columns asked for, of the ``ok`` rows
+    failed: pa.RecordBatch  # ``video_id``, ``error_kind``, ``error`` of the others
+
+
+def video_batches(
+    workdir: str | os.PathLike, columns: Sequence[str] = (), batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Iterator[VideoBatch]:
+    """Every video of ``keyframes.parquet`` (newest row per video), a batch at a time,
+    split into the ``ok`` rows (``video_id`` and ``columns``, as :func:`ok_video_batches`)
+    and the failed ones with their reason.
+
+    Only ``status`` must be in every file: a column an older file lacks (the references
+    of the embeddings layout, say) reads as nulls, so a reader of either layout asks for
+    both. One :class:`VideoBatch` per batch read, either side possibly empty.
+    """
+    wanted = list(dict.fromkeys([*KEYFRAMES.key, *columns]))
+    failed = [*KEYFRAMES.key, *FAILED_COLUMNS]
+    _require_columns(workdir, KEYFRAMES, [*KEYFRAMES.key, "status"])
+    read = list(dict.fromkeys([*wanted, "status", *FAILED_COLUMNS]))
+    for batch in iter_manifest_batches(workdir, KEYFRAMES, columns=read, batch_rows=batch_rows):
+        ok = is_ok(batch.column("status"))
+        yield VideoBatch(batch.filter(ok).select(wanted), batch.filter(pc.invert(ok)).select(failed))
 
 
 def _require_columns(workdir: str | os.PathLike, spec: ManifestSpec, columns: Sequence[str]) -> None:
@@ -115,6 +158,71 @@ def _gathered(spec: ManifestSpec, batches: Iterator[pa.RecordBatch], columns: Se
     schema = pa.schema([spec.schema.field(c) for c in wanted])
     table = pa.Table.from_batches(list(batches), schema=schema)
     return table.sort_by([(k, "ascending") for k in spec.key])
+
+
+@dataclass
+class PendingVideos:
+    """What a ``keyframes`` run over some inputs has left to do, by input position."""
+
+    redo: list[int]  # the inputs to process, in input order
+    reasons: dict[str, int]  # why (``new``, ``config changed``, ``input changed``, ``retry failed``), counted
+    kept_failed: list[tuple[int, str, str]]  # (input, error kind, error): failed rows left as they are
+
+
+def pending_videos(workdir: str | os.PathLike, video_ids: Sequence[str], sizes: Sequence[int | None],
+                   mtimes: Sequence[float | None], config_hash: str, retry_failed: bool) -> PendingVideos:
+    """Which inputs (``video_id``, size in bytes, modification time) still need work,
+    from what ``keyframes.parquet`` holds: new, made with another ``config_hash``,
+    changed since, or failed (redone with ``retry_failed``, else kept and listed).
+
+    The inputs are matched to the manifest's rows by ``video_id`` with Arrow
+    (``index_in``) and compared column by column, so a resume over hundreds of thousands
+    of inputs makes Python objects only for those that need work.
+    """
+    import numpy as np
+
+    existing = read_manifest(
+        workdir, KEYFRAMES,
+        columns=["status", *FAILED_COLUMNS, "input_size_bytes", "input_mtime", "config_hash"],
+    )
+    where = pc.index_in(pa.array(video_ids, pa.string()), value_set=existing.column("video_id"))
+    row = existing.take(where)  # the manifest row of each input, all nulls when it has none
+    is_new = pc.is_null(where).to_numpy(zero_copy_only=False)
+    config_changed = pc.fill_null(pc.not_equal(row.column("config_hash"), config_hash), True).to_numpy(
+        zero_copy_only=False)
+    size_changed = _differ(row.column("input_size_bytes"), pa.array(sizes, pa.int64()))
+    current_mtimes = pa.array(mtimes, pa.float64())
+    mtime_moved = pc.greater_equal(pc.abs(pc.subtract(row.column("input_mtime"), current_mtimes)), 1e-6)
+    mtime_changed = pc.or_kleene(mtime_moved, pc.xor(pc.is_null(row.column("input_mtime")),
+                                                      pc.is_null(current_mtimes)))
+    input_changed = size_changed | pc.fill_null(mtime_changed, False).to_numpy(zero_copy_only=False)
+    failed = pc.invert(is_ok(row.column("status"))).to_numpy(zero_copy_only=False)
+    reason_of = {
+        "new": is_new,
+        "config changed": ~is_new & config_changed,
+        "input changed": ~is_new & ~config_changed & input_changed,
+    }
+    was_failed = ~is_new & ~config_changed & ~input_changed & failed
+    if retry_failed:
+        reason_of["retry failed"] = was_failed
+    redo = np.zeros(len(video_ids), dtype=bool)
+    reasons: dict[str, int] = {}
+    for reason, mask in reason_of.items():
+        if mask.any():
+            reasons[reason] = int(mask.sum())
+            redo |= mask
+    kept_failed = []
+    if not retry_failed:
+        kinds, errors = row.column("error_kind"), row.column("error")
+        kept_failed = [(i, kinds[i].as_py() or "failed", errors[i].as_py() or "")
+                       for i in np.flatnonzero(was_failed).tolist()]
+    return PendingVideos(np.flatnonzero(redo).tolist(), reasons, kept_failed)
+
+
+def _differ(recorded, current):
+    """Where two int64 columns differ, a null differing from any number (numpy bools)."""
+    unequal = pc.fill_null(pc.not_equal(recorded, current), False)
+    return pc.or_(unequal, pc.xor(pc.is_null(recorded), pc.is_null(current))).to_numpy(zero_copy_only=False)
 
 
 def generated_caption_batches(

@@ -292,16 +292,18 @@ def test_ranks_each_read_their_share_into_one_cache(tmp_path, monkeypatch):
     rows = [_row(i, 1 + i % 3) for i in range(9)]
     _write_new(workdir, rows)
     _write_new(workdir, [{"video_id": "v100", "status": "failed", "error_kind": "zero_byte"}])
+    from mama_augment import workread
+
     read_columns = []
-    original = video_cache.iter_manifest_batches
+    original = workread.iter_manifest_batches
 
     def recording(*args, **kwargs):
         read_columns.append(kwargs.get("columns"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(video_cache, "iter_manifest_batches", recording)
+    monkeypatch.setattr(workread, "iter_manifest_batches", recording)  # the cache reads through workread
     results, written = _build_on_ranks(workdir, 3, monkeypatch)
-    assert all("keyframe_embeddings" not in columns for columns in read_columns)  # values only via the references
+    assert read_columns and all("keyframe_embeddings" not in columns for columns in read_columns)  # values via the references
     frame_bytes = 6 * 2
     shares = [sorted(offset // frame_bytes for offset in written[rank]) for rank in range(3)]
     assert all(len(share) == 3 for share in shares)  # 9 videos, 3 each, no video read twice

@@ -53,7 +53,7 @@ def test_cache_is_reused_until_the_manifest_changes(tmp_path, monkeypatch):
         raise AssertionError("the manifest was read again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(video_cache, "iter_manifest_batches", not_read)
+        patch.setattr(video_cache, "video_batches", not_read)
         again, issues, _ = load_videos(workdir, "keyframe_embeddings")
     assert again.video_ids == first.video_ids and issues["video_failed_in_keyframes"] == 1
     with PartWriter(workdir, KEYFRAMES) as writer:

@@ -221,3 +221,69 @@ def test_training_and_export_read_a_captions_tables_ids_by_one_rule(tmp_path):
         if path.name == "caps.csv":
             assert [r["split"] for r in rows] == ["train", None, "test"]
             assert [s if isinstance(s, str) else None for s in frame["split"]] == ["train", None, "test"]
+
+
+def test_video_batches_give_the_ok_rows_and_the_failed_with_their_reason(tmp_path):
+    from mama_augment.manifest import KEYFRAMES, PartWriter
+    from mama_augment.workread import ok_video_ids, video_batches
+
+    ok = _keyframes(tmp_path, 30, failed=(4, 11, 29))
+    writer = PartWriter(tmp_path, KEYFRAMES)  # a later row: v0005 failed this time, v0004 decoded
+    writer.write([{"video_id": "v0005", "status": "failed", "error_kind": "timeout", "error": "slow"},
+                  {"video_id": "v0004", "status": "ok", "grid_path": "grids/v0004.jpg"}])
+    writer.close()
+    batches = list(video_batches(tmp_path, ["grid_path"], batch_rows=7))
+    assert all(b.ok.num_rows + b.failed.num_rows <= 7 for b in batches)
+    assert all(b.ok.schema.names == ["video_id", "grid_path"] for b in batches)
+    assert all(b.failed.schema.names == ["video_id", "error_kind", "error"] for b in batches)
+    got_ok = sorted(v for b in batches for v in b.ok.column("video_id").to_pylist())
+    failed = sorted((r["video_id"], r["error_kind"], r["error"]) for b in batches for r in b.failed.to_pylist())
+    assert got_ok == sorted(set(ok) - {"v0005"} | {"v0004"}) == sorted(ok_video_ids(tmp_path))
+    assert failed == [("v0005", "timeout", "slow"), ("v0011", "undecodable", "bad"), ("v0029", "undecodable", "bad")]
+
+
+def test_video_batches_read_a_column_an_older_file_lacks_as_nulls(tmp_path):
+    # A folder written before the embeddings moved out has no reference columns; the
+    # feature cache asks for both layouts' columns and must still read it.
+    import pyarrow.parquet as pq
+
+    from mama_augment.manifest import KEYFRAMES, manifest_path
+    from mama_augment.workread import video_batches
+
+    _keyframes(tmp_path, 4, failed=(2,))
+    path = manifest_path(tmp_path, KEYFRAMES)
+    pq.write_table(pq.read_table(path).drop_columns(["embeddings_file"]), path)
+    batches = list(video_batches(tmp_path, ["embeddings_file", "grid_path"]))
+    assert [v for b in batches for v in b.ok.column("embeddings_file").to_pylist()] == [None] * 3
+    assert [v for b in batches for v in b.failed.column("video_id").to_pylist()] == ["v0002"]
+
+
+def test_a_null_status_is_not_ok():
+    import pyarrow as pa
+
+    from mama_augment.workread import is_ok
+
+    assert is_ok(pa.array(["ok", "failed", None, "OK"])).to_pylist() == [True, False, False, False]
+
+
+def test_pending_videos_are_new_changed_or_failed_inputs(tmp_path):
+    from mama_augment.manifest import KEYFRAMES, PartWriter
+    from mama_augment.workread import pending_videos
+
+    rows = [{"video_id": f"v{i}", "status": "failed" if i == 3 else "ok", "error_kind": "timeout" if i == 3 else None,
+             "error": "slow" if i == 3 else None, "input_size_bytes": 100 + i, "input_mtime": 10.0 + i,
+             "config_hash": "other" if i == 2 else "h"} for i in range(5)]
+    rows.append({"video_id": "v5", "status": "failed", "input_size_bytes": 105, "input_mtime": 15.0, "config_hash": "h"})
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write(rows)
+    ids = ["v0", "v1", "v2", "v3", "v4", "v5", "new"]
+    sizes = [100, 999, 102, 103, 104, 105, 1]
+    mtimes = [10.0, 11.0, 12.0, 13.0, None, 15.0, 1.0]
+    kept = pending_videos(tmp_path, ids, sizes, mtimes, "h", retry_failed=False)
+    assert kept.redo == [1, 2, 4, 6]
+    assert kept.reasons == {"new": 1, "config changed": 1, "input changed": 2}
+    assert kept.kept_failed == [(3, "timeout", "slow"), (5, "failed", "")]  # no kind recorded: "failed"
+    retried = pending_videos(tmp_path, ids, sizes, mtimes, "h", retry_failed=True)
+    assert retried.redo == [1, 2, 3, 4, 5, 6] and retried.kept_failed == []
+    assert retried.reasons["retry failed"] == 2
+    assert pending_videos(tmp_path, [], [], [], "h", retry_failed=True).redo == []

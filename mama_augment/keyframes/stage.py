@@ -71,66 +71,16 @@ class Plan:
 
 
 def plan_jobs(items: Sequence, workdir: Path, cfg: KeyframesConfig) -> Plan:
-    """Decide which inputs still need work, from what the manifest already holds.
+    """Decide which inputs still need work, from what the manifest already holds
+    (:func:`mama_augment.workread.pending_videos`)."""
+    from mama_augment.workread import pending_videos
 
-    The inputs are matched to the manifest's rows by ``video_id`` with Arrow
-    (``index_in``) and compared column by column, so a resume over hundreds of
-    thousands of inputs makes Python objects only for those that need work.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    config_hash = cfg.config_hash()
-    existing = read_manifest(
-        workdir,
-        KEYFRAMES,
-        columns=["status", "error_kind", "error", "input_size_bytes", "input_mtime", "config_hash"],
-    )
-    ids = pa.array([item.video_id for item in items], pa.string())
-    where = pc.index_in(ids, value_set=existing.column("video_id"))
-    row = existing.take(where)  # the manifest row of each input, all nulls when it has none
-    is_new = pc.is_null(where).to_numpy(zero_copy_only=False)
-    config_changed = pc.fill_null(pc.not_equal(row.column("config_hash"), config_hash), True).to_numpy(
-        zero_copy_only=False)
-    sizes = pa.array([item.size_bytes for item in items], pa.int64())
-    mtimes = pa.array([item.mtime for item in items], pa.float64())
-    size_changed = _differ(row.column("input_size_bytes"), sizes)
-    mtime_moved = pc.greater_equal(pc.abs(pc.subtract(row.column("input_mtime"), mtimes)), 1e-6)
-    mtime_changed = pc.or_kleene(mtime_moved, pc.xor(pc.is_null(row.column("input_mtime")), pc.is_null(mtimes)))
-    input_changed = (size_changed | pc.fill_null(mtime_changed, False).to_numpy(zero_copy_only=False))
-    failed = pc.fill_null(pc.not_equal(row.column("status"), STATUS_OK), True).to_numpy(zero_copy_only=False)
-    reason_of = {
-        "new": is_new,
-        "config changed": ~is_new & config_changed,
-        "input changed": ~is_new & ~config_changed & input_changed,
-    }
-    was_failed = ~is_new & ~config_changed & ~input_changed & failed
-    if cfg.retry_failed:
-        reason_of["retry failed"] = was_failed
-    redo = np.zeros(len(items), dtype=bool)
-    reasons: dict[str, int] = {}
-    for reason, mask in reason_of.items():
-        if mask.any():
-            reasons[reason] = int(mask.sum())
-            redo |= mask
-    skipped_failed = []
-    if not cfg.retry_failed:
-        kinds, errors = row.column("error_kind"), row.column("error")
-        skipped_failed = [(items[i].video_id, kinds[i].as_py() or "failed", errors[i].as_py() or "")
-                          for i in np.flatnonzero(was_failed)]
-    pending = [Job(items[i].video_id, str(items[i].path), items[i].size_bytes, items[i].mtime)
-               for i in np.flatnonzero(redo)]
-    skipped_ok = len(items) - len(pending) - len(skipped_failed)
-    return Plan(pending, skipped_ok, skipped_failed, reasons)
-
-
-def _differ(recorded, current):
-    """Where two int64 columns differ, a null differing from any number (numpy bools)."""
-    import pyarrow.compute as pc
-
-    unequal = pc.fill_null(pc.not_equal(recorded, current), False)
-    return pc.or_(unequal, pc.xor(pc.is_null(recorded), pc.is_null(current))).to_numpy(zero_copy_only=False)
+    pending = pending_videos(workdir, [item.video_id for item in items], [item.size_bytes for item in items],
+                             [item.mtime for item in items], cfg.config_hash(), cfg.retry_failed)
+    jobs = [Job(items[i].video_id, str(items[i].path), items[i].size_bytes, items[i].mtime) for i in pending.redo]
+    skipped_failed = [(items[i].video_id, kind, error) for i, kind, error in pending.kept_failed]
+    skipped_ok = len(items) - len(jobs) - len(skipped_failed)
+    return Plan(jobs, skipped_ok, skipped_failed, pending.reasons)
 
 
 # --------------------------------------------------------------------------- run

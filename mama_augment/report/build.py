@@ -47,6 +47,7 @@ from mama_augment.status import list_runs, workdir_status
 from mama_augment.datasets import captions_by_video as read_captions_file
 from mama_augment.train.runs import RunPaths
 from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder, writable_folder
+from mama_augment.workread import is_ok
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
@@ -386,7 +387,7 @@ def check_replaceable(page: Path) -> None:
 
 
 def _is_ok(table):
-    return pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False)
+    return is_ok(table.column("status"))
 
 
 def _rows(table) -> list[dict]:

@@ -32,8 +32,9 @@ import numpy as np
 
 from mama_augment.errors import ItemError, UsageError
 from mama_augment.frame_embeddings import READ_COLUMNS, REFERENCE_COLUMNS, EmbeddingReader
-from mama_augment.manifest import KEYFRAMES, STATUS_OK, _part_files, iter_manifest_batches, make_folder, manifest_path
+from mama_augment.manifest import KEYFRAMES, _part_files, make_folder, manifest_path
 from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder
+from mama_augment.workread import VideoBatch, video_batches
 
 FEATURE_DTYPE = np.float16
 CACHE_DIR = Path("cache") / "features"
@@ -143,21 +144,18 @@ def _plan(workdir: Path) -> "tuple[_Scan, list[tuple[str, int, int]]] | None":
     itself (a work folder of an older version)."""
     scan = _Scan([], [], [], [], Counter(), {})
     references: list[tuple[str, int, int]] = []
-    columns = ["status", "keyframe_paths", "embedding_dim", *REFERENCE_COLUMNS]
     seen = False
     reader = EmbeddingReader(workdir)
-    for batch in iter_manifest_batches(workdir, KEYFRAMES, columns=columns, batch_rows=4096):
+    for batch in video_batches(workdir, ["keyframe_paths", "embedding_dim", *REFERENCE_COLUMNS], batch_rows=4096):
         seen = True
-        ids = batch.column("video_id").to_pylist()
-        status = batch.column("status").to_pylist()
-        paths = batch.column("keyframe_paths").to_pylist()
-        files = batch.column("embeddings_file").to_pylist()
-        offsets = batch.column("embeddings_offset").to_pylist()
-        arrays = reader.rows(batch)  # mapped, not read: only their shapes are used here
+        _note_failed(scan, batch)
+        ok = batch.ok
+        ids = ok.column("video_id").to_pylist()
+        paths = ok.column("keyframe_paths").to_pylist()
+        files = ok.column("embeddings_file").to_pylist()
+        offsets = ok.column("embeddings_offset").to_pylist()
+        arrays = reader.rows(ok)  # mapped, not read: only their shapes are used here
         for i, video_id in enumerate(ids):
-            if status[i] != STATUS_OK:
-                _note(scan, "video_failed_in_keyframes", video_id)
-                continue
             if files[i] is None:
                 return None
             if not _take_dim(scan, video_id, arrays[i], True):
@@ -231,21 +229,19 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
     (file order) and their offsets recorded."""
     scan = _Scan([], [], [], [], Counter(), {})
     work = WorkFolder(workdir)
-    columns = ["status", "keyframe_paths"] + (READ_COLUMNS if frames_file is not None else [])
+    columns = ["keyframe_paths"] + (READ_COLUMNS if frames_file is not None else [])
     seen = False
     reader = EmbeddingReader(workdir)
     with open(frames_file, "wb") if frames_file is not None else contextlib.nullcontext() as out:
-        for batch in iter_manifest_batches(workdir, KEYFRAMES, columns=columns, batch_rows=_BATCH_ROWS):
+        for batch in video_batches(workdir, columns, batch_rows=_BATCH_ROWS):
             seen = True
-            ids = batch.column("video_id").to_pylist()
-            status = batch.column("status").to_pylist()
-            paths = batch.column("keyframe_paths").to_pylist()
-            arrays = reader.rows(batch) if out is not None else None
-            referenced = batch.column("embeddings_file").is_valid().to_pylist() if out is not None else None
+            _note_failed(scan, batch)
+            ok = batch.ok
+            ids = ok.column("video_id").to_pylist()
+            paths = ok.column("keyframe_paths").to_pylist()
+            arrays = reader.rows(ok) if out is not None else None
+            referenced = ok.column("embeddings_file").is_valid().to_pylist() if out is not None else None
             for i, video_id in enumerate(ids):
-                if status[i] != STATUS_OK:
-                    _note(scan, "video_failed_in_keyframes", video_id)
-                    continue
                 frame_paths = [p for p in (paths[i] or []) if p]
                 if out is None:
                     if need == "keyframe_paths":
@@ -264,6 +260,13 @@ def _scan(workdir: Path, need: str, frames_file: Path | None) -> _Scan:
     if not seen:
         raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
     return scan
+
+
+def _note_failed(scan: _Scan, batch: VideoBatch) -> None:
+    failed = batch.failed.column("video_id")
+    if len(failed):
+        _note(scan, "video_failed_in_keyframes", failed[0].as_py())
+        scan.issues["video_failed_in_keyframes"] += len(failed) - 1
 
 
 def _take_dim(scan: _Scan, video_id: str, array: np.ndarray | None, referenced: bool) -> bool:
