@@ -328,3 +328,49 @@ def test_whole_manifest_refuses_rows_out_of_key_order(tmp_path, chunks):
     with pytest.raises(ValueError, match="sorted by video_id, caption_index"):
         write_whole_manifest(tmp_path, CAPTIONS, tables)
     assert read_manifest(tmp_path, CAPTIONS).column("video_id").to_pylist() == ["kept"]  # untouched
+
+
+def test_a_write_of_distinct_keys_is_sorted_without_a_dedupe(tmp_path, monkeypatch):
+    # The dedupe is a group-by whose first use imports Arrow's query engine: a fixed cost
+    # of every short keyframes run, whose writes hold each video once.
+    import mama_augment.manifest as manifest
+
+    calls = []
+    original = manifest.dedupe_latest
+    monkeypatch.setattr(manifest, "dedupe_latest", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row("c"), _row("a"), _row("b")])
+    assert calls == []
+    part = next(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))
+    assert pq.read_table(part).column("video_id").to_pylist() == ["a", "b", "c"]
+    with PartWriter(tmp_path / "again", KEYFRAMES) as writer:  # a key twice: the last row wins
+        writer.write([_row("b", error="old"), _row("a"), _row("b", error="new")])
+    assert calls == [1]
+    part = next(parts_dir(tmp_path / "again", KEYFRAMES).glob("part-*.parquet"))
+    assert pq.read_table(part).select(["video_id", "error"]).to_pylist() == [
+        {"video_id": "a", "error": None}, {"video_id": "b", "error": "new"}]
+
+
+def test_writing_and_reading_a_manifest_imports_no_query_engine(tmp_path):
+    # pyarrow.dataset and pyarrow.acero cost ~25 ms to import: in a 40-video keyframes
+    # run that was a fifth of all its manifest writing.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from mama_augment.manifest import KEYFRAMES, PartWriter, compact, read_manifest, utc_now
+        work = {str(tmp_path)!r}
+        for start in (0, 3):
+            writer = PartWriter(work, KEYFRAMES)
+            writer.write([{{"video_id": f"v{{i}}", "status": "ok", "created_at": utc_now()}} for i in range(start, start + 3)])
+            writer.close(consolidate=False)
+        compact(work, KEYFRAMES)
+        assert read_manifest(work, KEYFRAMES, columns=["embeddings_file"]).num_rows == 6
+        print(sorted(m for m in ("pyarrow.dataset", "pyarrow.acero") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
