@@ -237,11 +237,12 @@ MERGE_FLUSH_BYTES = 64 << 20
 _SORTED_FLAG = b"mama_augment.sorted_by_key"
 
 
-def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False, sorted_by_key: bool = False) -> None:
+def _atomic_write_table(table: pa.Table, path: Path, fsync: bool = False, sorted_by_key: bool = False,
+                        dictionary: bool = True) -> None:
     if sorted_by_key:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _SORTED_FLAG: b"1"})
     with atomic_path(path, fsync=fsync) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS, use_dictionary=dictionary)
 
 
 def _part_files(workdir: str | os.PathLike, spec: ManifestSpec) -> list[Path]:
@@ -707,7 +708,10 @@ class PartWriter:
             else:
                 table = dedupe_latest(table, self.spec.key).sort_by([(k, "ascending") for k in self.spec.key])
         path = self._new_part_path()
-        _atomic_write_table(table, path, sorted_by_key=True)
+        # Without dictionary encoding: a part lives until the next merge, and building a
+        # dictionary of each of its ~30 columns was over half the cost of writing one
+        # (2.8 -> 1.2 ms of CPU for 16 rows); the merged files keep theirs.
+        _atomic_write_table(table, path, sorted_by_key=True, dictionary=False)
         self._levels[0].append(path)
         self.rows_written += rows
         for level in range(self.LEVELS - 1):

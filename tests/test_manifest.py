@@ -374,3 +374,20 @@ def test_writing_and_reading_a_manifest_imports_no_query_engine(tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_parts_are_written_without_dictionaries_and_the_table_with_them(tmp_path):
+    # A part lives until the next merge: building a dictionary for each of its columns was
+    # over half the cost of writing one. The compacted table keeps them (its size).
+    def encodings(path):
+        meta = pq.ParquetFile(path).metadata
+        return {e for g in range(meta.num_row_groups) for c in range(meta.num_columns)
+                for e in meta.row_group(g).column(c).encodings}
+
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row(f"v{i}", media_type="video") for i in range(20)])
+    part = next(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))
+    assert not any("DICTIONARY" in e for e in encodings(part))
+    compact(tmp_path, KEYFRAMES)
+    assert any("DICTIONARY" in e for e in encodings(manifest_path(tmp_path, KEYFRAMES)))
+    assert read_manifest(tmp_path, KEYFRAMES).num_rows == 20
