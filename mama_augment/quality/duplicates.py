@@ -138,14 +138,45 @@ def nearest_neighbours_of(n: int, rows: VectorRows, sample: Callable[[np.ndarray
 
     first = batch(0)
     index = NN_INDEXES[method](n, first.shape[1], rows, sample)
-    for start in range(0, n, BATCH):
-        index.add(first if start == 0 else batch(start))
+    _add_all(index, n, first, batch)
     sims = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, BATCH):
         part = first if start == 0 else batch(start)
         sims[start:start + len(part)], ids[start:start + len(part)] = index.search(part, k)
     return sims, ids
+
+
+def _add_all(index, n: int, first: np.ndarray, batch: Callable[[int], np.ndarray]) -> None:
+    """Add the ``n`` vectors to ``index``, a batch at a time.
+
+    Inverted lists grow as vectors arrive, each by doubling its capacity: filled one
+    vector at a time they end up ~1.5 times the size of what they hold, the largest
+    share of the search's memory (~140 MB of the ~410 MB index at 400 000 texts). So
+    above a batch, each vector's list is found first (the step ``add`` takes anyway),
+    every list is given its exact size, and the vectors are added to the lists already
+    chosen: the same index for one more reading of the vectors (from the embedding cache).
+    """
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if n <= BATCH or not isinstance(lists, faiss.ArrayInvertedLists):
+        for start in range(0, n, BATCH):
+            index.add(first if start == 0 else batch(start))
+        return
+    assigned = np.empty(n, dtype=np.int64)
+    for start in range(0, n, BATCH):
+        part = first if start == 0 else batch(start)
+        assigned[start:start + len(part)] = ivf.quantizer.assign(part, 1)[:, 0]
+    for list_no, size in enumerate(np.bincount(assigned, minlength=ivf.nlist).tolist()):
+        if size:  # from empty, a list's storage is allocated at exactly the size asked for
+            lists.resize(list_no, size)
+            lists.resize(list_no, 0)
+    for start in range(0, n, BATCH):
+        part = first if start == 0 else batch(start)
+        lists_of = np.ascontiguousarray(assigned[start:start + len(part)])
+        ids = np.arange(start, start + len(part), dtype=np.int64)
+        ivf.add_core(len(part), faiss.swig_ptr(part), faiss.swig_ptr(ids), faiss.swig_ptr(lists_of))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 STOP_WORDS = frozenset(
     """a an the and or but if then than so as of at by for with without about against between into through
@@ -113,9 +113,10 @@ class GenericModel:
         self.measured_phrases: dict[tuple[str, ...], int] = {}
         self.documents = 0
 
-    def fit(self, documents: Sequence[Sequence[str]]) -> "GenericModel":
-        """``documents``: the word lists of distinct captions (one per near-duplicate group)."""
-        self.documents = len(documents)
+    def fit(self, documents: Iterable[Sequence[str]], documents_count: int | None = None) -> "GenericModel":
+        """``documents``: the word lists of distinct captions (one per near-duplicate group),
+        a sequence or, with ``documents_count`` (how many it yields), a stream."""
+        self.documents = len(documents) if documents_count is None else documents_count
         if self.documents < self.min_documents:
             return self  # too few captions to measure anything: the seed lists alone
         word_df: Counter = Counter()
