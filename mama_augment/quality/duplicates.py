@@ -151,8 +151,8 @@ def _add_all(index, n: int, first: np.ndarray, batch: Callable[[int], np.ndarray
     """Add the ``n`` vectors to ``index``, a batch at a time.
 
     Inverted lists grow as vectors arrive, each by doubling its capacity: filled one
-    vector at a time they end up ~1.5 times the size of what they hold, the largest
-    share of the search's memory (~140 MB of the ~410 MB index at 400 000 texts). So
+    vector at a time they end up ~1.35 times the size of what they hold (about 140 MB
+    on top of the ~410 MB index at 400 000 texts, at the peak of a filter run). So
     above a batch, each vector's list is found first (the step ``add`` takes anyway),
     every list is given its exact size, and the vectors are added to the lists already
     chosen: the same index for one more reading of the vectors (from the embedding cache).
