@@ -120,13 +120,13 @@ def test_status_reads_no_embeddings(tmp_path, monkeypatch):
 
     facts = make_workdir(tmp_path, n_ok=5, captioned=3)
     read_columns = []
-    real_read_table = pq.read_table
+    real_read = pq.ParquetFile.read  # how the manifests read a file
 
-    def recording(source, *args, columns=None, **kwargs):
+    def recording(self, *args, columns=None, **kwargs):
         read_columns.append(columns)
-        return real_read_table(source, *args, columns=columns, **kwargs)
+        return real_read(self, *args, columns=columns, **kwargs)
 
-    monkeypatch.setattr(pq, "read_table", recording)
+    monkeypatch.setattr(pq.ParquetFile, "read", recording)
     status = workdir_status(facts["workdir"])
     assert status["stages"]["keyframes"]["done"] == 5 and read_columns
     assert all(columns is not None and "keyframe_embeddings" not in columns for columns in read_columns)
