@@ -120,7 +120,8 @@ def make_run(root: Path, info: dict, weighted: bool = True, seed: int = 0) -> Pa
     for pair_id, row in enumerate(rows):
         row.update(pair_id=pair_id, concept=None, grid_path=None, loss=float(rng.uniform(0, 5)),
                    weight=float(raw[pair_id] / raw.mean()) if weighted else None,
-                   weight_raw=float(raw[pair_id]) if weighted else None, mean_weight_last_epoch=None, last_epoch_steps=0)
+                   weight_raw=float(raw[pair_id]) if weighted else None, mean_weight_last_epoch=None, last_epoch_steps=0,
+                   weight_used=float(raw[pair_id] / raw.mean()) if weighted else None)
     table = pa.Table.from_pylist(rows, schema=PAIR_WEIGHTS_SCHEMA)
     table = table.replace_schema_metadata({b"mama_augment.weighted": b"true" if weighted else b"false"})
     pq.write_table(table, run / "pair_weights.parquet")

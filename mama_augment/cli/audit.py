@@ -62,7 +62,7 @@ def audit_command(
     typer.echo(f"{title} of {run} ({source} captions), {len(rows)} of {len(result.ranked)}:")
     typer.echo(f"{'rank':>4}  {'weight':>8}  {'loss':>6}  {'source':<9}  {'video_id':<16}  {'caption':<48}  grid")
     for row in rows.itertuples(index=False):
-        weight = f"{row.weight:8.3g}" if result.weighted else f"{'-':>8}"
+        weight = f"{row.weight_used:8.3g}" if result.weighted else f"{'-':>8}"  # what the ranking reads
         source_name = row.caption_source + (f"#{int(row.caption_index)}" if pd.notna(row.caption_index) else "")
         typer.echo(f"{row.rank:>4}  {weight}  {row.loss:6.3f}  {source_name:<9}  {_short(row.video_id, 16):<16}  "
                    f"{_short(row.caption, 48):<48}  {row.grid_path or '-'}")

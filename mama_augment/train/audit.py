@@ -17,7 +17,11 @@ over all pairs, so a pair's weight does not depend on which pairs it was scored 
 and ranking by ``weight`` is ranking by ``V(loss)``. ``mean_weight_last_epoch`` is
 what training itself did: the batch-normalised weight of the pair's real steps in the
 last epoch (a pair is drawn at most once per epoch, so null when its video was paired
-with another caption or fell into the dropped last partial batch).
+with another caption or fell into the dropped last partial batch). ``weight_used`` is
+``weight`` times the factors training multiplied it by: the pair's agreement prior
+(``--agreement-prior``) and its caption source's weight (``--generated-weight``); it is
+``weight`` where neither applies, and the audit and ``export --drop-least-trusted`` rank
+by it (the weighting net alone misses what the prior takes away).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ PAIR_WEIGHTS_SCHEMA = pa.schema([
     pa.field("weight_raw", pa.float64()),  # V(loss) in (0, 1); null without meta-weighting
     pa.field("mean_weight_last_epoch", pa.float64()),  # mean batch-normalised training weight, last epoch
     pa.field("last_epoch_steps", pa.int32(), nullable=False),  # real steps of the last epoch with this pair
+    # weight x agreement prior x caption source's weight: what the run trained with; null without meta-weighting
+    pa.field("weight_used", pa.float64()),
 ])
 # Parquet key-value metadata of the file.
 META_WEIGHTED = b"mama_augment.weighted"  # b"true" / b"false"
@@ -167,10 +173,11 @@ def scoring_batches(pair_video: np.ndarray, batch_size: int, seed: int) -> list[
     return [np.asarray(b, dtype=np.int64) for b in batches if len(b) >= 2]
 
 
-def score_pairs(model, criterion, meta, data, batch_size: int, seed: int,
-                autocast: Callable = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def score_pairs(model, criterion, meta, data, batch_size: int, seed: int, autocast: Callable = None,
+                pair_agreement: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(caption ids, losses, raw weights or None) of every training pair under the
-    model and weighting net as they are now."""
+    model and weighting net as they are now. ``pair_agreement`` (per caption id) is the
+    net's second input where it reads one."""
     import contextlib
 
     import torch
@@ -190,7 +197,9 @@ def score_pairs(model, criterion, meta, data, batch_size: int, seed: int,
                 ids.append(caption_ids[batch])
                 losses.append(loss.cpu().numpy().astype(np.float64))
                 if meta is not None:
-                    raws.append(meta.curve(loss).float().cpu().numpy().astype(np.float64))
+                    agreement = None if pair_agreement is None else torch.as_tensor(
+                        np.asarray(pair_agreement, dtype=np.float32)[caption_ids[batch]], device=loss.device)
+                    raws.append(meta.curve(loss, agreement).float().cpu().numpy().astype(np.float64))
     finally:
         model.train(was_training)
     ids_all = np.concatenate(ids) if ids else np.zeros(0, np.int64)
@@ -238,8 +247,10 @@ def _grid_paths(workdir: Path, data, caption_ids: np.ndarray) -> list[str | None
 
 
 def pair_weights_table(data, workdir: str | Path, caption_ids: np.ndarray, losses: np.ndarray,
-                       raw_weights: np.ndarray | None, recorder: WeightRecorder | None) -> pa.Table:
-    """The rows of ``pair_weights.parquet`` with the file's metadata."""
+                       raw_weights: np.ndarray | None, recorder: WeightRecorder | None,
+                       pair_factor: np.ndarray | None = None) -> pa.Table:
+    """The rows of ``pair_weights.parquet`` with the file's metadata. ``pair_factor``
+    (per caption id, None: all 1) is what training multiplied each pair's weight by."""
     workdir = Path(workdir)
     weighted = raw_weights is not None
     n = len(caption_ids)
@@ -269,6 +280,8 @@ def pair_weights_table(data, workdir: str | Path, caption_ids: np.ndarray, losse
         "weight_raw": raw_weights.astype(np.float64) if weighted else [None] * n,
         "mean_weight_last_epoch": nullable(recorded) if weighted else [None] * n,
         "last_epoch_steps": steps.astype(np.int32),
+        "weight_used": (weight * (1.0 if pair_factor is None else np.asarray(pair_factor, dtype=np.float64)[caption_ids])
+                        ).astype(np.float64) if weighted else [None] * n,
     }
     table = pa.table(columns, schema=PAIR_WEIGHTS_SCHEMA)
     metadata = {META_WEIGHTED: b"true" if weighted else b"false",
@@ -280,13 +293,15 @@ def pair_weights_table(data, workdir: str | Path, caption_ids: np.ndarray, losse
 
 def write_pair_weights(run_dir: str | Path, workdir: str | Path, data, model, criterion_factory: Callable, meta,
                        batch_size: int, seed: int, recorder: WeightRecorder | None = None,
-                       autocast: Callable | None = None) -> Path:
+                       autocast: Callable | None = None, pair_factor: np.ndarray | None = None,
+                       pair_agreement: np.ndarray | None = None) -> Path:
     """Score every training pair and write ``<run_dir>/pair_weights.parquet`` atomically.
 
     ``criterion_factory()`` builds a single-process loss (scoring runs on one rank and
-    must not wait for the others)."""
-    ids, losses, raw = score_pairs(model, criterion_factory(), meta, data, batch_size, seed, autocast)
-    table = pair_weights_table(data, workdir, ids, losses, raw, recorder if meta is not None else None)
+    must not wait for the others). ``pair_factor`` and ``pair_agreement`` are per caption
+    id: the factor of each pair's weight in training, the weighting net's second input."""
+    ids, losses, raw = score_pairs(model, criterion_factory(), meta, data, batch_size, seed, autocast, pair_agreement)
+    table = pair_weights_table(data, workdir, ids, losses, raw, recorder if meta is not None else None, pair_factor)
     path = RunPaths(Path(run_dir)).pair_weights
     with atomic_path(path) as tmp:
         # Row groups bound the memory of readers that stream the file (``export``).
@@ -321,7 +336,7 @@ class AuditResult:
         weights) only the pairs below it."""
         if self.threshold is None or not self.weighted:
             return self.ranked
-        return self.ranked[self.ranked["weight"] < self.threshold]
+        return self.ranked[self.ranked["weight_used"] < self.threshold]
 
     def summary_line(self) -> str:
         total = sum(self.counts.values())
@@ -363,8 +378,13 @@ def read_pair_weights(run_dir: str | Path) -> tuple[pd.DataFrame, bool, str | No
     for column in ("caption_index", "concept", "grid_path", "mean_weight_last_epoch"):
         if column not in frame.columns:
             frame[column] = None
+    if "weight_used" not in frame.columns:  # written before the column: the weighting net's weight was all
+        frame["weight_used"] = frame["weight"] if "weight" in frame.columns else np.nan
+    else:  # a row without it (a file written by other tools) ranks by the net's weight
+        frame["weight_used"] = frame["weight_used"].fillna(frame["weight"])
     if not weighted:
         frame["weight"] = np.nan
+        frame["weight_used"] = np.nan
     return frame, weighted, note
 
 
@@ -383,8 +403,8 @@ def least_trusted_order(weight: np.ndarray | None, loss: np.ndarray, pair_id: np
     """Positions of the pairs, least trusted first: the one ranking the audit shows and
     ``export --drop-least-trusted`` drops by.
 
-    With weights: lowest ``weight`` first, ties broken by the higher loss, then the lower
-    ``pair_id``; a pair without a weight comes last. Without (``weight`` None): highest
+    With weights (``weight_used``, the weight training applied): lowest first, ties broken
+    by the higher loss, then the lower ``pair_id``; a pair without a weight comes last. Without (``weight`` None): highest
     loss first, then the lower ``pair_id``.
     """
     loss = np.asarray(loss, dtype=float)
@@ -398,8 +418,10 @@ def least_trusted_order(weight: np.ndarray | None, loss: np.ndarray, pair_id: np
 def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold: float | None = None) -> "AuditResult":
     """Rank a run's training pairs, least trusted first.
 
-    With weights: lowest ``weight`` first, ties broken by the higher loss. Without
-    (a run trained without meta-weighting): highest loss first, and ``note`` says so.
+    With weights: lowest ``weight_used`` (the weight the run trained with: the weighting
+    net's times the agreement prior and the caption source's weight) first, ties broken
+    by the higher loss; ``threshold`` and the summary count against it too. Without (a
+    run trained without meta-weighting): highest loss first, and ``note`` says so.
     """
     if source not in SOURCES:
         raise UsageError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
@@ -413,7 +435,7 @@ def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold
     frame, weighted, note = read_pair_weights(run_dir)
     if source != "all":
         frame = frame[frame["caption_source"] == source]
-    order = least_trusted_order(frame["weight"].to_numpy() if weighted else None, frame["loss"].to_numpy(),
+    order = least_trusted_order(frame["weight_used"].to_numpy() if weighted else None, frame["loss"].to_numpy(),
                                 frame["pair_id"].to_numpy())
     frame = frame.iloc[order].reset_index(drop=True)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
@@ -421,7 +443,7 @@ def audit_run(run_dir: str | Path, top: int = 20, source: str = "all", threshold
     counts = frame["caption_source"].value_counts().to_dict()
     below = {}
     if weighted:
-        below = frame[frame["weight"] < summary_threshold]["caption_source"].value_counts().to_dict()
+        below = frame[frame["weight_used"] < summary_threshold]["caption_source"].value_counts().to_dict()
     return AuditResult(Path(run_dir), weighted, source, top, threshold, summary_threshold, frame,
                        {str(k): int(v) for k, v in counts.items()}, {str(k): int(v) for k, v in below.items()}, note)
 
@@ -484,9 +506,14 @@ def load_run_weights(run: str | Path, drop_least_trusted: float | None, needs_we
         )
     result = RunWeights(path=path, weighted=weighted, total_pairs=handle.metadata.num_rows)
     if drop_least_trusted:
-        table = handle.read(columns=["pair_id", "weight", "loss"])
+        # the weight the run trained with; a file from before that column has the net's alone
+        trust = "weight_used" if "weight_used" in handle.schema_arrow.names else "weight"
+        table = handle.read(columns=["pair_id", trust, "loss"])
         pair_id = table.column("pair_id").to_numpy()
-        weights = table.column("weight").to_numpy(zero_copy_only=False).astype(float)
+        weights = table.column(trust).to_numpy(zero_copy_only=False).astype(float)
+        if trust == "weight_used":  # a row without it (a file written by other tools): the net's weight
+            net = handle.read(columns=["weight"]).column("weight").to_numpy(zero_copy_only=False).astype(float)
+            weights = np.where(np.isnan(weights), net, weights)
         loss = table.column("loss").to_numpy(zero_copy_only=False).astype(float)
         order = least_trusted_order(weights, loss, pair_id)
         count = int(np.floor(len(order) * drop_least_trusted / 100.0))

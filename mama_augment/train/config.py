@@ -49,6 +49,11 @@ AUGMENT_MODES = ("add", "none")
 DEVICES = ("auto", "cpu", "cuda")
 META_PARAMS = ("last", "heads", "all")
 META_SELECT = ("agreement", "random")  # how a meta set is drawn from the training pairs
+# What the weighting net reads of a pair (``--meta-inputs``): its loss, or its loss and its
+# agreement (the probability from its agreement score that it is right).
+META_INPUTS = ("loss", "loss,agreement")
+# How the weighting net starts (``--meta-init``): flat, or at the agreement (needs it as an input).
+META_INITS = ("neutral", "agreement")
 EPOCH_CAPTIONS = ("one", "all")  # per epoch: each training video with one caption, or every pair
 TEMPORAL_ENCODERS = ("mean", "attention")
 # Where the clip backbone's keyframe pixels come from (``--frame-source``; train/frames.py).
@@ -137,6 +142,15 @@ class TrainConfig:
     # +2.06 / +1.10) and the wrong/right weight from 0.49 / 0.42 to 0.25 / 0.23; the
     # agreement filter gave less (benchmarks/RESULTS.md).
     agreement_prior: bool | None = None
+    # The prior as a power of that probability: above 1 pushes doubtful pairs further down.
+    agreement_prior_power: float = 1.0
+    # What the weighting net reads of a pair, and how it starts (META_INPUTS, META_INITS).
+    # loss,agreement adds the probability above as a second input (1 where the pairs were
+    # not scored or the estimate reads clean); --meta-init agreement starts the net at
+    # about that probability instead of 0.5 everywhere, so the meta step can unlearn it
+    # where the meta set disagrees (a fixed prior cannot).
+    meta_inputs: str = "loss"
+    meta_init: str = "neutral"
     # Without --meta-set: agreement | random (agreement.agreement_losses). Drawn from captions
     # with 30 % shuffled, a random meta set was 22-31 % wrong and the weighting gave
     # shuffled pairs 0.69-0.76 of the correct ones' weight; by agreement it was 1-7 %
@@ -253,6 +267,14 @@ class TrainConfig:
             raise bad(f"--meta-select must be one of {', '.join(META_SELECT)}, not {self.meta_select!r}")
         if self.meta_params not in META_PARAMS:
             raise bad(f"meta_params must be one of {', '.join(META_PARAMS)}")
+        if self.meta_inputs not in META_INPUTS:
+            raise bad(f"--meta-inputs must be one of {', '.join(META_INPUTS)}, not {self.meta_inputs!r}")
+        if self.meta_init not in META_INITS:
+            raise bad(f"--meta-init must be one of {', '.join(META_INITS)}, not {self.meta_init!r}")
+        if self.meta_init == "agreement" and "agreement" not in self.meta_inputs.split(","):
+            raise bad("--meta-init agreement starts the weighting net at each pair's agreement: "
+                      "it needs --meta-inputs loss,agreement")
+        check_number(self.agreement_prior_power, "--agreement-prior-power", above=0)
         if self.temporal not in TEMPORAL_ENCODERS:
             raise bad(f"temporal must be one of {', '.join(TEMPORAL_ENCODERS)}")
         if self.frame_source not in FRAME_SOURCES:

@@ -42,6 +42,8 @@ def unsupported_reason(meta: MetaWeighting | None, device: torch.device, world_s
         return "several processes (the graph would hold collectives)"
     if meta.meta_params == "all":
         return "meta_params all (the virtual step reaches the inputs, whose shapes vary)"
+    if meta.agreement_input:
+        return "--meta-inputs loss,agreement (the captured step reads the losses alone)"
     return None
 
 

@@ -120,8 +120,12 @@ class TrainData:
     # --agreement-filter: training pairs left out as the least agreeing (0: none)
     agreement_filtered: int = 0
     # --agreement-prior: per caption id, the probability from its agreement score that
-    # the pair is right, a factor of its weight in the loss; None: not used
+    # the pair is right (to --agreement-prior-power), a factor of its weight in the loss; None: not used
     pair_prior: np.ndarray | None = None
+    # per caption id, that probability itself (1 for pairs not scored): the weighting
+    # net's second input with --meta-inputs loss,agreement; None where the pairs were not
+    # scored or the estimate read clean
+    pair_agreement: np.ndarray | None = None
 
     def split(self, name: str) -> SplitPairs:
         """Videos of ``name`` with at least one evaluation caption (``eval_source``), and those captions."""
@@ -318,7 +322,9 @@ def build_data(
             train_caps.setdefault(v, []).append(c)
 
     use_weighting, wrong, scored = config.use_meta_weighting, None, None
-    uses_scores = bool(getattr(config, "agreement_filter", False) or getattr(config, "agreement_prior", False))
+    reads_agreement = "agreement" in getattr(config, "meta_inputs", "loss").split(",") and use_weighting
+    uses_scores = bool(getattr(config, "agreement_filter", False) or getattr(config, "agreement_prior", False)
+                       or reads_agreement)
     if config.meta_weighting_decided_by_data or uses_scores:
         # The filter and the prior need every pair's score; the estimate alone a sample.
         scored = _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
@@ -333,14 +339,16 @@ def build_data(
                      "no meta-weighting (--meta-weighting turns it on)", 100 * wrong, 100 * config.meta_noise_threshold)
         elif wrong is not None:
             log.info("estimated share of wrong training pairs %.1f %%: meta-weighting on", 100 * wrong)
-    filtered, prior = 0, None
+    filtered, prior, agreement = 0, None, None
     if scored is not None and noisy and getattr(config, "agreement_filter", False):
         filtered = _drop_disagreeing(train_caps, scored, wrong)
         log.info("--agreement-filter: left out the %d training pairs (%.1f %%, the estimated wrong share) whose "
                  "video and caption agree least", filtered, 100 * wrong)
-    if scored is not None and noisy and getattr(config, "agreement_prior", False):
-        prior = np.ones(len(texts), dtype=np.float32)
-        prior[scored.caption_ids] = right_probability(scored.scores, scored.null, wrong)
+    if scored is not None and noisy and (getattr(config, "agreement_prior", False) or reads_agreement):
+        agreement = np.ones(len(texts), dtype=np.float32)
+        agreement[scored.caption_ids] = right_probability(scored.scores, scored.null, wrong)
+        if getattr(config, "agreement_prior", False):
+            prior = agreement ** np.float32(getattr(config, "agreement_prior_power", 1.0))
     meta_videos, meta_captions, off_why = [], [], None
     if use_weighting:
         try:
@@ -376,8 +384,8 @@ def build_data(
         meta_weighting_off_why=off_why,
         eval_source=eval_source,
         agreement_filtered=filtered,
-        pair_prior=None if prior is None else np.concatenate(
-            [prior, np.ones(len(texts) - len(prior), dtype=np.float32)]),  # meta-set captions: 1
+        pair_prior=_pad_ones(prior, len(texts)),  # meta-set captions: 1
+        pair_agreement=_pad_ones(agreement, len(texts)),
     )
     if len(data.train_videos) < 2 and captions_override is None:  # evaluation files need no training videos
         raise UsageError(
@@ -558,6 +566,14 @@ def _text_features(caption_ids, texts, caption_embedder):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer().fit_transform(sample)
+
+
+def _pad_ones(values: np.ndarray | None, length: int) -> np.ndarray | None:
+    """Per-caption values extended with ones to ``length`` (the meta-set captions added
+    after scoring count as right)."""
+    if values is None:
+        return None
+    return np.concatenate([values, np.ones(length - len(values), dtype=np.float32)])
 
 
 def _dense(features) -> np.ndarray:

@@ -107,7 +107,8 @@ class StepResult:
 
 def training_step(model, criterion, optimizer, params, video_inputs, text_inputs, meta: MetaWeighting | None = None,
                   meta_inputs=None, autocast=contextlib.nullcontext, grad_clip: float = 0.0,
-                  world_size: int = 1, graphed_meta=None, source_weights: torch.Tensor | None = None) -> StepResult:
+                  world_size: int = 1, graphed_meta=None, source_weights: torch.Tensor | None = None,
+                  agreement: torch.Tensor | None = None) -> StepResult:
     """One optimisation step: forward, (meta step), weighted backward, clip, AdamW.
 
     The training forward is done once; the meta step reuses its graph and the real
@@ -121,7 +122,8 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
 
     ``graphed_meta`` (train/cuda_graphs.py) runs the meta step from the inputs of its
     level, as one CUDA graph. ``source_weights`` (this rank's pairs) scale each pair's
-    weight by how much its caption's source counts (train/evidence.py).
+    weight by how much its caption's source counts (train/evidence.py); ``agreement``
+    (this rank's pairs) is the weighting net's second input where it reads one.
     """
     level_inputs = None
     with autocast():
@@ -137,10 +139,10 @@ def training_step(model, criterion, optimizer, params, video_inputs, text_inputs
         meta_result = graphed_meta.step(model, criterion, level_inputs, meta_inputs, autocast)
         weights, raw = meta_result.weights, meta_result.raw_weights
     elif meta is not None and meta_inputs is not None:
-        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast)
+        meta_result = meta.step(model, criterion, per_sample, meta_inputs, autocast, agreement)
         weights, raw = meta_result.weights, meta_result.raw_weights
     elif meta is not None:
-        weights, raw = meta.weights(per_sample)
+        weights, raw = meta.weights(per_sample, agreement)
     else:
         weights = torch.ones_like(per_sample)
     if source_weights is not None:
@@ -270,7 +272,14 @@ class TrainRecipe:
             if len(self.data.meta_videos) < 2:
                 raise UsageError("the meta set has fewer than 2 pairs; raise --meta-fraction or pass --meta-set")
             self.meta = MetaWeighting(config.meta_hidden, config.meta_lr, config.virtual_lr, config.meta_params,
-                                      self.device, self.rank, self.world_size)
+                                      self.device, self.rank, self.world_size,
+                                      agreement_input="agreement" in config.meta_inputs.split(","),
+                                      init=config.meta_init)
+        # Per caption id, the weighting net's second input (1 where the pairs were not scored).
+        self.pair_agreement = None
+        if self.meta is not None and self.meta.agreement_input:
+            table = self.data.pair_agreement if self.data.pair_agreement is not None else np.ones(len(self.data.texts))
+            self.pair_agreement = torch.as_tensor(np.asarray(table, dtype=np.float32), device=self.device)
         self.graphed_meta = None
         if self.meta is not None and config.cuda_graphs:
             from mama_augment.train.cuda_graphs import GraphedMetaStep, unsupported_reason
@@ -402,14 +411,16 @@ class TrainRecipe:
                     videos, captions = batch.videos, batch.captions  # the global batch; this rank trains on its slice
                     video_inputs, text_inputs = self._step_inputs(batch)
                     meta_inputs = self._meta_inputs(step, batch)
-                    source_weights = None
+                    source_weights, agreement = None, None
+                    mine = local_slice(len(captions), self.rank, self.world_size)
                     if self.source_weights is not None:
-                        mine = local_slice(len(captions), self.rank, self.world_size)
                         source_weights = self.source_weights[torch.as_tensor(captions[mine], device=self.device)]
+                    if self.pair_agreement is not None:
+                        agreement = self.pair_agreement[torch.as_tensor(captions[mine], device=self.device)]
                     result = training_step(
                         model, self.criterion, self.optimizer, params, video_inputs, text_inputs,
                         self.meta, meta_inputs, self.autocast, config.grad_clip, self.world_size, self.graphed_meta,
-                        source_weights=source_weights,
+                        source_weights=source_weights, agreement=agreement,
                     )
                     with torch.no_grad():
                         scale_param.clamp_(LOGIT_SCALE_MIN, LOGIT_SCALE_MAX)
@@ -587,7 +598,7 @@ class TrainRecipe:
                              {"backbone": self.config.backbone, "step": self.step})
             if self.meta is not None:
                 ckpt.atomic_save(dict(self.meta.net.state_dict()), self.paths.weighting_net,
-                                 {"hidden": self.config.meta_hidden})
+                                 {"hidden": self.config.meta_hidden, "inputs": self.config.meta_inputs})
             self._write_pair_weights()
             with contextlib.suppress(Exception):  # a picture must never fail a finished run
                 draw(self.run_dir)
@@ -638,6 +649,8 @@ class TrainRecipe:
             self.run_dir, self.workdir, self.data, self.model,
             lambda: build_loss(config.loss, config.effective_margin, config.eps),  # one process: no gather
             self.meta, config.batch_size, config.seed, self.weight_record, self.autocast,
+            pair_factor=None if self.source_weights is None else self.source_weights.float().cpu().numpy(),
+            pair_agreement=None if self.pair_agreement is None else self.pair_agreement.float().cpu().numpy(),
         )
 
 

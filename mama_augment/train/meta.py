@@ -43,21 +43,45 @@ from mama_augment.train.config import META_PARAMS
 
 
 class WeightingNet(nn.Module):
-    """V(l; phi) = sigmoid(W2 relu(W1 l + b1) + b2): per-sample loss -> weight in (0, 1)."""
+    """V(l; phi) = sigmoid(W2 relu(W1 l + b1) + b2): per-sample loss -> weight in (0, 1).
 
-    def __init__(self, hidden: int = 100, neutral_init: bool = True):
+    With ``inputs=2`` it reads each pair's loss and its agreement (the probability, from
+    the cross-fitted agreement score, that the pair is right): V(l, a; phi)."""
+
+    def __init__(self, hidden: int = 100, neutral_init: bool = True, inputs: int = 1, init: str = "neutral"):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
-        if neutral_init:
+        if inputs not in (1, 2):
+            raise ValueError("the weighting net reads the loss (1 input) or the loss and the agreement (2)")
+        if init == "agreement" and inputs != 2:
+            raise ValueError("init='agreement' needs the agreement as the second input")
+        self.inputs = inputs
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+        if neutral_init or init == "agreement":
             # Start flat (V = 0.5 for every loss, i.e. plain unweighted training) rather
             # than with the random slope of a default init: on the emoji benchmark that
             # slope up-weighted high losses, and where the meta-gradient is weak it
             # never unlearned it (benchmarks/train_quality.py).
             nn.init.zeros_(self.net[2].weight)
             nn.init.zeros_(self.net[2].bias)
+        if init == "agreement":
+            # One hidden unit passes the agreement a through (relu(a) = a for a in [0, 1])
+            # and the output reads sigmoid(6 a - 3): 0.05 for a pair surely wrong, 0.95 for
+            # one surely right, so training starts where the prior would put it; the other
+            # units start silent, as in the neutral start.
+            with torch.no_grad():
+                self.net[0].weight[0].copy_(torch.tensor([0.0, 1.0]))
+                self.net[0].bias[0] = 0.0
+                self.net[2].weight[0, 0] = 6.0
+                self.net[2].bias[0] = -3.0
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
-        return self.net(losses.reshape(-1, 1).to(self.net[0].weight.dtype)).reshape(-1)
+    def forward(self, losses: torch.Tensor, agreement: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = self.net[0].weight.dtype
+        x = losses.reshape(-1, 1).to(dtype)
+        if self.inputs == 2:
+            # a pair without a score (meta-set captions, a clean estimate) counts as right
+            a = torch.ones_like(x) if agreement is None else agreement.reshape(-1, 1).to(device=x.device, dtype=dtype)
+            x = torch.cat([x, a], dim=1)
+        return self.net(x).reshape(-1)
 
 
 def normalise_weights(weights: torch.Tensor, eps: float = 1e-12, world_size: int = 1) -> torch.Tensor:
@@ -122,10 +146,13 @@ class MetaWeighting:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        agreement_input: bool = False,
+        init: str = "neutral",
     ):
         self.rank = rank
         self.world_size = world_size
-        self.net = WeightingNet(hidden).to(device)
+        self.agreement_input = agreement_input
+        self.net = WeightingNet(hidden, inputs=2 if agreement_input else 1, init=init).to(device)
         # capturable: the step can run inside a CUDA graph (its state stays on the GPU)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=meta_lr,
                                           capturable=torch.device(device).type == "cuda")
@@ -135,9 +162,10 @@ class MetaWeighting:
         self.meta_params = meta_params
 
     @torch.no_grad()
-    def weights(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised, raw) weights of detached losses under the current ``phi``."""
-        raw = self.net(losses.detach().float())
+    def weights(self, losses: torch.Tensor, agreement: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised, raw) weights of detached losses under the current ``phi``.
+        ``agreement`` (per pair) is read only by a net with the agreement input."""
+        raw = self.net(losses.detach().float(), agreement)
         return normalise_weights(raw, world_size=self.world_size), raw
 
     def meta_loss(
@@ -147,6 +175,7 @@ class MetaWeighting:
         per_sample: torch.Tensor,
         meta_inputs: tuple[Any, Any],
         autocast: Callable[[], Any],
+        agreement: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Steps 1-3 up to the meta loss, a differentiable function of ``phi``.
 
@@ -155,11 +184,11 @@ class MetaWeighting:
         entering the layers below that subset.
         """
         return self._virtual_meta_loss(self.level(model), criterion, per_sample,
-                                       self.meta_level_inputs(model, meta_inputs, autocast), autocast)
+                                       self.meta_level_inputs(model, meta_inputs, autocast), autocast, agreement)
 
     def _virtual_meta_loss(self, module: nn.Module, criterion: Callable, per_sample: torch.Tensor, inputs: tuple,
-                           autocast: Callable[[], Any]) -> torch.Tensor:
-        weights = self.net(per_sample.detach().float())
+                           autocast: Callable[[], Any], agreement: torch.Tensor | None = None) -> torch.Tensor:
+        weights = self.net(per_sample.detach().float(), agreement)
         weighted = (weights * per_sample).mean()
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         virtual = virtual_parameters(params, weighted, self.virtual_lr, self.world_size)
@@ -193,11 +222,12 @@ class MetaWeighting:
         per_sample: torch.Tensor,
         meta_inputs: tuple[Any, Any],
         autocast: Callable[[], Any],
+        agreement: torch.Tensor | None = None,
     ) -> MetaStepResult:
         """Update ``phi`` once and return the real step's weights (no grad)."""
-        meta_loss = self.meta_loss(model, criterion, per_sample, meta_inputs, autocast)
+        meta_loss = self.meta_loss(model, criterion, per_sample, meta_inputs, autocast, agreement)
         # retain_graph: the real step backpropagates through the same training forward.
-        return self._update(meta_loss, per_sample, retain_graph=True)
+        return self._update(meta_loss, per_sample, retain_graph=True, agreement=agreement)
 
     def step_on_level(
         self,
@@ -218,7 +248,8 @@ class MetaWeighting:
         meta_loss = self._virtual_meta_loss(level, criterion, per_sample, meta_level_inputs, autocast)
         return self._update(meta_loss, per_sample, retain_graph=False)
 
-    def _update(self, meta_loss: torch.Tensor, per_sample: torch.Tensor, retain_graph: bool) -> MetaStepResult:
+    def _update(self, meta_loss: torch.Tensor, per_sample: torch.Tensor, retain_graph: bool,
+                agreement: torch.Tensor | None = None) -> MetaStepResult:
         """One optimiser step of ``phi`` on the gradient of ``meta_loss``; the new weights."""
         phi = list(self.net.parameters())
         grads = torch.autograd.grad(meta_loss, phi, retain_graph=retain_graph)
@@ -235,12 +266,13 @@ class MetaWeighting:
         with torch.no_grad():
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         self.optimizer.step()
-        normalised, raw = self.weights(per_sample)
+        normalised, raw = self.weights(per_sample, agreement)
         return MetaStepResult(normalised, raw, meta_value, grad_norm)
 
     @torch.no_grad()
-    def curve(self, losses: torch.Tensor) -> torch.Tensor:
-        return self.net(losses.float())
+    def curve(self, losses: torch.Tensor, agreement: torch.Tensor | None = None) -> torch.Tensor:
+        """V of the given losses (with the agreement input: of pairs with that agreement, 1 if None)."""
+        return self.net(losses.float(), agreement)
 
 
 def forward_with_level_inputs(model: nn.Module, meta_params: str, video_inputs, text_inputs):
