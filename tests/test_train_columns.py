@@ -102,3 +102,19 @@ def test_build_data_holds_columns_not_an_object_a_row(tmp_path):
         assert (data.caption_video[captions_of] == video).all()
     videos, picked = epoch_batches(data, 0, 0, 8, "one")[0]
     assert (data.caption_video[picked] == videos).all()
+
+
+def test_frame_rows_each_reads_every_video_of_a_mapped_file(tmp_path):
+    """Handing a chunk's pages back to the kernel changes no value, even of a page this
+    process wrote (copy-on-write), and works on the cache's kind of mapping."""
+    values = np.random.default_rng(2).standard_normal((5000, 64)).astype(np.float16)
+    values.tofile(tmp_path / "frames.f16")
+    frames = np.memmap(tmp_path / "frames.f16", dtype=np.float16, mode="c", shape=values.shape)
+    frames[7, 3] = 9.0  # written here only
+    counts = np.full(1000, 5)
+    rows = FrameRows(frames, np.arange(1000)[::-1] * 5, counts)
+    order = list(range(0, 1000, 3)) + [999, 0]
+    expected = [frames[rows.offsets[i] : rows.offsets[i] + 5].mean(axis=0) for i in order]
+    got = rows.each(order, lambda e: e.mean(axis=0), chunk=16)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert frames[7, 3] == 9.0 and np.array_equal(frames[8:], values[8:])

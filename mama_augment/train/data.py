@@ -179,6 +179,15 @@ def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
     return np.asarray([len(rows[int(v)]) for v in indices], dtype=np.int64)
 
 
+def _each_video(videos: VideoTable, indices: list[int], function) -> list:
+    """``function`` of each video's keyframe embeddings; from the feature cache without
+    keeping every page read resident (:meth:`FrameRows.each`)."""
+    rows = videos.keyframe_embeddings
+    if isinstance(rows, FrameRows):
+        return rows.each(indices, function)
+    return [function(rows[v]) for v in indices]
+
+
 class _VideoLookup:
     """Video index of ids (-1 for an id without a video), through Arrow where the ids
     are strings: no dict of every video's id is made."""
@@ -568,13 +577,13 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
         method = "kmeans"
     scores = None
     if config.meta_select == "agreement":
-        video_features = [videos.keyframe_embeddings[caption_video[c]] for c in per_video]
-        if any(len(e) == 0 for e in video_features):
+        per_video_video = [caption_video[c] for c in per_video]
+        if (_frame_counts(videos, np.asarray(per_video_video, dtype=np.int64)) == 0).any():
             log.warning("meta set: some videos have no keyframe embeddings, so it is drawn at random")
         else:
             if text_features is None:
                 text_features = _text_features(per_video, texts, caption_embedder)
-            pooled = np.stack([e.mean(axis=0) for e in video_features])
+            pooled = np.stack(_each_video(videos, per_video_video, lambda e: e.mean(axis=0)))
             losses = agreement_losses(pooled, _dense(text_features), config.seed)
             scores = dict(zip(per_video, losses.tolist()))
     chosen = _even_sample(groups, count, rng, scores)
@@ -661,7 +670,8 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
         log.warning("meta-weighting: some videos have no keyframe embeddings, so the share of wrong pairs "
                     "cannot be estimated; the weighting stays on")
         return None
-    pooled = np.stack([np.asarray(embeddings[caption_video[c]], dtype=np.float32).mean(axis=0) for c in pairs])
+    pooled = np.stack(_each_video(videos, paired.tolist(),
+                                  lambda e: np.asarray(e, dtype=np.float32).mean(axis=0)))
     text_features = _dense(_text_features(pairs, texts, caption_embedder))
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True)
     return PairScores(np.asarray(pairs, dtype=np.int64), scores, null)
