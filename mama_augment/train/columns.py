@@ -20,14 +20,12 @@ No torch here: the data module and the benchmarks import it.
 
 from __future__ import annotations
 
-import mmap
 from array import array
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 _DECODE_CHUNK = 4096  # items decoded a time while iterating
-_MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux 5.4+; Python names it only where built against it
 T = TypeVar("T")
 
 
@@ -285,24 +283,14 @@ class FrameRows(_Column):
         return results
 
     def _release(self, videos: list[int]) -> None:
-        mapping = getattr(self.frames, "_mmap", None)
-        if mapping is None or not videos:
+        from mama_augment.frame_embeddings import page_out
+
+        if self.frames is None or not videos:
             return
-        counts = self.counts[videos]
-        first = int(self.offsets[videos].min())
-        last = int((self.offsets[videos] + counts).max())
         row_bytes = self.frames.strides[0]
-        page = mmap.PAGESIZE
-        begin = (first * row_bytes) // page * page
-        length = min(last * row_bytes, len(mapping)) - begin
-        if length <= 0:
-            return
-        try:
-            # Page-out, not "don't need": a page this process wrote (copy-on-write) is
-            # kept, never dropped; clean pages are read again from the file if needed.
-            mapping.madvise(_MADV_PAGEOUT, begin, length)
-        except (OSError, ValueError):  # an older kernel: the pages stay, as before
-            pass
+        first = int(self.offsets[videos].min())
+        last = int((self.offsets[videos] + self.counts[videos]).max())
+        page_out(self.frames, first * row_bytes, last * row_bytes)
 
 
 class ListColumn(_Column):
