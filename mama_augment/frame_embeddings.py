@@ -65,10 +65,10 @@ _MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux 5.4+; Python names it
 
 def page_out(array: np.ndarray, begin: int, end: int) -> None:
     """Hand the pages of bytes ``begin:end`` of a file-mapped ``array`` (an np.memmap as
-    opened, not a view of one) back
-    to the kernel: a pass over a large mapped file would otherwise leave all of it
-    resident in the process. Only a hint: the values stay readable (read again from
-    the file), and a page this process wrote (copy-on-write) is kept, never dropped."""
+    opened, not a view of one) back to the kernel: a pass over a large mapped file would
+    otherwise leave all of it resident in the process. Only a hint: the values stay
+    readable (read again from the file), and a page this process wrote (copy-on-write)
+    is kept, never dropped."""
     mapping = getattr(array, "_mmap", None)
     if mapping is None:
         return
