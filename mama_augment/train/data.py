@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 from array import array
 from collections import Counter
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Sequence
 
