@@ -1,7 +1,7 @@
 """How the work folder's costs grow with the number of videos.
 
 Builds synthetic work folders in the project's own schemas (``keyframes.parquet`` with
-``--frames`` x ``--dim`` float32 embeddings a video, written as a stream, sorted by id as
+``--frames`` x ``--dim`` embeddings a video, written as a stream, sorted by id as
 ``compact`` leaves it; ``captions.parquet`` with two generated captions a video), then
 times each command in a child process under ``/usr/bin/time -v`` (wall seconds, CPU
 seconds of user and system time, and peak resident memory), for one or two code trees
@@ -23,9 +23,18 @@ side by side:
 * ``report``: ``mama-augment report`` (after ``filter``, the flags are on the page);
 * ``train``: the features backbone up to its first step: ``load_videos`` (embeddings
   of every usable video), ``FeaturesModel.set_videos``, and one forward and backward
-  pass of a batch of 256 videos through the frame pooling and video projection. The
-  caption join, meta-set choice and text encoder are left out (they read no
-  embeddings); the feature cache is removed first, so every run builds it.
+  pass of a batch of 256 videos through the frame pooling and video projection. With
+  ``--originals`` the whole of ``build_data`` runs instead of ``load_videos`` (the
+  caption join, splits, wrong-pair estimate and meta set, TF-IDF for the captions);
+  the text encoder is left out either way; the feature cache is removed first, so
+  every run builds it;
+* ``train-data``: ``train``'s data alone (``build_data`` with ``--originals``), under
+  ``tracemalloc``: what the data holds once built (``data_traced_mb``, Python objects
+  and numpy arrays, not the mapped feature cache) and its peak while built.
+
+The folders are in today's layout (``--layout arrays``: embeddings in
+``embeddings/*.f16``, written by the keyframes stage's own writer) unless
+``--layout rows`` asks for the older one (embeddings inside the rows).
 
 Usage::
 
@@ -44,6 +53,7 @@ measurement in ``OUT/results.jsonl`` and a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -92,18 +102,46 @@ elif command == "resume":
     print("inputs", len(items), "pending", len(plan.pending), "kept failed", len(plan.skipped_failed))
     if plan.pending:
         raise SystemExit(f"{len(plan.pending)} pending: the manifest does not match the inputs")
-elif command == "train":
-    import torch
+elif command in ("train", "train-data"):
+    import gc, json, os, resource, torch
     from types import SimpleNamespace
-    from mama_augment.train.data import load_videos
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.data import build_data, load_videos
     from mama_augment.train.models import FeaturesModel
-    videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    originals = workdir / "originals.parquet"
+    phases = {}
+    if command == "train-data":  # what the data holds, in Python objects and numpy arrays (not mapped pages)
+        import tracemalloc
+        tracemalloc.start()
+    started, rss_before = time.process_time(), rss_mb()
+    if originals.exists():  # the whole of build_data: caption join, splits, wrong-pair estimate, meta set
+        data = build_data(TrainConfig(captions=str(originals)), workdir)
+        videos = data.videos
+        phases["pairs"] = data.num_train_pairs
+    else:
+        videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    gc.collect()
+    phases.update(data_cpu_s=round(time.process_time() - started, 2), data_rss_mb=round(rss_mb() - rss_before))
+    if command == "train-data":  # held: what freeing the data gives back (the modules it imported stay)
+        current, peak = tracemalloc.get_traced_memory()
+        del data, videos
+        gc.collect()
+        phases.update(data_traced_mb=round((current - tracemalloc.get_traced_memory()[0]) / 2**20, 1),
+                      data_traced_peak_mb=round(peak / 2**20, 1))
+        print("phases", json.dumps(phases))
+        raise SystemExit(0)
     config = SimpleNamespace(temporal="attention", logit_scale_init=None, head_hidden=0, embed_dim=256)
     model = FeaturesModel(dim, SimpleNamespace(dim=384), config, None)
     model.set_videos(videos)
     batch = np.random.default_rng(1).choice(len(videos.video_ids), size=min(256, len(videos.video_ids)), replace=False)
     model.head.project_video(model.video_features(model.video_inputs(batch))).square().mean().backward()
+    phases["first_step_cpu_s"] = round(time.process_time() - started, 2)
     print("videos", len(videos.video_ids))
+    print("phases", json.dumps(phases))
 """
 
 
@@ -129,20 +167,31 @@ def _captions(rng, count: int) -> list[str]:
 INPUT_MTIME = 1_700_000_000.0  # the modification time of every synthetic input
 
 
-def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int = 0, inputs: bool = False) -> None:
+def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int = 0, inputs: bool = False,
+          layout: str = "arrays", originals: bool = False) -> None:
     """A work folder as ``keyframes`` and ``caption`` leave it, written a chunk at a time.
 
     Every ``failed_every``-th video (0: none) is a failed row; with ``inputs``, the
     folder ``<workdir>-inputs`` gets an empty ``.mp4`` a video, which the manifest's
     fingerprints and ``config_hash`` match (a rerun finds nothing to do).
+
+    ``layout`` ``arrays``: the embeddings go to ``embeddings/*.f16`` and the rows hold the
+    references, through the keyframes stage's own writer
+    (:class:`mama_augment.frame_embeddings.EmbeddingAppender`), as the stage leaves a
+    folder today; ``rows``: inside the rows (``keyframe_embeddings``, float32), as
+    folders of older versions hold them. With ``originals``, ``originals.parquet`` gets
+    one original caption a video with a ``split`` column (90 % train, 5 % val, 5 % test).
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mama_augment.frame_embeddings import EmbeddingAppender
     from mama_augment.keyframes.config import KeyframesConfig
     from mama_augment.manifest import CAPTIONS, KEYFRAMES, conform, ensure_workdir, utc_now
 
+    if layout not in ("arrays", "rows"):
+        raise ValueError(f"layout is arrays or rows, not {layout!r}")
     ensure_workdir(workdir)
     config_hash = KeyframesConfig().config_hash()
     if inputs:
@@ -156,8 +205,12 @@ def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int =
     rng = np.random.default_rng(0)
     now = utc_now()
     chunk = 512
+    original_schema = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("split", pa.string())])
     with pq.ParquetWriter(workdir / "keyframes.parquet", KEYFRAMES.schema, compression="zstd") as kf, \
-            pq.ParquetWriter(workdir / "captions.parquet", CAPTIONS.schema, compression="zstd") as cap:
+            pq.ParquetWriter(workdir / "captions.parquet", CAPTIONS.schema, compression="zstd") as cap, \
+            EmbeddingAppender(workdir) as appender, \
+            (pq.ParquetWriter(workdir / "originals.parquet", original_schema, compression="zstd") if originals
+             else contextlib.nullcontext()) as orig:
         for start in range(0, videos, chunk):
             n = min(chunk, videos - start)
             ids = [f"v{i:07d}" for i in range(start, start + n)]
@@ -176,7 +229,14 @@ def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int =
                 "keyframe_paths": [[f"frames/{v}/{k:02d}.jpg" for k in range(frames)] for v in ids],
                 "grid_path": [f"grids/{v}.jpg" for v in ids], "created_at": pa.array([now] * n, KEYFRAMES.schema.field("created_at").type),
             })
+            if layout == "arrays":
+                table = appender.externalize(table)
             kf.write_table(conform(table, KEYFRAMES.schema), row_group_size=8192)
+            if orig is not None:
+                draw = rng.random(n)
+                split = np.where(draw < 0.9, "train", np.where(draw < 0.95, "val", "test"))
+                orig.write_table(pa.table({"video_id": ids, "caption": _captions(rng, n), "split": split.tolist()},
+                                          schema=original_schema))
             captions = pa.table({
                 "video_id": [v for v in ids for _ in range(2)], "caption_index": pa.array([0, 1] * n, pa.int32()),
                 "caption": _captions(rng, 2 * n),
@@ -206,6 +266,9 @@ def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, coun
     cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", done.stderr))
     result = {"ok": done.returncode == 0 or command == "status", "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
               "peak_rss_mb": round(int(match.group(1)) / 1024) if match else None, "returncode": done.returncode}
+    for line in done.stdout.splitlines():  # the train child's own phase figures
+        if line.startswith("phases "):
+            result.update(json.loads(line[len("phases "):]))
     report = workdir / "report"
     if command == "report" and report.is_dir():
         files = [p for p in report.rglob("*") if p.is_file()]
@@ -223,8 +286,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--code", action="append", default=[], help="NAME=ROOT (repeatable); default after=.")
     parser.add_argument("--commands", nargs="+", default=["status", "train", "compact", "write"],
-                        help="of write, compact, fold, status, resume, filter, report, train")
+                        help="of write, compact, fold, status, resume, filter, report, train, train-data")
     parser.add_argument("--failed-every", type=int, default=0, help="every K-th video is a failed row (0: none)")
+    parser.add_argument("--layout", choices=["arrays", "rows"], default="arrays",
+                        help="keyframe embeddings in embeddings/*.f16 (today's layout) or inside the rows (older)")
+    parser.add_argument("--originals", action="store_true",
+                        help="an original caption a video (split 90/5/5): train and train-data run all of build_data")
     parser.add_argument("--skip", action="append", default=[], help="NAME:COMMAND:SIZE to leave out")
     parser.add_argument("--timeout", type=int, default=300, help="seconds a measurement may take")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/scale"))
@@ -243,7 +310,8 @@ def main() -> None:
         workdir = args.out / f"work-{size}"
         shutil.rmtree(workdir, ignore_errors=True)
         started = time.perf_counter()
-        build(workdir, size, args.dim, args.frames, args.failed_every, inputs="resume" in args.commands)
+        build(workdir, size, args.dim, args.frames, args.failed_every, inputs="resume" in args.commands,
+              layout=args.layout, originals=args.originals)
         print(f"built {size} videos in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         for command in args.commands:
             for name, root in codes.items():
@@ -253,7 +321,7 @@ def main() -> None:
                 if command == "write":
                     target = args.out / f"write-{size}"
                     shutil.rmtree(target, ignore_errors=True)
-                if command in ("train", "filter"):
+                if command in ("train", "train-data", "filter"):
                     shutil.rmtree(workdir / "cache", ignore_errors=True)
                 if command == "report":  # each tree writes its own report from scratch
                     shutil.rmtree(workdir / "report", ignore_errors=True)

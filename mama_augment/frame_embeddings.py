@@ -32,6 +32,7 @@ loses nothing a reader used.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import time
@@ -59,6 +60,25 @@ READ_COLUMNS = ["embedding_dim", EMBEDDINGS_COLUMN, *REFERENCE_COLUMNS]
 # A new file once this one holds this many bytes: files stay a size a copy or a
 # filesystem handles well, and a long run does not make one huge file.
 MAX_FILE_BYTES = 1 << 30
+_MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux 5.4+; Python names it only where built against it
+
+
+def page_out(array: np.ndarray, begin: int, end: int) -> None:
+    """Hand the pages of bytes ``begin:end`` of a file-mapped ``array`` (an np.memmap as
+    opened, not a view of one) back to the kernel: a pass over a large mapped file would
+    otherwise leave all of it resident in the process. Only a hint: the values stay
+    readable (read again from the file), and a page this process wrote (copy-on-write)
+    is kept, never dropped."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None:
+        return
+    # np.memmap maps from the allocation boundary at or before its offset.
+    shift = int(getattr(array, "offset", 0) or 0) % mmap.ALLOCATIONGRANULARITY
+    begin = (max(0, begin) + shift) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = min(end + shift, len(mapping))
+    if end > begin:
+        with contextlib.suppress(OSError, ValueError):  # an older kernel: the pages stay
+            mapping.madvise(_MADV_PAGEOUT, begin, end - begin)
 _FILE_NAME = re.compile(r"^emb-\d{20}-\d+-[0-9a-f]{8}\.f(16|32)$")
 
 
@@ -180,6 +200,7 @@ class EmbeddingReader:
         self.workdir = Path(workdir)
         self._work = WorkFolder(workdir)
         self._maps: dict[str, np.ndarray | None] = {}
+        self._read: dict[str, list[int]] = {}  # per file, the value range handed out since the last batch
         self.problems: dict[str, int] = {}
         self.examples: dict[str, str] = {}
 
@@ -209,6 +230,9 @@ class EmbeddingReader:
         return array
 
     def rows(self, batch) -> list[np.ndarray | None]:
+        # The pages of the previous batch's arrays go back to the kernel: a stream over
+        # every video keeps a batch resident, not the whole file (views stay valid).
+        self._page_out()
         names = batch.schema.names
         count = batch.num_rows
         out: list[np.ndarray | None] = [None] * count
@@ -245,9 +269,19 @@ class EmbeddingReader:
         if stop > len(flat):
             self._note("embeddings_missing", f"{relative} ends before the frames a row points at")
             return None
+        span = self._read.setdefault(relative, [start, stop])
+        span[0], span[1] = min(span[0], start), max(span[1], stop)
         return flat[start:stop].reshape(count, dim)
 
+    def _page_out(self) -> None:
+        for relative, (start, stop) in self._read.items():
+            flat = self._maps.get(relative)
+            if flat is not None:
+                page_out(flat, start * flat.itemsize, stop * flat.itemsize)
+        self._read.clear()
+
     def close(self) -> None:
+        self._page_out()
         self._maps.clear()
 
     def __enter__(self) -> "EmbeddingReader":

@@ -370,3 +370,24 @@ def test_a_run_merges_its_rows_once_at_its_end(inputs, tmp_path, monkeypatch):
     # compact folds the run's parts into keyframes.parquet; the writer does not merge
     # them into one part first (the same rows written twice, at the end of every run).
     assert len(merges) == 1
+
+
+def test_a_stream_hands_back_the_pages_each_batch_read(tmp_path, monkeypatch):
+    """Streaming every video's embeddings pages out what the previous batch read (else
+    a pass over 6 GB of array files leaves them all resident); the values are unchanged."""
+    import mama_augment.frame_embeddings as frame_embeddings
+
+    workdir = tmp_path / "work"
+    rows = [_row(i, 2 + i % 3) for i in range(12)]
+    _write_new(workdir, rows)
+    compact(workdir, KEYFRAMES, full=True)
+    handed_back: list[tuple[int, int]] = []
+    real = frame_embeddings.page_out
+    monkeypatch.setattr(frame_embeddings, "page_out",
+                        lambda array, begin, end: (handed_back.append((begin, end)), real(array, begin, end)))
+    got = dict((video_id, np.array(array)) for video_id, array in iter_video_embeddings(workdir, batch_rows=4))
+    for row in rows:
+        assert np.array_equal(got[row["video_id"]], np.asarray(row["keyframe_embeddings"], np.float16))
+    total = sum(2 + i % 3 for i in range(12)) * 6 * 2  # frames x dim x float16 bytes
+    assert len(handed_back) == 3 and handed_back[0][0] == 0 and handed_back[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(handed_back, handed_back[1:]))  # batch after batch, nothing left out

@@ -23,17 +23,20 @@ counted in ``issues`` and reported; they do not stop the run.
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from mama_augment.datasets.splits import normalize_split, split_of_video
+from mama_augment.datasets.splits import SPLITS, normalize_split, split_of_video
 from mama_augment.errors import UsageError
 from mama_augment.manifest import CAPTIONS, read_manifest
+from mama_augment.train.columns import CategoryColumn, FrameRows, NullableInts, Ragged, TextColumn
 # The agreement model lives in its own module; its names stay importable from here.
 from mama_augment.train.agreement import (  # noqa: F401
     agreement_losses,
@@ -64,10 +67,10 @@ def _read_captions(paths, formats, video_ids, issues: Counter, examples: dict, p
 class VideoTable:
     """The videos a run can see, in a fixed order (index = position)."""
 
-    video_ids: list[str]
-    keyframe_embeddings: list[np.ndarray]  # (frames, dim) float16 each (views of one array); may be empty
-    keyframe_paths: list[list[str]]  # relative to the work folder
-    concepts: list[str | None]
+    video_ids: Sequence[str]  # a TextColumn when loaded from a work folder
+    keyframe_embeddings: Sequence[np.ndarray]  # (frames, dim) float16 each (FrameRows: views of one array); may be empty
+    keyframe_paths: Sequence[list[str]]  # relative to the work folder
+    concepts: Sequence[str | None]
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -95,20 +98,24 @@ class SplitPairs:
 
 @dataclass
 class TrainData:
+    """A run's videos and captions. The per-caption and per-video sequences are the
+    compact columns of :mod:`mama_augment.train.columns` (read like lists), so that
+    hundreds of thousands of captions hold a few buffers rather than an object each."""
+
     videos: VideoTable
-    texts: list[str]
-    caption_source: list[str]
-    caption_concept: list[str | None]
+    texts: Sequence[str]  # TextColumn
+    caption_source: Sequence[str]  # CategoryColumn
+    caption_concept: Sequence[str | None]  # CategoryColumn
     caption_video: np.ndarray  # caption id -> video index
-    video_split: list[str]
+    video_split: Sequence[str]  # CategoryColumn
     train_videos: np.ndarray  # video indices in the training stream
-    train_captions: list[np.ndarray]  # per train video: its caption ids
+    train_captions: Sequence[np.ndarray]  # per train video: its caption ids (Ragged)
     meta_videos: np.ndarray
     meta_captions: np.ndarray  # one caption id per meta pair (aligned with meta_videos)
     issues: Counter = field(default_factory=Counter)
     issue_examples: dict[str, str] = field(default_factory=dict)
     # caption id -> caption_index in captions.parquet (generated captions), else None
-    caption_index: list[int | None] = field(default_factory=list)
+    caption_index: Sequence[int | None] = field(default_factory=list)  # NullableInts
     # Estimated share of wrong training pairs (meta-weighting "auto"), None when not estimated
     wrong_share: float | None = None
     meta_weighting: bool = False  # whether the meta set was chosen for meta-weighting
@@ -129,25 +136,21 @@ class TrainData:
 
     def split(self, name: str) -> SplitPairs:
         """Videos of ``name`` with at least one evaluation caption (``eval_source``), and those captions."""
-        caption_ids = [
-            c
-            for c, v in enumerate(self.caption_video)
-            if self.caption_source[c] == self.eval_source and self.video_split[v] == name
-        ]
-        videos = sorted({int(self.caption_video[c]) for c in caption_ids})
-        position = {v: i for i, v in enumerate(videos)}
-        return SplitPairs(
-            np.asarray(videos, dtype=np.int64),
-            np.asarray(caption_ids, dtype=np.int64),
-            np.asarray([position[int(self.caption_video[c])] for c in caption_ids], dtype=np.int64),
-        )
+        caption_video = np.asarray(self.caption_video, dtype=np.int64)
+        wanted = (_equal_mask(self.caption_source, self.eval_source)[: len(caption_video)]
+                  & _equal_mask(self.video_split, name)[caption_video])
+        caption_ids = np.flatnonzero(wanted).astype(np.int64)
+        videos = np.unique(caption_video[caption_ids]).astype(np.int64)
+        return SplitPairs(videos, caption_ids, np.searchsorted(videos, caption_video[caption_ids]).astype(np.int64))
 
     @property
     def num_train_pairs(self) -> int:
+        if isinstance(self.train_captions, Ragged):
+            return len(self.train_captions.values)
         return int(sum(len(c) for c in self.train_captions))
 
     def summary(self) -> dict:
-        counts = Counter(self.video_split[v] for v in range(len(self.videos)))
+        counts = Counter(islice(self.video_split, len(self.videos)))
         sources = Counter(self.caption_source)
         return {
             "videos": len(self.videos),
@@ -163,6 +166,119 @@ class TrainData:
             **({"agreement_filtered": self.agreement_filtered} if self.agreement_filtered else {}),
             **{f"issue_{k}": v for k, v in sorted(self.issues.items())},
         }
+
+
+def _equal_mask(values: Sequence, value) -> np.ndarray:
+    """Whether each item of ``values`` (a column or a list) equals ``value``."""
+    if isinstance(values, CategoryColumn):
+        return values.mask(value)
+    return np.asarray([v == value for v in values], dtype=bool)
+
+
+def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
+    """How many keyframe embeddings each of the videos ``indices`` has."""
+    rows = videos.keyframe_embeddings
+    if isinstance(rows, FrameRows):
+        return rows.counts[indices] if rows.frames is not None else np.zeros(len(indices), np.int64)
+    return np.asarray([len(rows[int(v)]) for v in indices], dtype=np.int64)
+
+
+def _each_video(videos: VideoTable, indices: list[int], function) -> list:
+    """``function`` of each video's keyframe embeddings; from the feature cache without
+    keeping every page read resident (:meth:`FrameRows.each`)."""
+    rows = videos.keyframe_embeddings
+    if isinstance(rows, FrameRows):
+        return rows.each(indices, function)
+    return [function(rows[v]) for v in indices]
+
+
+class _VideoLookup:
+    """Video index of ids (-1 for an id without a video), through Arrow where the ids
+    are strings: no dict of every video's id is made."""
+
+    def __init__(self, video_ids: Sequence[str]):
+        self.video_ids = video_ids
+        self._arrow = None
+        self._dict: dict | None = None
+
+    def positions(self, ids) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            values = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
+            if self._arrow is None:
+                known = self.video_ids
+                self._arrow = known.to_arrow() if isinstance(known, TextColumn) else pa.array(list(known), pa.large_string())
+            found = pc.index_in(values.cast(pa.large_string()), value_set=self._arrow)
+            return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        except (pa.ArrowException, TypeError, ValueError):  # ids that are not all strings: as a dict saw them
+            if self._dict is None:
+                self._dict = {v: i for i, v in enumerate(self.video_ids)}
+            return np.asarray([self._dict.get(v, -1) for v in ids], dtype=np.int64)
+
+
+@dataclass
+class _TrainCaptions:
+    """The training videos (sorted) and each one's caption ids (ascending)."""
+
+    videos: np.ndarray
+    captions: Ragged
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    @classmethod
+    def of(cls, caption_ids: np.ndarray, caption_video: np.ndarray) -> "_TrainCaptions":
+        caption_ids = np.asarray(caption_ids, dtype=np.int64)
+        ordered = caption_ids[np.argsort(caption_video[caption_ids], kind="stable")]
+        videos, starts = np.unique(caption_video[ordered], return_index=True)
+        return cls(videos.astype(np.int64), Ragged(ordered, np.append(starts, len(ordered))))
+
+
+def _split_winners(vote_video: np.ndarray, vote_split: np.ndarray, videos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per video, the split most of its votes name (index into SPLITS; -1: no vote),
+    ties going to the split voted for first (as ``Counter.most_common`` breaks them in
+    :func:`split_of_video`), and whether it had votes for several splits."""
+    winner = np.full(videos, -1, dtype=np.int64)
+    several = np.zeros(videos, dtype=bool)
+    if len(vote_video):
+        first_choice, counts = _most_common(vote_video, vote_split.astype(np.int64), len(SPLITS))
+        voted = np.flatnonzero(counts)
+        winner[voted] = first_choice[voted]
+        keys = np.unique(vote_video * len(SPLITS) + vote_split)
+        several = np.bincount(keys // len(SPLITS), minlength=videos) > 1
+    return winner, several
+
+
+def _most_common(owner: np.ndarray, value: np.ndarray, values: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each owner (0..max), the value it holds most often, ties to the value it
+    held first (``Counter.most_common(1)`` on values counted in order), and its count
+    of items (0: none; its value is then meaningless)."""
+    owners = int(owner.max()) + 1 if len(owner) else 0
+    keys, first, counts = np.unique(owner * values + value, return_index=True, return_counts=True)
+    key_owner = keys // values
+    order = np.lexsort((first, -counts, key_owner))  # by owner, most votes, earliest
+    best = order[np.r_[True, key_owner[order][1:] != key_owner[order][:-1]]] if len(order) else order
+    choice = np.zeros(owners, dtype=np.int64)
+    choice[key_owner[best]] = keys[best] % values
+    return choice, np.bincount(owner, minlength=owners)
+
+
+def _video_concepts(concepts: CategoryColumn, caption_video: np.ndarray, videos: int) -> CategoryColumn:
+    """Each video's concept: the most common of its captions' concepts (None when none
+    names one), ties to the concept named first."""
+    codes = concepts.codes()[: len(caption_video)]
+    named = np.flatnonzero(codes != concepts.code_of(None)) if len(codes) else np.zeros(0, np.int64)
+    result = CategoryColumn()
+    if not len(named):
+        result.extend([None] * videos)
+        return result
+    choice, counts = _most_common(caption_video[named], codes[named].astype(np.int64), len(concepts.names))
+    chosen = np.full(videos, -1, dtype=np.int64)
+    chosen[: len(choice)] = np.where(counts > 0, choice, -1)
+    result.extend(concepts.names[c] if c >= 0 else None for c in chosen.tolist())
+    return result
 
 
 def _note(issues: Counter, examples: dict, kind: str, count: int, example: str) -> None:
@@ -191,7 +307,7 @@ def load_videos(workdir: Path, need: str, rank: int = 0, world_size: int = 1) ->
         wait = partial(barrier, world_size)
     loaded = load_usable_videos(workdir, need, rank, world_size, wait)
     videos = VideoTable(loaded.video_ids, loaded.keyframe_embeddings, loaded.keyframe_paths,
-                        [None] * len(loaded.video_ids))
+                        CategoryColumn([None] * len(loaded.video_ids)))
     return videos, loaded.issues, loaded.examples
 
 
@@ -235,91 +351,109 @@ def build_data(
     are read once between them)."""
     workdir = Path(workdir)
     videos, issues, examples = load_videos(workdir, need, rank, world_size)
-    index_of = {v: i for i, v in enumerate(videos.video_ids)}
+    lookup = _VideoLookup(videos.video_ids)
     captions_path = captions_override or config.captions
 
-    texts: list[str] = []
-    sources: list[str] = []
-    concepts: list[str | None] = []
-    caption_video: list[int] = []
-    caption_index: list[int | None] = []
-    split_votes: dict[int, Counter] = {}
+    # Compact columns, filled a caption at a time (see mama_augment.train.columns).
+    texts = TextColumn()
+    sources = CategoryColumn()
+    concepts = CategoryColumn()
+    caption_video = array("q")
+    caption_index = NullableInts()
+    # Split votes, one (video, split) a caption: reduced to a split a video below.
+    vote_video, vote_split = array("q"), array("b")
     has_split = False
     if captions_path:
         frame = _read_captions(captions_path, None if captions_override else getattr(config, "captions_format", None),
                                videos.video_ids, issues, examples)
         has_split = "split" in frame.columns and frame["split"].notna().any()
         has_concept = "concept" in frame.columns
-        for row in frame.itertuples(index=False):
+        found = lookup.positions(frame["video_id"].tolist()) if len(frame) else np.zeros(0, np.int64)
+        for k, row in enumerate(frame.itertuples(index=False)):
             video_id, caption = row.video_id, row.caption
             if not caption:
                 _note(issues, examples, "empty_caption", 1, video_id)
                 continue
-            if video_id not in index_of:
+            v = int(found[k])
+            if v < 0:
                 _note(issues, examples, "caption_without_video", 1, video_id)
                 continue
-            v = index_of[video_id]
             if has_split:
                 raw = getattr(row, "split")
                 split = normalize_split(raw)
                 if split is None:
                     _note(issues, examples, "unknown_split", 1, f"{video_id}: {raw!r}")
                     continue
-                split_votes.setdefault(v, Counter())[split] += 1
+                vote_video.append(v)
+                vote_split.append(SPLITS.index(split))
             texts.append(caption)
             sources.append(SOURCE_ORIGINAL)
             concepts.append(getattr(row, "concept") if has_concept else None)
             caption_video.append(v)
             caption_index.append(None)
+        del frame
 
     if config.augment == "add":
         generated = generated_captions_table(workdir, ["caption"])
         flag_reason = _flag_filter(config, workdir, issues, examples)
         if generated.num_rows:
-            for row in generated.to_pandas().itertuples(index=False):
-                caption = (row.caption or "").strip()
-                if not caption:
-                    _note(issues, examples, "empty_generated_caption", 1, row.video_id)
-                    continue
-                if row.video_id not in index_of:
-                    _note(issues, examples, "generated_caption_without_video", 1, row.video_id)
-                    continue
-                dropped = flag_reason(row.video_id, int(row.caption_index), row.caption) if flag_reason else None
-                if dropped:
-                    _note(issues, examples, f"generated_caption_dropped_{dropped}", 1,
-                          f"{row.video_id}#{int(row.caption_index)}")
-                    continue
-                texts.append(caption)
-                sources.append(SOURCE_GENERATED)
-                concepts.append(None)
-                caption_video.append(index_of[row.video_id])
-                caption_index.append(int(row.caption_index))
+            found = lookup.positions(generated.column("video_id"))
+            start = 0
+            for batch in generated.to_batches(max_chunksize=8192):  # a batch of Python strings at a time
+                ids = batch.column("video_id").to_pylist()
+                indices = batch.column("caption_index").to_pylist()
+                for k, raw in enumerate(batch.column("caption").to_pylist()):
+                    video_id, index = ids[k], int(indices[k])
+                    caption = (raw or "").strip()
+                    if not caption:
+                        _note(issues, examples, "empty_generated_caption", 1, video_id)
+                        continue
+                    v = int(found[start + k])
+                    if v < 0:
+                        _note(issues, examples, "generated_caption_without_video", 1, video_id)
+                        continue
+                    dropped = flag_reason(video_id, index, raw) if flag_reason else None
+                    if dropped:
+                        _note(issues, examples, f"generated_caption_dropped_{dropped}", 1, f"{video_id}#{index}")
+                        continue
+                    texts.append(caption)
+                    sources.append(SOURCE_GENERATED)
+                    concepts.append(None)
+                    caption_video.append(v)
+                    caption_index.append(index)
+                start += batch.num_rows
+        del generated
 
     eval_source = SOURCE_ORIGINAL if captions_path else _generated_only(workdir, sources, issues)
-    caption_video_arr = np.asarray(caption_video, dtype=np.int64)
-    captioned = set(caption_video)
-    _note(issues, examples, "video_without_captions", len(videos) - len(captioned),
-          next((v for i, v in enumerate(videos.video_ids) if i not in captioned), ""))
+    caption_video_arr = np.array(caption_video, dtype=np.int64)  # a copy: the meta set appends to caption_video
+    captioned = np.zeros(len(videos), dtype=bool)
+    captioned[caption_video_arr] = True
+    uncaptioned = np.flatnonzero(~captioned)
+    _note(issues, examples, "video_without_captions", len(uncaptioned),
+          videos.video_ids[int(uncaptioned[0])] if len(uncaptioned) else "")
 
     # A video's concept: the most common concept of its original captions.
-    concept_votes: dict[int, Counter] = {}
-    for c, v in enumerate(caption_video):
-        if concepts[c] is not None:
-            concept_votes.setdefault(v, Counter())[concepts[c]] += 1
-    videos.concepts = [concept_votes[i].most_common(1)[0][0] if i in concept_votes else None for i in range(len(videos))]
+    videos.concepts = _video_concepts(concepts, caption_video_arr, len(videos))
 
-    video_split: list[str] = []
-    for i, video_id in enumerate(videos.video_ids):
-        votes = split_votes.get(i)
-        if has_split and votes and len(votes) > 1:
-            _note(issues, examples, "video_in_several_splits", 1, video_id)
-        video_split.append(split_of_video(video_id, votes, has_split, config.test_fraction, config.val_fraction))
+    video_split = CategoryColumn()
+    if has_split:
+        winner, several = _split_winners(np.frombuffer(vote_video, np.int64) if len(vote_video) else np.zeros(0, np.int64),
+                                         np.frombuffer(vote_split, np.int8) if len(vote_split) else np.zeros(0, np.int8),
+                                         len(videos))
+        if several.any():
+            _note(issues, examples, "video_in_several_splits", int(several.sum()),
+                  videos.video_ids[int(np.flatnonzero(several)[0])])
+        video_split.extend(SPLITS[w] if w >= 0 else "train" for w in winner.tolist())
+    else:
+        video_split.extend(split_of_video(video_id, None, False, config.test_fraction, config.val_fraction)
+                           for video_id in videos.video_ids)
+    del vote_video, vote_split
 
     # Generated captions of val/test videos would leak them into training: drop them.
-    train_caps: dict[int, list[int]] = {}
-    for c, v in enumerate(caption_video):
-        if video_split[v] == "train" and (keep_caption is None or keep_caption(c)):
-            train_caps.setdefault(v, []).append(c)
+    train_ids = np.flatnonzero(video_split.mask("train")[caption_video_arr])
+    if keep_caption is not None:
+        train_ids = train_ids[np.asarray([bool(keep_caption(int(c))) for c in train_ids], dtype=bool)]
+    train_caps = _TrainCaptions.of(train_ids, caption_video_arr)
 
     use_weighting, wrong, scored = config.use_meta_weighting, None, None
     reads_agreement = "agreement" in getattr(config, "meta_inputs", "loss").split(",") and use_weighting
@@ -353,7 +487,7 @@ def build_data(
     if use_weighting:
         try:
             meta_videos, meta_captions = _select_meta(
-                config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
+                config, workdir, videos, lookup, texts, sources, concepts, caption_video, train_caps,
                 caption_embedder, issues, examples, video_split,
             )
         except MetaSetTooSmall as exc:
@@ -363,8 +497,12 @@ def build_data(
             use_weighting, off_why = False, f"{exc}: trained without the meta-weighting (margin loss alone)"
             log.warning("%s", off_why)
     caption_index += [None] * (len(texts) - len(caption_index))  # meta-set captions
-    held_out = set(int(v) for v in meta_videos) if config.meta_holdout else set()
-    train_videos = np.asarray(sorted(v for v in train_caps if v not in held_out), dtype=np.int64)
+    held_out = np.asarray(sorted(int(v) for v in meta_videos) if config.meta_holdout else [], dtype=np.int64)
+    kept = ~np.isin(train_caps.videos, held_out)
+    train_videos = train_caps.videos[kept]
+    rows = train_caps.captions
+    train_captions = Ragged(rows.values[np.repeat(kept, rows.lengths())],
+                            np.concatenate([[0], np.cumsum(rows.lengths()[kept])]))
     data = TrainData(
         videos=videos,
         texts=texts,
@@ -373,7 +511,7 @@ def build_data(
         caption_video=caption_video_arr,
         video_split=video_split,
         train_videos=train_videos,
-        train_captions=[np.asarray(train_caps[int(v)], dtype=np.int64) for v in train_videos],
+        train_captions=train_captions,
         meta_videos=np.asarray(meta_videos, dtype=np.int64),
         meta_captions=np.asarray(meta_captions, dtype=np.int64),
         issues=issues,
@@ -397,43 +535,44 @@ def build_data(
     return data
 
 
-def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, caption_video, train_caps,
+def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, caption_video, train_caps,
                  caption_embedder, issues, examples, video_split) -> tuple[list[int], list[int]]:
     if config.meta_set:
         frame = _read_captions(config.meta_set, None, videos.video_ids, issues, examples, prefix="meta_set_")
         meta_v, meta_c = [], []
-        for row in frame.itertuples(index=False):
-            if not row.caption or row.video_id not in index_of:
+        found = lookup.positions(frame["video_id"].tolist()) if len(frame) else np.zeros(0, np.int64)
+        for k, row in enumerate(frame.itertuples(index=False)):
+            v = int(found[k])
+            if not row.caption or v < 0:
                 _note(issues, examples, "meta_pair_without_video", 1, row.video_id)
                 continue
-            if video_split[index_of[row.video_id]] != "train":
+            if video_split[v] != "train":
                 # The meta step would tune the weighting on a video the run is judged on.
                 _note(issues, examples, "meta_pair_of_val_or_test_video", 1, row.video_id)
                 continue
-            meta_v.append(index_of[row.video_id])
+            meta_v.append(v)
             texts.append(row.caption)
             sources.append("meta")
             concepts.append(getattr(row, "concept", None) if "concept" in frame.columns else None)
-            caption_video.append(index_of[row.video_id])
+            caption_video.append(v)
             meta_c.append(len(texts) - 1)
         if len(meta_v) < 2:
             raise UsageError(f"the meta set {config.meta_set} has fewer than 2 usable pairs")
         return meta_v, meta_c
 
     # Candidates: original captions of training videos (human captions are the clean ones).
-    candidates = [c for v, caps in sorted(train_caps.items()) for c in caps if sources[c] == SOURCE_ORIGINAL]
-    if not candidates:
-        candidates = [c for v, caps in sorted(train_caps.items()) for c in caps]
+    pairs = train_caps.captions.values  # by video, then caption id
+    candidates = pairs[_equal_mask(sources, SOURCE_ORIGINAL)[pairs]]
+    if not len(candidates):
+        candidates = pairs
     n_videos = len(train_caps)
     count = max(2, int(round(config.meta_fraction * len(candidates))))
     if n_videos - count < 2:
         raise MetaSetTooSmall(f"too few training videos ({n_videos}) to hold out a meta set of {count}")
     rng = np.random.default_rng([config.seed, 7])
     # One candidate caption per video, so held-out videos equal meta pairs.
-    first_of_video: dict[int, int] = {}
-    for c in candidates:
-        first_of_video.setdefault(caption_video[c], c)
-    per_video = list(first_of_video.values())
+    candidate_video = np.frombuffer(caption_video, np.int64)[candidates] if len(candidates) else candidates
+    per_video = candidates[np.unique(candidate_video, return_index=True)[1]].tolist()
     text_features = None
     if any(concepts[c] is not None for c in per_video):
         groups: dict[str, list[int]] = {}
@@ -446,13 +585,13 @@ def _select_meta(config, workdir, videos, index_of, texts, sources, concepts, ca
         method = "kmeans"
     scores = None
     if config.meta_select == "agreement":
-        video_features = [videos.keyframe_embeddings[caption_video[c]] for c in per_video]
-        if any(len(e) == 0 for e in video_features):
+        per_video_video = [caption_video[c] for c in per_video]
+        if (_frame_counts(videos, np.asarray(per_video_video, dtype=np.int64)) == 0).any():
             log.warning("meta set: some videos have no keyframe embeddings, so it is drawn at random")
         else:
             if text_features is None:
                 text_features = _text_features(per_video, texts, caption_embedder)
-            pooled = np.stack([e.mean(axis=0) for e in video_features])
+            pooled = np.stack(_each_video(videos, per_video_video, lambda e: e.mean(axis=0)))
             losses = agreement_losses(pooled, _dense(text_features), config.seed)
             scores = dict(zip(per_video, losses.tolist()))
     chosen = _even_sample(groups, count, rng, scores)
@@ -527,33 +666,36 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
     ``WRONG_SHARE_SAMPLE`` pairs drawn by the seed (enough for the share of wrong pairs,
     :func:`wrong_share`), or ``every_pair``; None when videos have no keyframe
     embeddings to score with."""
-    pairs = [c for v in sorted(train_caps) for c in train_caps[v]]
+    pairs = train_caps.captions.values.tolist()  # by video, then caption id
     if len(pairs) < 20:
         return None
     if len(pairs) > WRONG_SHARE_SAMPLE and not every_pair:
         rng = np.random.default_rng([config.seed, 13])
         pairs = sorted(rng.choice(pairs, size=WRONG_SHARE_SAMPLE, replace=False).tolist())
     embeddings = videos.keyframe_embeddings
-    if embeddings is None or any(len(embeddings[caption_video[c]]) == 0 for c in pairs):
+    paired = np.frombuffer(caption_video, np.int64)[np.asarray(pairs, dtype=np.int64)]
+    if embeddings is None or (_frame_counts(videos, paired) == 0).any():
         log.warning("meta-weighting: some videos have no keyframe embeddings, so the share of wrong pairs "
                     "cannot be estimated; the weighting stays on")
         return None
-    pooled = np.stack([np.asarray(embeddings[caption_video[c]], dtype=np.float32).mean(axis=0) for c in pairs])
+    pooled = np.stack(_each_video(videos, paired.tolist(),
+                                  lambda e: np.asarray(e, dtype=np.float32).mean(axis=0)))
     text_features = _dense(_text_features(pairs, texts, caption_embedder))
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True)
     return PairScores(np.asarray(pairs, dtype=np.int64), scores, null)
 
 
-def _drop_disagreeing(train_caps: dict[int, list[int]], scored: PairScores, share: float) -> int:
+def _drop_disagreeing(train_caps: _TrainCaptions, scored: PairScores, share: float) -> int:
     """Leave the ``share`` of scored pairs that agree least out of ``train_caps`` (in
     place; a video left without captions leaves the training stream); how many."""
-    dropped = set(scored.caption_ids[most_disagreeing(scored.scores, share)].tolist())
-    for v in list(train_caps):
-        kept = [c for c in train_caps[v] if c not in dropped]
-        if kept:
-            train_caps[v] = kept
-        else:
-            del train_caps[v]
+    dropped = np.unique(scored.caption_ids[most_disagreeing(scored.scores, share)])
+    rows = train_caps.captions
+    kept = ~np.isin(rows.values, dropped)
+    lengths = np.add.reduceat(kept.astype(np.int64), rows.offsets[:-1]) if len(rows.values) else rows.lengths()
+    lengths[rows.lengths() == 0] = 0  # reduceat reads one value for an empty row
+    remaining = lengths > 0
+    train_caps.videos = train_caps.videos[remaining]
+    train_caps.captions = Ragged(rows.values[kept], np.concatenate([[0], np.cumsum(lengths[remaining])]))
     return len(dropped)
 
 
@@ -597,10 +739,16 @@ def _kmeans_groups(caption_ids, features, count, seed) -> dict[str, list[int]]:
     return groups
 
 
+def _caption_counts(train_captions) -> np.ndarray:
+    if isinstance(train_captions, Ragged):
+        return train_captions.lengths()
+    return np.asarray([len(c) for c in train_captions], dtype=np.int64)
+
+
 def steps_per_epoch(data: TrainData, batch_size: int, captions: str = "one") -> int:
     if captions == "all":
         size = min(batch_size, len(data.train_videos))
-        per_round = np.bincount(np.asarray([len(c) for c in data.train_captions]))[::-1].cumsum()[::-1][1:]
+        per_round = np.bincount(_caption_counts(data.train_captions))[::-1].cumsum()[::-1][1:]
         return max(1, int(sum(n // size for n in per_round)))
     return max(1, len(data.train_videos) // batch_size)
 
@@ -633,9 +781,11 @@ def epoch_batches(data: TrainData, epoch: int, seed: int, batch_size: int,
     order = rng.permutation(len(data.train_videos))
     pick = rng.random(len(order))
     videos = data.train_videos[order]
-    captions = np.asarray(
-        [data.train_captions[k][int(p * len(data.train_captions[k]))] for k, p in zip(order, pick)], dtype=np.int64
-    )
+    rows = data.train_captions
+    if isinstance(rows, Ragged):  # the same draw as below, for every video at once
+        captions = rows.values[rows.offsets[order] + (pick * rows.lengths()[order]).astype(np.int64)]
+    else:
+        captions = np.asarray([rows[k][int(p * len(rows[k]))] for k, p in zip(order, pick)], dtype=np.int64)
     size = min(batch_size, len(order))
     n = steps_per_epoch(data, batch_size)
     return [(videos[i * size : (i + 1) * size], captions[i * size : (i + 1) * size]) for i in range(n)]

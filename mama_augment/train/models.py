@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mama_augment.errors import MamaError, MissingDependency, UsageError
+from mama_augment.train.columns import FrameRows
 from mama_augment.train.data import VideoTable
 from mama_augment.train.frames import DecodedFrames, FrameSource, decode_on_device
 from mama_augment.train.inputs import ClipInputBuilder, frames_of_video, to_device
@@ -185,7 +186,8 @@ class FeaturesModel(RetrievalModel):
         self._text_table = torch.zeros(0, text_encoder.dim)
 
     def set_videos(self, videos: VideoTable) -> None:
-        lengths = [len(e) for e in videos.keyframe_embeddings]
+        rows = videos.keyframe_embeddings
+        lengths = rows.counts.tolist() if isinstance(rows, FrameRows) else [len(e) for e in rows]
         if any(n == 0 for n in lengths):
             raise MamaError("a video without keyframe embeddings reached the features model")
         flat, offsets = _frame_table(videos.keyframe_embeddings, self.video_dim)
@@ -238,6 +240,11 @@ def _frame_table(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np
     When the videos' arrays are row ranges of one array (the feature cache, mapped from
     disk) that array is used as it is, in its own order, so nothing is copied and its
     pages are read as batches need them; otherwise they are concatenated."""
+    if isinstance(arrays, FrameRows) and arrays.frames is not None and len(arrays):
+        # The cache's rows say where each video is: no view a video to walk.
+        frames = arrays.frames
+        if frames.ndim == 2 and frames.shape[1] == dim and frames.dtype in (np.float16, np.float32):
+            return np.asarray(frames), arrays.offsets.copy()
     root = arrays[0] if len(arrays) else None
     while root is not None and isinstance(root.base, np.ndarray):
         root = root.base
@@ -273,7 +280,11 @@ def _index_tensor(indices: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def build_features_model(config, videos: VideoTable, workdir: Path, device: torch.device) -> FeaturesModel:
-    dims = {e.shape[1] for e in videos.keyframe_embeddings if len(e)}
+    rows = videos.keyframe_embeddings
+    if isinstance(rows, FrameRows) and rows.frames is not None:
+        dims = {int(rows.frames.shape[1])} if rows.counts.any() else set()
+    else:
+        dims = {e.shape[1] for e in rows if len(e)}
     if not dims:
         raise UsageError("no keyframe embeddings found; run `mama-augment keyframes` with an embedder first")
     if len(dims) > 1:

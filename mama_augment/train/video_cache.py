@@ -33,6 +33,7 @@ import numpy as np
 from mama_augment.errors import ItemError, UsageError
 from mama_augment.frame_embeddings import READ_COLUMNS, REFERENCE_COLUMNS, EmbeddingReader
 from mama_augment.manifest import KEYFRAMES, _part_files, make_folder, manifest_path
+from mama_augment.train.columns import FrameRows, ListColumn, TextColumn
 from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder
 from mama_augment.workread import VideoBatch, video_batches
 
@@ -44,9 +45,9 @@ _BATCH_ROWS = 256
 
 @dataclass
 class LoadedVideos:
-    video_ids: list[str]  # sorted
-    keyframe_embeddings: list[np.ndarray]  # (frames, dim) views of one array; (0, 0) when not read
-    keyframe_paths: list[list[str]]
+    video_ids: TextColumn  # sorted
+    keyframe_embeddings: FrameRows  # (frames, dim) views of one array; (0, 0) when not read
+    keyframe_paths: ListColumn
     issues: Counter
     examples: dict[str, str]
 
@@ -302,11 +303,24 @@ def _reader_issues(scan: _Scan, reader: EmbeddingReader) -> None:
 
 
 def _sorted(scan: _Scan, frames: np.ndarray | None = None) -> LoadedVideos:
-    order = sorted(range(len(scan.video_ids)), key=scan.video_ids.__getitem__)
-    empty = np.zeros((0, 0), FEATURE_DTYPE)
-    embeddings = [frames[scan.offsets[k] : scan.offsets[k] + scan.frame_counts[k]] if frames is not None else empty
-                  for k in order]
-    return LoadedVideos([scan.video_ids[k] for k in order], embeddings, [scan.keyframe_paths[k] for k in order],
+    """The scan's videos sorted by id, as columns: no Python object per video or path
+    (at 200 k videos those lists held ~300 MB). ``scan``'s lists may be Arrow arrays
+    (the cache's index, read as it is)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = scan.video_ids if isinstance(scan.video_ids, pa.Array) else pa.array(scan.video_ids, pa.string())
+    paths = scan.keyframe_paths
+    if not isinstance(paths, pa.Array):
+        paths = pa.array(paths, pa.list_(pa.string()))
+    # Arrow orders strings by their UTF-8 bytes, which is the code point order sorted() used.
+    order = pc.sort_indices(ids).to_numpy() if len(ids) else np.zeros(0, np.int64)
+    if frames is None:
+        rows = FrameRows(None, np.zeros(len(order), np.int64), np.zeros(len(order), np.int64))
+    else:
+        rows = FrameRows(frames, np.asarray(scan.offsets, dtype=np.int64)[order],
+                         np.asarray(scan.frame_counts, dtype=np.int64)[order])
+    return LoadedVideos(TextColumn.from_arrow(ids.take(order)), rows, ListColumn(paths.take(order)),
                         scan.issues, scan.examples)
 
 
@@ -340,7 +354,9 @@ def _open_cache(folder: Path) -> LoadedVideos | None:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         if meta.get("format") != _FORMAT:
             return None
-        index = pq.read_table(folder / "index.parquet").to_pydict()
+        # As Arrow columns: the ids and paths of every video never become Python objects.
+        table = pq.read_table(folder / "index.parquet")
+        index = {name: table.column(name).combine_chunks() for name in table.column_names}
     except (OSError, ValueError):
         return None
     total, dim = int(meta["frames"]), int(meta["dim"])
@@ -350,7 +366,7 @@ def _open_cache(folder: Path) -> LoadedVideos | None:
         # Copy-on-write: the model may take the array as a (writable) tensor, and
         # nothing written in this process ever reaches the file.
         frames = np.memmap(folder / "frames.f16", dtype=FEATURE_DTYPE, mode="c", shape=(total, dim))
-    scan = _Scan(index["video_id"], index["offset"], index["frames"], index["keyframe_paths"],
+    scan = _Scan(index["video_id"], index["offset"].to_numpy(), index["frames"].to_numpy(), index["keyframe_paths"],
                  Counter(meta["issues"]), dict(meta["examples"]), dim, total)
     return _sorted(scan, frames)
 
