@@ -56,7 +56,9 @@ def qa_command(
 
     With --nproc-per-node N (and --nnodes) the command starts N processes with
     torchrun (NCCL on GPUs, gloo on CPU), as `train` does; under torchrun itself each
-    process joins the group. Rank 0 alone writes the run folder.
+    process joins the group. Rank 0 alone writes the run folder; every process exits
+    with the run's code. A second qa (or train) into a run folder being written stops
+    at once (exit 1).
 
     Example: mama-augment qa --run mama-work/runs/msrvtt --questions train_qa.json --questions val_qa.json --questions test_qa.json
 
