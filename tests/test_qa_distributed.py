@@ -162,3 +162,26 @@ def test_cli_launches_torchrun_with_nproc_per_node(base_run):
     for name in ("qa_heads.safetensors", "qa_checkpoint.safetensors", "eval.json"):
         assert (run / name).exists(), name
     assert result.stdout.count("written:") == 1, result.stdout  # rank 0 alone reports
+
+
+def test_every_rank_exits_with_the_runs_code(base_run, tmp_path):
+    """Two processes as torchrun starts them (its environment, no agent): a question
+    whose video is not in the work folder makes the run exit 1, on rank 1 too, so a
+    launcher that watches any one process sees the run's outcome."""
+    base, files = base_run
+    test = tmp_path / "test_mc.jsonl"
+    test.write_text((files / "test_mc.jsonl").read_text() + json.dumps(
+        {"question": "which thing is it?", "answer": 0, "video_id": "video-nowhere", "options": CONCEPT_WORDS[:4]}) + "\n")
+    port = _free_port()
+    processes = []
+    for rank in range(WORLD):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env.pop("TORCHELASTIC_RUN_ID", None)
+        command = [sys.executable, "-m", "mama_augment", "qa", "--run", str(base), "--questions",
+                   str(files / "train_mc.jsonl"), "--questions", str(test), "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--name", "qa-exit-codes"]
+        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          env=env))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [1, 1], outputs
+    assert "1 questions left out" in outputs[0] and "written:" not in outputs[1], outputs

@@ -353,3 +353,59 @@ def test_a_trained_epoch_must_beat_the_untrained_head_beyond_chance():
     assert not beats_untrained(lucky, untrained) and not beats_untrained(untrained, untrained)
     assert beats_untrained(better, untrained) and not beats_untrained(worse_then_better, untrained)
     assert not beats_untrained(untrained, better)
+
+
+def test_a_qa_run_takes_its_run_lock(trained):
+    """While another process writes QA run X (it holds X's lock, as a running `qa` or
+    `train` does), a second `qa` into X stops at once, exit 1, and touches nothing; a QA
+    run of another name is not held up."""
+    import os
+    import subprocess
+    import sys
+
+    workdir, files = trained
+    base = workdir / "runs" / "base"
+    args = ["qa", "--run", str(base), "--questions", str(files / "train_mc.jsonl"), "--questions",
+            str(files / "test_mc.jsonl"), "--epochs", "1", "--device", "cpu", "--name", "qa-locked"]
+    assert runner.invoke(app, args).exit_code == 0
+    evaluation = workdir / "runs" / "qa-locked" / "eval.json"
+    before = evaluation.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time\nfrom mama_augment.manifest import workdir_lock\n"
+         f"with workdir_lock({str(workdir)!r}, 'train-qa-locked'):\n    print('locked', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for second in (args, [*args, "--zero-shot"], ["qa", "--run", str(base), "--name", "qa-locked", "--resume"]):
+            result = runner.invoke(app, second)
+            assert result.exit_code == 1 and "another 'train-qa-locked' run" in result.output, result.output
+            assert "Traceback" not in result.output
+        assert evaluation.read_bytes() == before
+        other = runner.invoke(app, [*args[:-1], "qa-unlocked"])
+        assert other.exit_code == 0, other.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runner.invoke(app, args).exit_code == 0
+
+
+def test_a_run_begun_without_choice_dropout_resumes_without_it(tmp_path):
+    """The multiple-choice correction trains with dropout now; a run whose config.json
+    predates it continues as it began (no dropout), a newer run with its own rate."""
+    from dataclasses import asdict
+
+    from mama_augment.train.qa import QASettings, _resumed_settings
+    from mama_augment.train.qa_state import CHECKPOINT_FILE
+    from mama_augment.train.runs import RunPaths
+
+    paths = RunPaths.of(tmp_path, "qa-old")
+    paths.root.mkdir(parents=True)
+    (paths.root / CHECKPOINT_FILE).write_bytes(b"")
+    stored = asdict(QASettings(base_run="base", questions=["train.jsonl"], choice_dropout=0.3))
+    paths.config.write_text(json.dumps(stored))
+    assert _resumed_settings(paths, None).choice_dropout == 0.3
+    del stored["choice_dropout"]
+    paths.config.write_text(json.dumps(stored))
+    assert _resumed_settings(paths, None).choice_dropout == 0.0
+    assert QASettings(base_run="base", questions=["q"]).choice_dropout > 0

@@ -56,7 +56,9 @@ def qa_command(
 
     With --nproc-per-node N (and --nnodes) the command starts N processes with
     torchrun (NCCL on GPUs, gloo on CPU), as `train` does; under torchrun itself each
-    process joins the group. Rank 0 alone writes the run folder.
+    process joins the group. Rank 0 alone writes the run folder; every process exits
+    with the run's code. A second qa (or train) into a run folder being written stops
+    at once (exit 1).
 
     Example: mama-augment qa --run mama-work/runs/msrvtt --questions train_qa.json --questions val_qa.json --questions test_qa.json
 
@@ -93,19 +95,21 @@ def qa_command(
         call_library(launch, _forwarded_arguments(ctx), nproc_per_node, nnodes, node_rank, master_addr, master_port,
                      command="qa")
         return
+    rank = 0
     if under_torchrun and env_from_environ().is_distributed:
         rank, result = _qa_distributed(settings, workdir, name, device, resume, run)
-        if rank != 0:  # rank 0 speaks for the run
-            return
     else:
         result = call_library(run_qa, settings, workdir=workdir, name=name, device=device, resume=resume,
                               base_run=run)
-    typer.echo(format_qa(result))
-    if result.problems:
-        typer.echo("problems:")
-        for line in result.problems:
-            typer.echo(f"  {line}")
-    typer.echo(f"\nwritten: {result.run_dir / 'eval.json'}")
+    if rank == 0:  # rank 0 speaks for the run
+        typer.echo(format_qa(result))
+        if result.problems:
+            typer.echo("problems:")
+            for line in result.problems:
+                typer.echo(f"  {line}")
+        typer.echo(f"\nwritten: {result.run_dir / 'eval.json'}")
+    # Every rank exits with the run's code (each read the same questions), as under
+    # `train`: a launcher that watches any one process sees the run's outcome.
     if result.questions_left_out or any(not line.startswith("duplicate_question_id") for line in result.problems):
         raise typer.Exit(1)
 

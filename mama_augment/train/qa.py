@@ -12,7 +12,8 @@ video, question and answer text once; small heads are trained on those embedding
   plus a learned correction, trained with cross-entropy over the candidates (the scores
   times a learned logit scale, started at the retrieval model's). The correction's last
   layer starts at zero, so the untrained head answers exactly as zero-shot and training
-  can only move away from it where the training answers say so.
+  can only move away from it where the training answers say so; it trains with dropout
+  (``choice_dropout``), without which it learns the training answers by heart.
 
 Both the open-ended head and the correction read ``[video, text, video * text]`` of the
 projected, normalised embeddings (the text: the question, or the question with the
@@ -89,6 +90,8 @@ class QASettings:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     hidden: int = 512
+    # Dropout of the multiple-choice correction (its inputs and hidden units); see ChoiceHead.
+    choice_dropout: float = 0.5
     seed: int = 0
     zero_shot: bool = False
     task: str = TASK
@@ -103,6 +106,7 @@ class QASettings:
         check_number(self.learning_rate, "--learning-rate", above=0, maximum=10)
         check_number(self.weight_decay, "--weight-decay", minimum=0, maximum=10)
         check_number(self.hidden, "--hidden", minimum=1, maximum=100_000)
+        check_number(self.choice_dropout, "choice_dropout", minimum=0, maximum=0.95)
         check_number(self.seed, "--seed", minimum=0, maximum=2**63 - 1)
 
 
@@ -161,13 +165,42 @@ def build_heads(dim: int, hidden: int, answers: int, logit_scale: float = 1 / 0.
             nn.init.zeros_(self.correction[-1].bias)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(max(logit_scale, 1.0))))
 
-        def forward(self, video, candidates):
+        def forward(self, video, candidates, keep=None):
             """(questions, width) scores; ``video`` (questions, dim), ``candidates``
-            (questions, width, dim), texts that hold the question."""
-            correction = self.correction(_fused(video[:, None, :].expand_as(candidates), candidates)).squeeze(-1)
-            return _similarity(video, candidates) + correction
+            (questions, width, dim), texts that hold the question. ``keep``: in
+            training, the dropout masks of the correction's inputs and hidden units
+            (:func:`_dropout_masks`)."""
+            layer_norm, first, activation, last = self.correction
+            inputs = layer_norm(_fused(video[:, None, :].expand_as(candidates), candidates))
+            if keep is not None:
+                inputs = inputs * keep[0]
+            hidden_units = activation(first(inputs))
+            if keep is not None:
+                hidden_units = hidden_units * keep[1]
+            return _similarity(video, candidates) + last(hidden_units).squeeze(-1)
 
     return mlp(3 * dim, max(answers, 1)), ChoiceHead()
+
+
+def _dropout_masks(rows: int, width: int, dim: int, hidden: int, rate: float, generator):
+    """Inverted-dropout masks of the correction's inputs and hidden units for a batch of
+    ``rows`` questions, drawn from the batch-order generator for the whole batch: every
+    process draws the same masks and takes its share's rows, so a run on several
+    processes (and a resumed one: the generator is in the checkpoint) trains what one
+    uninterrupted process trains. None when ``rate`` is 0.
+
+    Why dropout: the correction reads one embedding per (question, candidate) text, and
+    without it learns the training answers by heart within an epoch or two (the 30 %
+    wrong answers included) and falls below zero-shot on new videos; on the proxy
+    benchmark (benchmarks/qa_proxy.py) dropout 0.5 is what let it rise above zero-shot on
+    the validation questions whose candidates are not captions."""
+    import torch
+
+    if rate <= 0:
+        return None
+    scale = 1.0 / (1.0 - rate)
+    return tuple((torch.rand(rows, width, size, generator=generator) >= rate).float() * scale
+                 for size in (3 * dim, hidden))
 
 
 @dataclass
@@ -407,7 +440,11 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
         for kind, order in batches:
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start : start + settings.batch_size]
-                rows = batch[batch_share(len(batch), rank, world_size)]  # this process's share
+                mine = batch_share(len(batch), rank, world_size)
+                rows = batch[mine]  # this process's share
+                # drawn by every process, rows or none, so that the generators stay alike
+                masks = _dropout_masks(len(batch), cand.shape[1], cand.shape[2], settings.hidden,
+                                      settings.choice_dropout, generator) if kind == "choice" else None
                 if len(rows) == 0:  # a short last batch: still take part in the gradient average
                     loss = _zero_loss(heads[0] if kind == "open" else heads[1])
                 elif kind == "open":
@@ -415,7 +452,9 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
                     loss = F.cross_entropy(logits, labels[rows].to(device))
                 else:
                     picked = choice_rows[rows]
-                    scores = heads[1](video[picked], cand[picked])
+                    if masks is not None:
+                        masks = tuple(m[mine].to(device) for m in masks)
+                    scores = heads[1](video[picked], cand[picked], masks)
                     logits = (scores * heads[1].logit_scale.exp()).masked_fill(~mask[picked], float("-inf"))
                     loss = F.cross_entropy(logits, choice_answers[rows].to(device))
                 share = len(rows) / len(batch)
@@ -501,7 +540,27 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
     when given, must be the run's own). On ``world_size`` processes (torchrun, the group
     already joined) each trains on its share of every batch and rank 0 alone writes.
     ``epoch_callback(epochs_done)`` runs after each epoch's checkpoint.
+
+    Two writers of one run folder would mix their files: the writer (rank 0) holds the
+    run's lock, ``train``'s own (so a ``train`` of that name is kept out too), from its
+    first look at the folder to its last file; a second run into the folder meanwhile
+    stops at once with a MamaError.
     """
+    import contextlib
+
+    with contextlib.ExitStack() as held:
+        return _run_qa(settings, workdir, name, device, resume, rank, world_size, epoch_callback, base_run, held)
+
+
+def _hold_run_lock(held, workdir: Path, name: str, rank: int) -> None:
+    from mama_augment.manifest import workdir_lock
+
+    check_name(name, "--name")  # it names the lock file
+    if rank == 0 and workdir.is_dir():
+        held.enter_context(workdir_lock(workdir, f"train-{name}"))
+
+
+def _run_qa(settings, workdir, name, device, resume, rank, world_size, epoch_callback, base_run, held) -> QARunResult:
     import torch
 
     from mama_augment.train import checkpoint as ckpt
@@ -511,6 +570,7 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
     if resume:
         if workdir is None or name is None:
             raise UsageError("--resume needs the QA run to continue: its --name and --workdir, or the --run it was made from")
+        _hold_run_lock(held, Path(workdir), name, rank)
         settings = _resumed_settings(RunPaths.of(workdir, name), base_run)
     if settings is None:
         raise UsageError("give the retrieval run (--run) and the question files (--questions)")
@@ -520,6 +580,8 @@ def run_qa(settings: QASettings | None, workdir: str | Path | None = None, name:
     workdir = Path(workdir) if workdir else base.parent.parent
     name = name or f"qa-{base.name}"
     check_name(name, "--name")
+    if not resume:
+        _hold_run_lock(held, workdir, name, rank)
     paths = RunPaths.of(workdir, name)
     if paths.root.resolve() == base.resolve():
         raise UsageError("--name names the retrieval run itself: choose another name")
@@ -649,6 +711,8 @@ def _resumed_settings(paths: RunPaths, base_run: str | Path | None) -> QASetting
         raise UsageError(f"{paths.root} is not a QA run: resume it with `mama-augment train --resume`")
     if "answers_default_of" in stored:
         settings.answers = None  # the release's own count, as the run was started
+    if "choice_dropout" not in stored:
+        settings.choice_dropout = 0.0  # begun before the correction had dropout: continued without
     if base_run is not None and Path(base_run).resolve() != Path(settings.base_run).resolve():
         raise UsageError(f"--run {base_run} is not the retrieval run {paths.root.name} was made from "
                          f"({settings.base_run}): --resume continues a run as it began")
