@@ -217,7 +217,7 @@ def test_dense_above_the_cap_fits_the_reduction_on_a_sample(monkeypatch):
     monkeypatch.setattr(TruncatedSVD, "fit", counting)
     reduced = _dense(features, cap=400, chunk=128)
     assert fitted_rows == [400]
-    assert reduced.shape == (900, 256) and reduced.dtype == np.float32 and np.isfinite(reduced).all()
+    assert reduced.shape == (900, 256) and reduced.dtype == np.float16 and np.isfinite(reduced).all()
     assert (np.abs(reduced).sum(axis=1) > 0).all()
     np.testing.assert_array_equal(_dense(features, cap=900), _dense(features))
 

@@ -66,10 +66,15 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
     # the same float32 values, without a float32 copy of every video (0.9 GB at 180 k x 1 280).
     video = torch.as_tensor(video_features if video_features.dtype == np.float16
                             else np.asarray(video_features, dtype=np.float32))
-    text = torch.as_tensor(np.asarray(text_features, dtype=np.float32))
+    text_features = np.asarray(text_features)
+    text = torch.as_tensor(text_features if text_features.dtype == np.float16
+                           else np.asarray(text_features, dtype=np.float32))
 
     def frames(rows):  # the video rows of pairs ``rows``, widened to float32
         return video[rows if video_of is None else video_of[rows]].float()
+
+    def captions(rows):  # likewise (float32 rows are returned as they are)
+        return text[rows].float()
 
     scores = np.zeros(n, dtype=np.float64)
     null = np.full(n, np.nan, dtype=np.float64)
@@ -95,7 +100,7 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
                 rows = order[start : start + batch_size]
                 if len(rows) < 2:
                     continue
-                logits = log_scale.exp() * F.normalize(video_head(frames(rows)), dim=-1) @ F.normalize(text_head(text[rows]), dim=-1).T
+                logits = log_scale.exp() * F.normalize(video_head(frames(rows)), dim=-1) @ F.normalize(text_head(captions(rows)), dim=-1).T
                 loss = symmetric_cross_entropy(logits)
                 optimizer.zero_grad()
                 loss.backward()
@@ -107,7 +112,7 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
             for start in range(0, len(held), gallery):
                 block = np.arange(start, min(start + gallery, len(held)))
                 v = F.normalize(video_head(frames(held[block])), dim=-1)
-                t = F.normalize(text_head(text[held[block]]), dim=-1)
+                t = F.normalize(text_head(captions(held[block])), dim=-1)
                 logits = scale * v @ t.T  # (videos, captions) of the block
                 row_lse, col_lse = torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
                 index = torch.arange(len(block))

@@ -751,8 +751,9 @@ def _dense(features, cap: int | None = None, chunk: int = 16384) -> np.ndarray:
     """Dense rows for the agreement model; sparse TF-IDF is reduced to 256 dimensions.
 
     Above ``cap`` rows the reduction is fitted on a seeded sample of ``cap`` of them and
-    applied a chunk at a time into float32: fitted on all 540 k captions of 200 k videos,
-    the randomized SVD's float64 work arrays alone are ~1 GB each."""
+    applied a chunk at a time into float16 (the agreement model widens a batch on use):
+    fitted on all 540 k captions of 200 k videos, the randomized SVD's float64 work
+    arrays alone are ~1 GB each, and the rows would be 0.55 GB in float32."""
     if isinstance(features, np.ndarray):
         return features
     from sklearn.decomposition import TruncatedSVD
@@ -763,7 +764,7 @@ def _dense(features, cap: int | None = None, chunk: int = 16384) -> np.ndarray:
     if fitted == n:
         return svd.fit_transform(features).astype(np.float32)
     svd.fit(features[np.sort(np.random.default_rng([0, 19]).choice(n, size=fitted, replace=False))])
-    out = np.empty((n, svd.components_.shape[0]), dtype=np.float32)
+    out = np.empty((n, svd.components_.shape[0]), dtype=np.float16)
     for start in range(0, n, chunk):
         out[start : start + chunk] = svd.transform(features[start : start + chunk])
     return out
