@@ -120,3 +120,127 @@ def test_a_run_from_before_the_agreement_prior_resumes_without_it(tmp_path):
     del stored["agreement_prior"]
     paths.config.write_text(json.dumps(stored))
     assert load_run_config(paths).agreement_prior is False
+
+
+def _paired_features(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cause = rng.normal(size=(n, 8))
+    video = (cause @ rng.normal(size=(8, 40)) + 0.5 * rng.normal(size=(n, 40))).astype(np.float32)
+    text = (cause @ rng.normal(size=(8, 24)) + 0.5 * rng.normal(size=(n, 24))).astype(np.float32)
+    return video, text
+
+
+def test_agreement_sample_caps_the_pairs_the_probes_train_on_and_scores_every_pair(monkeypatch):
+    """With 300 pairs and a cap of 100, the five fold models train on 4/5 of the 100
+    sampled pairs each, for 2 epochs (800 pair rows in all instead of 2 400), and
+    still score all 300 pairs."""
+    from mama_augment.train import agreement
+
+    trained_rows = []
+    loss = agreement.symmetric_cross_entropy
+
+    def counting(logits):
+        trained_rows.append(len(logits))
+        return loss(logits)
+
+    monkeypatch.setattr(agreement, "symmetric_cross_entropy", counting)
+    video, text = _paired_features(300)
+    scores, null = agreement_losses(video, text, seed=0, with_null=True, max_train=100, batch_size=512)
+    assert sum(trained_rows) == 2 * 4 * 100
+    assert scores.shape == (300,) and np.isfinite(scores).all() and np.isfinite(null).all()
+    trained_rows.clear()
+    agreement_losses(video, text, seed=0, with_null=True, batch_size=512)
+    assert sum(trained_rows) == 2 * 4 * 300
+
+
+def test_agreement_sample_at_or_above_the_pairs_changes_nothing():
+    """At or below the cap the scores are bit for bit those without one; blocks of 64
+    make the held-out folds span several blocks (projected a block at a time)."""
+    video, text = _paired_features(700, seed=1)
+    plain = agreement_losses(video, text, seed=3, with_null=True, gallery=64)
+    for cap in (700, 10_000):
+        capped = agreement_losses(video, text, seed=3, with_null=True, gallery=64, max_train=cap)
+        np.testing.assert_array_equal(capped[0], plain[0])
+        np.testing.assert_array_equal(capped[1], plain[1])
+    below = agreement_losses(video, text, seed=3, with_null=True, gallery=64, max_train=350)
+    assert not np.array_equal(below[0], plain[0])
+
+
+def test_agreement_sample_reaches_the_meta_set_and_the_estimate(tmp_path):
+    """``agreement_sample`` of the config caps both agreement scorings of build_data: at
+    or above the training pairs the data are those of an uncapped run, below it the
+    meta set chosen by agreement moves."""
+    workdir, captions = make_workdir(tmp_path, n_videos=300, shuffled_fraction=0.3)
+    runs = {cap: build_data(_config(captions, loss="mama", meta_weighting=True, meta_fraction=0.1,
+                                     agreement_sample=cap), workdir)
+            for cap in (0, 100_000, 60)}
+    uncapped, above, below = runs[0], runs[100_000], runs[60]
+    np.testing.assert_array_equal(above.meta_videos, uncapped.meta_videos)
+    np.testing.assert_array_equal(above.meta_captions, uncapped.meta_captions)
+    assert above.wrong_share == uncapped.wrong_share
+    assert not np.array_equal(below.meta_videos, uncapped.meta_videos)
+
+
+def test_a_run_from_before_the_agreement_sample_resumes_uncapped(tmp_path):
+    import json
+
+    from mama_augment.train.runs import RunPaths, load_run_config
+
+    paths = RunPaths.of(tmp_path, "old")
+    paths.root.mkdir(parents=True)
+    stored = TrainConfig(captions="c.csv").to_dict()
+    del stored["agreement_sample"]
+    paths.config.write_text(json.dumps(stored))
+    assert load_run_config(paths).agreement_sample == 0
+    assert TrainConfig(captions="c.csv").validate().agreement_sample == 50_000
+
+
+def test_dense_above_the_cap_fits_the_reduction_on_a_sample(monkeypatch):
+    """TF-IDF rows beyond ``cap`` are reduced by an SVD fitted on ``cap`` of them (its
+    work arrays grow with the rows it is fitted on), every row still reduced; at or
+    below the cap, the fit on every row as before."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from mama_augment.train.data import _dense
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    features = TfidfVectorizer().fit_transform([" ".join(rng.choice(words, size=8)) for _ in range(900)])
+    fitted_rows = []
+    fit = TruncatedSVD.fit
+
+    def counting(self, X, y=None):
+        fitted_rows.append(X.shape[0])
+        return fit(self, X, y)
+
+    monkeypatch.setattr(TruncatedSVD, "fit", counting)
+    reduced = _dense(features, cap=400, chunk=128)
+    assert fitted_rows == [400]
+    assert reduced.shape == (900, 256) and reduced.dtype == np.float16 and np.isfinite(reduced).all()
+    assert (np.abs(reduced).sum(axis=1) > 0).all()
+    np.testing.assert_array_equal(_dense(features, cap=900), _dense(features))
+
+
+def test_scored_pairs_share_one_pooled_row_a_video(tmp_path, monkeypatch):
+    """With every pair scored (the agreement prior), a video's captions share its pooled
+    frames: one row a video, float32 at or below the cap and float16 above it."""
+    from mama_augment.train import data as data_module
+
+    seen = []
+    real = data_module.agreement_losses
+
+    def recording(video_features, text_features, seed, **kwargs):
+        seen.append((video_features.shape[0], video_features.dtype, len(text_features), kwargs.get("max_train")))
+        return real(video_features, text_features, seed, **kwargs)
+
+    monkeypatch.setattr(data_module, "agreement_losses", recording)
+    workdir, captions = make_workdir(tmp_path, n_videos=200, generated=True, shuffled_fraction=0.3)
+    for cap in (0, 100):
+        seen.clear()
+        data = build_data(_config(captions, loss="mama", agreement_prior=True, augment="add", agreement_sample=cap),
+                          workdir)
+        rows, dtype, pairs, max_train = seen[0]
+        scored = data.train_captions.values
+        assert pairs == len(scored) > rows == len(np.unique(data.caption_video[scored]))
+        assert dtype == (np.float16 if cap else np.float32) and max_train == (cap or None)

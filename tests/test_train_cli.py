@@ -83,6 +83,7 @@ def test_every_train_config_field_is_an_option_and_a_config_file_key(tmp_path):
     (["--batch-size", "1"], "--batch-size"),
     (["--temporal", "lstm"], "temporal"),
     (["--device", "tpu"], "--device"),
+    (["--agreement-sample", "-1"], "--agreement-sample"),
 ])
 def test_bad_options_are_usage_errors(tmp_path, args, message):
     workdir, captions = make_workdir(tmp_path, n_videos=30)

@@ -13,7 +13,7 @@ import numpy as np
 
 def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed: int, folds: int = 5,
                      epochs: int = 2, dim: int = 256, batch_size: int = 128, gallery: int = 4096,
-                     with_null: bool = False):
+                     with_null: bool = False, max_train: int | None = None, video_of: np.ndarray | None = None):
     """How badly each (video, caption) pair agrees: lower is better.
 
     Cross-fitted small-loss scoring, as the noisy-label literature picks clean samples
@@ -25,6 +25,15 @@ def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed
     memorised by the model that scores it, so it scores badly; a warm-up model scoring
     its own training pairs learns the wrong ones within a few epochs.
 
+    ``max_train``: the models train on a sample of at most that many pairs, drawn by the
+    seed (None: on every pair); every pair is still scored, by the model of its fold,
+    which did not train on it. Below the cap nothing changes. The probes' CPU time and
+    memory then stop growing with the pairs: a few linear heads need no more than tens
+    of thousands of pairs to rank the rest, and scoring is a forward pass in blocks.
+
+    ``video_of``: pair i's video features are ``video_features[video_of[i]]`` (one row a
+    video, shared by its captions) instead of row i.
+
     ``with_null=True`` also returns, for every pair, the same score of a deliberately
     wrong pair (its video with another caption of its block) under the same model: the
     scores wrong pairs get, which :func:`wrong_share` compares the real pairs with.
@@ -35,27 +44,43 @@ def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed
     # the model (a run's initialisation does not depend on whether pairs were scored).
     with torch.random.fork_rng(devices=[]):
         return _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery,
-                                 with_null)
+                                 with_null, max_train, video_of)
 
 
-def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery, with_null):
+def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, batch_size, gallery, with_null,
+                      max_train, video_of):
     import torch
     import torch.nn.functional as F
 
-    n = len(video_features)
+    n = len(video_features) if video_of is None else len(video_of)
     rng = np.random.default_rng([seed, 11])
     fold_of = rng.permutation(n) % folds
+    # The sample comes from a generator of its own, so that at or below the cap every
+    # draw of ``rng`` (folds, epoch orders, wrong pairs) is what it was without one.
+    trainable = None
+    if max_train is not None and n > max_train:
+        trainable = np.zeros(n, dtype=bool)
+        trainable[np.random.default_rng([seed, 17]).choice(n, size=max_train, replace=False)] = True
     video_features = np.asarray(video_features)
     # float16 features (the feature cache's) stay float16 and a batch is widened on use:
     # the same float32 values, without a float32 copy of every video (0.9 GB at 180 k x 1 280).
     video = torch.as_tensor(video_features if video_features.dtype == np.float16
                             else np.asarray(video_features, dtype=np.float32))
-    text = torch.as_tensor(np.asarray(text_features, dtype=np.float32))
+    text_features = np.asarray(text_features)
+    text = torch.as_tensor(text_features if text_features.dtype == np.float16
+                           else np.asarray(text_features, dtype=np.float32))
+
+    def frames(rows):  # the video rows of pairs ``rows``, widened to float32
+        return video[rows if video_of is None else video_of[rows]].float()
+
+    def captions(rows):  # likewise (float32 rows are returned as they are)
+        return text[rows].float()
+
     scores = np.zeros(n, dtype=np.float64)
     null = np.full(n, np.nan, dtype=np.float64)
     generator = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
     for fold in range(folds):
-        train = np.flatnonzero(fold_of != fold)
+        train = np.flatnonzero((fold_of != fold) if trainable is None else (fold_of != fold) & trainable)
         held = np.flatnonzero(fold_of == fold)
         if len(train) < 2 or len(held) == 0:
             continue
@@ -75,18 +100,20 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
                 rows = order[start : start + batch_size]
                 if len(rows) < 2:
                     continue
-                logits = log_scale.exp() * F.normalize(video_head(video[rows].float()), dim=-1) @ F.normalize(text_head(text[rows]), dim=-1).T
+                logits = log_scale.exp() * F.normalize(video_head(frames(rows)), dim=-1) @ F.normalize(text_head(captions(rows)), dim=-1).T
                 loss = symmetric_cross_entropy(logits)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
         with torch.no_grad():
-            v = F.normalize(video_head(video[held].float()), dim=-1)
-            t = F.normalize(text_head(text[held]), dim=-1)
             scale = log_scale.exp()
+            # Projected a block at a time: a fold of 40 k pairs at once would widen
+            # 40 k x 1 280 frames to float32 (0.2 GB) and as much again in the norm.
             for start in range(0, len(held), gallery):
                 block = np.arange(start, min(start + gallery, len(held)))
-                logits = scale * v[block] @ t[block].T  # (videos, captions) of the block
+                v = F.normalize(video_head(frames(held[block])), dim=-1)
+                t = F.normalize(text_head(captions(held[block])), dim=-1)
+                logits = scale * v @ t.T  # (videos, captions) of the block
                 row_lse, col_lse = torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
                 index = torch.arange(len(block))
                 positive = logits[index, index]

@@ -156,6 +156,11 @@ class TrainConfig:
     # shuffled pairs 0.69-0.76 of the correct ones' weight; by agreement it was 1-7 %
     # wrong and the ratio 0.39-0.50 (benchmarks/RESULTS.md, both emoji sets).
     meta_select: str = "agreement"
+    # The agreement probes (meta set by agreement, wrong-pair estimate, filter, prior)
+    # train on a seeded sample of at most this many pairs and score every pair; 0: all.
+    # At 200 k videos they trained on 180 k pooled frame rows for most of `train`'s
+    # start-up CPU and memory; the emoji benchmarks' sets are far below the cap.
+    agreement_sample: int = 50_000
     # Keep the meta set's videos out of the training stream? Holding out 5 % drawn
     # evenly across concepts takes a large share of the rare concepts' pairs: training
     # on them too gave +0.7 and +1.0 validation R@1 under caption noise.
@@ -275,6 +280,7 @@ class TrainConfig:
             raise bad("--meta-init agreement starts the weighting net at each pair's agreement: "
                       "it needs --meta-inputs loss,agreement")
         check_number(self.agreement_prior_power, "--agreement-prior-power", above=0)
+        check_number(self.agreement_sample, "--agreement-sample", minimum=0)
         if self.temporal not in TEMPORAL_ENCODERS:
             raise bad(f"temporal must be one of {', '.join(TEMPORAL_ENCODERS)}")
         if self.frame_source not in FRAME_SOURCES:

@@ -183,6 +183,20 @@ def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
     return np.asarray([len(rows[int(v)]) for v in indices], dtype=np.int64)
 
 
+def _pooled(videos: VideoTable, indices, function, dtype=None, chunk: int = 8192) -> np.ndarray:
+    """``function`` (a video's frames -> one row) of each of the videos ``indices``, as
+    one array (``dtype``: that of the rows, or narrowed to it). Stacked a chunk at a
+    time: a list of 180 k row arrays, then its stack, held the rows twice and ~0.1 KB
+    of object a row besides."""
+    out = None
+    for start in range(0, len(indices), chunk):
+        block = np.stack(_each_video(videos, indices[start : start + chunk], function))
+        if out is None:
+            out = np.empty((len(indices), *block.shape[1:]), dtype=dtype or block.dtype)
+        out[start : start + len(block)] = block
+    return out if out is not None else np.zeros((0, 0), dtype=dtype or np.float32)
+
+
 def _each_video(videos: VideoTable, indices: list[int], function) -> list:
     """``function`` of each video's keyframe embeddings; from the feature cache without
     keeping every page read resident (:meth:`FrameRows.each`)."""
@@ -591,8 +605,10 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
         else:
             if text_features is None:
                 text_features = _text_features(per_video, texts, caption_embedder)
-            pooled = np.stack(_each_video(videos, per_video_video, lambda e: e.mean(axis=0)))
-            losses = agreement_losses(pooled, _dense(text_features), config.seed)
+            pooled = _pooled(videos, per_video_video, lambda e: e.mean(axis=0))
+            cap = _agreement_cap(config)
+            losses = agreement_losses(pooled, _dense(text_features, cap), config.seed, max_train=cap)
+            del pooled
             scores = dict(zip(per_video, losses.tolist()))
     chosen = _even_sample(groups, count, rng, scores)
     log.info("meta set: %d pairs from %d %s groups, %s", len(chosen), len(groups), method,
@@ -678,11 +694,24 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
         log.warning("meta-weighting: some videos have no keyframe embeddings, so the share of wrong pairs "
                     "cannot be estimated; the weighting stays on")
         return None
-    pooled = np.stack(_each_video(videos, paired.tolist(),
-                                  lambda e: np.asarray(e, dtype=np.float32).mean(axis=0)))
-    text_features = _dense(_text_features(pairs, texts, caption_embedder))
-    scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True)
+    # One pooled row a video, shared by its captions (with every pair, ~3 a video).
+    # Above the cap the probes see a sample anyway, and the rows are kept at float16:
+    # 180 k videos x 1 280 is 0.46 GB so, not 0.92 GB. At or below it, float32 as ever.
+    cap = _agreement_cap(config)
+    scored_videos, video_of = np.unique(paired, return_inverse=True)
+    pooled = _pooled(videos, scored_videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0),
+                     dtype=np.float16 if cap is not None and len(pairs) > cap else None)
+    text_features = _dense(_text_features(pairs, texts, caption_embedder), cap)
+    scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True, max_train=cap,
+                                    video_of=video_of.reshape(-1))
+    del pooled, text_features
     return PairScores(np.asarray(pairs, dtype=np.int64), scores, null)
+
+
+def _agreement_cap(config) -> int | None:
+    """Most pairs the agreement probes train on (``--agreement-sample``; 0: all)."""
+    cap = int(getattr(config, "agreement_sample", 0) or 0)
+    return cap if cap > 0 else None
 
 
 def _drop_disagreeing(train_caps: _TrainCaptions, scored: PairScores, share: float) -> int:
@@ -718,14 +747,27 @@ def _pad_ones(values: np.ndarray | None, length: int) -> np.ndarray | None:
     return np.concatenate([values, np.ones(length - len(values), dtype=np.float32)])
 
 
-def _dense(features) -> np.ndarray:
-    """Dense rows for the agreement model; sparse TF-IDF is reduced to 256 dimensions."""
+def _dense(features, cap: int | None = None, chunk: int = 16384) -> np.ndarray:
+    """Dense rows for the agreement model; sparse TF-IDF is reduced to 256 dimensions.
+
+    Above ``cap`` rows the reduction is fitted on a seeded sample of ``cap`` of them and
+    applied a chunk at a time into float16 (the agreement model widens a batch on use):
+    fitted on all 540 k captions of 200 k videos, the randomized SVD's float64 work
+    arrays alone are ~1 GB each, and the rows would be 0.55 GB in float32."""
     if isinstance(features, np.ndarray):
         return features
     from sklearn.decomposition import TruncatedSVD
 
-    k = max(1, min(256, features.shape[1] - 1, features.shape[0] - 1))
-    return TruncatedSVD(n_components=k, random_state=0).fit_transform(features).astype(np.float32)
+    n = features.shape[0]
+    fitted = n if cap is None or n <= cap else cap
+    svd = TruncatedSVD(n_components=max(1, min(256, features.shape[1] - 1, fitted - 1)), random_state=0)
+    if fitted == n:
+        return svd.fit_transform(features).astype(np.float32)
+    svd.fit(features[np.sort(np.random.default_rng([0, 19]).choice(n, size=fitted, replace=False))])
+    out = np.empty((n, svd.components_.shape[0]), dtype=np.float16)
+    for start in range(0, n, chunk):
+        out[start : start + chunk] = svd.transform(features[start : start + chunk])
+    return out
 
 
 def _kmeans_groups(caption_ids, features, count, seed) -> dict[str, list[int]]:

@@ -103,8 +103,9 @@ def load_run_config(paths: RunPaths):
         data = json.loads(paths.config.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError(f"a JSON {type(data).__name__}, not an object")
-        # A run from before --agreement-prior trained without it, and resumes so.
-        config = TrainConfig.from_dict({"agreement_prior": False, **data})
+        # A run from before --agreement-prior trained without it, and one from before
+        # --agreement-sample scored with probes trained on every pair: each resumes so.
+        config = TrainConfig.from_dict({"agreement_prior": False, "agreement_sample": 0, **data})
         # Every stored value must pass the checks (the device is this machine's business).
         dataclasses.replace(config, device="cpu").validate()
     except (OSError, ValueError, TypeError, UsageError) as exc:
