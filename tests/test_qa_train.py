@@ -323,7 +323,7 @@ def test_the_correction_learns_what_zero_shot_misses_and_a_useless_one_is_not_ke
 
     train, val = _choice_split(300, seed=0), _choice_split(100, seed=1)
     settings = QASettings(base_run="unused", questions=["unused"], epochs=20, batch_size=32, hidden=32, seed=0)
-    heads, history, kept = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
+    heads, history, kept, _ = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
     zero_shot = _choice_accuracy(val, _zero_shot_scores(val, val.video[:0], [])[1])
     trained = _choice_accuracy(val, _head_scores(heads, val, "cpu")[1])
     assert zero_shot < 30 and trained > zero_shot + 40
@@ -333,7 +333,7 @@ def test_the_correction_learns_what_zero_shot_misses_and_a_useless_one_is_not_ke
     wrong = _choice_split(300, seed=0)
     wrong.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, (i.answer_index + 1) % 4)
                    for i in wrong.items]
-    heads, _, kept = _train_heads(settings, wrong, val, [], "cpu", logit_scale=20.0)
+    heads, _, kept, _ = _train_heads(settings, wrong, val, [], "cpu", logit_scale=20.0)
     assert "multiple-choice epoch 0 (untrained)" in kept
     assert _choice_accuracy(val, _head_scores(heads, val, "cpu")[1]) == pytest.approx(zero_shot)
 
@@ -409,3 +409,68 @@ def test_a_run_begun_without_choice_dropout_resumes_without_it(tmp_path):
     paths.config.write_text(json.dumps(stored))
     assert _resumed_settings(paths, None).choice_dropout == 0.0
     assert QASettings(base_run="base", questions=["q"]).choice_dropout > 0
+
+
+def _two_kind_split(n_per_kind: int, seed: int, kinds=("A", "B"), width: int = 4, dim: int = 16):
+    """Kind A as :func:`_choice_split` (the right candidate far from the video, along a
+    fixed direction a correction can learn); kind B where retrieval is right (the right
+    candidate closest to the video) and one distractor lies along that direction, so
+    the correction learned on A picks it."""
+    import torch
+    import torch.nn.functional as F
+
+    from mama_augment.train.qa import _Embedded
+
+    a = _choice_split(n_per_kind, seed, width, dim)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    marker = F.normalize(torch.ones(dim), dim=0)
+    video = F.normalize(torch.randn(n_per_kind, dim, generator=generator), dim=-1)
+    candidates = F.normalize(video[:, None, :] + 0.7 * torch.randn(n_per_kind, width, dim, generator=generator), dim=-1)
+    answers = torch.randint(width, (n_per_kind,), generator=generator)
+    rows = torch.arange(n_per_kind)
+    candidates[rows, answers] = F.normalize(video + 0.1 * torch.randn(n_per_kind, dim, generator=generator), dim=-1)
+    decoy = (answers + 1) % width
+    candidates[rows, decoy] = F.normalize(marker + 0.3 * torch.randn(n_per_kind, dim, generator=generator), dim=-1)
+    items = [QAItem(f"{kinds[0]}{i.question_id}", i.video_id, i.question, i.answer, i.candidates, i.answer_index,
+                    question_type=kinds[0]) for i in a.items]
+    items += [QAItem(f"{kinds[1]}{q}", f"w{q}", "which?", f"c{int(r)}", tuple(f"c{k}" for k in range(width)), int(r),
+                     question_type=kinds[1]) for q, r in enumerate(answers)]
+    return _Embedded(items, torch.cat([a.video, video]), torch.cat([a.question, a.question]),
+                     torch.cat([a.candidates, candidates]), torch.ones(2 * n_per_kind, width, dtype=torch.bool))
+
+
+def test_the_correction_is_kept_per_question_kind():
+    """One correction, trained on kind A, helps A and hurts B: A answers with it, B
+    zero-shot, each kind chosen on its own val questions."""
+    from mama_augment.train.qa import QASettings, _head_scores, _train_heads, _zero_shot_scores, choice_epochs
+
+    train, val = _choice_split(300, seed=0), _two_kind_split(100, seed=1)
+    train.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, i.answer_index,
+                          question_type="A") for i in train.items]
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=20, batch_size=32, hidden=32, seed=0)
+    heads, history, kept, choice_kept = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
+    a, b = _subset(val, "A"), _subset(val, "B")
+    zero_a = _choice_accuracy(a, _zero_shot_scores(a, a.video[:0], [])[1])
+    zero_b = _choice_accuracy(b, _zero_shot_scores(b, b.video[:0], [])[1])
+    # the toy is what it says: the last epoch's correction helps A and hurts B
+    assert _choice_accuracy(a, _head_scores(heads, a, "cpu")[1]) > zero_a + 40
+    assert _choice_accuracy(b, _head_scores(heads, b, "cpu")[1]) < zero_b - 20
+    epochs = choice_epochs(choice_kept)
+    assert epochs["B"] == 0 and epochs["A"] > 0, kept
+    assert "A epoch" in kept and "B epoch 0 (untrained)" in kept
+    assert set(history[-1]["val_choice_accuracy_by_kind"]) == {"A", "B"}
+    _, scores = _head_scores(heads, val, "cpu", choice_kept)
+    credit_a = _choice_accuracy(a, scores[: len(a.items)])
+    assert credit_a > zero_a + 40 and _choice_accuracy(b, scores[len(a.items):]) == pytest.approx(zero_b)
+    # a kind val did not have answers zero-shot
+    c = _two_kind_split(50, seed=2, kinds=("C", "D"))
+    _, scores = _head_scores(heads, c, "cpu", choice_kept)
+    assert scores.tolist() == _zero_shot_scores(c, c.video[:0], [])[1].tolist()
+
+
+def _subset(emb, kind: str):
+    from mama_augment.train.qa import _Embedded
+
+    rows = [r for r, i in enumerate(emb.items) if i.question_type == kind]
+    return _Embedded([emb.items[r] for r in rows], emb.video[rows], emb.question[rows], emb.candidates[rows],
+                     emb.mask[rows])
