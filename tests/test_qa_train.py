@@ -197,8 +197,10 @@ def test_a_stopped_qa_run_resumes_to_the_uninterrupted_result(trained, tmp_path)
     # a val split, so that the heads of the best epoch (kept across the stop) are used
     val = tmp_path / "val_qa.json"
     val.write_text((files / "test_qa.json").read_text())
+    val_mc = tmp_path / "val_mc.jsonl"
+    val_mc.write_text((files / "test_mc.jsonl").read_text())
     questions = [str(files / "train_qa.json"), str(val), str(files / "test_qa.json"),
-                 str(files / "train_mc.jsonl"), str(files / "test_mc.jsonl")]
+                 str(files / "train_mc.jsonl"), str(val_mc), str(files / "test_mc.jsonl")]
     base = workdir / "runs" / "base"
 
     def settings():
@@ -223,6 +225,11 @@ def test_a_stopped_qa_run_resumes_to_the_uninterrupted_result(trained, tmp_path)
     assert [row["epoch"] for row in history[0]] == [0, 1, 2, 3] and history[1] == history[0]  # epoch 0: untrained
     evals = [json.loads((workdir / "runs" / n / "eval.json").read_text())["test"] for n in ("qa-whole", "qa-stopped")]
     assert evals[1]["trained"] == evals[0]["trained"] and evals[1]["heads_kept"] == evals[0]["heads_kept"]
+    # questions without a type: one multiple-choice head for all, recorded and printed
+    assert evals[1]["choice_epochs"] == evals[0]["choice_epochs"] and set(evals[0]["choice_epochs"]) == {"all"}
+    config = json.loads((stopped / "config.json").read_text())
+    assert config["choice_epochs"] == evals[0]["choice_epochs"] and config["heads_kept"] == evals[0]["heads_kept"]
+    assert f"heads kept: {evals[0]['heads_kept']}" in result.output
 
 
 def test_resume_without_a_checkpoint_is_a_usage_error(trained):
@@ -474,3 +481,45 @@ def _subset(emb, kind: str):
     rows = [r for r, i in enumerate(emb.items) if i.question_type == kind]
     return _Embedded([emb.items[r] for r in rows], emb.video[rows], emb.question[rows], emb.candidates[rows],
                      emb.mask[rows])
+
+
+def test_a_stopped_run_resumes_to_the_same_head_per_question_kind(tmp_path):
+    from mama_augment.train.qa import QASettings, _head_scores, _Keeping, _train_heads
+
+    train, val = _choice_split(300, seed=0), _two_kind_split(100, seed=1, kinds=("A", "B/odd.kind"))
+    train.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, i.answer_index,
+                          question_type="A") for i in train.items]
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=6, batch_size=32, hidden=32, seed=0)
+    whole = _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(tmp_path / "whole.safetensors"))
+    stopped = tmp_path / "stopped.safetensors"
+    with pytest.raises(_Stopped):
+        _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(stopped, epoch_callback=_stop_after_first_epoch))
+    resumed = _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(stopped, resume=True))
+    assert resumed[1] == whole[1] and resumed[2] == whole[2]  # history, kept text
+    assert {k: v[0] for k, v in resumed[3].items()} == {k: v[0] for k, v in whole[3].items()}
+    assert whole[3]["B/odd.kind"][0] == 0 and whole[3]["A"][0] > 0
+    for one, other in ((whole, resumed),):
+        assert (_head_scores(one[0], val, "cpu", one[3])[1] == _head_scores(other[0], val, "cpu", other[3])[1]).all()
+
+
+def test_a_checkpoint_from_before_kinds_is_refused_with_a_message(tmp_path):
+    from mama_augment.errors import MamaError
+    from mama_augment.train import checkpoint as ckpt
+    from mama_augment.train.qa import QASettings, _Keeping, _train_heads, build_heads
+    from mama_augment.train.qa_state import load_progress
+
+    train, val = _choice_split(60, seed=0), _choice_split(20, seed=1)
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=1, batch_size=32, hidden=8, seed=0)
+    path = tmp_path / "qa_checkpoint.safetensors"
+    _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(path))
+    tensors, state = ckpt.load(path)
+    # as written before: best per head name, no state version
+    del state["state_version"], state["kept_heads"]
+    state["best"] = {"choice": {"accuracy": 50.0, "epoch": 1}}
+    ckpt.atomic_save({k.replace("best.0.", "best.choice."): v for k, v in tensors.items()}, path, state)
+    import torch
+
+    heads = build_heads(16, 8, 0)
+    optimizer = torch.optim.AdamW([p for h in heads for p in h.parameters()])
+    with pytest.raises(MamaError, match="per question kind.*without --resume"):
+        load_progress(path, heads, optimizer, torch.Generator(), state["fingerprint"])

@@ -96,6 +96,13 @@ def load_progress(path: Path, heads, optimizer, generator, fingerprint: dict) ->
 
     try:
         tensors, state = ckpt.load(path)
+        outdated = state.get("state_version") != STATE_VERSION
+    except Exception as exc:  # safetensors, torch and a damaged header raise many kinds
+        raise MamaError(f"cannot read the QA checkpoint {path}: {exc}; start the run again without --resume") from None
+    if outdated:
+        raise MamaError(f"the QA checkpoint {path} was written before the multiple-choice head was kept per question "
+                        "kind: start the run again without --resume")
+    try:
         for kind, head in zip(_HEADS, heads):
             head.load_state_dict({k[len(kind) + 1:]: v for k, v in tensors.items() if k.startswith(f"{kind}.")})
         optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, state["optimizer"], "optim"))
@@ -103,9 +110,6 @@ def load_progress(path: Path, heads, optimizer, generator, fingerprint: dict) ->
         epochs_done = int(state["epochs_done"])
     except Exception as exc:  # safetensors, torch and a damaged header raise many kinds
         raise MamaError(f"cannot read the QA checkpoint {path}: {exc}; start the run again without --resume") from None
-    if state.get("state_version") != STATE_VERSION:
-        raise MamaError(f"the QA checkpoint {path} was written before the multiple-choice head was kept per question "
-                        "kind: start the run again without --resume")
     if state.get("fingerprint") != fingerprint:
         raise MamaError(f"the questions differ from those the run began with ({state.get('fingerprint')} then, "
                         f"{fingerprint} now): start the run again without --resume")
