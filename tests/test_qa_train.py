@@ -498,8 +498,7 @@ def test_a_stopped_run_resumes_to_the_same_head_per_question_kind(tmp_path):
     assert resumed[1] == whole[1] and resumed[2] == whole[2]  # history, kept text
     assert {k: v[0] for k, v in resumed[3].items()} == {k: v[0] for k, v in whole[3].items()}
     assert whole[3]["B/odd.kind"][0] == 0 and whole[3]["A"][0] > 0
-    for one, other in ((whole, resumed),):
-        assert (_head_scores(one[0], val, "cpu", one[3])[1] == _head_scores(other[0], val, "cpu", other[3])[1]).all()
+    assert (_head_scores(whole[0], val, "cpu", whole[3])[1] == _head_scores(resumed[0], val, "cpu", resumed[3])[1]).all()
 
 
 def test_a_checkpoint_from_before_kinds_is_refused_with_a_message(tmp_path):
