@@ -31,7 +31,9 @@ concept, the other yes/no, another candidate); val and test answers are all righ
 
 For each seed, a retrieval run with ``--loss mama`` and one with ``--loss infonce``
 (library defaults otherwise, on the noisy30 captions, as the training benchmark), then
-``qa`` from each (library defaults, seed = the seed), which scores zero-shot too.
+``qa`` from each (library defaults, seed = the seed), which scores zero-shot too; the
+summary counts, per multiple-choice kind, the runs whose kept head is trained (the head
+is kept per question kind) and at which val epochs.
 Reported: test (and val) accuracy, open-ended (category and yes/no together) and
 multiple-choice (all kinds together and each kind), of the heads and of zero-shot, next
 to the majority-answer baseline (open-ended: per kind, the most frequent training

@@ -420,8 +420,9 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
     every epoch and, with ``keep.resume``, training continues from it (train/qa_state.py).
 
     Returns the heads (the open-ended one at its kept epoch; the multiple-choice one
-    too when val has one question kind, else as training left it), the per-epoch history, the text that says which epochs were kept,
-    and the multiple-choice head kept per question kind (see :func:`_head_scores`; empty
+    too when val has one question kind, else as training left it), the per-epoch
+    history, the text that says which epochs were kept, and the multiple-choice head
+    kept per question kind (see :func:`_head_scores`; empty
     without val multiple-choice questions: ``heads[1]`` answers them all).
     """
     import torch
@@ -721,8 +722,9 @@ def _run_qa(settings, workdir, name, device, resume, rank, world_size, epoch_cal
         heads, history, kept, choice_kept = None, [], None, {}
         if not settings.zero_shot:
             keeping = _Keeping(checkpoint_path, resume, rank, world_size, epoch_callback)
-            heads, history, kept, choice_kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev,
-                                                float(model.head.logit_scale.detach().exp()), keeping)
+            heads, history, kept, choice_kept = _train_heads(
+                settings, embedded["train"], embedded.get("val"), vocabulary, dev,
+                float(model.head.logit_scale.detach().exp()), keeping)
 
     results = {}
     for split in evaluated:
