@@ -31,7 +31,9 @@ concept, the other yes/no, another candidate); val and test answers are all righ
 
 For each seed, a retrieval run with ``--loss mama`` and one with ``--loss infonce``
 (library defaults otherwise, on the noisy30 captions, as the training benchmark), then
-``qa`` from each (library defaults, seed = the seed), which scores zero-shot too.
+``qa`` from each (library defaults, seed = the seed), which scores zero-shot too; the
+summary counts, per multiple-choice kind, the runs whose kept head is trained (the head
+is kept per question kind) and at which val epochs.
 Reported: test (and val) accuracy, open-ended (category and yes/no together) and
 multiple-choice (all kinds together and each kind), of the heads and of zero-shot, next
 to the majority-answer baseline (open-ended: per kind, the most frequent training
@@ -250,6 +252,7 @@ def run_one(args, data_dir: Path, questions: Path, loss: str, seed: int) -> dict
         row[kind] = _accuracies(test[kind])
         row[f"val_{kind}"] = _accuracies(val[kind])
     row["heads_kept"] = test["heads_kept"]
+    row["choice_epochs"] = test.get("choice_epochs", {})
     row["answer_coverage"] = test["answer_coverage"]
     row["qa_s_per_epoch"] = seconds / settings.epochs  # the embedding included: an upper bound
     return row
@@ -271,8 +274,14 @@ def summarise(rows: list[dict], baselines: dict) -> list[str]:
                     mean, half = interval([r[kind][metric] for r in runs if kind in r])
                     cells.append(f"{metric} {mean:6.2f} ± {half:4.2f}")
                 lines.append(f"{loss:<8}{kind:<14} n={len(runs)}  " + "  ".join(cells))
-            kept = Counter("untrained" if "multiple-choice epoch 0 " in r["heads_kept"] else "trained" for r in runs)
-            lines.append(f"{loss:<8}multiple-choice head kept: {dict(kept)}")
+            if all("choice_epochs" in r for r in runs):  # the head kept per question kind
+                for metric in CHOICE_KINDS:
+                    kept = Counter("untrained" if r["choice_epochs"].get(metric, 0) == 0 else "trained" for r in runs)
+                    epochs = sorted(r["choice_epochs"][metric] for r in runs if r["choice_epochs"].get(metric))
+                    lines.append(f"{loss:<8}multiple-choice head kept, {metric}: {dict(kept)} epochs {epochs}")
+            else:  # rows from before: one head for every kind
+                kept = Counter("untrained" if "multiple-choice epoch 0 " in r["heads_kept"] else "trained" for r in runs)
+                lines.append(f"{loss:<8}multiple-choice head kept: {dict(kept)}")
             lines.append(f"{loss:<8}seconds per epoch: train {statistics.mean(r['train_s_per_epoch'] for r in runs):.3f}, "
                          f"qa {statistics.mean(r['qa_s_per_epoch'] for r in runs):.3f}")
         by_seed = {loss: {r["seed"]: r for r in group if r["loss"] == loss} for loss in LOSSES}

@@ -197,8 +197,10 @@ def test_a_stopped_qa_run_resumes_to_the_uninterrupted_result(trained, tmp_path)
     # a val split, so that the heads of the best epoch (kept across the stop) are used
     val = tmp_path / "val_qa.json"
     val.write_text((files / "test_qa.json").read_text())
+    val_mc = tmp_path / "val_mc.jsonl"
+    val_mc.write_text((files / "test_mc.jsonl").read_text())
     questions = [str(files / "train_qa.json"), str(val), str(files / "test_qa.json"),
-                 str(files / "train_mc.jsonl"), str(files / "test_mc.jsonl")]
+                 str(files / "train_mc.jsonl"), str(val_mc), str(files / "test_mc.jsonl")]
     base = workdir / "runs" / "base"
 
     def settings():
@@ -223,6 +225,11 @@ def test_a_stopped_qa_run_resumes_to_the_uninterrupted_result(trained, tmp_path)
     assert [row["epoch"] for row in history[0]] == [0, 1, 2, 3] and history[1] == history[0]  # epoch 0: untrained
     evals = [json.loads((workdir / "runs" / n / "eval.json").read_text())["test"] for n in ("qa-whole", "qa-stopped")]
     assert evals[1]["trained"] == evals[0]["trained"] and evals[1]["heads_kept"] == evals[0]["heads_kept"]
+    # questions without a type: one multiple-choice head for all, recorded and printed
+    assert evals[1]["choice_epochs"] == evals[0]["choice_epochs"] and set(evals[0]["choice_epochs"]) == {"all"}
+    config = json.loads((stopped / "config.json").read_text())
+    assert config["choice_epochs"] == evals[0]["choice_epochs"] and config["heads_kept"] == evals[0]["heads_kept"]
+    assert f"heads kept: {evals[0]['heads_kept']}" in result.output
 
 
 def test_resume_without_a_checkpoint_is_a_usage_error(trained):
@@ -323,7 +330,7 @@ def test_the_correction_learns_what_zero_shot_misses_and_a_useless_one_is_not_ke
 
     train, val = _choice_split(300, seed=0), _choice_split(100, seed=1)
     settings = QASettings(base_run="unused", questions=["unused"], epochs=20, batch_size=32, hidden=32, seed=0)
-    heads, history, kept = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
+    heads, history, kept, _ = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
     zero_shot = _choice_accuracy(val, _zero_shot_scores(val, val.video[:0], [])[1])
     trained = _choice_accuracy(val, _head_scores(heads, val, "cpu")[1])
     assert zero_shot < 30 and trained > zero_shot + 40
@@ -333,7 +340,7 @@ def test_the_correction_learns_what_zero_shot_misses_and_a_useless_one_is_not_ke
     wrong = _choice_split(300, seed=0)
     wrong.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, (i.answer_index + 1) % 4)
                    for i in wrong.items]
-    heads, _, kept = _train_heads(settings, wrong, val, [], "cpu", logit_scale=20.0)
+    heads, _, kept, _ = _train_heads(settings, wrong, val, [], "cpu", logit_scale=20.0)
     assert "multiple-choice epoch 0 (untrained)" in kept
     assert _choice_accuracy(val, _head_scores(heads, val, "cpu")[1]) == pytest.approx(zero_shot)
 
@@ -409,3 +416,109 @@ def test_a_run_begun_without_choice_dropout_resumes_without_it(tmp_path):
     paths.config.write_text(json.dumps(stored))
     assert _resumed_settings(paths, None).choice_dropout == 0.0
     assert QASettings(base_run="base", questions=["q"]).choice_dropout > 0
+
+
+def _two_kind_split(n_per_kind: int, seed: int, kinds=("A", "B"), width: int = 4, dim: int = 16):
+    """Kind A as :func:`_choice_split` (the right candidate far from the video, along a
+    fixed direction a correction can learn); kind B where retrieval is right (the right
+    candidate closest to the video) and one distractor lies along that direction, so
+    the correction learned on A picks it."""
+    import torch
+    import torch.nn.functional as F
+
+    from mama_augment.train.qa import _Embedded
+
+    a = _choice_split(n_per_kind, seed, width, dim)
+    generator = torch.Generator().manual_seed(seed + 1000)
+    marker = F.normalize(torch.ones(dim), dim=0)
+    video = F.normalize(torch.randn(n_per_kind, dim, generator=generator), dim=-1)
+    candidates = F.normalize(video[:, None, :] + 0.7 * torch.randn(n_per_kind, width, dim, generator=generator), dim=-1)
+    answers = torch.randint(width, (n_per_kind,), generator=generator)
+    rows = torch.arange(n_per_kind)
+    candidates[rows, answers] = F.normalize(video + 0.1 * torch.randn(n_per_kind, dim, generator=generator), dim=-1)
+    decoy = (answers + 1) % width
+    candidates[rows, decoy] = F.normalize(marker + 0.3 * torch.randn(n_per_kind, dim, generator=generator), dim=-1)
+    items = [QAItem(f"{kinds[0]}{i.question_id}", i.video_id, i.question, i.answer, i.candidates, i.answer_index,
+                    question_type=kinds[0]) for i in a.items]
+    items += [QAItem(f"{kinds[1]}{q}", f"w{q}", "which?", f"c{int(r)}", tuple(f"c{k}" for k in range(width)), int(r),
+                     question_type=kinds[1]) for q, r in enumerate(answers)]
+    return _Embedded(items, torch.cat([a.video, video]), torch.cat([a.question, a.question]),
+                     torch.cat([a.candidates, candidates]), torch.ones(2 * n_per_kind, width, dtype=torch.bool))
+
+
+def test_the_correction_is_kept_per_question_kind():
+    """One correction, trained on kind A, helps A and hurts B: A answers with it, B
+    zero-shot, each kind chosen on its own val questions."""
+    from mama_augment.train.qa import QASettings, _head_scores, _train_heads, _zero_shot_scores, choice_epochs
+
+    train, val = _choice_split(300, seed=0), _two_kind_split(100, seed=1)
+    train.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, i.answer_index,
+                          question_type="A") for i in train.items]
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=20, batch_size=32, hidden=32, seed=0)
+    heads, history, kept, choice_kept = _train_heads(settings, train, val, [], "cpu", logit_scale=20.0)
+    a, b = _subset(val, "A"), _subset(val, "B")
+    zero_a = _choice_accuracy(a, _zero_shot_scores(a, a.video[:0], [])[1])
+    zero_b = _choice_accuracy(b, _zero_shot_scores(b, b.video[:0], [])[1])
+    # the toy is what it says: the last epoch's correction helps A and hurts B
+    assert _choice_accuracy(a, _head_scores(heads, a, "cpu")[1]) > zero_a + 40
+    assert _choice_accuracy(b, _head_scores(heads, b, "cpu")[1]) < zero_b - 20
+    epochs = choice_epochs(choice_kept)
+    assert epochs["B"] == 0 and epochs["A"] > 0, kept
+    assert "A epoch" in kept and "B epoch 0 (untrained)" in kept
+    assert set(history[-1]["val_choice_accuracy_by_kind"]) == {"A", "B"}
+    _, scores = _head_scores(heads, val, "cpu", choice_kept)
+    credit_a = _choice_accuracy(a, scores[: len(a.items)])
+    assert credit_a > zero_a + 40 and _choice_accuracy(b, scores[len(a.items):]) == pytest.approx(zero_b)
+    # a kind val did not have answers zero-shot
+    c = _two_kind_split(50, seed=2, kinds=("C", "D"))
+    _, scores = _head_scores(heads, c, "cpu", choice_kept)
+    assert scores.tolist() == _zero_shot_scores(c, c.video[:0], [])[1].tolist()
+
+
+def _subset(emb, kind: str):
+    from mama_augment.train.qa import _Embedded
+
+    rows = [r for r, i in enumerate(emb.items) if i.question_type == kind]
+    return _Embedded([emb.items[r] for r in rows], emb.video[rows], emb.question[rows], emb.candidates[rows],
+                     emb.mask[rows])
+
+
+def test_a_stopped_run_resumes_to_the_same_head_per_question_kind(tmp_path):
+    from mama_augment.train.qa import QASettings, _head_scores, _Keeping, _train_heads
+
+    train, val = _choice_split(300, seed=0), _two_kind_split(100, seed=1, kinds=("A", "B/odd.kind"))
+    train.items = [QAItem(i.question_id, i.video_id, i.question, i.answer, i.candidates, i.answer_index,
+                          question_type="A") for i in train.items]
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=6, batch_size=32, hidden=32, seed=0)
+    whole = _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(tmp_path / "whole.safetensors"))
+    stopped = tmp_path / "stopped.safetensors"
+    with pytest.raises(_Stopped):
+        _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(stopped, epoch_callback=_stop_after_first_epoch))
+    resumed = _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(stopped, resume=True))
+    assert resumed[1] == whole[1] and resumed[2] == whole[2]  # history, kept text
+    assert {k: v[0] for k, v in resumed[3].items()} == {k: v[0] for k, v in whole[3].items()}
+    assert whole[3]["B/odd.kind"][0] == 0 and whole[3]["A"][0] > 0
+    assert (_head_scores(whole[0], val, "cpu", whole[3])[1] == _head_scores(resumed[0], val, "cpu", resumed[3])[1]).all()
+
+
+def test_a_checkpoint_from_before_kinds_is_refused_with_a_message(tmp_path):
+    from mama_augment.errors import MamaError
+    from mama_augment.train import checkpoint as ckpt
+    from mama_augment.train.qa import QASettings, _Keeping, _train_heads, build_heads
+    from mama_augment.train.qa_state import load_progress
+
+    train, val = _choice_split(60, seed=0), _choice_split(20, seed=1)
+    settings = QASettings(base_run="unused", questions=["unused"], epochs=1, batch_size=32, hidden=8, seed=0)
+    path = tmp_path / "qa_checkpoint.safetensors"
+    _train_heads(settings, train, val, [], "cpu", 20.0, _Keeping(path))
+    tensors, state = ckpt.load(path)
+    # as written before: best per head name, no state version
+    del state["state_version"], state["kept_heads"]
+    state["best"] = {"choice": {"accuracy": 50.0, "epoch": 1}}
+    ckpt.atomic_save({k.replace("best.0.", "best.choice."): v for k, v in tensors.items()}, path, state)
+    import torch
+
+    heads = build_heads(16, 8, 0)
+    optimizer = torch.optim.AdamW([p for h in heads for p in h.parameters()])
+    with pytest.raises(MamaError, match="per question kind.*without --resume"):
+        load_progress(path, heads, optimizer, torch.Generator(), state["fingerprint"])

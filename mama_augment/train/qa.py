@@ -26,7 +26,11 @@ With a ``val`` split each head is kept at its own best validation epoch (open-en
 accuracy for the one, multiple-choice accuracy for the other), epoch 0 (untrained: the
 multiple-choice head is then zero-shot) included, and a trained epoch only when it
 beats the untrained head beyond chance (:func:`beats_untrained`), so the kept
-multiple-choice head is never below zero-shot on val. The run folder is ``<workdir>/runs/<name>/``:
+multiple-choice head is never below zero-shot on val. The multiple-choice head is kept
+per question kind (:func:`choice_kind`): one correction is trained for all of them, but
+each kind answers with the epoch that is best on its own val questions, or zero-shot
+where none beats it (a correction that helps one kind can hurt another: the retrieval
+task itself gains nothing from it). The run folder is ``<workdir>/runs/<name>/``:
 ``config.json`` (``task: qa`` and every setting), ``qa_heads.safetensors`` (the heads,
 the answer vocabulary in its header) and ``eval.json`` (one entry per evaluated split,
 with ``examples``: up to :data:`EXAMPLES` of its questions and the model's answers).
@@ -58,10 +62,14 @@ log = logging.getLogger(__name__)
 
 TASK = QA_TASK
 HEADS_FILE = "qa_heads.safetensors"
-# In the heads file's header. 2: the multiple-choice head is ``choice.correction.*``
-# (an MLP added to the retrieval similarity) and ``choice.logit_scale``; files without
-# the key (version 1) hold ``choice.0-3.*``, an MLP whose output was the whole score.
-HEADS_VERSION = 2
+# In the heads file's header. 3: as 2, and the multiple-choice head kept for each
+# question kind (``choice_kinds`` in the header: kind, kept epoch, and its tensors'
+# prefix ``choice_kind.<n>``, none for a kind answered zero-shot); ``choice.*`` is the
+# head of the kinds without an entry when ``other_kinds`` is ``"choice"``. 2: the
+# multiple-choice head is ``choice.correction.*`` (an MLP added to the retrieval
+# similarity) and ``choice.logit_scale``; files without the key (version 1) hold
+# ``choice.0-3.*``, an MLP whose output was the whole score.
+HEADS_VERSION = 3
 # Open-ended answers per release, as the papers that introduced them: Xu et al. (2017)
 # answer MSRVTT-QA and MSVD-QA over the 1000 most frequent training answers; TGIF-QA's
 # FrameQA is answered over its whole training vocabulary, 1540 answers (Jang et al.
@@ -117,6 +125,17 @@ def default_answers(formats: Sequence[str]) -> tuple[int, str | None]:
         if name in DEFAULT_ANSWERS_BY_FORMAT:
             return DEFAULT_ANSWERS_BY_FORMAT[name], name
     return DEFAULT_ANSWERS, None
+
+
+def choice_kind(item: QAItem) -> str:
+    """The question kind whose own multiple-choice head answers ``item``: its question
+    type as the evaluation groups it (NExT-QA's code, not its family), or ``""`` for
+    every question without a type (a file without types keeps one head for all)."""
+    return question_groups(item)[-1] if (item.question_type or "").strip() else ""
+
+
+def _kind_label(kind: str) -> str:
+    return kind or "all"
 
 
 def answer_vocabulary(items: Sequence[QAItem], size: int) -> list[str]:
@@ -318,15 +337,39 @@ def _zero_shot_scores(emb: _Embedded, answer_emb, answer_texts: list[str]):
     return open_scores, choice_scores
 
 
-def _head_scores(heads, emb: _Embedded, device) -> tuple[np.ndarray, np.ndarray]:
+def _head_scores(heads, emb: _Embedded, device, choice_kept: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Open-ended and multiple-choice scores of ``emb``'s questions. ``choice_kept``
+    (from :func:`_train_heads`): per question kind, (epoch, the multiple-choice head's
+    state, or None for zero-shot), under the key None the entry of the kinds not named;
+    without it, or for a kind without an entry, ``heads[1]`` as it is answers."""
+    import copy
+
     import torch
 
     open_head, choice_head = heads
     with torch.no_grad():
-        video = emb.video.to(device)
+        video, candidates = emb.video.to(device), emb.candidates.to(device)
         open_scores = open_head(_fused(video, emb.question.to(device))).float().cpu().numpy()
-        choice = choice_head(video, emb.candidates.to(device)).float().cpu().numpy()
-    return open_scores, choice
+        choice = choice_head(video, candidates)
+        if choice_kept:
+            rows_of: dict = {}
+            for row, item in enumerate(emb.items):
+                if item.multiple_choice:
+                    kind = choice_kind(item)
+                    rows_of.setdefault(kind if kind in choice_kept else None, []).append(row)
+            zero_shot = _similarity(video, candidates)  # all rows at once: the zero-shot scores to the bit
+            kind_head = copy.deepcopy(choice_head)
+            for kind, rows in rows_of.items():
+                if kind not in choice_kept:
+                    continue  # heads[1] itself
+                rows = torch.tensor(rows, device=choice.device)
+                state = choice_kept[kind][1]
+                if state is None:
+                    choice[rows] = zero_shot[rows]
+                else:
+                    kind_head.load_state_dict(state)
+                    choice[rows] = kind_head(video[rows], candidates[rows])
+    return open_scores, choice.float().cpu().numpy()
 
 
 # ---- training --------------------------------------------------------------------------
@@ -341,6 +384,17 @@ def _kinds_credit(items: list[QAItem], credit: list[float]) -> dict[str, np.ndar
         if chosen:
             out[kind] = np.asarray(chosen, dtype=float)
     return out
+
+
+def _kept_credit(items: list[QAItem], credit: list[float]) -> dict[str, np.ndarray]:
+    """The credits each kept head is chosen on: ``open`` (the open-ended questions) and
+    one entry per multiple-choice question kind (:func:`choice_key`)."""
+    from mama_augment.train.qa_state import choice_key
+
+    grouped: dict[str, list[float]] = {}
+    for item, c in zip(items, credit):
+        grouped.setdefault(choice_key(choice_kind(item)) if item.multiple_choice else "open", []).append(c)
+    return {name: np.asarray(values, dtype=float) for name, values in grouped.items()}
 
 
 def beats_untrained(credit: np.ndarray, untrained: np.ndarray) -> bool:
@@ -364,13 +418,19 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
 
     ``keep`` (a run folder's checkpoint, this process's rank): the state is saved after
     every epoch and, with ``keep.resume``, training continues from it (train/qa_state.py).
+
+    Returns the heads (the open-ended one at its kept epoch; the multiple-choice one
+    too when val has one question kind, else as training left it), the per-epoch
+    history, the text that says which epochs were kept, and the multiple-choice head
+    kept per question kind (see :func:`_head_scores`; empty
+    without val multiple-choice questions: ``heads[1]`` answers them all).
     """
     import torch
     import torch.nn.functional as F
 
     from mama_augment.train.config import LOGIT_SCALE_MAX, LOGIT_SCALE_MIN
     from mama_augment.train.distributed import average_gradients, broadcast_module, sum_across_ranks
-    from mama_augment.train.qa_state import Progress, batch_share, load_progress, save_progress
+    from mama_augment.train.qa_state import CHOICE_PREFIX, Progress, batch_share, load_progress, save_progress
 
     keep = keep or _Keeping()
     rank, world_size = keep.rank, keep.world_size
@@ -401,8 +461,10 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
     fingerprint = {"train_questions": len(items), "open_rows": len(open_rows), "choice_rows": len(choice_rows),
                    "answers": len(vocabulary), "val_questions": len(val.items) if val is not None else 0}
     # Each head is kept at its own best epoch: one epoch rarely suits both (the
-    # open-ended head starts from nothing, the multiple-choice one from zero-shot). A
-    # trained epoch must also beat the untrained head (see beats_untrained).
+    # open-ended head starts from nothing, the multiple-choice one from zero-shot), and
+    # the multiple-choice head once per question kind: one correction serves every kind,
+    # but where it helps one it may hurt another. A trained epoch must also beat the
+    # untrained head on the same questions (see beats_untrained).
     progress = Progress()
 
     def validate(epoch: int, row: dict) -> None:
@@ -412,15 +474,21 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
         credit = _credits(val.items, open_scores, vocabulary, choice_scores, val.mask.numpy())
         row["val_accuracy"] = 100.0 * float(np.mean(credit))
         for kind, kind_credit in _kinds_credit(val.items, credit).items():
-            accuracy = 100.0 * float(kind_credit.mean())
-            row[f"val_{kind}_accuracy"] = accuracy
+            row[f"val_{kind}_accuracy"] = 100.0 * float(kind_credit.mean())
+        kept_credit = _kept_credit(val.items, credit)
+        choice_kinds = [name for name in kept_credit if name.startswith(CHOICE_PREFIX)]
+        if len(choice_kinds) > 1:
+            row["val_choice_accuracy_by_kind"] = {_kind_label(name[len(CHOICE_PREFIX):]): 100.0 * float(
+                kept_credit[name].mean()) for name in sorted(choice_kinds)}
+        for name, head_credit in kept_credit.items():
+            accuracy = 100.0 * float(head_credit.mean())
             if epoch == 0:
-                progress.untrained[kind] = kind_credit
-            elif not beats_untrained(kind_credit, progress.untrained[kind]):
+                progress.untrained[name] = head_credit
+            elif not beats_untrained(head_credit, progress.untrained[name]):
                 continue
-            if accuracy > progress.best[kind][0]:
-                head = heads[0 if kind == "open" else 1]
-                progress.best[kind] = (accuracy, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
+            if name not in progress.best or accuracy > progress.best[name][0]:
+                head = heads[0 if name == "open" else 1]
+                progress.best[name] = (accuracy, epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
 
     if keep.resume:
         progress = load_progress(keep.checkpoint, heads, optimizer, generator, fingerprint)
@@ -480,13 +548,36 @@ def _train_heads(settings: QASettings, train: _Embedded, val: _Embedded | None, 
         if keep.epoch_callback is not None:
             keep.epoch_callback(epoch)
     kept = []
-    for kind, label in (("open", "open-ended"), ("choice", "multiple-choice")):
-        _, epoch, state = progress.best[kind]
-        if state is not None:
-            heads[0 if kind == "open" else 1].load_state_dict(state)
-            kept.append(f"{label} epoch {epoch}" + (" (untrained)" if epoch == 0 else ""))
+    if "open" in progress.best:
+        _, epoch, state = progress.best["open"]
+        heads[0].load_state_dict(state)
+        kept.append(f"open-ended epoch {epoch}" + (" (untrained)" if epoch == 0 else ""))
+    choice_kept: dict = {}
+    choice_best = [best for name, best in progress.best.items() if name.startswith(CHOICE_PREFIX)]
+    if len(choice_best) == 1:  # one kind (a file without types): heads[1] is its head, as before kinds
+        heads[1].load_state_dict(choice_best[0][2])
+    for name, (_, epoch, state) in progress.best.items():
+        if name.startswith(CHOICE_PREFIX):
+            # epoch 0, the untrained head, is zero-shot itself: scored as zero-shot
+            choice_kept[name[len(CHOICE_PREFIX):]] = (epoch, state if epoch else None)
+    if choice_kept:
+        described = {kind: f"epoch {epoch}" + (" (untrained)" if epoch == 0 else "")
+                     for kind, (epoch, _) in sorted(choice_kept.items())}
+        if list(described) == [""]:
+            kept.append(f"multiple-choice {described['']}")
+        else:
+            kept.append("multiple-choice " + ", ".join(f"{_kind_label(k)} {text}" for k, text in described.items()))
+        # a kind val does not have: nothing shows a trained epoch beats zero-shot for it
+        choice_kept[None] = (0, None)
     kept_text = "best validation accuracy: " + ", ".join(kept) if kept else "last"
-    return heads, progress.history, kept_text
+    return heads, progress.history, kept_text, choice_kept
+
+
+def choice_epochs(choice_kept: dict) -> dict[str, int]:
+    """Per question kind, the epoch whose multiple-choice head answers it (0: zero-shot),
+    as config.json and eval.json record it (``all``: the questions without a type)."""
+    return {_kind_label(kind): epoch for kind, (epoch, _) in sorted(
+        (k, v) for k, v in choice_kept.items() if k is not None)}
 
 
 @dataclass
@@ -628,11 +719,12 @@ def _run_qa(settings, workdir, name, device, resume, rank, world_size, epoch_cal
     with torch.random.fork_rng(devices=[]):
         encoder = ShardedEncoder(model, rank, world_size) if world_size > 1 else model
         embedded, answer_emb = _embed(encoder, data, items, vocabulary, settings.batch_size)
-        heads, history, kept = None, [], None
+        heads, history, kept, choice_kept = None, [], None, {}
         if not settings.zero_shot:
             keeping = _Keeping(checkpoint_path, resume, rank, world_size, epoch_callback)
-            heads, history, kept = _train_heads(settings, embedded["train"], embedded.get("val"), vocabulary, dev,
-                                                float(model.head.logit_scale.detach().exp()), keeping)
+            heads, history, kept, choice_kept = _train_heads(
+                settings, embedded["train"], embedded.get("val"), vocabulary, dev,
+                float(model.head.logit_scale.detach().exp()), keeping)
 
     results = {}
     for split in evaluated:
@@ -655,10 +747,12 @@ def _run_qa(settings, workdir, name, device, resume, rank, world_size, epoch_cal
         credit = _credits(emb.items, open_scores, vocabulary, choice_scores, mask)
         entry["zero_shot"] = score_credit(emb.items, credit).to_dict()
         if heads is not None:
-            open_scores, choice_scores = _head_scores(heads, emb, dev)
+            open_scores, choice_scores = _head_scores(heads, emb, dev, choice_kept)
             credit = _credits(emb.items, open_scores, vocabulary, choice_scores, mask)
             entry["trained"] = score_credit(emb.items, credit).to_dict()
             entry["heads_kept"] = kept
+            if choice_kept:
+                entry["choice_epochs"] = choice_epochs(choice_kept)
         # the answers of what is reported first: the heads when trained, else zero-shot
         entry["examples_from"] = "trained" if heads is not None else "zero_shot"
         entry["examples"] = _examples(emb.items, open_scores, vocabulary, choice_scores, mask, credit)
@@ -669,11 +763,23 @@ def _run_qa(settings, workdir, name, device, resume, rank, world_size, epoch_cal
         return QARunResult(paths.root, results, sum(left_out.values()), problems)
     paths.root.mkdir(parents=True, exist_ok=True)
     config["history"] = history
+    if heads is not None:
+        config["heads_kept"] = kept
+        if choice_kept:
+            config["choice_epochs"] = choice_epochs(choice_kept)
     atomic_write_text(paths.config, json.dumps(config, indent=2))
     if heads is not None:
         tensors = {f"{kind}.{k}": v for kind, h in zip(("open", "choice"), heads) for k, v in h.state_dict().items()}
-        ckpt.atomic_save(tensors, paths.root / HEADS_FILE, {"vocabulary": vocabulary, "dim": int(answer_emb.shape[1]),
-                                                             "hidden": settings.hidden, "heads_version": HEADS_VERSION})
+        kinds = []
+        for kind, (epoch, state) in sorted((k, v) for k, v in choice_kept.items() if k is not None):
+            prefix = f"choice_kind.{len(kinds)}" if state is not None else None
+            if state is not None:
+                tensors.update({f"{prefix}.{k}": v for k, v in state.items()})
+            kinds.append({"kind": kind, "epoch": epoch, "tensors": prefix})
+        header = {"vocabulary": vocabulary, "dim": int(answer_emb.shape[1]), "hidden": settings.hidden,
+                  "heads_version": HEADS_VERSION, "choice_kinds": kinds,
+                  "other_kinds": "zero-shot" if choice_kept else "choice"}
+        ckpt.atomic_save(tensors, paths.root / HEADS_FILE, header)
     elif (paths.root / HEADS_FILE).exists():
         (paths.root / HEADS_FILE).unlink()  # a zero-shot rerun: stale heads would not match eval.json
     atomic_write_text(paths.eval, json.dumps(json_safe(results), indent=2))
@@ -727,6 +833,9 @@ def _resumed_settings(paths: RunPaths, base_run: str | Path | None) -> QASetting
 def format_qa(result: QARunResult) -> str:
     """The accuracies of each evaluated split, overall and per question type."""
     lines = []
+    kept = next((entry["heads_kept"] for entry in result.eval.values() if entry.get("heads_kept")), None)
+    if kept:
+        lines.append(f"heads kept: {kept}")
     for split, entry in result.eval.items():
         lines.append(f"{split}: {entry['questions']} questions ({entry['open_ended_questions']} open-ended, "
                      f"{entry['multiple_choice_questions']} multiple-choice)")

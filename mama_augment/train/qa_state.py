@@ -3,9 +3,10 @@
 ``qa_checkpoint.safetensors`` in the QA run folder is written at the end of every epoch,
 with the conventions of the retrieval run's checkpoint (``train/checkpoint.py``): the
 heads, the AdamW state and the batch-order generator as tensors, each head of its best
-validation epoch beside them (``best.``) with the untrained heads' validation credits
-(``untrained.``), and the scalars (epochs done, each head's best accuracy and epoch,
-the per-epoch history) as JSON in the header. The batch order is drawn from
+validation epoch beside them (``best.<n>.``: the open-ended head, and the multiple-choice
+head once per question kind, each kind keeping its own) with the untrained heads'
+validation credits (``untrained.<n>``), and the scalars (epochs done, each kept head's
+name, best accuracy and epoch, the per-epoch history) as JSON in the header. The batch order is drawn from
 that generator alone, so a run resumed from it trains what the uninterrupted run would
 have trained.
 
@@ -17,7 +18,6 @@ average is the gradient of the whole batch's mean loss, as on one process.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +25,16 @@ from mama_augment.errors import MamaError
 
 CHECKPOINT_FILE = "qa_checkpoint.safetensors"
 _HEADS = ("open", "choice")
+# In the header. 2: ``best`` is a list (one entry per kept head: ``open`` and
+# ``choice:<question kind>``), its tensors ``best.<n>.*`` / ``untrained.<n>``; without the
+# key (1), one multiple-choice head for every kind, which cannot be split per kind.
+STATE_VERSION = 2
+CHOICE_PREFIX = "choice:"
 
 
-def _no_best() -> dict:
-    return {kind: (-math.inf, 0, None) for kind in _HEADS}
+def choice_key(kind: str) -> str:
+    """The name under which the multiple-choice head kept for question ``kind`` is recorded."""
+    return CHOICE_PREFIX + kind
 
 
 @dataclass
@@ -36,9 +42,10 @@ class Progress:
     """Where training stands after ``epochs_done`` epochs (epoch 0: the untrained heads)."""
 
     epochs_done: int = 0
-    # per head: (validation accuracy in %, epoch, state dict or None): the head kept so far
-    best: dict = field(default_factory=_no_best)
-    # per head: the untrained head's validation credits, which a trained epoch must beat
+    # per kept head ("open", or choice_key(kind) for each multiple-choice question kind
+    # in val): (validation accuracy in %, epoch, state dict): the head kept so far
+    best: dict = field(default_factory=dict)
+    # per kept head: the untrained head's validation credits, which a trained epoch must beat
     untrained: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
@@ -59,19 +66,22 @@ def save_progress(path: Path, heads, optimizer, generator, progress: Progress, f
     import torch
 
     tensors = {f"{kind}.{k}": v for kind, h in zip(_HEADS, heads) for k, v in h.state_dict().items()}
-    for kind, (_, _, state) in progress.best.items():
-        if state is not None:
-            tensors.update({f"best.{kind}.{k}": v for k, v in state.items()})
-    for kind, credit in progress.untrained.items():
-        tensors[f"untrained.{kind}"] = torch.as_tensor(credit, dtype=torch.float64)
+    # Kept heads are numbered: a question kind is free text, unfit for a tensor name.
+    names = list(dict.fromkeys([*progress.best, *progress.untrained]))
+    for n, name in enumerate(names):
+        if name in progress.best:
+            tensors.update({f"best.{n}.{k}": v for k, v in progress.best[name][2].items()})
+        if name in progress.untrained:
+            tensors[f"untrained.{n}"] = torch.as_tensor(progress.untrained[name], dtype=torch.float64)
     optimizer_tensors, optimizer_description = ckpt.flatten_optimizer(optimizer.state_dict(), "optim")
     tensors.update(optimizer_tensors)
     tensors["rng.batches"] = generator.get_state()
     state = {
         "epochs_done": progress.epochs_done, "history": progress.history, "optimizer": optimizer_description,
-        "best": {kind: {"accuracy": acc if math.isfinite(acc) else None, "epoch": epoch}
-                 for kind, (acc, epoch, _) in progress.best.items()},
-        "fingerprint": fingerprint,
+        "kept_heads": names,
+        "best": [{"head": name, "accuracy": progress.best[name][0], "epoch": progress.best[name][1]}
+                 if name in progress.best else None for name in names],
+        "fingerprint": fingerprint, "state_version": STATE_VERSION,
     }
     ckpt.atomic_save(tensors, path, state)
 
@@ -86,6 +96,13 @@ def load_progress(path: Path, heads, optimizer, generator, fingerprint: dict) ->
 
     try:
         tensors, state = ckpt.load(path)
+        outdated = state.get("state_version") != STATE_VERSION
+    except Exception as exc:  # safetensors, torch and a damaged header raise many kinds
+        raise MamaError(f"cannot read the QA checkpoint {path}: {exc}; start the run again without --resume") from None
+    if outdated:
+        raise MamaError(f"the QA checkpoint {path} was written before the multiple-choice head was kept per question "
+                        "kind: start the run again without --resume")
+    try:
         for kind, head in zip(_HEADS, heads):
             head.load_state_dict({k[len(kind) + 1:]: v for k, v in tensors.items() if k.startswith(f"{kind}.")})
         optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, state["optimizer"], "optim"))
@@ -96,15 +113,14 @@ def load_progress(path: Path, heads, optimizer, generator, fingerprint: dict) ->
     if state.get("fingerprint") != fingerprint:
         raise MamaError(f"the questions differ from those the run began with ({state.get('fingerprint')} then, "
                         f"{fingerprint} now): start the run again without --resume")
-    best = _no_best()
-    for kind, recorded in (state.get("best") or {}).items():
-        prefix = f"best.{kind}."
-        head_state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if kind in best and head_state:
-            accuracy = recorded.get("accuracy")
-            best[kind] = (-math.inf if accuracy is None else float(accuracy), int(recorded.get("epoch") or 0),
-                          head_state)
-    untrained = {kind: tensors[f"untrained.{kind}"].numpy() for kind in _HEADS if f"untrained.{kind}" in tensors}
+    best, untrained = {}, {}
+    for n, (name, recorded) in enumerate(zip(state["kept_heads"], state["best"])):
+        prefix = f"best.{n}."
+        if recorded is not None:
+            best[name] = (float(recorded["accuracy"]), int(recorded["epoch"]),
+                          {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if f"untrained.{n}" in tensors:
+            untrained[name] = tensors[f"untrained.{n}"].numpy()
     return Progress(epochs_done, best, untrained, list(state.get("history") or []))
 
 
