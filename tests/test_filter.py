@@ -145,6 +145,15 @@ def test_many_texts_are_embedded_and_searched_a_batch_at_a_time(monkeypatch):
     assert np.allclose(batched.nearest_similarity, whole.nearest_similarity, equal_nan=True)
 
 
+def _clustered_unit_vectors(n: int, clusters: int, dim: int, spread: float, seed: int) -> np.ndarray:
+    """``n`` unit vectors around ``clusters`` random centres: many close pairs, as captions
+    of one kind give."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    vectors = (centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dim))).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
 def test_ivf_lists_grow_with_the_texts_and_keep_the_close_pairs(monkeypatch):
     # Past LIST_SIZE_FROM texts the lists hold about LIST_SIZE vectors each (n / LIST_SIZE
     # of them, not 4·sqrt(n)): the work per query stays the same as the data grows.
@@ -153,10 +162,7 @@ def test_ivf_lists_grow_with_the_texts_and_keep_the_close_pairs(monkeypatch):
 
     monkeypatch.setattr(duplicates, "LIST_SIZE_FROM", 1000)
     monkeypatch.setattr(duplicates, "LIST_SIZE", 16)
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(50, 48))
-    vectors = (centres[rng.integers(0, 50, 6000)] + 0.4 * rng.normal(size=(6000, 48))).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = _clustered_unit_vectors(6000, 50, 48, 0.4, seed=1)
     index = duplicates.NN_INDEXES["ivf"](len(vectors), 48, lambda a, b: vectors[a:b], lambda p: vectors[p])
     assert index.nlist == 6000 // 16
     # The graph over the centres holds a byte per dimension (float32 centres outgrew the
@@ -179,10 +185,7 @@ def test_lists_sized_before_the_vectors_arrive_give_the_same_neighbours(monkeypa
 
     monkeypatch.setattr(duplicates, "LIST_SIZE_FROM", 1000)
     monkeypatch.setattr(duplicates, "LIST_SIZE", 16)
-    rng = np.random.default_rng(2)
-    centres = rng.normal(size=(40, 32))
-    vectors = (centres[rng.integers(0, 40, 5000)] + 0.3 * rng.normal(size=(5000, 32))).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = _clustered_unit_vectors(5000, 40, 32, 0.3, seed=2)
     calls = []
     original = duplicates._add_all
     monkeypatch.setattr(duplicates, "_add_all", lambda index, n, *a: (calls.append(index.ntotal), original(index, n, *a),

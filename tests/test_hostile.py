@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,10 +27,9 @@ from mama_augment.manifest import KEYFRAMES, WORKDIR_MARKER, CAPTIONS, read_mani
 from media import make_image
 from test_caption_server import FakeOpenAI
 from tiny_llava import make_keyframes_workdir
-from workdir_helpers import make_captioned_workdir
+from workdir_helpers import lock_held_elsewhere, make_captioned_workdir
 from train_helpers import make_workdir as make_train_workdir
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -163,13 +160,7 @@ def test_train_takes_a_lock_per_run(tmp_path):
     metrics = workdir / "runs" / "X" / "metrics.jsonl"
     before = metrics.read_bytes()
     # Another process trains run X (it holds the lock, as a running `train` does) ...
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom mama_augment.manifest import workdir_lock\n"
-         f"with workdir_lock({str(workdir)!r}, 'train-X'):\n    print('locked', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(workdir, "train-X"):
         # ... so a second `train --resume --name X` stops at once and touches nothing.
         result = cli("train", "-w", workdir, "--name", "X", "--resume", "-q")
         assert_clean_error(result, 1, "another 'train-X' run")
@@ -177,9 +168,6 @@ def test_train_takes_a_lock_per_run(tmp_path):
         # Another run of the same work folder is not held up.
         other = cli(*[a if a != "X" else "Y" for a in base])
         assert other.exit_code == 0, other.output
-    finally:
-        holder.kill()
-        holder.wait()
     assert cli("train", "-w", workdir, "--name", "X", "--resume", "-q").exit_code == 0
     steps = [(r["kind"], r["step"]) for r in map(json.loads, metrics.read_text().splitlines())]
     assert len(steps) == len(set(steps))

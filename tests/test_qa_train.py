@@ -15,6 +15,7 @@ from mama_augment.cli import app
 from mama_augment.datasets.qa import QAItem
 from mama_augment.train.qa import answer_vocabulary
 from train_helpers import CONCEPT_WORDS, make_workdir
+from workdir_helpers import lock_held_elsewhere
 
 runner = CliRunner()
 N_VIDEOS, N_TRAIN = 60, 40
@@ -366,10 +367,6 @@ def test_a_qa_run_takes_its_run_lock(trained):
     """While another process writes QA run X (it holds X's lock, as a running `qa` or
     `train` does), a second `qa` into X stops at once, exit 1, and touches nothing; a QA
     run of another name is not held up."""
-    import os
-    import subprocess
-    import sys
-
     workdir, files = trained
     base = workdir / "runs" / "base"
     args = ["qa", "--run", str(base), "--questions", str(files / "train_mc.jsonl"), "--questions",
@@ -377,13 +374,7 @@ def test_a_qa_run_takes_its_run_lock(trained):
     assert runner.invoke(app, args).exit_code == 0
     evaluation = workdir / "runs" / "qa-locked" / "eval.json"
     before = evaluation.read_bytes()
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time\nfrom mama_augment.manifest import workdir_lock\n"
-         f"with workdir_lock({str(workdir)!r}, 'train-qa-locked'):\n    print('locked', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(workdir, "train-qa-locked"):
         for second in (args, [*args, "--zero-shot"], ["qa", "--run", str(base), "--name", "qa-locked", "--resume"]):
             result = runner.invoke(app, second)
             assert result.exit_code == 1 and "another 'train-qa-locked' run" in result.output, result.output
@@ -391,9 +382,6 @@ def test_a_qa_run_takes_its_run_lock(trained):
         assert evaluation.read_bytes() == before
         other = runner.invoke(app, [*args[:-1], "qa-unlocked"])
         assert other.exit_code == 0, other.output
-    finally:
-        holder.kill()
-        holder.wait()
     assert runner.invoke(app, args).exit_code == 0
 
 

@@ -109,7 +109,8 @@ def test_the_agreement_prior_is_on_by_default_with_mama_only():
     assert TrainConfig(captions="c.csv", agreement_prior=False).validate().agreement_prior is False
 
 
-def test_a_run_from_before_the_agreement_prior_resumes_without_it(tmp_path):
+def _config_of_a_run_from_before(tmp_path, field: str) -> TrainConfig:
+    """The config a run resumes with when its config.json predates ``field``."""
     import json
 
     from mama_augment.train.runs import RunPaths, load_run_config
@@ -117,9 +118,13 @@ def test_a_run_from_before_the_agreement_prior_resumes_without_it(tmp_path):
     paths = RunPaths.of(tmp_path, "old")
     paths.root.mkdir(parents=True)
     stored = TrainConfig(captions="c.csv").to_dict()
-    del stored["agreement_prior"]
+    del stored[field]
     paths.config.write_text(json.dumps(stored))
-    assert load_run_config(paths).agreement_prior is False
+    return load_run_config(paths)
+
+
+def test_a_run_from_before_the_agreement_prior_resumes_without_it(tmp_path):
+    assert _config_of_a_run_from_before(tmp_path, "agreement_prior").agreement_prior is False
 
 
 def _paired_features(n: int, seed: int = 0):
@@ -182,16 +187,7 @@ def test_agreement_sample_reaches_the_meta_set_and_the_estimate(tmp_path):
 
 
 def test_a_run_from_before_the_agreement_sample_resumes_uncapped(tmp_path):
-    import json
-
-    from mama_augment.train.runs import RunPaths, load_run_config
-
-    paths = RunPaths.of(tmp_path, "old")
-    paths.root.mkdir(parents=True)
-    stored = TrainConfig(captions="c.csv").to_dict()
-    del stored["agreement_sample"]
-    paths.config.write_text(json.dumps(stored))
-    assert load_run_config(paths).agreement_sample == 0
+    assert _config_of_a_run_from_before(tmp_path, "agreement_sample").agreement_sample == 0
     assert TrainConfig(captions="c.csv").validate().agreement_sample == 50_000
 
 

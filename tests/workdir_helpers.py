@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +144,21 @@ def write(path: Path, text: str | bytes) -> Path:
     else:
         path.write_text(text, encoding="utf-8")
     return path
+
+
+@contextmanager
+def lock_held_elsewhere(workdir: Path, name: str):
+    """Another process holds the work folder's lock ``name`` (as a running ``train`` or
+    ``qa`` holds its run's) until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time\nfrom mama_augment.manifest import workdir_lock\n"
+         f"with workdir_lock({str(workdir)!r}, {name!r}):\n    print('locked', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
