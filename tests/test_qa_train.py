@@ -281,6 +281,19 @@ def test_causal_vidqa_is_answered_with_its_paired_types(trained, tmp_path):
 # ---- the multiple-choice head starts from zero-shot ---------------------------------------
 
 
+def _candidates_near_videos(generator, n: int, width: int, dim: int, spread: float):
+    """A fixed direction, ``n`` unit videos, ``width`` candidates each scattered around
+    its video by ``spread``, a random answer index each and the row numbers."""
+    import torch
+    import torch.nn.functional as F
+
+    marker = F.normalize(torch.ones(dim), dim=0)
+    video = F.normalize(torch.randn(n, dim, generator=generator), dim=-1)
+    candidates = F.normalize(video[:, None, :] + spread * torch.randn(n, width, dim, generator=generator), dim=-1)
+    answers = torch.randint(width, (n,), generator=generator)
+    return marker, video, candidates, answers, torch.arange(n)
+
+
 def _choice_split(n_questions: int, seed: int, width: int = 4, dim: int = 16):
     """Synthetic embeddings of multiple-choice questions where retrieval similarity
     misleads: the distractors lie close to the video, the right candidate far from it
@@ -291,11 +304,7 @@ def _choice_split(n_questions: int, seed: int, width: int = 4, dim: int = 16):
     from mama_augment.train.qa import _Embedded
 
     generator = torch.Generator().manual_seed(seed)
-    marker = F.normalize(torch.ones(dim), dim=0)
-    video = F.normalize(torch.randn(n_questions, dim, generator=generator), dim=-1)
-    candidates = F.normalize(video[:, None, :] + 0.6 * torch.randn(n_questions, width, dim, generator=generator), dim=-1)
-    answers = torch.randint(width, (n_questions,), generator=generator)
-    rows = torch.arange(n_questions)
+    marker, video, candidates, answers, rows = _candidates_near_videos(generator, n_questions, width, dim, 0.6)
     candidates[rows, answers] = F.normalize(marker + 0.3 * torch.randn(n_questions, dim, generator=generator), dim=-1)
     items = [QAItem(str(q), f"v{q}", "which?", f"c{int(a)}", tuple(f"c{k}" for k in range(width)), int(a))
              for q, a in enumerate(answers)]
@@ -418,11 +427,7 @@ def _two_kind_split(n_per_kind: int, seed: int, kinds=("A", "B"), width: int = 4
 
     a = _choice_split(n_per_kind, seed, width, dim)
     generator = torch.Generator().manual_seed(seed + 1000)
-    marker = F.normalize(torch.ones(dim), dim=0)
-    video = F.normalize(torch.randn(n_per_kind, dim, generator=generator), dim=-1)
-    candidates = F.normalize(video[:, None, :] + 0.7 * torch.randn(n_per_kind, width, dim, generator=generator), dim=-1)
-    answers = torch.randint(width, (n_per_kind,), generator=generator)
-    rows = torch.arange(n_per_kind)
+    marker, video, candidates, answers, rows = _candidates_near_videos(generator, n_per_kind, width, dim, 0.7)
     candidates[rows, answers] = F.normalize(video + 0.1 * torch.randn(n_per_kind, dim, generator=generator), dim=-1)
     decoy = (answers + 1) % width
     candidates[rows, decoy] = F.normalize(marker + 0.3 * torch.randn(n_per_kind, dim, generator=generator), dim=-1)
