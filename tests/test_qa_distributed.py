@@ -21,12 +21,9 @@ from mama_augment.train.config import TrainConfig
 from mama_augment.train.loop import run_train
 from mama_augment.train.qa import QASettings, run_qa
 from mama_augment.train.qa_state import batch_share
-from train_helpers import CONCEPT_WORDS, make_workdir
+from train_helpers import CONCEPT_WORDS, gloo_or_skip, make_workdir
 
-dist = pytest.importorskip("torch.distributed")
-if not (dist.is_available() and dist.is_gloo_available()):
-    pytest.skip("torch.distributed with the gloo backend is not available in this PyTorch build",
-                allow_module_level=True)
+dist = gloo_or_skip()
 
 WORLD = 2
 RTOL, ATOL = 1e-5, 1e-6

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mama_augment.frame_embeddings import EmbeddingAppender
 from mama_augment.manifest import KEYFRAMES, CAPTIONS, PartWriter, compact, rows_to_table
@@ -81,3 +82,13 @@ def make_workdir(
     path = root / "captions.csv"
     frame.to_csv(path, index=False)
     return workdir, path
+
+
+def gloo_or_skip():
+    """``torch.distributed``, or the calling test module skipped where this PyTorch build
+    has no gloo backend (the CPU backend the two-process tests run on)."""
+    dist = pytest.importorskip("torch.distributed")
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is not available in this PyTorch build",
+                    allow_module_level=True)
+    return dist
