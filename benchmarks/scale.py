@@ -28,6 +28,10 @@ side by side:
   caption join, splits, wrong-pair estimate and meta set, TF-IDF for the captions);
   the text encoder is left out either way; the feature cache is removed first, so
   every run builds it;
+* ``train-run``: the ``train`` command's own path up to its first step, with every
+  default (``--loss mama``, the agreement prior, the meta set, ``--generated-weight
+  auto``: the evidence step) and ``--text-model hashing`` (a model's encoding time left
+  out, the text features kept); needs ``--originals``; the caches are removed first;
 * ``train-data``: ``train``'s data alone (``build_data`` with ``--originals``), under
   ``tracemalloc``: what the data holds once built (``data_traced_mb``, Python objects
   and numpy arrays, not the mapped feature cache) and its peak while built.
@@ -141,6 +145,30 @@ elif command in ("train", "train-data"):
     model.head.project_video(model.video_features(model.video_inputs(batch))).square().mean().backward()
     phases["first_step_cpu_s"] = round(time.process_time() - started, 2)
     print("videos", len(videos.video_ids))
+    print("phases", json.dumps(phases))
+elif command == "train-run":  # the train command's own path, default options, up to its first step
+    import json, shutil, torch
+    from mama_augment.train.config import TrainConfig
+    from mama_augment.train.loop import TrainRecipe
+    class FirstStep(Exception):
+        pass
+    def stop(step):
+        raise FirstStep
+    shutil.rmtree(workdir / "runs", ignore_errors=True)
+    config = TrainConfig(captions=str(workdir / "originals.parquet"), text_model="hashing", progress=False)
+    recipe = TrainRecipe(config, workdir, step_callback=stop)
+    started = time.process_time()
+    recipe.setup()
+    phases = {"setup_cpu_s": round(time.process_time() - started, 2), "data_s": round(recipe.data_seconds, 2),
+              "evidence_s": round(recipe.evidence.seconds, 2) if recipe.evidence is not None else None,
+              "pairs": recipe.data.num_train_pairs, "meta_weighting": recipe.config.meta_weighting,
+              "agreement_prior": recipe.config.agreement_prior,
+              "generated_weights": recipe.evidence.weights if recipe.evidence is not None else None}
+    try:
+        recipe.train()
+    except FirstStep:
+        pass
+    phases["first_step_cpu_s"] = round(time.process_time() - started, 2)
     print("phases", json.dumps(phases))
 """
 
@@ -296,6 +324,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=300, help="seconds a measurement may take")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/scale"))
     parser.add_argument("--keep", action="store_true", help="keep the work folders")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure on a kept folder built with the same options instead of building it again")
     args = parser.parse_args()
     codes = dict(spec.split("=", 1) for spec in (args.code or ["after=."]))
     for name, root in codes.items():  # -P: the current folder must not come before ROOT
@@ -308,11 +338,17 @@ def main() -> None:
     results: dict[tuple, dict] = {}
     for size in args.sizes:
         workdir = args.out / f"work-{size}"
-        shutil.rmtree(workdir, ignore_errors=True)
-        started = time.perf_counter()
-        build(workdir, size, args.dim, args.frames, args.failed_every, inputs="resume" in args.commands,
-              layout=args.layout, originals=args.originals)
-        print(f"built {size} videos in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        built = json.dumps({"dim": args.dim, "frames": args.frames, "failed_every": args.failed_every,
+                            "inputs": "resume" in args.commands, "layout": args.layout, "originals": args.originals})
+        marker = args.out / f"work-{size}.built"
+        if not (args.reuse and marker.exists() and marker.read_text() == built and workdir.is_dir()):
+            marker.unlink(missing_ok=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+            started = time.perf_counter()
+            build(workdir, size, args.dim, args.frames, args.failed_every, inputs="resume" in args.commands,
+                  layout=args.layout, originals=args.originals)
+            marker.write_text(built)
+            print(f"built {size} videos in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         for command in args.commands:
             for name, root in codes.items():
                 if f"{name}:{command}:{size}" in args.skip:
@@ -321,7 +357,7 @@ def main() -> None:
                 if command == "write":
                     target = args.out / f"write-{size}"
                     shutil.rmtree(target, ignore_errors=True)
-                if command in ("train", "train-data", "filter"):
+                if command in ("train", "train-data", "train-run", "filter"):
                     shutil.rmtree(workdir / "cache", ignore_errors=True)
                 if command == "report":  # each tree writes its own report from scratch
                     shutil.rmtree(workdir / "report", ignore_errors=True)
@@ -335,6 +371,7 @@ def main() -> None:
                 log.flush()
                 print(json.dumps(record), file=sys.stderr, flush=True)
         if not args.keep:
+            marker.unlink(missing_ok=True)
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(workdir.parent / (workdir.name + "-inputs"), ignore_errors=True)
     print("| command | code | " + " | ".join(f"{s:,} videos: wall s / CPU s / peak MB" for s in args.sizes)

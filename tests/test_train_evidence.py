@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import mama_augment.cli.train  # noqa: F401  (registers the commands)
 from mama_augment.cli._app import app
 from mama_augment.train.config import TrainConfig
-from mama_augment.train.evidence import _project, decide_weight, measure_sources
+from mama_augment.train.evidence import _project, decide_weight, measure_sources, sample_videos
 from train_helpers import make_workdir
 
 runner = CliRunner()
@@ -188,3 +188,34 @@ def test_a_resumed_run_keeps_the_weights_it_began_with(tmp_path):
     summary = json.loads((workdir / "runs" / "killed" / "summary.json").read_text())
     assert summary["generated_evidence"]["mode"] == "recorded"
     assert summary["generated_evidence"]["weights"] == began
+
+
+def test_the_sample_keeps_every_caption_of_its_videos_and_at_most_the_cap():
+    caption_video = np.repeat(np.arange(100), 3)  # three captions a video
+    train = np.arange(300)[np.arange(300) % 5 != 0]  # some captions are not training pairs
+    assert sample_videos(caption_video, train, 0, seed=1) is train
+    assert sample_videos(caption_video, train, len(train), seed=1) is train
+    kept = sample_videos(caption_video, train, 100, seed=1)
+    assert 95 <= len(kept) <= 100 and np.all(np.diff(kept) > 0) and np.isin(kept, train).all()
+    chosen = np.unique(caption_video[kept])
+    assert np.array_equal(kept, train[np.isin(caption_video[train], chosen)])  # whole videos
+    assert np.array_equal(kept, sample_videos(caption_video, train, 100, seed=1))  # by the seed
+    assert not np.array_equal(kept, sample_videos(caption_video, train, 100, seed=2))
+
+
+def test_the_evidence_step_above_the_sample_runs_on_a_sample_of_the_videos(tmp_path):
+    workdir, captions = make_workdir(tmp_path, n_videos=200, generated=True)
+    assert _train(workdir, captions, "all", "--agreement-sample", "0").exit_code == 0
+    result = _train(workdir, captions, "capped", "--agreement-sample", "150")
+    assert result.exit_code == 0, result.output
+    assert "judged on the videos of" in result.output
+    every = json.loads((workdir / "runs" / "all" / "config.json").read_text())["extra"]["generated_evidence"]
+    capped = json.loads((workdir / "runs" / "capped" / "config.json").read_text())["extra"]["generated_evidence"]
+    assert "sampled_pairs" not in every
+    assert capped["sampled_pairs"] <= 150 < capped["train_pairs"]
+    # The source's pairs are counted among all the training pairs, as without the cap.
+    assert capped["sources"][0]["train_pairs"] == every["sources"][0]["train_pairs"]
+    # At or above the run's pairs the cap changes nothing.
+    assert _train(workdir, captions, "above", "--agreement-sample", str(capped["train_pairs"])).exit_code == 0
+    above = json.loads((workdir / "runs" / "above" / "config.json").read_text())["extra"]["generated_evidence"]
+    assert above["sources"] == every["sources"] and above["weights"] == every["weights"]

@@ -78,10 +78,14 @@ class Evidence:
     skipped: str | None = None  # why no evidence was gathered (then weights are all 1)
     mode: str = "auto"  # auto (by evidence) or the --generated-weight given
     seconds: float = 0.0
+    sampled: tuple[int, int] | None = None  # (pairs the step ran on, training pairs) when capped
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "weights": dict(self.weights), "skipped": self.skipped,
-                "seconds": round(self.seconds, 3), "sources": [asdict(s) for s in self.sources]}
+        out = {"mode": self.mode, "weights": dict(self.weights), "skipped": self.skipped,
+               "seconds": round(self.seconds, 3), "sources": [asdict(s) for s in self.sources]}
+        if self.sampled is not None:
+            out["sampled_pairs"], out["train_pairs"] = self.sampled
+        return out
 
     def lines(self) -> list[str]:
         """What a user reads: one line per source, or why there was no evidence (the
@@ -90,11 +94,15 @@ class Evidence:
             return [self.skipped]
         if self.mode != "auto":
             return [f"weight {w:g} for {s} (--generated-weight {self.mode})" for s, w in self.weights.items()]
-        return [
+        lines = [
             f"of {e.source}: holdout t2v R@1 {e.r1_with:.2f} with them, {e.r1_without:.2f} "
             f"without ({e.difference:+.2f} +- {e.stderr:.2f}) -> weight {e.weight:g} ({e.reason})"
             for e in self.sources
         ]
+        if self.sampled is not None:
+            lines.append(f"judged on the videos of {self.sampled[0]:,} of the {self.sampled[1]:,} training pairs "
+                         "(--agreement-sample)")
+        return lines
 
 
 def decide_weight(differences: Sequence[float], keep_at: float = KEEP_AT) -> tuple[float, float, str]:
@@ -288,33 +296,83 @@ def caption_sources(workdir, data) -> list[str | None]:
     return names
 
 
-def _video_features(data) -> np.ndarray | None:
-    """Pooled keyframe embeddings, one row per video; None when some video has none."""
-    embeddings = data.videos.keyframe_embeddings
-    if not len(embeddings) or any(len(e) == 0 for e in embeddings):
+def _video_features(data, videos: np.ndarray | None = None) -> np.ndarray | None:
+    """Pooled keyframe embeddings (float32), one row per video of ``videos`` (None: every
+    video), stacked a chunk at a time; None when one of them has none."""
+    from mama_augment.train.data import _frame_counts, _pooled
+
+    if videos is None:
+        videos = np.arange(len(data.videos.video_ids), dtype=np.int64)
+    if not len(videos) or (_frame_counts(data.videos, videos) == 0).any():
         return None
-    return np.stack([np.asarray(e, dtype=np.float32).mean(axis=0) for e in embeddings])
+    return _pooled(data.videos, videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0), np.float32)
 
 
-def gather_evidence(data, sources: list[str | None], seed: int, caption_embedder=None) -> Evidence:
+def sample_videos(caption_video: np.ndarray, train: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """The training captions ``train`` of a seeded sample of their videos, every caption
+    of a chosen video kept, as many videos as hold at most ``cap`` captions together (in
+    caption id order); ``train`` itself when it holds no more than ``cap``."""
+    if cap <= 0 or len(train) <= cap:
+        return train
+    owners = caption_video[train]
+    videos, place = np.unique(owners, return_inverse=True)
+    order = np.random.default_rng([seed, 29]).permutation(len(videos))
+    held = np.cumsum(np.bincount(place, minlength=len(videos))[order])
+    chosen = np.zeros(len(videos), dtype=bool)
+    chosen[order[: max(1, int(np.searchsorted(held, cap, side="right")))]] = True
+    return np.sort(train[chosen[place]])
+
+
+def gather_evidence(data, sources: list[str | None], seed: int, caption_embedder=None, sample: int = 0) -> Evidence:
     """:func:`measure_sources` on a run's training pairs: ``data`` as ``build_data``
-    returns it, ``sources`` from :func:`caption_sources`."""
+    returns it, ``sources`` from :func:`caption_sources`.
+
+    ``sample`` > 0 bounds the step: with more training pairs than that, it runs on a
+    seeded sample of the training videos holding at most ``sample`` pairs (every caption
+    of a chosen video), so its time and memory stop growing with the data (scoring a
+    holdout of N videos against N captions alone is N x N; 90 k x 90 k at 200 k videos).
+    At or below it nothing changes."""
     from mama_augment.train.data import _dense, _text_features
 
     started = time.time()
-    train = np.asarray([c for caps in data.train_captions for c in caps], dtype=np.int64)
-    if not any(sources[c] is not ORIGINAL for c in train):
+    train = np.asarray(data.train_captions.values if hasattr(data.train_captions, "values")
+                       else [c for caps in data.train_captions for c in caps], dtype=np.int64)
+    generated = np.fromiter((sources[c] is not ORIGINAL for c in train), dtype=bool, count=len(train))
+    if not generated.any():
         return Evidence(skipped="none among the training pairs")
-    video_features = _video_features(data)
+    caption_video = np.asarray(data.caption_video, dtype=np.int64)
+    kept = sample_videos(caption_video, train, sample, seed)
+    if len(kept) == len(train):
+        video_features = _video_features(data)
+        if video_features is not None:
+            # The same list of texts the model embeds, so the cache serves both.
+            text_features = _dense(_text_features(range(len(data.texts)), data.texts, caption_embedder))
+            evidence = measure_sources(data.videos.video_ids, video_features, text_features, caption_video,
+                                       sources, train, seed=seed)
+    else:
+        # The sample's videos and captions renumbered in their order (which keeps every
+        # draw of the step's generators a function of the sample alone).
+        videos, local_video = np.unique(caption_video[kept], return_inverse=True)
+        video_features = _video_features(data, videos)
+        if video_features is not None:
+            if caption_embedder is not None:  # every text, as the model asks for them: one cache for both
+                text_features = np.asarray(caption_embedder(list(data.texts)))[kept]
+            else:
+                text_features = _dense(_text_features(kept, data.texts, None))
+            evidence = measure_sources([data.videos.video_ids[int(v)] for v in videos], video_features,
+                                       text_features, local_video, [sources[int(c)] for c in kept],
+                                       np.arange(len(kept), dtype=np.int64), seed=seed)
+            counts = {}
+            for c in train[generated]:
+                counts[sources[int(c)]] = counts.get(sources[int(c)], 0) + 1
+            for source in evidence.sources:  # what the source has among all the training pairs
+                source.train_pairs = counts.get(source.source, source.train_pairs)
+            evidence.sampled = (len(kept), len(train))
     if video_features is None:
-        names = sorted({sources[c] for c in train if sources[c] is not ORIGINAL})
+        names = sorted({sources[int(c)] for c in train[generated]})
         return Evidence(weights={s: 1.0 for s in names},
                         skipped="the videos have no keyframe embeddings to gather evidence with: evidence step "
                                 "skipped, every generated caption used fully (--generated-weight sets a weight)")
-    # The same list of texts the model embeds, so the cache serves both.
-    text_features = _dense(_text_features(range(len(data.texts)), data.texts, caption_embedder))
-    evidence = measure_sources(data.videos.video_ids, video_features, text_features, data.caption_video,
-                               sources, train, seed=seed)
     evidence.seconds = time.time() - started
     return evidence
 

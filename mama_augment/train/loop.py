@@ -329,7 +329,7 @@ class TrainRecipe:
         else:
             embedder = (backbone.caption_embedder(config, self.workdir, self.device)
                         if backbone.caption_embedder is not None else None)
-            evidence = ev.gather_evidence(probe, sources, config.seed, embedder)
+            evidence = ev.gather_evidence(probe, sources, config.seed, embedder, sample=config.agreement_sample)
         evidence.seconds = time.time() - started
         self.evidence = evidence
         for line in evidence.lines():

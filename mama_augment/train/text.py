@@ -132,14 +132,7 @@ def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir
     table: np.ndarray | None = None
     path = cache_dir / f"text-{slug}-{digest}.safetensors" if cache_dir else None
     if path is not None and path.exists():
-        from safetensors.numpy import load_file
-
-        try:
-            table = load_file(str(path))["embeddings"]
-            if table.shape[0] != len(unique):
-                table = None
-        except Exception:  # a damaged cache is recomputed, never trusted
-            table = None
+        table = _mapped_cache(path, len(unique))
     if table is None:
         table = encoder.encode(unique).astype(np.float32, copy=False) if unique else np.zeros((0, encoder.dim), np.float32)
         if path is not None:
@@ -147,5 +140,50 @@ def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir
 
             with atomic_path(path) as tmp:
                 save_file({"embeddings": np.ascontiguousarray(table)}, str(tmp), metadata={"encoder": encoder.name, "count": str(len(unique))})
+    if not texts:
+        return np.array(table)
     row_of = {text: i for i, text in enumerate(unique)}
-    return table[[row_of[t] for t in texts]] if texts else table
+    rows = np.fromiter((row_of[t] for t in texts), dtype=np.int64, count=len(texts))
+    del row_of
+    return _gather(table, rows)
+
+
+def _mapped_cache(path: Path, count: int) -> np.ndarray | None:
+    """The ``embeddings`` tensor of a cache file, mapped (not read): a hit on 600 k
+    captions read the whole table and then gathered a second table from it (2.4 GB of
+    float32 at 512 dimensions). None when the file is not what it should be (a damaged
+    cache is recomputed, never trusted)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > path.stat().st_size:
+                return None
+            header = json.loads(handle.read(size))
+        entry = header["embeddings"]
+        rows, dim = (int(x) for x in entry["shape"])
+        begin, end = (int(x) for x in entry["data_offsets"])
+        if entry["dtype"] != "F32" or rows != count or end - begin != rows * dim * 4:
+            return None
+        if path.stat().st_size < 8 + size + end:
+            return None
+        if rows == 0:
+            return np.zeros((0, dim), np.float32)
+        return np.memmap(path, dtype=np.float32, mode="r", offset=8 + size + begin, shape=(rows, dim))
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, struct.error):
+        return None
+
+
+def _gather(table: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """``table[rows]`` a chunk at a time; the pages of a mapped table that a chunk read
+    are handed back before the next, so the process holds the result, not the file."""
+    from mama_augment.frame_embeddings import page_out
+
+    out = np.empty((len(rows), table.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = table[rows[start : start + chunk]]
+        if isinstance(table, np.memmap):
+            page_out(table, 0, table.nbytes)
+    return out

@@ -1,0 +1,46 @@
+"""The text embedding cache (train/text.py): a hit gives exactly what the encoding gave,
+read through a mapping; a damaged file is recomputed, never trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mama_augment.train.text import HashingTextEncoder, cached_text_embeddings
+
+
+class CountingEncoder(HashingTextEncoder):
+    def __init__(self):
+        super().__init__(dim=16)
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        return super().encode(texts)
+
+
+def test_a_cache_hit_gives_what_the_encoding_gave(tmp_path):
+    encoder = CountingEncoder()
+    texts = [f"caption {i % 7} of clip {i % 11}" for i in range(100)] + ["a dog runs"] * 3
+    first = cached_text_embeddings(encoder, texts, tmp_path)
+    second = cached_text_embeddings(encoder, texts, tmp_path)
+    assert encoder.calls == 1  # the second came from the file
+    assert first.dtype == second.dtype == np.float32 and first.shape == (len(texts), 16)
+    assert np.array_equal(first, second)
+    assert np.array_equal(first, HashingTextEncoder(dim=16).encode(texts))
+    second[0] = 0.0  # the caller owns what it got: the cache is not written through it
+    assert np.array_equal(cached_text_embeddings(encoder, texts, tmp_path), first)
+    assert cached_text_embeddings(encoder, [], tmp_path).shape == (0, 16)
+
+
+def test_a_damaged_cache_file_is_encoded_again(tmp_path):
+    encoder = CountingEncoder()
+    texts = [f"caption {i}" for i in range(50)]
+    expected = cached_text_embeddings(encoder, texts, tmp_path)
+    (path,) = tmp_path.glob("text-*.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # cut short
+    assert np.array_equal(cached_text_embeddings(encoder, texts, tmp_path), expected)
+    assert encoder.calls == 2
+    path.write_bytes(b"\xff" * 64)  # not a safetensors file at all
+    assert np.array_equal(cached_text_embeddings(encoder, texts, tmp_path), expected)
+    assert encoder.calls == 3
