@@ -219,3 +219,20 @@ def test_the_evidence_step_above_the_sample_runs_on_a_sample_of_the_videos(tmp_p
     assert _train(workdir, captions, "above", "--agreement-sample", str(capped["train_pairs"])).exit_code == 0
     above = json.loads((workdir / "runs" / "above" / "config.json").read_text())["extra"]["generated_evidence"]
     assert above["sources"] == every["sources"] and above["weights"] == every["weights"]
+
+
+def test_the_holdout_is_searched_in_galleries_above_their_size():
+    from mama_augment.train.evidence import _train_and_score
+
+    ids, video, text, caption_video, source = _synthetic(n_videos=300)
+    originals = np.flatnonzero([s is None for s in source])
+    held_c = originals[::2]
+    held_v = np.unique(caption_video[held_c])
+    fit = np.setdiff1d(np.arange(len(text)), held_c)
+    args = (video, text, fit, caption_video, held_c, held_v, 3, 2)
+    whole = _train_and_score(*args)
+    assert _train_and_score(*args, gallery=len(held_v)) == whole  # one gallery: the whole holdout
+    small = _train_and_score(*args, gallery=8)
+    # Among 8 videos a caption finds its own far above chance (12.5 %), and more often
+    # than among all of them: each gallery is scored against its own captions.
+    assert small[0] > whole[0] and small[0] > 40, (small, whole)

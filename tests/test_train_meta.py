@@ -3,6 +3,7 @@ and the paper release's bug (virtual parameters never substituted) is caught."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -131,3 +132,20 @@ def test_weighting_net_shape_and_range():
     assert out.shape == (11,) and torch.all((out > 0) & (out < 1))
     w = normalise_weights(torch.tensor([0.2, 0.4, 0.6]))
     assert w.mean().item() == pytest.approx(1.0)
+
+
+def test_kmeans_groups_above_the_cap_fit_on_a_sample_and_group_every_caption():
+    from mama_augment.train.data import _kmeans_groups
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 10
+    features = (centres[np.arange(400) % 4] + rng.normal(size=(400, 8))).astype(np.float32)
+    ids = list(range(1000, 1400))
+    every = _kmeans_groups(ids, features, count=8, seed=0)
+    assert _kmeans_groups(ids, features, count=8, seed=0, cap=400) == every  # at the cap: as ever
+    capped = _kmeans_groups(ids, features, count=8, seed=0, cap=100)
+    assert sorted(c for group in capped.values() for c in group) == ids
+    # Well-separated concepts land in the same groups either way (up to the names).
+    def partition(groups):
+        return sorted(sorted(g) for g in groups.values())
+    assert partition(capped) == partition(every)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from mama_augment.errors import UsageError
 
 
@@ -46,7 +48,10 @@ def _features_caption_embedder(config, workdir: Path, device) -> Callable[[Seque
 
     encoder = get_text_encoder(config.text_model, "cuda" if device.type == "cuda" else "cpu")
     cache = text_cache_dir(workdir)
-    return lambda texts: cached_text_embeddings(encoder, list(texts), cache)
+    def embed(texts, rows=None, dtype=np.float32):
+        return cached_text_embeddings(encoder, list(texts), cache, rows=rows, dtype=dtype)
+
+    return embed
 
 
 def _build_clip(config, videos, workdir: Path, device):

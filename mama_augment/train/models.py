@@ -202,7 +202,9 @@ class FeaturesModel(RetrievalModel):
         self._lengths = lengths_t.to(device)
 
     def set_texts(self, texts: Sequence[str]) -> None:
-        table = cached_text_embeddings(self.text_encoder, list(texts), self.cache_dir)
+        # Held in float16, as the frames are (half the memory: 600 k captions x 512 were
+        # 1.2 GB in float32); a batch is widened on use.
+        table = cached_text_embeddings(self.text_encoder, list(texts), self.cache_dir, dtype=np.float16)
         self._text_table = torch.from_numpy(np.ascontiguousarray(table)).to(self.device)
 
     def _apply(self, fn, *args, **kwargs):  # keep the input tables on the model's device
@@ -222,7 +224,7 @@ class FeaturesModel(RetrievalModel):
         return self._frames[gather].float(), mask
 
     def text_inputs(self, indices) -> torch.Tensor:
-        return self._text_table[_index_tensor(np.asarray(indices, dtype=np.int64), self._text_table.device)]
+        return self._text_table[_index_tensor(np.asarray(indices, dtype=np.int64), self._text_table.device)].float()
 
     def video_features(self, video_inputs) -> torch.Tensor:
         frames, mask = video_inputs

@@ -120,11 +120,14 @@ def get_text_encoder(name: str, device: str = "cpu") -> TextEncoder:
     return _TEXT_ENCODER_CACHE[key]
 
 
-def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir: Path | None,
+                           rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
     """Embeddings of ``texts`` (row per text), from a safetensors cache when present.
 
     The cache file is keyed by the encoder name and a hash of the sorted unique texts,
-    so the same captions are encoded once per work folder.
+    so the same captions are encoded once per work folder. ``rows``: only the
+    embeddings of ``texts[rows]`` are returned (the cache is still that of every text);
+    ``dtype``: of the returned rows (the cache holds float32).
     """
     unique = sorted(set(texts))
     digest = hashlib.sha256(("\0".join([encoder.name, *unique])).encode()).hexdigest()[:20]
@@ -132,6 +135,11 @@ def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir
     table: np.ndarray | None = None
     path = cache_dir / f"text-{slug}-{digest}.safetensors" if cache_dir else None
     if path is not None and path.exists():
+        table = _mapped_cache(path, len(unique))
+    if table is None and path is not None and unique:
+        # Encoded a chunk at a time straight into the file, then gathered from it (the
+        # page cache): no float32 table of every text is held beside the result.
+        _encode_into(path, encoder, unique)
         table = _mapped_cache(path, len(unique))
     if table is None:
         table = encoder.encode(unique).astype(np.float32, copy=False) if unique else np.zeros((0, encoder.dim), np.float32)
@@ -141,11 +149,35 @@ def cached_text_embeddings(encoder: TextEncoder, texts: Sequence[str], cache_dir
             with atomic_path(path) as tmp:
                 save_file({"embeddings": np.ascontiguousarray(table)}, str(tmp), metadata={"encoder": encoder.name, "count": str(len(unique))})
     if not texts:
-        return np.array(table)
+        return np.array(table, dtype=dtype)
     row_of = {text: i for i, text in enumerate(unique)}
-    rows = np.fromiter((row_of[t] for t in texts), dtype=np.int64, count=len(texts))
-    del row_of
-    return _gather(table, rows)
+    wanted = texts if rows is None else [texts[int(r)] for r in rows]
+    index = np.fromiter((row_of[t] for t in wanted), dtype=np.int64, count=len(wanted))
+    del row_of, unique
+    return _gather(table, index, dtype)
+
+
+def _encode_into(path: Path, encoder: TextEncoder, texts: list[str], chunk: int = 16384) -> None:
+    """``encoder``'s embeddings of ``texts`` written as a safetensors file (one float32
+    tensor ``embeddings``) a chunk at a time; the file appears whole or not at all."""
+    import json
+
+    first = np.asarray(encoder.encode(texts[:chunk]), dtype=np.float32)
+    dim = first.shape[1]
+    header = json.dumps({
+        "__metadata__": {"encoder": encoder.name, "count": str(len(texts))},
+        "embeddings": {"dtype": "F32", "shape": [len(texts), dim], "data_offsets": [0, len(texts) * dim * 4]},
+    }, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(len(header).to_bytes(8, "little"))
+        out.write(header)
+        out.write(np.ascontiguousarray(first).tobytes())
+        for start in range(chunk, len(texts), chunk):
+            block = np.asarray(encoder.encode(texts[start : start + chunk]), dtype=np.float32)
+            if block.shape != (min(chunk, len(texts) - start), dim):
+                raise ValueError(f"the text encoder returned {block.shape} for {min(chunk, len(texts) - start)} texts")
+            out.write(np.ascontiguousarray(block).tobytes())
 
 
 def _mapped_cache(path: Path, count: int) -> np.ndarray | None:
@@ -176,14 +208,22 @@ def _mapped_cache(path: Path, count: int) -> np.ndarray | None:
         return None
 
 
-def _gather(table: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """``table[rows]`` a chunk at a time; the pages of a mapped table that a chunk read
-    are handed back before the next, so the process holds the result, not the file."""
+def _gather(table: np.ndarray, rows: np.ndarray, dtype=np.float32, chunk: int = 65536) -> np.ndarray:
+    """``table[rows]`` as ``dtype``. From a mapped table the rows are read in the table's
+    order, a chunk at a time, and the pages a chunk read are handed back before the next:
+    each page is read once, and the process holds the result, not the file."""
     from mama_augment.frame_embeddings import page_out
 
-    out = np.empty((len(rows), table.shape[1]), dtype=np.float32)
-    for start in range(0, len(rows), chunk):
-        out[start : start + chunk] = table[rows[start : start + chunk]]
-        if isinstance(table, np.memmap):
-            page_out(table, 0, table.nbytes)
+    out = np.empty((len(rows), table.shape[1]), dtype=dtype)
+    if not isinstance(table, np.memmap):
+        for start in range(0, len(rows), chunk):
+            out[start : start + chunk] = table[rows[start : start + chunk]]
+        return out
+    order = np.argsort(rows, kind="stable")
+    row_bytes = table.shape[1] * table.itemsize
+    for start in range(0, len(order), chunk):
+        where = order[start : start + chunk]
+        wanted = rows[where]
+        out[where] = table[wanted]
+        page_out(table, int(wanted[0]) * row_bytes, (int(wanted[-1]) + 1) * row_bytes)
     return out
