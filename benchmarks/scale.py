@@ -27,7 +27,7 @@ side by side:
   ``--originals`` the whole of ``build_data`` runs instead of ``load_videos`` (the
   caption join, splits, wrong-pair estimate and meta set, TF-IDF for the captions);
   the text encoder is left out either way; the feature cache is removed first, so
-  every run builds it;
+  every run builds it (``cache_features_mb``: the disk it takes);
 * ``train-run``: the ``train`` command's own path up to its first step, with every
   default (``--loss mama``, the agreement prior, the meta set, ``--generated-weight
   auto``: the evidence step) and ``--text-model hashing`` (a model's encoding time left
@@ -297,6 +297,9 @@ def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, coun
     for line in done.stdout.splitlines():  # the train child's own phase figures
         if line.startswith("phases "):
             result.update(json.loads(line[len("phases "):]))
+    features = workdir / "cache" / "features"
+    if command in ("train", "train-data", "train-run") and features.is_dir():  # what the feature cache adds to the folder
+        result["cache_features_mb"] = round(sum(p.stat().st_size for p in features.rglob("*") if p.is_file()) / 2**20, 1)
     report = workdir / "report"
     if command == "report" and report.is_dir():
         files = [p for p in report.rglob("*") if p.is_file()]
