@@ -355,7 +355,8 @@ def test_ranks_build_one_cache_together(tmp_path, monkeypatch, dtype):
     float32 files: each rank copies its share of the videos into the cache's one array."""
     workdir = tmp_path / "work"
     rows = [_row(i, 1 + i % 3) for i in range(9)]
-    _write_new(workdir, rows, dtype=dtype)
+    _write_new(workdir, rows, dtype=dtype, max_file_bytes=4 * 6 * np.dtype(dtype).itemsize)  # 4 frames a file at most
+    assert len(embedding_files(workdir)) > 2
     _write_new(workdir, [{"video_id": "v100", "status": "failed", "error_kind": "zero_byte"}])
     from mama_augment import workread
 
@@ -372,6 +373,7 @@ def test_ranks_build_one_cache_together(tmp_path, monkeypatch, dtype):
     (cache,) = (workdir / "cache" / "features").iterdir()  # one cache, no leftovers
     if dtype == np.float16:
         assert not any(written.values()) and sorted(p.name for p in cache.iterdir()) == ["index.parquet", "meta.json"]
+        assert all(len(results[rank].keyframe_embeddings.tables) == len(embedding_files(workdir)) for rank in range(3))
     else:
         frame_bytes = 6 * 2
         shares = [sorted(offset // frame_bytes for offset in written[rank]) for rank in range(3)]

@@ -317,8 +317,8 @@ def _stacked_tables(rows: FrameRows, device: torch.device) -> tuple[torch.Tensor
 
     sizes = [len(table) for table in rows.tables]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    out = torch.empty((int(starts[-1]), rows.dim), dtype=torch.from_numpy(np.asarray(rows.tables[0][:0])).dtype,
-                      device=device)
+    dtype = torch.from_numpy(np.empty(0, rows.dtype)).dtype
+    out = torch.empty((int(starts[-1]), rows.dim), dtype=dtype, device=device)
     for t, table in enumerate(rows.tables):
         if sizes[t]:
             out[int(starts[t]) : int(starts[t + 1])].copy_(torch.from_numpy(np.asarray(table)))
