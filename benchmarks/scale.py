@@ -27,7 +27,7 @@ side by side:
   ``--originals`` the whole of ``build_data`` runs instead of ``load_videos`` (the
   caption join, splits, wrong-pair estimate and meta set, TF-IDF for the captions);
   the text encoder is left out either way; the feature cache is removed first, so
-  every run builds it;
+  every run builds it (``cache_features_mb``: the disk it takes);
 * ``train-run``: the ``train`` command's own path up to its first step, with every
   default (``--loss mama``, the agreement prior, the meta set, ``--generated-weight
   auto``: the evidence step) and ``--text-model hashing`` (a model's encoding time left
@@ -196,7 +196,7 @@ INPUT_MTIME = 1_700_000_000.0  # the modification time of every synthetic input
 
 
 def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int = 0, inputs: bool = False,
-          layout: str = "arrays", originals: bool = False) -> None:
+          layout: str = "arrays", originals: bool = False, max_file_bytes: int | None = None) -> None:
     """A work folder as ``keyframes`` and ``caption`` leave it, written a chunk at a time.
 
     Every ``failed_every``-th video (0: none) is a failed row; with ``inputs``, the
@@ -209,6 +209,8 @@ def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int =
     folder today; ``rows``: inside the rows (``keyframe_embeddings``, float32), as
     folders of older versions hold them. With ``originals``, ``originals.parquet`` gets
     one original caption a video with a ``split`` column (90 % train, 5 % val, 5 % test).
+    ``max_file_bytes``: the array files' cap (the stage's 1 GiB by default; smaller spreads
+    a small folder over several files, as a large one is).
     """
     import numpy as np
     import pyarrow as pa
@@ -236,7 +238,7 @@ def build(workdir: Path, videos: int, dim: int, frames: int, failed_every: int =
     original_schema = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("split", pa.string())])
     with pq.ParquetWriter(workdir / "keyframes.parquet", KEYFRAMES.schema, compression="zstd") as kf, \
             pq.ParquetWriter(workdir / "captions.parquet", CAPTIONS.schema, compression="zstd") as cap, \
-            EmbeddingAppender(workdir) as appender, \
+            EmbeddingAppender(workdir, **({"max_file_bytes": max_file_bytes} if max_file_bytes else {})) as appender, \
             (pq.ParquetWriter(workdir / "originals.parquet", original_schema, compression="zstd") if originals
              else contextlib.nullcontext()) as orig:
         for start in range(0, videos, chunk):
@@ -297,6 +299,9 @@ def measure(command: str, workdir: Path, root: Path, dim: int, frames: int, coun
     for line in done.stdout.splitlines():  # the train child's own phase figures
         if line.startswith("phases "):
             result.update(json.loads(line[len("phases "):]))
+    features = workdir / "cache" / "features"
+    if command in ("train", "train-data", "train-run") and features.is_dir():  # what the feature cache adds to the folder
+        result["cache_features_mb"] = round(sum(p.stat().st_size for p in features.rglob("*") if p.is_file()) / 2**20, 1)
     report = workdir / "report"
     if command == "report" and report.is_dir():
         files = [p for p in report.rglob("*") if p.is_file()]
@@ -318,6 +323,8 @@ def main() -> None:
     parser.add_argument("--failed-every", type=int, default=0, help="every K-th video is a failed row (0: none)")
     parser.add_argument("--layout", choices=["arrays", "rows"], default="arrays",
                         help="keyframe embeddings in embeddings/*.f16 (today's layout) or inside the rows (older)")
+    parser.add_argument("--max-file-bytes", type=int, default=None,
+                        help="cap of each embeddings/*.f16 file (default the keyframes stage's, 1 GiB)")
     parser.add_argument("--originals", action="store_true",
                         help="an original caption a video (split 90/5/5): train and train-data run all of build_data")
     parser.add_argument("--skip", action="append", default=[], help="NAME:COMMAND:SIZE to leave out")
@@ -339,14 +346,15 @@ def main() -> None:
     for size in args.sizes:
         workdir = args.out / f"work-{size}"
         built = json.dumps({"dim": args.dim, "frames": args.frames, "failed_every": args.failed_every,
-                            "inputs": "resume" in args.commands, "layout": args.layout, "originals": args.originals})
+                            "inputs": "resume" in args.commands, "layout": args.layout, "originals": args.originals,
+                            "max_file_bytes": args.max_file_bytes})
         marker = args.out / f"work-{size}.built"
         if not (args.reuse and marker.exists() and marker.read_text() == built and workdir.is_dir()):
             marker.unlink(missing_ok=True)
             shutil.rmtree(workdir, ignore_errors=True)
             started = time.perf_counter()
             build(workdir, size, args.dim, args.frames, args.failed_every, inputs="resume" in args.commands,
-                  layout=args.layout, originals=args.originals)
+                  layout=args.layout, originals=args.originals, max_file_bytes=args.max_file_bytes)
             marker.write_text(built)
             print(f"built {size} videos in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         for command in args.commands:

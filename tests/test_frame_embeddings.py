@@ -137,17 +137,79 @@ def test_a_folder_of_either_layout_trains_to_the_same_model(tmp_path):
     from train_helpers import make_workdir
 
     curves = {}
-    for layout in ("rows", "arrays"):
-        workdir, captions = make_workdir(tmp_path / layout, n_videos=64, n_concepts=4, dim=16, seed=3, layout=layout)
-        assert (layout == "arrays") == bool(embedding_files(workdir))
+    for layout in ("rows", "arrays", "small arrays"):
+        # rows: the cache copies the frames; arrays: it maps the one array file;
+        # small arrays: it maps 9 files of ~8 videos (a model fed from a table a file).
+        small = {"max_file_bytes": 8 * 3 * 16 * 2} if layout == "small arrays" else {}
+        workdir, captions = make_workdir(tmp_path / layout.replace(" ", "-"), n_videos=64, n_concepts=4, dim=16,
+                                         seed=3, layout=layout.split()[-1], **small)
+        files = len(embedding_files(workdir))
+        assert files == 0 if layout == "rows" else files == 1 if layout == "arrays" else files > 2
         config = TrainConfig(captions=str(captions), text_model="hashing", epochs=2, batch_size=16, lr=3e-3,
                              progress=False, embed_dim=16, head_hidden=32, loss="infonce", seed=0)
         report = run_train(config, workdir)
         assert report.exit_code == 0
         lines = (Path(report.extra["run"]) / "metrics.jsonl").read_text().splitlines()
         curves[layout] = [row["loss"] for row in map(json.loads, lines) if "loss" in row]
+        tables = load_videos(workdir, "keyframe_embeddings")[0].keyframe_embeddings.tables
+        assert len(tables) == max(files, 1)
     # The cache holds the same float16 values either way, so training is the same.
-    assert curves["rows"] and curves["rows"] == curves["arrays"]
+    assert curves["rows"] and curves["rows"] == curves["arrays"] == curves["small arrays"]
+
+
+def _cache_folder(workdir):
+    (folder,) = (workdir / "cache" / "features").iterdir()
+    return folder
+
+
+def test_the_feature_cache_maps_the_embeddings_files_themselves(tmp_path):
+    workdir = tmp_path / "work"
+    rows = [_row(i, 1 + i % 4) for i in range(11)]
+    _write_new(workdir, rows, max_file_bytes=5 * 6 * 2)  # at most 5 frames a file
+    _write_new(workdir, [_row(3, 2), {"video_id": "v100", "status": "failed", "error_kind": "zero_byte"}],
+               max_file_bytes=5 * 6 * 2)  # v003 redone: its first frames are in no row now
+    files = embedding_files(workdir)
+    assert len(files) >= 4
+    videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    assert sorted(p.name for p in _cache_folder(workdir).iterdir()) == ["index.parquet", "meta.json"]  # no copy
+    frames = videos.keyframe_embeddings
+    referenced = set(read_manifest(workdir, KEYFRAMES).column("embeddings_file").drop_null().to_pylist())
+    assert len(referenced) >= 4  # mapped where they lie, each file once
+    assert sorted(str(table.filename) for table in frames.tables) == sorted(str((workdir / f).resolve()) for f in referenced)
+    assert issues == {"video_failed_in_keyframes": 1}
+    want = {video_id: array for video_id, array in iter_video_embeddings(workdir) if array is not None}
+    assert videos.video_ids == sorted(want)
+    for video_id, array in zip(videos.video_ids, frames):
+        assert array.dtype == np.float16
+        np.testing.assert_array_equal(array, want[video_id])
+    pooled = frames.each(range(len(frames)), lambda e: e.astype(np.float32).sum(axis=0), chunk=3)
+    np.testing.assert_array_equal(pooled, [want[v].astype(np.float32).sum(axis=0) for v in videos.video_ids])
+    again, _, _ = load_videos(workdir, "keyframe_embeddings")  # mapped again, nothing rebuilt
+    assert again.video_ids == videos.video_ids and len(list((workdir / "cache" / "features").iterdir())) == 1
+
+
+def test_an_embeddings_file_gone_or_cut_short_after_the_cache_makes_a_new_one(tmp_path):
+    workdir = tmp_path / "work"
+    _write_new(workdir, [_row(i, 2) for i in range(6)], max_file_bytes=2 * 2 * 6 * 2)  # two videos a file
+    first, second, third = embedding_files(workdir)
+    videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    assert len(videos.video_ids) == 6 and not issues
+    built = _cache_folder(workdir)
+    second.unlink()
+    third.write_bytes(third.read_bytes()[: 3 * 6 * 2])  # the file's second video cut short
+    videos, issues, examples = load_videos(workdir, "keyframe_embeddings")
+    assert _cache_folder(workdir) != built  # a new cache, the old one removed
+    assert videos.video_ids == ["v000", "v001", "v004"]
+    # As the reader counts them: the file gone once, the video cut short once.
+    assert issues == {"embeddings_missing": 2}
+    assert "does not exist" in examples["embeddings_missing"] or "ends before" in examples["embeddings_missing"]
+    want = dict(iter_video_embeddings(workdir))
+    for video_id, array in zip(videos.video_ids, videos.keyframe_embeddings):
+        np.testing.assert_array_equal(array, want[video_id])
+    first.unlink()
+    third.unlink()  # every file gone: the cache is empty, not broken
+    videos, issues, _ = load_videos(workdir, "keyframe_embeddings")
+    assert videos.video_ids == [] and issues == {"embeddings_missing": 3}
 
 
 def test_a_reference_that_cannot_be_followed_leaves_the_video_out_with_a_reason(tmp_path):
@@ -287,10 +349,14 @@ def _build_on_ranks(workdir, world_size, monkeypatch):
     return results, written
 
 
-def test_ranks_each_read_their_share_into_one_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_ranks_build_one_cache_together(tmp_path, monkeypatch, dtype):
+    """float16 files (the keyframes stage's): the cache maps them, no rank copies a frame.
+    float32 files: each rank copies its share of the videos into the cache's one array."""
     workdir = tmp_path / "work"
     rows = [_row(i, 1 + i % 3) for i in range(9)]
-    _write_new(workdir, rows)
+    _write_new(workdir, rows, dtype=dtype, max_file_bytes=4 * 6 * np.dtype(dtype).itemsize)  # 4 frames a file at most
+    assert len(embedding_files(workdir)) > 2
     _write_new(workdir, [{"video_id": "v100", "status": "failed", "error_kind": "zero_byte"}])
     from mama_augment import workread
 
@@ -304,10 +370,15 @@ def test_ranks_each_read_their_share_into_one_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(workread, "iter_manifest_batches", recording)  # the cache reads through workread
     results, written = _build_on_ranks(workdir, 3, monkeypatch)
     assert read_columns and all("keyframe_embeddings" not in columns for columns in read_columns)  # values via the references
-    frame_bytes = 6 * 2
-    shares = [sorted(offset // frame_bytes for offset in written[rank]) for rank in range(3)]
-    assert all(len(share) == 3 for share in shares)  # 9 videos, 3 each, no video read twice
-    assert len(set().union(*shares)) == 9
+    (cache,) = (workdir / "cache" / "features").iterdir()  # one cache, no leftovers
+    if dtype == np.float16:
+        assert not any(written.values()) and sorted(p.name for p in cache.iterdir()) == ["index.parquet", "meta.json"]
+        assert all(len(results[rank].keyframe_embeddings.tables) == len(embedding_files(workdir)) for rank in range(3))
+    else:
+        frame_bytes = 6 * 2
+        shares = [sorted(offset // frame_bytes for offset in written[rank]) for rank in range(3)]
+        assert all(len(share) == 3 for share in shares)  # 9 videos, 3 each, no video read twice
+        assert len(set().union(*shares)) == 9
     single = video_cache._sorted(video_cache._scan(workdir, "keyframe_embeddings", tmp_path / "alone.f16"),
                                  np.fromfile(tmp_path / "alone.f16", np.float16).reshape(-1, 6))
     for rank in range(3):
@@ -315,8 +386,8 @@ def test_ranks_each_read_their_share_into_one_cache(tmp_path, monkeypatch):
         assert loaded.video_ids == single.video_ids == [row["video_id"] for row in rows]
         assert loaded.issues == single.issues == {"video_failed_in_keyframes": 1}
         for got, want in zip(loaded.keyframe_embeddings, single.keyframe_embeddings):
+            assert got.dtype == np.float16
             np.testing.assert_array_equal(got, want)
-    assert len(list((workdir / "cache" / "features").iterdir())) == 1  # one cache, no leftovers
     again, written = _build_on_ranks(workdir, 3, monkeypatch)  # built: every rank maps it, nobody reads
     assert not any(written.values()) and again[1].video_ids == single.video_ids
 

@@ -99,3 +99,51 @@ def test_features_model_takes_the_cached_array_without_a_copy(tmp_path):
     loose = [np.ones((2, 3), np.float32), np.zeros((1, 3), np.float32)]
     flat, offsets = _frame_table(loose, 3)
     assert flat.shape == (3, 3) and list(offsets) == [0, 2]
+
+
+def test_features_model_inputs_are_the_same_from_one_table_or_a_table_a_file(tmp_path):
+    """The padded batch a model gets is bit for bit the same whether the videos' frames
+    are rows of one table (a copied cache) or of several (the embeddings files, mapped):
+    gathered a file at a time (CPU), or the files stacked into one table (CUDA's way)."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from mama_augment.train.columns import FrameRows
+    from mama_augment.train.data import VideoTable
+    from mama_augment.train.models import FeaturesModel, _stacked_tables
+
+    rng = np.random.default_rng(5)
+    dim, videos = 8, 40
+    counts = rng.integers(1, 6, videos)
+    table = rng.integers(0, 3, videos).astype(np.int32)
+    files, offsets = [], np.zeros(videos, np.int64)
+    for t in range(3):
+        mine = np.flatnonzero(table == t)
+        # Each file holds its videos in a shuffled order, with rows no video points at between them.
+        starts = np.cumsum(counts[mine][::-1] + 1) - (counts[mine][::-1] + 1) + 1
+        offsets[mine[::-1]] = starts
+        values = rng.standard_normal((int(starts[-1] + counts[mine][0]) + 2, dim)).astype(np.float16)
+        values.tofile(tmp_path / f"{t}.f16")
+        files.append(np.memmap(tmp_path / f"{t}.f16", dtype=np.float16, mode="c", shape=values.shape))
+    several = FrameRows(files, offsets, counts, table)
+    base = np.concatenate([[0], np.cumsum([len(f) for f in files])])
+    one = FrameRows(np.concatenate(files), base[table] + offsets, counts)
+    stacked, stacked_offsets = _stacked_tables(several, torch.device("cpu"))
+    from_stack = FrameRows(stacked.numpy(), stacked_offsets, counts)
+    for k in range(videos):
+        np.testing.assert_array_equal(several[k], one[k])
+    config = SimpleNamespace(temporal="attention", logit_scale_init=None, head_hidden=0, embed_dim=16)
+    models = []
+    for rows in (one, several, from_stack):
+        model = FeaturesModel(dim, SimpleNamespace(dim=4), config, None)
+        model.set_videos(VideoTable([f"v{k}" for k in range(videos)], rows, [[]] * videos, [None] * videos))
+        models.append(model)
+    assert models[1]._tables and not models[0]._tables and not models[2]._tables
+    batches = [rng.choice(videos, 12, replace=False), np.array([3]), np.arange(videos), np.array([], np.int64),
+               np.flatnonzero(table == 1)]
+    for batch in batches:
+        want_frames, want_mask = models[0].video_inputs(batch)
+        for model in models[1:]:
+            frames, mask = model.video_inputs(batch)
+            assert frames.dtype == want_frames.dtype and frames.shape == want_frames.shape
+            assert torch.equal(frames, want_frames) and torch.equal(mask, want_mask)

@@ -30,11 +30,13 @@ def make_workdir(
     shuffled_fraction: float = 0.0,
     id_format: str = "v{i:04d}",
     layout: str = "arrays",
+    max_file_bytes: int | None = None,
 ) -> tuple[Path, Path]:
     """Keyframes with embeddings built from (concept, attribute) directions and a
     captions CSV naming them; returns (workdir, captions file). ``layout``: "arrays"
     (embeddings in array files, as the keyframes stage writes them) or "rows" (inside
-    the rows, as older versions wrote them)."""
+    the rows, as older versions wrote them); ``max_file_bytes`` caps the array files
+    (several files, as a large folder has)."""
     rng = np.random.default_rng(seed)
     workdir = root / "work"
     concept_dirs = rng.normal(size=(n_concepts, dim))
@@ -62,7 +64,7 @@ def make_workdir(
     if layout == "rows":
         writer.write(rows)
     else:
-        with EmbeddingAppender(workdir) as arrays:
+        with EmbeddingAppender(workdir, **({} if max_file_bytes is None else {"max_file_bytes": max_file_bytes})) as arrays:
             writer.write_table(arrays.externalize(rows_to_table(rows, KEYFRAMES.schema)))
     compact(workdir, KEYFRAMES)
     frame = pd.DataFrame(captions)

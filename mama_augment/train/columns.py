@@ -12,7 +12,8 @@ and make the Python object only when an item is asked for, so the code that read
   included) as a code each;
 * :class:`NullableInts`: integers or None;
 * :class:`Ragged`: a run of int64 values per row (a training video's caption ids);
-* :class:`FrameRows`: each video's keyframe embeddings, row ranges of one array;
+* :class:`FrameRows`: each video's keyframe embeddings, row ranges of one array or of
+  one of several (the embeddings files, mapped);
 * :class:`ListColumn`: lists of strings (keyframe paths) kept as an Arrow array.
 
 No torch here: the data module and the benchmarks import it.
@@ -252,23 +253,51 @@ class Ragged(_Column):
 
 class FrameRows(_Column):
     """Each video's keyframe embeddings: rows ``offsets[k] : offsets[k] + counts[k]`` of
-    ``frames`` (one array, the mapped feature cache), made into a view when asked for;
-    a video with ``counts[k] == 0`` has an empty (0, 0) array."""
+    ``tables[table[k]]``, made into a view when asked for; a video with
+    ``counts[k] == 0`` has an empty (0, 0) array.
 
-    def __init__(self, frames: np.ndarray | None, offsets: np.ndarray, counts: np.ndarray):
-        self.frames = frames
+    ``frames`` is one (rows, dim) array (the feature cache's copy, mapped), a list of
+    them with ``table`` naming each video's (the keyframes stage's embeddings files,
+    mapped where they lie), or None when the embeddings were not read (no ``tables``)."""
+
+    def __init__(self, frames: np.ndarray | Sequence[np.ndarray] | None, offsets: np.ndarray, counts: np.ndarray,
+                 table: np.ndarray | None = None):
+        if frames is None:
+            self.tables: list[np.ndarray] = []
+        elif isinstance(frames, (list, tuple)):
+            self.tables = list(frames)
+        else:
+            self.tables = [frames]
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.asarray(counts, dtype=np.int64)
+        self.table = (np.zeros(len(self.counts), np.int32) if table is None
+                      else np.asarray(table, dtype=np.int32))
+        if len(self.table) != len(self.counts):
+            raise ValueError("a table number for every video")
+
+    @property
+    def read(self) -> bool:
+        """Whether the embeddings were read (else every video has none)."""
+        return bool(self.tables)
+
+    @property
+    def dim(self) -> int:
+        """Values a frame (0 when not read)."""
+        return int(self.tables[0].shape[1]) if self.tables else 0
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.tables[0].dtype if self.tables else np.dtype(np.float16)
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def _item(self, i: int) -> np.ndarray:
         count = int(self.counts[i])
-        if self.frames is None or count == 0:
-            return np.zeros((0, 0), np.float16 if self.frames is None else self.frames.dtype)
+        if not self.tables or count == 0:
+            return np.zeros((0, 0), self.dtype)
         start = int(self.offsets[i])
-        return self.frames[start : start + count]
+        return self.tables[self.table[i]][start : start + count]
 
     def each(self, indices: Sequence[int], function: Callable[[np.ndarray], T], chunk: int = 2048) -> list[T]:
         """``function(self[i])`` for each of ``indices``, in order. Where the frames are a
@@ -285,12 +314,17 @@ class FrameRows(_Column):
     def _release(self, videos: list[int]) -> None:
         from mama_augment.frame_embeddings import page_out
 
-        if self.frames is None or not videos:
+        if not self.tables or not videos:
             return
-        row_bytes = self.frames.strides[0]
-        first = int(self.offsets[videos].min())
-        last = int((self.offsets[videos] + self.counts[videos]).max())
-        page_out(self.frames, first * row_bytes, last * row_bytes)
+        videos = np.asarray(videos, dtype=np.int64)
+        tables = self.table[videos]
+        for t in np.unique(tables).tolist():
+            mine = videos[tables == t]
+            frames = self.tables[t]
+            row_bytes = frames.strides[0]
+            first = int(self.offsets[mine].min())
+            last = int((self.offsets[mine] + self.counts[mine]).max())
+            page_out(frames, first * row_bytes, last * row_bytes)
 
 
 class ListColumn(_Column):

@@ -68,7 +68,7 @@ class VideoTable:
     """The videos a run can see, in a fixed order (index = position)."""
 
     video_ids: Sequence[str]  # a TextColumn when loaded from a work folder
-    keyframe_embeddings: Sequence[np.ndarray]  # (frames, dim) float16 each (FrameRows: views of one array); may be empty
+    keyframe_embeddings: Sequence[np.ndarray]  # (frames, dim) float16 each (FrameRows: views of mapped tables); may be empty
     keyframe_paths: Sequence[list[str]]  # relative to the work folder
     concepts: Sequence[str | None]
 
@@ -179,7 +179,7 @@ def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
     """How many keyframe embeddings each of the videos ``indices`` has."""
     rows = videos.keyframe_embeddings
     if isinstance(rows, FrameRows):
-        return rows.counts[indices] if rows.frames is not None else np.zeros(len(indices), np.int64)
+        return rows.counts[indices] if rows.read else np.zeros(len(indices), np.int64)
     return np.asarray([len(rows[int(v)]) for v in indices], dtype=np.int64)
 
 

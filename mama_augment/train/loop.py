@@ -215,7 +215,7 @@ class TrainRecipe:
         # Every rank has looked for config.json before rank 0 writes it. (Each rank then
         # builds its own data: a rank-0-first barrier could outlast NCCL's timeout while
         # rank 0 alone encodes millions of captions; the caches are written atomically.
-        # The video feature cache is the exception: each rank reads its share into it.)
+        # The video feature cache is the exception: the ranks build it together.)
         barrier(self.world_size)
         self.device = select_device(config.device)
         if self.device.type == "cuda" and self.world_size > 1:  # init_distributed pinned this rank's GPU

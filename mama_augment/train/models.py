@@ -183,6 +183,9 @@ class FeaturesModel(RetrievalModel):
         self._frames = torch.zeros(0, video_dim)
         self._offsets = torch.zeros(0, dtype=torch.long)
         self._lengths = torch.zeros(0, dtype=torch.long)
+        self._tables: list[torch.Tensor] = []  # one a mapped embeddings file (CPU), else empty
+        self._table_host: np.ndarray | None = None
+        self._offsets_host: np.ndarray | None = None
         self._text_table = torch.zeros(0, text_encoder.dim)
 
     def set_videos(self, videos: VideoTable) -> None:
@@ -190,12 +193,28 @@ class FeaturesModel(RetrievalModel):
         lengths = rows.counts.tolist() if isinstance(rows, FrameRows) else [len(e) for e in rows]
         if any(n == 0 for n in lengths):
             raise MamaError("a video without keyframe embeddings reached the features model")
-        flat, offsets = _frame_table(videos.keyframe_embeddings, self.video_dim)
-        if flat.shape[1] != self.video_dim:
-            raise UsageError(f"keyframe embeddings have {flat.shape[1]} dimensions, the model expects {self.video_dim}")
         device = self.device
-        # Kept in the cache's float16 (half the memory); a batch is widened on use.
-        self._frames = torch.from_numpy(flat).to(device)
+        self._tables, self._table_host, self._offsets_host = [], None, None
+        if isinstance(rows, FrameRows) and len(rows.tables) > 1:
+            # The feature cache maps the keyframes stage's embeddings files themselves.
+            if rows.dim != self.video_dim:
+                raise UsageError(f"keyframe embeddings have {rows.dim} dimensions, the model expects {self.video_dim}")
+            if device.type == "cuda":  # one table on the device, each file's rows copied in turn
+                frames, offsets = _stacked_tables(rows, device)
+            else:
+                # Left where they are: concatenated they were an anonymous copy of every
+                # embedding (6 GB at 200 k videos). A batch gathers from each file it touches.
+                self._tables = [torch.from_numpy(np.asarray(table)) for table in rows.tables]
+                self._table_host = rows.table.copy()
+                self._offsets_host = rows.offsets.copy()
+                frames, offsets = torch.zeros(0, self.video_dim, dtype=self._tables[0].dtype), rows.offsets.copy()
+        else:
+            flat, offsets = _frame_table(videos.keyframe_embeddings, self.video_dim)
+            if flat.shape[1] != self.video_dim:
+                raise UsageError(f"keyframe embeddings have {flat.shape[1]} dimensions, the model expects {self.video_dim}")
+            # Kept in the cache's float16 (half the memory); a batch is widened on use.
+            frames = torch.from_numpy(flat).to(device)
+        self._frames = frames
         self._lengths_host = np.asarray(lengths, dtype=np.int64)  # batch widths without a device sync
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         self._offsets = torch.from_numpy(offsets).to(device)
@@ -211,10 +230,13 @@ class FeaturesModel(RetrievalModel):
         result = super()._apply(fn, *args, **kwargs)
         for name in ("_frames", "_offsets", "_lengths", "_text_table"):
             setattr(self, name, fn(getattr(self, name)))
+        self._tables = [fn(table) for table in self._tables]
         return result
 
     def video_inputs(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         host = np.asarray(indices, dtype=np.int64)
+        if self._tables:
+            return self._inputs_from_tables(host)
         idx = _index_tensor(host, self._frames.device)
         lengths = self._lengths[idx]
         width = int(self._lengths_host[host].max()) if len(host) else 1
@@ -222,6 +244,22 @@ class FeaturesModel(RetrievalModel):
         mask = steps[None, :] < lengths[:, None]
         gather = self._offsets[idx][:, None] + torch.minimum(steps[None, :], (lengths - 1)[:, None])
         return self._frames[gather].float(), mask
+
+    def _inputs_from_tables(self, host: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`video_inputs` from one table a file: the same padded frames (a short
+        video's last frame repeated, masked), each file's videos gathered from it."""
+        device = self._tables[0].device
+        lengths = self._lengths_host[host]
+        width = int(lengths.max()) if len(host) else 1
+        steps = np.arange(width, dtype=np.int64)
+        mask = torch.from_numpy(steps[None, :] < lengths[:, None]).to(device)
+        rows = self._offsets_host[host][:, None] + np.minimum(steps[None, :], (lengths - 1)[:, None])
+        frames = torch.empty((len(host), width, self.video_dim), dtype=torch.float32, device=device)
+        tables = self._table_host[host]
+        for t in np.unique(tables).tolist():
+            mine = np.flatnonzero(tables == t)
+            frames[torch.from_numpy(mine).to(device)] = self._tables[t][torch.from_numpy(rows[mine]).to(device)].float()
+        return frames, mask
 
     def text_inputs(self, indices) -> torch.Tensor:
         return self._text_table[_index_tensor(np.asarray(indices, dtype=np.int64), self._text_table.device)].float()
@@ -240,11 +278,12 @@ def _frame_table(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np
     """One (frames, dim) array holding every video's frames, and each video's first row.
 
     When the videos' arrays are row ranges of one array (the feature cache, mapped from
-    disk) that array is used as it is, in its own order, so nothing is copied and its
-    pages are read as batches need them; otherwise they are concatenated."""
-    if isinstance(arrays, FrameRows) and arrays.frames is not None and len(arrays):
+    disk: one embeddings file, or the cache's copy) that array is used as it is, in its
+    own order, so nothing is copied and its pages are read as batches need them;
+    otherwise they are concatenated. (Rows of several files: :meth:`FeaturesModel.set_videos`.)"""
+    if isinstance(arrays, FrameRows) and len(arrays.tables) == 1 and len(arrays):
         # The cache's rows say where each video is: no view a video to walk.
-        frames = arrays.frames
+        frames = arrays.tables[0]
         if frames.ndim == 2 and frames.shape[1] == dim and frames.dtype in (np.float16, np.float32):
             return np.asarray(frames), arrays.offsets.copy()
     root = arrays[0] if len(arrays) else None
@@ -272,6 +311,23 @@ def _frame_table(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np
     return np.ascontiguousarray(flat), np.cumsum(lengths) - lengths
 
 
+def _stacked_tables(rows: FrameRows, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """The tables of ``rows`` one after the other in one tensor on ``device``, and each
+    video's first row in it. A file at a time: its pages go back to the kernel once
+    copied, so the host never holds more than one file's."""
+    from mama_augment.frame_embeddings import page_out
+
+    sizes = [len(table) for table in rows.tables]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    dtype = torch.from_numpy(np.empty(0, rows.dtype)).dtype
+    out = torch.empty((int(starts[-1]), rows.dim), dtype=dtype, device=device)
+    for t, table in enumerate(rows.tables):
+        if sizes[t]:
+            out[int(starts[t]) : int(starts[t + 1])].copy_(torch.from_numpy(np.asarray(table)))
+            page_out(table, 0, table.nbytes)
+    return out, starts[rows.table] + rows.offsets
+
+
 def _index_tensor(indices: np.ndarray, device: torch.device) -> torch.Tensor:
     """Indices on ``device``. To a GPU they go through pinned memory without blocking:
     a plain copy from pageable memory waits for every kernel queued before it."""
@@ -283,8 +339,8 @@ def _index_tensor(indices: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def build_features_model(config, videos: VideoTable, workdir: Path, device: torch.device) -> FeaturesModel:
     rows = videos.keyframe_embeddings
-    if isinstance(rows, FrameRows) and rows.frames is not None:
-        dims = {int(rows.frames.shape[1])} if rows.counts.any() else set()
+    if isinstance(rows, FrameRows) and rows.read:
+        dims = {rows.dim} if rows.counts.any() else set()
     else:
         dims = {e.shape[1] for e in rows if len(e)}
     if not dims:

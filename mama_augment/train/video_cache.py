@@ -3,16 +3,27 @@
 Keyframe embeddings (12 x 1 280 floats a video, say) are by far the largest part of a
 work folder. Turned into Python lists they take ~0.85 MB a video, so a training run of
 tens of thousands of videos ran out of memory before its first step. Here the manifest
-is streamed a record batch at a time (newest row per video), the embeddings go from
-Arrow straight to numpy and on into one ``float16`` array on disk,
-``cache/features/<fingerprint>/frames.f16``, which the run maps into memory: peak
-memory is a batch plus the pages of the array in use. ``float16`` halves the file and
-the memory of the frames table; embeddings are unit-scale values whose 11-bit mantissa
-keeps retrieval unchanged (see benchmarks/RESULTS.md).
+is streamed a record batch at a time (newest row per video) and the run maps the
+embeddings from disk: peak memory is a batch plus the pages in use. ``float16`` halves
+the memory of the frames; embeddings are unit-scale values whose 11-bit mantissa keeps
+retrieval unchanged (see benchmarks/RESULTS.md).
 
-The cache is keyed by the names, sizes and modification times of the manifest's files,
-so a second run on an unchanged work folder maps the array without reading Parquet; a
-changed manifest gets a new cache and the old ones are removed.
+The cache, ``cache/features/<fingerprint>/``, holds ``index.parquet`` (a row per usable
+video, sorted by id on reading) and ``meta.json``. In today's layout the rows point into
+the keyframes stage's own array files (``embeddings/emb-*.f16``,
+:mod:`mama_augment.frame_embeddings`): each video's file (a number into the list of
+``meta.json``'s ``files``), its first frame there and its frame count; the run maps
+those files (:class:`~mama_augment.train.columns.FrameRows` with a table a file), so the
+embeddings are stored once and building the cache reads only the manifest's small
+columns. A work folder of an older version (embeddings inside the rows), or references
+to files the cache does not map (float32 ones), get a copy instead: the usable videos'
+embeddings as one ``float16`` array, ``frames.f16``, the rows' offsets into it.
+
+The cache is keyed by the names, sizes, modification times and inodes of the manifest's
+files and of the embeddings files, so a second run on an unchanged work folder maps the
+arrays without reading Parquet; a changed manifest, or an embeddings file changed, cut
+short or deleted, gets a new cache (whose scan counts the videos it cannot read) and the
+old ones are removed.
 """
 
 from __future__ import annotations
@@ -31,7 +42,14 @@ from typing import Callable
 import numpy as np
 
 from mama_augment.errors import ItemError, UsageError
-from mama_augment.frame_embeddings import READ_COLUMNS, REFERENCE_COLUMNS, EmbeddingReader
+from mama_augment.frame_embeddings import (
+    DTYPES,
+    EMBEDDINGS_DIR,
+    READ_COLUMNS,
+    REFERENCE_COLUMNS,
+    EmbeddingReader,
+    embedding_files,
+)
 from mama_augment.manifest import KEYFRAMES, _part_files, make_folder, manifest_path
 from mama_augment.train.columns import FrameRows, ListColumn, TextColumn
 from mama_augment.workpaths import PATH_OUTSIDE_WORKDIR, WorkFolder
@@ -39,14 +57,14 @@ from mama_augment.workread import VideoBatch, video_batches
 
 FEATURE_DTYPE = np.float16
 CACHE_DIR = Path("cache") / "features"
-_FORMAT = 1  # bump when the files below change meaning
+_FORMAT = 2  # bump when the files below change meaning
 _BATCH_ROWS = 256
 
 
 @dataclass
 class LoadedVideos:
     video_ids: TextColumn  # sorted
-    keyframe_embeddings: FrameRows  # (frames, dim) views of one array; (0, 0) when not read
+    keyframe_embeddings: FrameRows  # (frames, dim) views of mapped tables; (0, 0) when not read
     keyframe_paths: ListColumn
     issues: Counter
     examples: dict[str, str]
@@ -58,18 +76,16 @@ def load_usable_videos(workdir: Path, need: str, rank: int = 0, world_size: int 
     ``keyframe_paths``) asks for, sorted by id; the others counted in ``issues``.
 
     Under torchrun (``world_size`` > 1, ``barrier`` waits for every rank) the feature
-    cache is built together: each rank reads the embeddings of its share of the videos
-    only and writes them into the one shared array, which every rank then maps
-    (:func:`_build_shared`)."""
+    cache is built together (:func:`_build_shared`)."""
     if need != "keyframe_embeddings":
         return _sorted(_scan(workdir, need, frames_file=None))
     fingerprint = _fingerprint(workdir)
     folder = workdir / CACHE_DIR / fingerprint
     if world_size > 1 and barrier is not None:
         _build_shared(workdir, folder, rank, world_size, barrier)
-    elif _open_cache(folder) is None:
+    elif _open_cache(workdir, folder) is None:
         _build(workdir, folder)
-    loaded = _open_cache(folder)
+    loaded = _open_cache(workdir, folder)
     if loaded is None:  # pragma: no cover - the folder was just completed
         raise UsageError(f"the feature cache {folder} could not be read back")
     return loaded
@@ -81,7 +97,13 @@ def _build(workdir: Path, folder: Path) -> None:
     building = folder.parent / f".tmp-{uuid.uuid4().hex}"
     building.mkdir()
     try:
-        scan = _scan(workdir, "keyframe_embeddings", frames_file=building / "frames.f16")
+        plan = _plan(workdir)
+        if plan is None:  # embeddings inside the rows: copied in one pass over them
+            scan = _scan(workdir, "keyframe_embeddings", frames_file=building / "frames.f16")
+        else:
+            scan, references = plan
+            if scan.files is None:  # references the cache does not map: their frames copied
+                _write_share(workdir, building / "frames.f16", scan, references, 0, 1)
         _complete(scan, building, folder)
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -90,10 +112,12 @@ def _build(workdir: Path, folder: Path) -> None:
 
 def _complete(scan: "_Scan", building: Path, folder: Path) -> None:
     """Write the index and meta of a filled ``building`` folder and rename it to ``folder``."""
-    meta = {"format": _FORMAT, "dim": scan.dim, "frames": scan.total_frames,
+    meta = {"format": _FORMAT, "dim": scan.dim, "frames": scan.total_frames, "files": scan.files,
             "issues": dict(scan.issues), "examples": scan.examples}
     index = {"video_id": scan.video_ids, "offset": scan.offsets, "frames": scan.frame_counts,
              "keyframe_paths": scan.keyframe_paths}
+    if scan.files is not None:
+        index["file"] = scan.table
     _write_index(building / "index.parquet", index)
     (building / "meta.json").write_text(json.dumps(meta), encoding="utf-8")  # last: marks it complete
     try:
@@ -103,19 +127,20 @@ def _complete(scan: "_Scan", building: Path, folder: Path) -> None:
 
 
 def _build_shared(workdir: Path, folder: Path, rank: int, world_size: int, barrier: Callable[[], None]) -> None:
-    """The cache built by every rank together, each reading only its share.
+    """The cache built by every rank together.
 
     Every rank reads the manifest's small columns (ids, status, paths, the references
-    into the array files: no embedding values) and so knows every usable video's place
-    in the cache; rank ``r`` then copies the embeddings of the ``r``-th contiguous
-    slice of the videos into the shared file, rank 0 writes the index once all are done.
-    Each rank reads 1/world of the embeddings instead of all of them; the barriers
-    wait for the slowest share, so none waits for a whole build alone. A work folder of
-    an older version holds embeddings inside its rows, whose sizes only reading them
-    tells: there rank 0 builds the cache alone and the others wait for it. Every rank
-    calls ``barrier`` three times whatever it finds, so none is left waiting.
+    into the array files: no embedding values) and so knows every usable video's place.
+    In today's layout the cache maps the array files themselves: nothing is copied, and
+    rank 0 writes the index. Where references point at files it does not map (float32
+    ones), rank ``r`` copies the embeddings of the ``r``-th contiguous slice of the
+    videos into the shared file, and rank 0 writes the index once all are done: each
+    rank reads 1/world of them. A work folder of an older version holds embeddings
+    inside its rows, whose sizes only reading them tells: there rank 0 builds the
+    cache alone and the others wait for it. Every rank calls ``barrier`` three times
+    whatever it finds, so none is left waiting.
     """
-    present = _open_cache(folder) is not None
+    present = _open_cache(workdir, folder) is not None
     barrier()  # every rank has looked: none completes the cache before all have
     shared = folder.parent / f".shared-{folder.name}"
     plan = None
@@ -128,7 +153,8 @@ def _build_shared(workdir: Path, folder: Path, rank: int, world_size: int, barri
         else:
             scan, references = plan
             make_folder(shared)
-            _write_share(workdir, shared / "frames.f16", scan, references, rank, world_size)
+            if scan.files is None:
+                _write_share(workdir, shared / "frames.f16", scan, references, rank, world_size)
     barrier()  # every share is in the file
     if plan is not None and rank == 0:
         try:
@@ -142,7 +168,9 @@ def _build_shared(workdir: Path, folder: Path, rank: int, world_size: int, barri
 def _plan(workdir: Path) -> "tuple[_Scan, list[tuple[str, int, int]]] | None":
     """The cache's index from the manifest's small columns, and each usable video's
     reference (file, first frame, frames); None when a usable row holds its embeddings
-    itself (a work folder of an older version)."""
+    itself (a work folder of an older version). Where every reference is to a float16
+    file of ``embeddings/`` (the keyframes stage's), the index points into those files
+    (``files`` set, :func:`_point_into_files`); else at places in a copy, ``frames.f16``."""
     scan = _Scan([], [], [], [], Counter(), {})
     references: list[tuple[str, int, int]] = []
     seen = False
@@ -164,9 +192,32 @@ def _plan(workdir: Path) -> "tuple[_Scan, list[tuple[str, int, int]]] | None":
             references.append((files[i], offsets[i], len(arrays[i])))
             _add_video(scan, video_id, len(arrays[i]), [p for p in (paths[i] or []) if p])
     _reader_issues(scan, reader)
+    reader.close()
     if not seen:
         raise UsageError(f"no keyframes found in {workdir}: run `mama-augment keyframes` first")
+    _point_into_files(workdir, scan, references)
     return scan, references
+
+
+def _point_into_files(workdir: Path, scan: "_Scan", references: list[tuple[str, int, int]]) -> None:
+    """Make ``scan`` an index into the embeddings files themselves, when it can map
+    them: float16 (the cache's own type) and among :func:`embedding_files`, the files
+    the fingerprint covers. Each video is then its file's number (``table``) and its
+    first frame there (``offsets``); ``files`` lists each file with the rows it maps."""
+    known = {f"{EMBEDDINGS_DIR}/{path.name}" for path in embedding_files(workdir)}
+    names: dict[str, int] = {}
+    for relative, _, _ in references:
+        if relative not in names:
+            if relative not in known or DTYPES.get(os.path.splitext(relative)[1]) != np.dtype(FEATURE_DTYPE):
+                return
+            names[relative] = len(names)
+    table = np.fromiter((names[relative] for relative, _, _ in references), np.int32, len(references))
+    offsets = np.fromiter((offset for _, offset, _ in references), np.int64, len(references))
+    counts = np.asarray(scan.frame_counts, dtype=np.int64)
+    rows = np.zeros(len(names), np.int64)
+    np.maximum.at(rows, table, offsets + counts)
+    scan.files = [[relative, int(n)] for relative, n in zip(names, rows.tolist())]
+    scan.table, scan.offsets = table, offsets
 
 
 def _write_share(workdir: Path, path: Path, scan: "_Scan", references: list[tuple[str, int, int]],
@@ -200,6 +251,10 @@ class _Scan:
     examples: dict[str, str]
     dim: int = 0
     total_frames: int = 0
+    # Set where the cache maps the embeddings files: [relative name, rows mapped] each,
+    # and each video's file number (``offsets`` are then rows of its file).
+    files: list | None = None
+    table: np.ndarray | None = None
 
 
 def _note(scan: _Scan, kind: str, example: str) -> None:
@@ -302,7 +357,7 @@ def _reader_issues(scan: _Scan, reader: EmbeddingReader) -> None:
         scan.examples.setdefault(kind, reader.examples[kind])
 
 
-def _sorted(scan: _Scan, frames: np.ndarray | None = None) -> LoadedVideos:
+def _sorted(scan: _Scan, frames: np.ndarray | list[np.ndarray] | None = None) -> LoadedVideos:
     """The scan's videos sorted by id, as columns: no Python object per video or path
     (at 200 k videos those lists held ~300 MB). ``scan``'s lists may be Arrow arrays
     (the cache's index, read as it is)."""
@@ -318,14 +373,18 @@ def _sorted(scan: _Scan, frames: np.ndarray | None = None) -> LoadedVideos:
     if frames is None:
         rows = FrameRows(None, np.zeros(len(order), np.int64), np.zeros(len(order), np.int64))
     else:
+        table = None if scan.table is None else np.asarray(scan.table, dtype=np.int32)[order]
         rows = FrameRows(frames, np.asarray(scan.offsets, dtype=np.int64)[order],
-                         np.asarray(scan.frame_counts, dtype=np.int64)[order])
+                         np.asarray(scan.frame_counts, dtype=np.int64)[order], table)
     return LoadedVideos(TextColumn.from_arrow(ids.take(order)), rows, ListColumn(paths.take(order)),
                         scan.issues, scan.examples)
 
 
 def _fingerprint(workdir: Path) -> str:
-    files = [manifest_path(workdir, KEYFRAMES), *_part_files(workdir, KEYFRAMES)]
+    # The embeddings files too: a cache maps them, so one changed, cut short or gone
+    # (:func:`remove_unreferenced`, or from outside) makes a new cache, whose scan
+    # counts the videos it can no longer read.
+    files = [manifest_path(workdir, KEYFRAMES), *_part_files(workdir, KEYFRAMES), *embedding_files(workdir)]
     parts = [f"format={_FORMAT}", f"dtype={np.dtype(FEATURE_DTYPE).str}"]
     for path in files:
         with contextlib.suppress(FileNotFoundError):
@@ -344,10 +403,12 @@ def _write_index(path: Path, index: dict) -> None:
         "frames": pa.array(index["frames"], pa.int64()),
         "keyframe_paths": pa.array(index["keyframe_paths"], pa.list_(pa.string())),
     })
+    if "file" in index:
+        table = table.append_column("file", pa.array(index["file"], pa.int32()))
     pq.write_table(table, path)
 
 
-def _open_cache(folder: Path) -> LoadedVideos | None:
+def _open_cache(workdir: Path, folder: Path) -> LoadedVideos | None:
     import pyarrow.parquet as pq
 
     try:
@@ -357,17 +418,22 @@ def _open_cache(folder: Path) -> LoadedVideos | None:
         # As Arrow columns: the ids and paths of every video never become Python objects.
         table = pq.read_table(folder / "index.parquet")
         index = {name: table.column(name).combine_chunks() for name in table.column_names}
-    except (OSError, ValueError):
+        total, dim, files = int(meta["frames"]), int(meta["dim"]), meta.get("files")
+        # Copy-on-write: the model may take an array as a (writable) tensor, and
+        # nothing written in this process ever reaches a file.
+        if total == 0:
+            frames = np.zeros((0, dim), FEATURE_DTYPE)
+        elif files is None:  # a copy of the frames
+            frames = np.memmap(folder / "frames.f16", dtype=FEATURE_DTYPE, mode="c", shape=(total, dim))
+        else:  # the embeddings files themselves, only those the fingerprint covers
+            known = {f"{EMBEDDINGS_DIR}/{path.name}": path for path in embedding_files(workdir)}
+            frames = [np.memmap(known[relative], dtype=FEATURE_DTYPE, mode="c", shape=(int(rows), dim))
+                      for relative, rows in files]
+    except (OSError, ValueError, KeyError, TypeError):  # not complete, or a file it maps gone or cut short
         return None
-    total, dim = int(meta["frames"]), int(meta["dim"])
-    if total == 0:
-        frames = np.zeros((0, dim), FEATURE_DTYPE)
-    else:
-        # Copy-on-write: the model may take the array as a (writable) tensor, and
-        # nothing written in this process ever reaches the file.
-        frames = np.memmap(folder / "frames.f16", dtype=FEATURE_DTYPE, mode="c", shape=(total, dim))
     scan = _Scan(index["video_id"], index["offset"].to_numpy(), index["frames"].to_numpy(), index["keyframe_paths"],
-                 Counter(meta["issues"]), dict(meta["examples"]), dim, total)
+                 Counter(meta["issues"]), dict(meta["examples"]), dim, total,
+                 files, index["file"].to_numpy() if files is not None and total else None)
     return _sorted(scan, frames)
 
 
