@@ -240,3 +240,26 @@ def test_scored_pairs_share_one_pooled_row_a_video(tmp_path, monkeypatch):
         scored = data.train_captions.values
         assert pairs == len(scored) > rows == len(np.unique(data.caption_video[scored]))
         assert dtype == (np.float16 if cap else np.float32) and max_train == (cap or None)
+
+
+def test_the_meta_set_reuses_the_pair_scores_pooled_rows_and_chooses_the_same(tmp_path, monkeypatch):
+    """With the pairs scored first (the agreement prior), the meta set takes its pooled
+    rows from the scoring instead of pooling the same videos again: the same rows (the
+    float16 mean of float16 frames), so the same meta set as pooling anew."""
+    from mama_augment.train import data as data_module
+
+    frames = np.random.default_rng(0).normal(size=(7, 64)).astype(np.float16)
+    assert np.array_equal(frames.mean(axis=0), np.asarray(frames, np.float32).mean(axis=0).astype(np.float16))
+
+    workdir, captions = make_workdir(tmp_path, n_videos=300, shuffled_fraction=0.3)
+    config = _config(captions, loss="mama", meta_weighting=True, meta_fraction=0.1, agreement_prior=True)
+    calls = []
+    original = data_module.PairScores.pooled_rows
+    monkeypatch.setattr(data_module.PairScores, "pooled_rows",
+                        lambda self, v: calls.append(original(self, v)) or calls[-1])
+    reused = build_data(config, workdir)
+    assert calls and calls[0] is not None  # the rows came from the scoring
+    monkeypatch.setattr(data_module.PairScores, "pooled_rows", lambda self, v: None)
+    anew = build_data(config, workdir)
+    np.testing.assert_array_equal(reused.meta_videos, anew.meta_videos)
+    np.testing.assert_array_equal(reused.meta_captions, anew.meta_captions)

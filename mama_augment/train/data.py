@@ -476,7 +476,9 @@ def build_data(
     if config.meta_weighting_decided_by_data or uses_scores:
         # The filter and the prior need every pair's score; the estimate alone a sample.
         scored = _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
-                                       every_pair=uses_scores)
+                                       every_pair=uses_scores,
+                                       keep_pooled=use_weighting and config.meta_select == "agreement"
+                                       and not config.meta_set)
         wrong = wrong_share(scored.scores, scored.null) if scored is not None else None
     noisy = wrong is not None and wrong >= config.meta_noise_threshold
     if config.meta_weighting_decided_by_data:
@@ -502,7 +504,7 @@ def build_data(
         try:
             meta_videos, meta_captions = _select_meta(
                 config, workdir, videos, lookup, texts, sources, concepts, caption_video, train_caps,
-                caption_embedder, issues, examples, video_split,
+                caption_embedder, issues, examples, video_split, scored,
             )
         except MetaSetTooSmall as exc:
             if config.meta_weighting:  # asked for by name: say what would let it run
@@ -550,7 +552,8 @@ def build_data(
 
 
 def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, caption_video, train_caps,
-                 caption_embedder, issues, examples, video_split) -> tuple[list[int], list[int]]:
+                 caption_embedder, issues, examples, video_split,
+                 scored: PairScores | None = None) -> tuple[list[int], list[int]]:
     if config.meta_set:
         frame = _read_captions(config.meta_set, None, videos.video_ids, issues, examples, prefix="meta_set_")
         meta_v, meta_c = [], []
@@ -605,7 +608,12 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
         else:
             if text_features is None:
                 text_features = _text_features(per_video, texts, caption_embedder)
-            pooled = _pooled(videos, per_video_video, lambda e: e.mean(axis=0))
+            # Pooled once for the pair scores when they came first (the same rows).
+            pooled = scored.pooled_rows(per_video_video) if scored is not None else None
+            if scored is not None:
+                scored.pooled = None
+            if pooled is None:
+                pooled = _pooled(videos, per_video_video, lambda e: e.mean(axis=0))
             cap = _agreement_cap(config)
             losses = agreement_losses(pooled, _dense(text_features, cap), config.seed, max_train=cap)
             del pooled
@@ -674,10 +682,25 @@ class PairScores:
     caption_ids: np.ndarray
     scores: np.ndarray
     null: np.ndarray
+    # The pooled keyframe embeddings of the scored pairs' videos (sorted), kept when the
+    # meta set is chosen next: it pools the same training videos the same way.
+    pooled_videos: np.ndarray | None = None
+    pooled: np.ndarray | None = None
+
+    def pooled_rows(self, video_indices) -> np.ndarray | None:
+        """The meta set's pooled rows (float16, as the mean of float16 frames is) of
+        ``video_indices``, when every one of them was pooled here; else None."""
+        if self.pooled is None or not len(video_indices):
+            return None
+        wanted = np.asarray(video_indices, dtype=np.int64)
+        place = np.minimum(np.searchsorted(self.pooled_videos, wanted), len(self.pooled_videos) - 1)
+        if not np.array_equal(self.pooled_videos[place], wanted):
+            return None
+        return self.pooled[place].astype(np.float16)
 
 
 def _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
-                          every_pair: bool = False) -> PairScores | None:
+                          every_pair: bool = False, keep_pooled: bool = False) -> PairScores | None:
     """Agreement scores of the training pairs, original and generated: at most
     ``WRONG_SHARE_SAMPLE`` pairs drawn by the seed (enough for the share of wrong pairs,
     :func:`wrong_share`), or ``every_pair``; None when videos have no keyframe
@@ -704,8 +727,10 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
     text_features = _dense(_text_features(pairs, texts, caption_embedder), cap)
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True, max_train=cap,
                                     video_of=video_of.reshape(-1))
-    del pooled, text_features
-    return PairScores(np.asarray(pairs, dtype=np.int64), scores, null)
+    del text_features
+    if not keep_pooled or videos.keyframe_embeddings.dtype != np.float16:
+        scored_videos, pooled = None, None
+    return PairScores(np.asarray(pairs, dtype=np.int64), scores, null, scored_videos, pooled)
 
 
 def _agreement_cap(config) -> int | None:
