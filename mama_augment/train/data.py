@@ -696,7 +696,9 @@ class PairScores:
         place = np.minimum(np.searchsorted(self.pooled_videos, wanted), len(self.pooled_videos) - 1)
         if not np.array_equal(self.pooled_videos[place], wanted):
             return None
-        return self.pooled[place].astype(np.float16)
+        if len(place) == len(self.pooled) and np.array_equal(place, np.arange(len(place))):
+            return self.pooled.astype(np.float16, copy=False)  # every scored video, in order: no copy
+        return np.take(self.pooled, place, axis=0).astype(np.float16, copy=False)
 
 
 def _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
