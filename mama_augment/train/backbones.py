@@ -28,7 +28,10 @@ class Backbone:
     """A registry entry. ``build(config, videos, workdir, device) -> RetrievalModel``;
     ``needs`` names the ``keyframes.parquet`` column the model reads;
     ``caption_embedder(config, workdir, device)``, when given, returns the function
-    that embeds captions to group the meta set (else TF-IDF vectors are used)."""
+    ``embed(texts, rows=None, dtype=float32)`` that embeds captions to group and score
+    the meta set, the pairs and the caption sources (else TF-IDF vectors are used): the
+    embeddings of ``texts[rows]`` (every text when None), cached as those of all ``texts``,
+    so one cache file serves every caller that passes the run's whole list."""
 
     build: Callable[..., Any]
     needs: str  # keyframe_embeddings | keyframe_paths

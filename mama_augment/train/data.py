@@ -591,13 +591,17 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
     candidate_video = np.frombuffer(caption_video, np.int64)[candidates] if len(candidates) else candidates
     per_video = candidates[np.unique(candidate_video, return_index=True)[1]].tolist()
     text_features = None
+    cap = _agreement_cap(config)
+    # Above the cap the sentence encoder's rows are held in float16 (180 k x 512 is
+    # 0.37 GB in float32); k-means and the probes widen what they take.
+    narrow = np.float16 if cap is not None and len(per_video) > cap else np.float32
     if any(concepts[c] is not None for c in per_video):
         groups: dict[str, list[int]] = {}
         for c in per_video:
             groups.setdefault(str(concepts[c]), []).append(c)
         method = "concept"
     else:
-        text_features = _text_features(per_video, texts, caption_embedder)
+        text_features = _text_features(per_video, texts, caption_embedder, narrow)
         groups = _kmeans_groups(per_video, text_features, count, config.seed, _agreement_cap(config))
         method = "kmeans"
     scores = None
@@ -607,14 +611,13 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
             log.warning("meta set: some videos have no keyframe embeddings, so it is drawn at random")
         else:
             if text_features is None:
-                text_features = _text_features(per_video, texts, caption_embedder)
+                text_features = _text_features(per_video, texts, caption_embedder, narrow)
             # Pooled once for the pair scores when they came first (the same rows).
             pooled = scored.pooled_rows(per_video_video) if scored is not None else None
             if scored is not None:
                 scored.pooled = None
             if pooled is None:
                 pooled = _pooled(videos, per_video_video, lambda e: e.mean(axis=0))
-            cap = _agreement_cap(config)
             losses = agreement_losses(pooled, _dense(text_features, cap), config.seed, max_train=cap)
             del pooled
             scores = dict(zip(per_video, losses.tolist()))
@@ -726,7 +729,9 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
     scored_videos, video_of = np.unique(paired, return_inverse=True)
     pooled = _pooled(videos, scored_videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0),
                      dtype=np.float16 if cap is not None and len(pairs) > cap else None)
-    text_features = _dense(_text_features(pairs, texts, caption_embedder), cap)
+    # Above the cap the sentence encoder's rows are float16 too (the probes widen a batch).
+    text_features = _dense(_text_features(pairs, texts, caption_embedder,
+                                          np.float16 if cap is not None and len(pairs) > cap else np.float32), cap)
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True, max_train=cap,
                                     video_of=video_of.reshape(-1))
     del text_features
@@ -755,12 +760,13 @@ def _drop_disagreeing(train_caps: _TrainCaptions, scored: PairScores, share: flo
     return len(dropped)
 
 
-def _text_features(caption_ids, texts, caption_embedder):
-    """Caption features for grouping and agreement: the sentence encoder's, else
+def _text_features(caption_ids, texts, caption_embedder, dtype=np.float32):
+    """Caption features for grouping and agreement: the sentence encoder's (``dtype``;
+    looked up in the cache of every caption of the run, which the model reads too), else
     TF-IDF vectors of the captions (sparse)."""
-    sample = [texts[c] for c in caption_ids]
     if caption_embedder is not None:
-        return np.asarray(caption_embedder(sample), dtype=np.float32)
+        return np.asarray(caption_embedder(texts, rows=np.asarray(list(caption_ids), dtype=np.int64), dtype=dtype))
+    sample = [texts[c] for c in caption_ids]
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer().fit_transform(sample)
@@ -808,11 +814,15 @@ def _kmeans_groups(caption_ids, features, count, seed, cap: int | None = None,
     k = max(2, min(32, count // 2, len(caption_ids)))
     model = KMeans(n_clusters=k, n_init=3, random_state=seed)
     n = features.shape[0]
+
+    def wide(rows):  # float16 rows (held so above the cap) widened a block at a time
+        return rows.astype(np.float32) if getattr(rows, "dtype", None) == np.float16 else rows
+
     if cap is None or n <= cap:
-        labels = model.fit_predict(features)
+        labels = model.fit_predict(wide(features))
     else:
-        model.fit(features[np.sort(np.random.default_rng([seed, 31]).choice(n, size=cap, replace=False))])
-        labels = np.concatenate([model.predict(features[start : start + chunk]) for start in range(0, n, chunk)])
+        model.fit(wide(features[np.sort(np.random.default_rng([seed, 31]).choice(n, size=cap, replace=False))]))
+        labels = np.concatenate([model.predict(wide(features[start : start + chunk])) for start in range(0, n, chunk)])
     groups: dict[str, list[int]] = {}
     for c, label in zip(caption_ids, labels):
         groups.setdefault(f"cluster{int(label):02d}", []).append(c)

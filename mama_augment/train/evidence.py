@@ -374,10 +374,8 @@ def gather_evidence(data, sources: list[str | None], seed: int, caption_embedder
         videos, local_video = np.unique(caption_video[kept], return_inverse=True)
         video_features = _video_features(data, videos)
         if video_features is not None:
-            if caption_embedder is not None:  # every text, as the model asks for them: one cache for both
-                text_features = np.asarray(caption_embedder(list(data.texts), rows=kept))
-            else:
-                text_features = _dense(_text_features(kept, data.texts, None))
+            # The encoder's rows from the cache of every caption (the model's too); TF-IDF of the sample.
+            text_features = _dense(_text_features(kept, data.texts, caption_embedder))
             evidence = measure_sources([data.videos.video_ids[int(v)] for v in videos], video_features,
                                        text_features, local_video, [sources[int(c)] for c in kept],
                                        np.arange(len(kept), dtype=np.int64), seed=seed)
