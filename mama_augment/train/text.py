@@ -221,8 +221,16 @@ def _gather(table: np.ndarray, rows: np.ndarray, dtype=np.float32, chunk: int = 
         return out
     order = np.argsort(rows, kind="stable")
     row_bytes = table.shape[1] * table.itemsize
-    for start in range(0, len(order), chunk):
-        where = order[start : start + chunk]
+    # Cut by the span of the file a chunk reads, not only by its rows: 64 k rows of
+    # every third text spanned ~0.45 GB of the file, resident until paged out.
+    span = max(1, (64 << 20) // row_bytes)
+    ordered = rows[order]
+    cuts = [0]
+    while cuts[-1] < len(order):
+        first = cuts[-1]
+        cuts.append(min(first + chunk, int(np.searchsorted(ordered, ordered[first] + span, side="left"))))
+    for start, end in zip(cuts, cuts[1:]):
+        where = order[start:end]
         wanted = rows[where]
         out[where] = table[wanted]
         page_out(table, int(wanted[0]) * row_bytes, (int(wanted[-1]) + 1) * row_bytes)
