@@ -40,6 +40,7 @@ from mama_augment.manifest import (
     workdir_lock,
     write_whole_manifest,
 )
+from mama_augment.memory import release_freed
 from mama_augment.quality import FLAG_NAMES
 from mama_augment.quality.config import FilterConfig
 from mama_augment.quality.duplicates import find_duplicates
@@ -224,7 +225,7 @@ def _run_locked(config: FilterConfig, workdir: Path, report: StageReport, progre
     # Arrow's allocator keeps what the tables above freed (~250 MB at 400 000 captions) for
     # its own reuse, but nothing below allocates through it: the search's index would come
     # on top of it, at the peak of the run. Handed back to the system here.
-    pa.default_memory_pool().release_unused()
+    release_freed()
     timings["text_s"] = time.monotonic() - clock
 
     # Near-duplicates across videos.

@@ -36,6 +36,7 @@ import pandas as pd
 from mama_augment.datasets.splits import SPLITS, normalize_split, split_of_video
 from mama_augment.errors import UsageError
 from mama_augment.manifest import CAPTIONS, read_manifest
+from mama_augment.memory import release_freed
 from mama_augment.train.columns import CategoryColumn, FrameRows, NullableInts, Ragged, TextColumn
 # The agreement model lives in its own module; its names stay importable from here.
 from mama_augment.train.agreement import (  # noqa: F401
@@ -474,6 +475,9 @@ def build_data(
     uses_scores = bool(getattr(config, "agreement_filter", False) or getattr(config, "agreement_prior", False)
                        or reads_agreement)
     if config.meta_weighting_decided_by_data or uses_scores:
+        # What reading the captions freed goes back to the system before the pooled rows
+        # and the probes come (~0.2 GB at 200 k videos, else under the run's peak).
+        release_freed()
         # The filter and the prior need every pair's score; the estimate alone a sample.
         scored = _score_training_pairs(config, videos, texts, caption_video, train_caps, caption_embedder,
                                        every_pair=uses_scores,
