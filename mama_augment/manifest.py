@@ -21,7 +21,8 @@ one larger part (a streaming merge of sorted runs). ``compact`` rewrites
 ``NAME.parquet`` only when the parts hold at least ``FOLD_FRACTION`` of its rows (or
 when asked to, ``full=True``), again as a streaming merge, so adding a few rows to a
 large table leaves them in a part instead of rewriting the table, and no step holds
-more than a few batches of rows in memory.
+more than a few batches of rows in memory. No merge reads more than ``MERGE_FAN_IN``
+files at once: a fold of more parts merges consecutive runs of them first.
 """
 
 from __future__ import annotations
@@ -231,6 +232,14 @@ FOLD_FRACTION = 0.25
 # written: a merge of K sorted runs holds about K * MERGE_BATCH_ROWS rows.
 MERGE_BATCH_ROWS = 16
 MERGE_FLUSH_BYTES = 64 << 20
+# Rows per row group of the merged parts (levels 1 and 2), which only merges read: a
+# cursor decodes a whole row group of its file, so a merge of K parts holds K of them
+# (a fold of 122 parts of 8 192-row groups held ~1 GB at a million videos).
+PART_ROW_GROUP_ROWS = 1024
+# Most files one merge reads at once: a fold of more parts first merges consecutive runs
+# of this many (each cursor holds a decoded row group, so memory is bounded by this, not
+# by how many parts a long run left).
+MERGE_FAN_IN = 64
 
 # Written into the schema metadata of files sorted by key with one row per key, which a
 # merge may stream; other files (small parts, files of older versions) are sorted in memory.
@@ -449,7 +458,8 @@ def _sorted_in_memory(path: Path, spec: ManifestSpec) -> Iterator[pa.RecordBatch
     return iter(table.to_batches(max_chunksize=MERGE_BATCH_ROWS))
 
 
-def _merge_runs(sources: Sequence[Path], spec: ManifestSpec, out: Path, fsync: bool = False) -> int:
+def _merge_runs(sources: Sequence[Path], spec: ManifestSpec, out: Path, fsync: bool = False,
+                row_group_rows: int = PART_ROW_GROUP_ROWS) -> int:
     """Merge files (oldest first) into ``out``, sorted by key, newest row per key.
 
     Files marked sorted are streamed; others (small parts, files of older versions)
@@ -476,7 +486,7 @@ def _merge_runs(sources: Sequence[Path], spec: ManifestSpec, out: Path, fsync: b
                 if pending:
                     table = pa.Table.from_batches([b.slice(r, n) for b, r, n in pending], schema=schema)
                     writer.write_table(table.combine_chunks().replace_schema_metadata(out_schema.metadata),
-                                       row_group_size=ROW_GROUP_ROWS)
+                                       row_group_size=row_group_rows)
                 pending, pending_bytes, pending_rows = [], 0, 0
 
             while heap:
@@ -500,7 +510,7 @@ def _merge_runs(sources: Sequence[Path], spec: ManifestSpec, out: Path, fsync: b
                             written += 1
                     if cursor.key is not None:
                         heapq.heappush(heap, (cursor.key, member))
-                if pending_bytes >= MERGE_FLUSH_BYTES or pending_rows >= ROW_GROUP_ROWS:
+                if pending_bytes >= MERGE_FLUSH_BYTES or pending_rows >= row_group_rows:
                     flush()
             flush()
     return written
@@ -550,11 +560,22 @@ def compact(workdir: str | os.PathLike, spec: ManifestSpec, full: bool = False) 
             if base_rows is None and part_rows == 0:
                 _remove_oldest_first(parts)
                 return 0
+            merged: list[Path] = []
             try:
-                rows = _merge_runs(sources, spec, main, fsync=True)
+                # Consecutive runs of parts first, each into one part in the place of its
+                # newest (the newest-wins order is kept), until one merge reads them all.
+                while len(sources) > MERGE_FAN_IN:
+                    head = 1 if base_rows is not None else 0
+                    pending, groups = sources[head:], []
+                    for start in range(0, len(pending), MERGE_FAN_IN):
+                        group = pending[start : start + MERGE_FAN_IN]
+                        groups.append(_merge_consecutive(group, spec, 3) if len(group) > 1 else group[0])
+                    merged += groups
+                    sources = sources[:head] + groups
+                rows = _merge_runs(sources, spec, main, fsync=True, row_group_rows=ROW_GROUP_ROWS)
             except _NotSorted:
                 rows = _compact_in_memory(workdir, spec, main)
-            _remove_oldest_first(parts)
+            _remove_oldest_first([*parts, *merged])
             return rows
         for small in _runs_of_small_parts(readable):
             _merge_small_parts(small, spec)
@@ -581,12 +602,19 @@ def _runs_of_small_parts(parts: Sequence[Path]) -> list[list[Path]]:
 
 
 def _merge_small_parts(small: Sequence[Path], spec: ManifestSpec) -> None:
-    merged = small[0].parent / f"{_newest_stem(small)}~1.parquet"
+    _merge_consecutive(small, spec, 1)
+
+
+def _merge_consecutive(parts: Sequence[Path], spec: ManifestSpec, level: int) -> Path:
+    """Consecutive parts (newest-wins order) merged into one part named after the newest
+    of them with ``level``, which takes its place; the inputs removed. Returns it."""
+    merged = parts[0].parent / f"{_newest_stem(parts)}~{level}.parquet"
     # A merge of the same parts killed before it removed them all may have left this
     # file: it holds rows of inputs already gone, so it is an input too (the newest).
-    sources = [*small, merged] if merged.exists() else list(small)
+    sources = list(parts) if merged in parts else ([*parts, merged] if merged.exists() else list(parts))
     _merge_runs(sources, spec, merged)
-    _remove_oldest_first(small)
+    _remove_oldest_first(p for p in parts if p != merged)
+    return merged
 
 
 def _compact_in_memory(workdir: str | os.PathLike, spec: ManifestSpec, main: Path) -> int:
@@ -668,7 +696,7 @@ class PartWriter:
         self,
         workdir: str | os.PathLike,
         spec: ManifestSpec,
-        consolidate_every: int = 256,
+        consolidate_every: int = MERGE_FAN_IN,
     ):
         self.workdir = Path(workdir)
         self.spec = spec

@@ -391,3 +391,33 @@ def test_parts_are_written_without_dictionaries_and_the_table_with_them(tmp_path
     compact(tmp_path, KEYFRAMES)
     assert any("DICTIONARY" in e for e in encodings(manifest_path(tmp_path, KEYFRAMES)))
     assert read_manifest(tmp_path, KEYFRAMES).num_rows == 20
+
+
+def test_a_fold_of_many_parts_reads_a_bounded_number_of_files_at_once(tmp_path, monkeypatch):
+    """A long run leaves parts in proportion to its rows; folding them merges consecutive
+    runs of at most ``MERGE_FAN_IN`` first (each cursor holds a row group), and the
+    newest row of every key still wins, whether it lies in an early or a late part."""
+    import mama_augment.manifest as manifest
+
+    monkeypatch.setattr(manifest, "MERGE_FAN_IN", 4)
+    with PartWriter(tmp_path, KEYFRAMES) as writer:
+        writer.write([_row(f"v{i:03d}") for i in range(10)])
+    assert compact(tmp_path, KEYFRAMES, full=True) == 10
+    for k in range(13):  # 13 parts after the table: more than 4 at once
+        with PartWriter(tmp_path, KEYFRAMES) as writer:
+            writer.write([_row(f"v{k:03d}", "failed", error=f"redone {k}"), _row(f"new{k:02d}")])
+            if k == 12:
+                writer.write([_row("v000", "ok")])  # the newest row of v000, in the last part
+    assert len(list(parts_dir(tmp_path, KEYFRAMES).glob("part-*.parquet"))) == 13
+    widths = []
+    original = manifest._merge_runs
+    monkeypatch.setattr(manifest, "_merge_runs", lambda sources, *a, **k: widths.append(len(sources)) or original(sources, *a, **k))
+    assert compact(tmp_path, KEYFRAMES, full=True) == 26  # v010-v012 and new00-new12 are new
+    assert max(widths) <= 4 and len(widths) > 1
+    assert list(parts_dir(tmp_path, KEYFRAMES).glob("part-*")) == []
+    rows = {r["video_id"]: r for r in read_manifest(tmp_path, KEYFRAMES).to_pylist()}
+    assert len(rows) == 26 and rows["v000"]["status"] == "ok"
+    assert rows["v003"]["status"] == "failed" and rows["v003"]["error"] == "redone 3"
+    assert rows["v011"]["error"] == "redone 11" and rows["v012"]["status"] == "failed"
+    frame = pd.read_parquet(manifest_path(tmp_path, KEYFRAMES))
+    assert list(frame["video_id"]) == sorted(rows)
