@@ -263,3 +263,50 @@ def test_the_meta_set_reuses_the_pair_scores_pooled_rows_and_chooses_the_same(tm
     anew = build_data(config, workdir)
     np.testing.assert_array_equal(reused.meta_videos, anew.meta_videos)
     np.testing.assert_array_equal(reused.meta_captions, anew.meta_captions)
+
+
+class _RowsOnDemand:
+    """Video rows made when asked for (as ``PooledRows`` pools them), counting the rows."""
+
+    def __init__(self, rows):
+        self.rows, self.shape, self.made = rows, rows.shape, 0
+
+    def __len__(self):
+        return len(self.rows)
+
+    def take_rows(self, picked):
+        self.made += len(picked)
+        return self.rows[np.asarray(picked)]
+
+
+def test_rows_made_on_demand_score_as_the_rows_held():
+    video, text = _paired_features(700, seed=2)
+    video = video.astype(np.float16)
+    owners = np.repeat(np.arange(350), 2)  # two captions a video
+    held = agreement_losses(video[:350], text, seed=5, with_null=True, gallery=64, max_train=200, video_of=owners)
+    lazy = _RowsOnDemand(video[:350])
+    made = agreement_losses(lazy, text, seed=5, with_null=True, gallery=64, max_train=200, video_of=owners)
+    np.testing.assert_array_equal(made[0], held[0])
+    np.testing.assert_array_equal(made[1], held[1])
+    # the sample's videos once, then every pair's video once a scoring block
+    assert lazy.made <= 200 + 700
+
+
+def test_above_the_cap_build_data_pools_videos_as_the_probes_ask(tmp_path, monkeypatch):
+    """Above ``agreement_sample`` the pair scores and the meta set read pooled rows on
+    demand (``PooledRows``), and choose what the rows held would have chosen."""
+    from mama_augment.train import data as data_module
+
+    workdir, captions = make_workdir(tmp_path, n_videos=300, shuffled_fraction=0.3)
+    config = _config(captions, loss="mama", meta_weighting=True, meta_fraction=0.1, agreement_prior=True,
+                     agreement_sample=60)
+    taken = []
+    original = data_module.PooledRows.take_rows
+    monkeypatch.setattr(data_module.PooledRows, "take_rows", lambda self, rows: taken.append(len(rows)) or original(self, rows))
+    on_demand = build_data(config, workdir)
+    assert taken
+    monkeypatch.setattr(data_module, "FrameRows", type("NotFrameRows", (), {}))  # every row pooled and held
+    held = build_data(config, workdir)
+    np.testing.assert_array_equal(on_demand.meta_videos, held.meta_videos)
+    np.testing.assert_array_equal(on_demand.pair_prior, held.pair_prior)
+    assert on_demand.wrong_share == held.wrong_share

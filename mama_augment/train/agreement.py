@@ -34,6 +34,10 @@ def agreement_losses(video_features: np.ndarray, text_features: np.ndarray, seed
     ``video_of``: pair i's video features are ``video_features[video_of[i]]`` (one row a
     video, shared by its captions) instead of row i.
 
+    ``video_features`` may also make its rows on demand (``take_rows(rows)``, ``shape`` and
+    ``len``): then the rows the probes train on are made once and the others a scoring
+    block at a time, so memory is bounded by the sample and the block, not the pairs.
+
     ``with_null=True`` also returns, for every pair, the same score of a deliberately
     wrong pair (its video with another caption of its block) under the same model: the
     scores wrong pairs get, which :func:`wrong_share` compares the real pairs with.
@@ -67,10 +71,27 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
         features = np.asarray(features)
         return torch.as_tensor(features if features.dtype == np.float16 else np.asarray(features, dtype=np.float32))
 
-    video, text = as_tensor(video_features), as_tensor(text_features)
+    # Rows made on demand (``take_rows``, as :class:`mama_augment.train.data.PooledRows`
+    # pools keyframes): those of the pairs the probes train on once (bounded by the
+    # sample), the others a scoring block at a time, so no row a video is held.
+    lazy = hasattr(video_features, "take_rows")
+    text = as_tensor(text_features)
+    if lazy:
+        width = video_features.shape[1]
+        learned = np.flatnonzero(trainable) if trainable is not None else np.arange(n)
+        learned = np.unique(learned if video_of is None else video_of[learned])
+        video = torch.as_tensor(np.asarray(video_features.take_rows(learned)))
+    else:
+        video = as_tensor(video_features)
+        width = video.shape[1]
 
-    def frames(rows):  # the video rows of pairs ``rows``, widened to float32
-        return video[rows if video_of is None else video_of[rows]].float()
+    def frames(rows, trained: bool = False):  # the video rows of pairs ``rows``, widened to float32
+        picked = rows if video_of is None else video_of[rows]
+        if not lazy:
+            return video[picked].float()
+        if trained:
+            return video[np.searchsorted(learned, picked)].float()
+        return torch.as_tensor(np.asarray(video_features.take_rows(picked))).float()
 
     def captions(rows):  # likewise (float32 rows are returned as they are)
         return text[rows].float()
@@ -83,7 +104,7 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
         held = np.flatnonzero(fold_of == fold)
         if len(train) < 2 or len(held) == 0:
             continue
-        video_head = torch.nn.Sequential(torch.nn.LayerNorm(video.shape[1]), torch.nn.Linear(video.shape[1], dim))
+        video_head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, dim))
         text_head = torch.nn.Sequential(torch.nn.LayerNorm(text.shape[1]), torch.nn.Linear(text.shape[1], dim))
         for layer in (video_head[1], text_head[1]):  # seeded, independent of the global RNG
             bound = 1 / layer.in_features ** 0.5
@@ -99,7 +120,7 @@ def _agreement_losses(video_features, text_features, seed, folds, epochs, dim, b
                 rows = order[start : start + batch_size]
                 if len(rows) < 2:
                     continue
-                logits = log_scale.exp() * F.normalize(video_head(frames(rows)), dim=-1) @ F.normalize(text_head(captions(rows)), dim=-1).T
+                logits = log_scale.exp() * F.normalize(video_head(frames(rows, True)), dim=-1) @ F.normalize(text_head(captions(rows)), dim=-1).T
                 loss = symmetric_cross_entropy(logits)
                 optimizer.zero_grad()
                 loss.backward()

@@ -184,6 +184,25 @@ def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
     return np.asarray([len(rows[int(v)]) for v in indices], dtype=np.int64)
 
 
+class PooledRows:
+    """Mean-pooled keyframe embeddings of the videos ``indices``, pooled when asked for
+    (``take_rows``), in float16: the rows :func:`_pooled` would stack, without holding one a
+    video (180 k x 1 280 is 0.46 GB; 23 GB at 9 M training videos)."""
+
+    def __init__(self, videos: VideoTable, indices):
+        self.videos = videos
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.shape = (len(self.indices), videos.keyframe_embeddings.dim)
+        self.dtype = np.dtype(np.float16)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take_rows(self, rows) -> np.ndarray:
+        return _pooled(self.videos, self.indices[np.asarray(rows, dtype=np.int64)],
+                       lambda e: np.asarray(e, dtype=np.float32).mean(axis=0), dtype=np.float16)
+
+
 def _pooled(videos: VideoTable, indices, function, dtype=None, chunk: int = 8192) -> np.ndarray:
     """``function`` (a video's frames -> one row) of each of the videos ``indices``, as
     one array (``dtype``: that of the rows, or narrowed to it). Stacked a chunk at a
@@ -620,6 +639,9 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
             pooled = scored.pooled_rows(per_video_video) if scored is not None else None
             if scored is not None:
                 scored.pooled = None
+            if pooled is None and cap is not None and len(per_video) > cap and \
+                    isinstance(videos.keyframe_embeddings, FrameRows):
+                pooled = PooledRows(videos, per_video_video)  # the same rows, pooled as asked for
             if pooled is None:
                 pooled = _pooled(videos, per_video_video, lambda e: e.mean(axis=0))
             losses = agreement_losses(pooled, _dense(text_features, cap), config.seed, max_train=cap)
@@ -731,15 +753,20 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
     # 180 k videos x 1 280 is 0.46 GB so, not 0.92 GB. At or below it, float32 as ever.
     cap = _agreement_cap(config)
     scored_videos, video_of = np.unique(paired, return_inverse=True)
-    pooled = _pooled(videos, scored_videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0),
-                     dtype=np.float16 if cap is not None and len(pairs) > cap else None)
+    if cap is not None and len(pairs) > cap and isinstance(embeddings, FrameRows):
+        # Above the cap the rows are pooled as the probes ask for them (the same float16
+        # values): held for the sample and a block, not for every scored video.
+        pooled = PooledRows(videos, scored_videos)
+    else:
+        pooled = _pooled(videos, scored_videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0),
+                         dtype=np.float16 if cap is not None and len(pairs) > cap else None)
     # Above the cap the sentence encoder's rows are float16 too (the probes widen a batch).
     text_features = _dense(_text_features(pairs, texts, caption_embedder,
                                           np.float16 if cap is not None and len(pairs) > cap else np.float32), cap)
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True, max_train=cap,
                                     video_of=video_of.reshape(-1))
     del text_features
-    if not keep_pooled or videos.keyframe_embeddings.dtype != np.float16:
+    if not keep_pooled or videos.keyframe_embeddings.dtype != np.float16 or isinstance(pooled, PooledRows):
         scored_videos, pooled = None, None
     return PairScores(np.asarray(pairs, dtype=np.int64), scores, null, scored_videos, pooled)
 
