@@ -293,13 +293,15 @@ def test_rows_made_on_demand_score_as_the_rows_held():
 
 
 def test_above_the_cap_build_data_pools_videos_as_the_probes_ask(tmp_path, monkeypatch):
-    """Above ``agreement_sample`` the pair scores and the meta set read pooled rows on
-    demand (``PooledRows``), and choose what the rows held would have chosen."""
+    """Above ``agreement_sample``, where the pooled rows would pass ``POOLED_ROWS_BUDGET``,
+    the pair scores and the meta set read them on demand (``PooledRows``), and choose
+    what the rows held would have chosen."""
     from mama_augment.train import data as data_module
 
     workdir, captions = make_workdir(tmp_path, n_videos=300, shuffled_fraction=0.3)
     config = _config(captions, loss="mama", meta_weighting=True, meta_fraction=0.1, agreement_prior=True,
                      agreement_sample=60)
+    monkeypatch.setattr(data_module, "POOLED_ROWS_BUDGET", 0)  # every pooled table counts as large here
     taken = []
     original = data_module.PooledRows.take_rows
     monkeypatch.setattr(data_module.PooledRows, "take_rows", lambda self, rows: taken.append(len(rows)) or original(self, rows))
