@@ -184,6 +184,12 @@ def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
     return np.asarray([len(rows[int(v)]) for v in indices], dtype=np.int64)
 
 
+def _mean_frames(frames: np.ndarray) -> np.ndarray:
+    """A video's pooled row for the agreement probes and the evidence step: the mean of
+    its keyframe embeddings, computed in float32."""
+    return np.asarray(frames, dtype=np.float32).mean(axis=0)
+
+
 # Above --agreement-sample, pooled rows that would take more than this are pooled on
 # demand instead (:class:`PooledRows`): held, they are pooled once (at 200 k videos
 # 0.46 GB, and 35 s of a run's start faster than pooling them as asked for); on demand,
@@ -191,10 +197,9 @@ def _frame_counts(videos: VideoTable, indices: np.ndarray) -> np.ndarray:
 POOLED_ROWS_BUDGET = 1 << 30
 
 
-def _pool_on_demand(videos: VideoTable, count: int, pairs: int, cap: int | None) -> bool:
+def _pool_on_demand(videos: VideoTable, count: int, above_cap: bool) -> bool:
     rows = videos.keyframe_embeddings
-    return (cap is not None and pairs > cap and isinstance(rows, FrameRows)
-            and count * rows.dim * 2 > POOLED_ROWS_BUDGET)
+    return above_cap and isinstance(rows, FrameRows) and count * rows.dim * 2 > POOLED_ROWS_BUDGET
 
 
 class PooledRows:
@@ -212,8 +217,7 @@ class PooledRows:
         return len(self.indices)
 
     def take_rows(self, rows) -> np.ndarray:
-        return _pooled(self.videos, self.indices[np.asarray(rows, dtype=np.int64)],
-                       lambda e: np.asarray(e, dtype=np.float32).mean(axis=0), dtype=np.float16)
+        return _pooled(self.videos, self.indices[np.asarray(rows, dtype=np.int64)], _mean_frames, dtype=np.float16)
 
 
 def _pooled(videos: VideoTable, indices, function, dtype=None, chunk: int = 8192) -> np.ndarray:
@@ -628,9 +632,10 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
     per_video = candidates[np.unique(candidate_video, return_index=True)[1]].tolist()
     text_features = None
     cap = _agreement_cap(config)
+    above = cap is not None and len(per_video) > cap
     # Above the cap the sentence encoder's rows are held in float16 (180 k x 512 is
     # 0.37 GB in float32); k-means and the probes widen what they take.
-    narrow = np.float16 if cap is not None and len(per_video) > cap else np.float32
+    narrow = np.float16 if above else np.float32
     if any(concepts[c] is not None for c in per_video):
         groups: dict[str, list[int]] = {}
         for c in per_video:
@@ -638,7 +643,7 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
         method = "concept"
     else:
         text_features = _text_features(per_video, texts, caption_embedder, narrow)
-        groups = _kmeans_groups(per_video, text_features, count, config.seed, _agreement_cap(config))
+        groups = _kmeans_groups(per_video, text_features, count, config.seed, cap)
         method = "kmeans"
     scores = None
     if config.meta_select == "agreement":
@@ -652,7 +657,7 @@ def _select_meta(config, workdir, videos, lookup, texts, sources, concepts, capt
             pooled = scored.pooled_rows(per_video_video) if scored is not None else None
             if scored is not None:
                 scored.pooled = None
-            if pooled is None and _pool_on_demand(videos, len(per_video_video), len(per_video), cap):
+            if pooled is None and _pool_on_demand(videos, len(per_video_video), above):
                 pooled = PooledRows(videos, per_video_video)  # the same rows, pooled as asked for
             if pooled is None:
                 pooled = _pooled(videos, per_video_video, lambda e: e.mean(axis=0))
@@ -764,17 +769,16 @@ def _score_training_pairs(config, videos, texts, caption_video, train_caps, capt
     # Above the cap the probes see a sample anyway, and the rows are kept at float16:
     # 180 k videos x 1 280 is 0.46 GB so, not 0.92 GB. At or below it, float32 as ever.
     cap = _agreement_cap(config)
+    above = cap is not None and len(pairs) > cap
     scored_videos, video_of = np.unique(paired, return_inverse=True)
-    if _pool_on_demand(videos, len(scored_videos), len(pairs), cap):
+    if _pool_on_demand(videos, len(scored_videos), above):
         # The rows pooled as the probes ask for them (the same float16 values): held for
         # the sample and a block, not for every scored video.
         pooled = PooledRows(videos, scored_videos)
     else:
-        pooled = _pooled(videos, scored_videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0),
-                         dtype=np.float16 if cap is not None and len(pairs) > cap else None)
+        pooled = _pooled(videos, scored_videos, _mean_frames, dtype=np.float16 if above else None)
     # Above the cap the sentence encoder's rows are float16 too (the probes widen a batch).
-    text_features = _dense(_text_features(pairs, texts, caption_embedder,
-                                          np.float16 if cap is not None and len(pairs) > cap else np.float32), cap)
+    text_features = _dense(_text_features(pairs, texts, caption_embedder, np.float16 if above else np.float32), cap)
     scores, null = agreement_losses(pooled, text_features, config.seed, with_null=True, max_train=cap,
                                     video_of=video_of.reshape(-1))
     del text_features

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -318,13 +319,13 @@ def caption_sources(workdir, data) -> list[str | None]:
 def _video_features(data, videos: np.ndarray | None = None) -> np.ndarray | None:
     """Pooled keyframe embeddings (float32), one row per video of ``videos`` (None: every
     video), stacked a chunk at a time; None when one of them has none."""
-    from mama_augment.train.data import _frame_counts, _pooled
+    from mama_augment.train.data import _frame_counts, _mean_frames, _pooled
 
     if videos is None:
         videos = np.arange(len(data.videos.video_ids), dtype=np.int64)
     if not len(videos) or (_frame_counts(data.videos, videos) == 0).any():
         return None
-    return _pooled(data.videos, videos, lambda e: np.asarray(e, dtype=np.float32).mean(axis=0), np.float32)
+    return _pooled(data.videos, videos, _mean_frames, np.float32)
 
 
 def sample_videos(caption_video: np.ndarray, train: np.ndarray, cap: int, seed: int) -> np.ndarray:
@@ -379,9 +380,7 @@ def gather_evidence(data, sources: list[str | None], seed: int, caption_embedder
             evidence = measure_sources([data.videos.video_ids[int(v)] for v in videos], video_features,
                                        text_features, local_video, [sources[int(c)] for c in kept],
                                        np.arange(len(kept), dtype=np.int64), seed=seed)
-            counts = {}
-            for c in train[generated]:
-                counts[sources[int(c)]] = counts.get(sources[int(c)], 0) + 1
+            counts = Counter(sources[int(c)] for c in train[generated])
             for source in evidence.sources:  # what the source has among all the training pairs
                 source.train_pairs = counts.get(source.source, source.train_pairs)
             evidence.sampled = (len(kept), len(train))
